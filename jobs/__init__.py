@@ -1,0 +1,1 @@
+"""Job specs, the version store, storage and the backends that run jobs."""

@@ -1,0 +1,47 @@
+"""Where faceops keeps its state and how it reads user configuration.
+
+State lives under ``$FACEOPS_HOME`` (default ``~/.faceops``): ``store.sqlite``, one folder per job
+version, the code bundles, and ``config.yaml`` for settings such as the S3 endpoint. Environment
+variables always win over the file so CI and containers can configure without writing files.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def home() -> Path:
+    """Return the faceops state folder, creating it on first use."""
+    path = Path(os.environ.get("FACEOPS_HOME") or Path.home() / ".faceops").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_config() -> dict[str, Any]:
+    """Read ``$FACEOPS_HOME/config.yaml`` (empty dict when absent).
+
+    A malformed file is a usage error the user must fix, so it raises ``ValueError`` naming the file.
+    """
+    path = home() / "config.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def setting(section: str, key: str, env: tuple[str, ...] = (), default: Any = None) -> Any:
+    """Look a setting up in the environment variables ``env`` (first set wins), then in
+    ``config.yaml`` under ``section.key``, then fall back to ``default``."""
+    for name in env:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return (load_config().get(section) or {}).get(key, default)
