@@ -166,3 +166,20 @@ def write_failure(reason: str, failure_file: Path | None = None) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(reason.strip() + "\n")
+
+
+def final_metrics(metrics_file: Path) -> dict[str, Any]:
+    """Fold a metrics file into final metrics: the last value of every key (bookkeeping keys such
+    as ``time`` left out). Lines that are not JSON objects are skipped: a job killed mid-write must
+    not lose the metrics before it."""
+    final: dict[str, Any] = {}
+    if not metrics_file.exists():
+        return final
+    for line in metrics_file.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            final.update({k: v for k, v in entry.items() if k != "time"})
+    return final

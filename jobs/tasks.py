@@ -59,7 +59,7 @@ class Task:
     def check(self, key: str, value: Any) -> Any:
         """Validate one hyperparameter; unknown keys name the nearest allowed one."""
         if self.params is None:
-            return _parse_untyped(value)
+            return value
         if key not in self.params:
             raise KeyError(unknown_key_message(key, self.params))
         return self.params[key].check(value)
@@ -105,17 +105,15 @@ def _coerce(type_name: str, value: Any) -> Any:
     raise ValueError(f"unknown parameter type {type_name!r}")
 
 
-def _parse_untyped(value: Any) -> Any:
-    """Schema-less values keep their YAML type; text from ``--set`` is read as YAML so
-    ``--set epochs=3`` gives the integer 3, as it would in the spec file."""
-    if isinstance(value, str):
-        import yaml
+def parse_untyped(text: str) -> Any:
+    """A ``--set`` value for a schema-less key, read as YAML so ``--set epochs=3`` gives the
+    integer 3, exactly as it would in the spec file."""
+    import yaml
 
-        try:
-            return yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            return value
-    return value
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
 
 
 CUSTOM = Task(

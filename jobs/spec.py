@@ -1,0 +1,312 @@
+"""Job specs: YAML in, a typed and validated :class:`JobSpec` out.
+
+Every error names where it came from - ``spec.yaml:7 hyperparameters.lr: expected a number, got
+'fast'`` for the file, ``--set lr=fast: ...`` for an override - and values are checked against the
+task's schema, never passed on as raw strings. Loading touches nothing on disk but the spec file.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import SpecError
+from jobs.tasks import Param, Task, get_task, parse_untyped, unknown_key_message
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+TOP_LEVEL = ("name", "task", "description", "backend", "runtime", "image", "entrypoint", "code",
+             "inputs", "outputs", "hyperparameters", "resources")
+RUNTIMES = ("process", "docker")
+RESOURCES = {
+    "instance_type": Param("str", help="machine type on a cloud backend, e.g. ml.p3.2xlarge"),
+    "instance_count": Param("int", 1, "number of machines (distributed training)", min=1),
+    "max_runtime": Param("str", help="stop the job after this long: seconds or 30m, 2h, 1h30m"),
+    "spot": Param("bool", False, "use spot/preemptible capacity (checkpoints make it resumable)"),
+    "retries": Param("int", 0, "times a failed run is started again (it resumes from checkpoints)", min=0),
+}
+# Keys that ``--set key=value`` addresses at the top level; any other bare key is a hyperparameter.
+SET_TOP_LEVEL = ("name", "backend", "runtime", "image", "code", "description")
+
+
+@dataclass
+class Resources:
+    instance_type: str | None = None
+    instance_count: int = 1
+    max_runtime: int | None = None
+    spot: bool = False
+    retries: int = 0
+
+
+@dataclass
+class JobSpec:
+    """A validated job spec. ``inputs``/``outputs`` map names to URIs; relative paths are resolved
+    against the spec file's folder so a version record means the same thing from any directory."""
+
+    name: str
+    task: str
+    backend: str = "local"
+    runtime: str = "process"
+    image: str | None = None
+    entrypoint: list[str] | None = None
+    code: str | None = None
+    description: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (what a version record stores and ``rerun`` reloads)."""
+        return asdict(self)
+
+    @property
+    def task_def(self) -> Task:
+        return get_task(self.task)
+
+    def argv(self) -> list[str]:
+        """The command the job runs: the custom entry point, or the task's own."""
+        return list(self.entrypoint) if self.entrypoint else list(self.task_def.entrypoint)
+
+
+@dataclass
+class _Source:
+    """Where values came from, for error messages: the file, the line of each key path, and
+    which key paths were set on the command line."""
+
+    file: str = "<spec>"
+    lines: dict[str, int] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def where(self, path: str) -> str:
+        if path in self.overrides:
+            return f"--set {self.overrides[path]}: {path}"
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe.rpartition(".")[0]
+        line = self.lines.get(probe)
+        return f"{self.file}:{line} {path}" if line else f"{self.file} {path}"
+
+    def error(self, path: str, message: str) -> SpecError:
+        return SpecError(f"{self.where(path)}: {message}")
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read, override (``key=value`` strings) and validate the spec file at ``path``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}{line}: YAML syntax error: {exc.problem or exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of keys (name, task, ...) at the top level")
+    source = _Source(file=str(path), lines=_line_map(node))
+    _resolve_relative(raw, path.resolve().parent)
+    return validate(raw, source=source, overrides=overrides)
+
+
+def validate(raw: dict[str, Any], *, source: _Source | None = None,
+             overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Apply ``overrides`` to a raw spec dict and validate it into a :class:`JobSpec`.
+
+    Also used by ``job rerun``, whose raw dict is the parent version's resolved spec."""
+    source = source or _Source()
+    raw = copy.deepcopy(raw)
+    task = _task_of(raw, source)
+    for item in overrides:
+        path = apply_override(raw, item, task)
+        source.overrides[path] = item
+    task = _task_of(raw, source)
+    return _build(raw, task, source)
+
+
+def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
+    """Set one ``key=value`` in ``raw`` and return the dotted key path it set.
+
+    ``lr=0.1`` is a hyperparameter, ``resources.spot=true`` or ``inputs.train=s3://...`` a nested
+    key, ``image=...`` a top-level key. Schema-less values are read as YAML so they keep a type."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item}: expected key=value")
+    if "." in key:
+        section, _, sub = key.partition(".")
+        if section not in ("hyperparameters", "inputs", "outputs", "resources"):
+            raise SpecError(f"--set {item}: {unknown_key_message(section, ('hyperparameters', 'inputs', 'outputs', 'resources'))}")
+        path = key
+    elif key in SET_TOP_LEVEL:
+        raw[key] = value
+        return key
+    else:
+        section, sub, path = "hyperparameters", key, f"hyperparameters.{key}"
+    if section == "hyperparameters":
+        if task.params is not None and sub not in task.params:
+            raise SpecError(f"--set {item}: hyperparameters: {unknown_key_message(sub, task.params)}")
+        parsed: Any = parse_untyped(value) if task.params is None else value
+    else:
+        parsed = value
+    if not isinstance(raw.get(section), dict):
+        raw[section] = {}
+    raw[section][sub] = parsed
+    return path
+
+
+def _task_of(raw: dict[str, Any], source: _Source) -> Task:
+    name = raw.get("task")
+    if name is None:
+        raise source.error("task", "missing; say which task this job runs (custom, detection, recognition, gallery, identify)")
+    try:
+        return get_task(str(name))
+    except KeyError as exc:
+        raise source.error("task", exc.args[0]) from None
+
+
+def _build(raw: dict[str, Any], task: Task, source: _Source) -> JobSpec:
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise source.error(str(key), unknown_key_message(str(key), TOP_LEVEL))
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise source.error("name", f"expected lowercase letters, digits and '-' (like recog-r50), got {name!r}")
+    from jobs.backends import BACKENDS
+
+    backend = str(raw.get("backend") or "local")
+    if backend not in BACKENDS:
+        raise source.error("backend", unknown_key_message(backend, BACKENDS).replace("unknown key", "unknown backend"))
+    runtime = str(raw.get("runtime") or "process")
+    if runtime not in RUNTIMES:
+        raise source.error("runtime", f"expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    image = raw.get("image")
+    if image is not None and not isinstance(image, str):
+        raise source.error("image", f"expected an image reference like registry/repo:tag, got {image!r}")
+    if runtime == "docker" and not image:
+        raise source.error("runtime", "runtime docker needs an image (set image: REF)")
+    return JobSpec(
+        name=name,
+        task=task.name,
+        backend=backend,
+        runtime=runtime,
+        image=image,
+        entrypoint=_entrypoint(raw.get("entrypoint"), task, source),
+        code=str(raw["code"]) if raw.get("code") else None,
+        description=str(raw.get("description") or ""),
+        inputs=_uri_map(raw.get("inputs"), "inputs", source),
+        outputs=_uri_map(raw.get("outputs"), "outputs", source),
+        hyperparameters=_hyperparameters(raw.get("hyperparameters"), task, source),
+        resources=_resources(raw.get("resources"), source),
+    )
+
+
+def _entrypoint(value: Any, task: Task, source: _Source) -> list[str] | None:
+    if task.params is not None:
+        if value:
+            raise source.error("entrypoint", f"task {task.name} runs its own entry point; use task: custom for your own command")
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, float)) for v in value):
+        raise source.error("entrypoint", "task custom needs entrypoint: a non-empty list of arguments, e.g. [python, train.py]")
+    return [str(v) for v in value]
+
+
+def _uri_map(value: Any, section: str, source: _Source) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise source.error(section, "expected a mapping of name -> URI (s3://bucket/prefix, file:///path or a path)")
+    out = {}
+    for name, uri in value.items():
+        path = f"{section}.{name}"
+        if not CHANNEL_RE.match(str(name)):
+            raise source.error(path, "names are lowercase letters, digits, '-' and '_', starting with a letter")
+        if not isinstance(uri, str) or not uri.strip():
+            raise source.error(path, f"expected a URI (s3://bucket/prefix, file:///path or a path), got {uri!r}")
+        if "://" in uri and not uri.startswith(("s3://", "file://")):
+            raise source.error(path, f"unsupported scheme in {uri!r}; use s3://, file:// or a plain path")
+        out[str(name)] = uri
+    return out
+
+
+def _hyperparameters(value: Any, task: Task, source: _Source) -> dict[str, Any]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise source.error("hyperparameters", "expected a mapping of name -> value")
+    out = task.defaults()
+    for key, item in value.items():
+        path = f"hyperparameters.{key}"
+        try:
+            out[str(key)] = task.check(str(key), item)
+        except KeyError as exc:
+            raise source.error(path, exc.args[0]) from None
+        except ValueError as exc:
+            raise source.error(path, str(exc)) from None
+    return out
+
+
+def _resources(value: Any, source: _Source) -> Resources:
+    if value is None:
+        return Resources()
+    if not isinstance(value, dict):
+        raise source.error("resources", "expected a mapping (instance_type, instance_count, max_runtime, spot, retries)")
+    checked: dict[str, Any] = {}
+    for key, item in value.items():
+        path = f"resources.{key}"
+        if key not in RESOURCES:
+            raise source.error(path, unknown_key_message(str(key), RESOURCES))
+        try:
+            checked[key] = parse_duration(item) if key == "max_runtime" else RESOURCES[key].check(item)
+        except ValueError as exc:
+            raise source.error(path, str(exc)) from None
+    return Resources(**checked)
+
+
+def parse_duration(value: Any) -> int | None:
+    """Seconds from ``3600``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1h30m"``."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    text = str(value).strip().lower()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    match = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or not match or not any(match.groups()):
+        raise ValueError(f"expected a duration like 3600, 30m, 2h or 1h30m, got {value!r}")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _resolve_relative(raw: dict[str, Any], base: Path) -> None:
+    """Make relative local paths in inputs, outputs and code absolute (relative to the spec file)."""
+    for section in ("inputs", "outputs"):
+        if isinstance(raw.get(section), dict):
+            for name, uri in raw[section].items():
+                if isinstance(uri, str) and "://" not in uri and uri.strip():
+                    raw[section][name] = str((base / uri).resolve())
+    code = raw.get("code")
+    if isinstance(code, str) and "://" not in code:
+        raw["code"] = str((base / code).resolve())
+    elif code is None and raw.get("task") == "custom":
+        raw["code"] = str(base)
+
+
+def _line_map(node: Any, prefix: str = "") -> dict[str, int]:
+    """Dotted key path -> 1-based line number, from yaml's node tree."""
+    import yaml
+
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_line_map(value_node, path))
+    return lines
