@@ -35,7 +35,187 @@ def main() -> None:
 
 @main.group(cls=FaceopsGroup)
 def job() -> None:
-    """Submit, inspect, compare, rerun and stop versioned jobs."""
+    """Submit, inspect, compare, rerun and stop versioned jobs.
+
+    A job is a name; every submit or rerun freezes a new numbered version (NAME:V) with its
+    resolved spec, code hash, image digest, inputs, status history and metrics."""
+
+
+SET_HELP = "Override a setting: lr=0.05 (hyperparameter), resources.spot=true, inputs.train=s3://b/p. Repeatable."
+
+
+def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> None:
+    """Shared tail of submit and rerun: print the plan, or the new version, and follow it."""
+    import json
+
+    from jobs import report, submit
+
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps(record_or_plan, indent=2, default=str))
+            return
+        record, plan = record_or_plan["record"], record_or_plan["plan"]
+        click.echo(f"dry run: would create {record['name']}:{record['version']} (parent {record['parent'] or '-'}); nothing was written")
+        click.echo(f"code bundle {record['code']['hash'][:12]} ({record['code']['files']} files, {record['code']['size']} bytes)")
+        click.echo(json.dumps(plan, indent=2, default=str))
+        return
+    record = record_or_plan
+    ref = f"{record['name']}:{record['version']}"
+    if not wait:
+        click.echo(json.dumps(record, default=str) if as_json else f"submitted {ref}; follow it with: faceops job logs {ref} --follow")
+        return
+    if not as_json:
+        click.echo(f"submitted {ref} (parent {record['parent'] or '-'}); following its log (Ctrl-C detaches, the job keeps running)", err=True)
+    try:
+        record = submit.wait(record, on_line=None if as_json else click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"\ndetached; {ref} keeps running (faceops job stop {ref} to stop it)", err=True)
+        return
+    if as_json:
+        click.echo(json.dumps(record, default=str))
+    else:
+        click.echo(f"{ref} {record['status']}" + (f": {record['failure_reason']}" if record["failure_reason"] else "")
+                   + (f"  [{report.metrics_summary(record)}]" if record["metrics"] else ""))
+    if record["status"] != "done":
+        sys.exit(1)
+
+
+@job.command("submit")
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--backend", help="Run on this backend instead of the spec's (local, sagemaker, modelarts).")
+@click.option("--dry-run", is_flag=True, help="Validate and show what would run; create nothing.")
+@click.option("--wait/--detach", default=True, show_default=True, help="Follow the log until the job ends, or return at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the version record (or the plan) as JSON.")
+def job_submit(spec_file: str, overrides: tuple[str, ...], backend: str | None, dry_run: bool, wait: bool, as_json: bool) -> None:
+    """Submit SPEC_FILE (YAML) as a new version of its job.
+
+    The new version's parent is the job's latest version, so `faceops job versions NAME` shows
+    what changed. Exit code: 0 done, 1 failed or stopped, 2 invalid spec or input."""
+    from jobs import spec, submit
+
+    if backend:
+        overrides = (*overrides, f"backend={backend}")
+    _start(submit.submit(spec.load_spec(spec_file, overrides), dry_run=dry_run), dry_run, wait, as_json)
+
+
+@job.command("rerun")
+@click.argument("ref", metavar="NAME[:V]")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--new-code", is_flag=True, help="Pack the code folder again instead of reusing the version's exact code bundle.")
+@click.option("--dry-run", is_flag=True, help="Validate and show what would run; create nothing.")
+@click.option("--wait/--detach", default=True, show_default=True, help="Follow the log until the job ends, or return at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the version record (or the plan) as JSON.")
+def job_rerun(ref: str, overrides: tuple[str, ...], new_code: bool, dry_run: bool, wait: bool, as_json: bool) -> None:
+    """Run version NAME[:V] again as a new version whose parent is V.
+
+    Every setting of V is kept (spec, inputs, image, code bundle) except what --set changes."""
+    from jobs import submit
+
+    _start(submit.rerun(ref, overrides, new_code=new_code, dry_run=dry_run), dry_run, wait, as_json)
+
+
+@job.command("list")
+@click.option("--name", help="Only versions of this job.")
+@click.option("--status", type=click.Choice(["queued", "staging", "running", "uploading", "done", "failed", "stopped"]))
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of version records.")
+def job_list(name: str | None, status: str | None, as_json: bool) -> None:
+    """List job versions, newest first."""
+    import json
+
+    from jobs import report, submit
+    from jobs.store import Store
+
+    records = [submit.refreshed(r) for r in Store().list(name=name)]
+    records = [r for r in records if not status or r["status"] == status]
+    click.echo(json.dumps(records, default=str) if as_json else report.list_table(records) if records else "no jobs yet")
+
+
+@job.command("show")
+@click.argument("ref", metavar="NAME[:V]")
+@click.option("--json", "as_json", is_flag=True, help="The whole version record as JSON.")
+def job_show(ref: str, as_json: bool) -> None:
+    """Show one version (the latest when V is left out): resolved spec, image digest, code hash,
+    inputs with sizes and ETags, status, phase timings and metrics."""
+    import json
+
+    from jobs import report, submit
+    from jobs.store import Store
+
+    record = submit.refreshed(Store().resolve(ref))
+    click.echo(json.dumps(record, indent=2, default=str) if as_json else report.show_text(record))
+
+
+@job.command("versions")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of version records.")
+def job_versions(name: str, as_json: bool) -> None:
+    """Table of every version of NAME: parent, status, start, duration, the parameters changed
+    against the parent and the final metrics."""
+    import json
+
+    from jobs import report, submit
+    from jobs.store import Store
+
+    records = [submit.refreshed(r) for r in Store().versions(name)]
+    click.echo(json.dumps(records, default=str) if as_json else report.versions_table(records))
+
+
+@job.command("diff")
+@click.argument("ref_a", metavar="NAME:V1")
+@click.argument("ref_b", metavar="NAME:V2")
+@click.option("--all", "show_all", is_flag=True, help="Show every key, not only those that differ.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {key, a, b}.")
+def job_diff(ref_a: str, ref_b: str, show_all: bool, as_json: bool) -> None:
+    """What differs between two versions: hyperparameters, image and digest, code hash, inputs,
+    resources and metrics. Versions of different jobs can be compared too."""
+    import json
+
+    from jobs import report
+    from jobs.store import Store
+
+    store = Store()
+    a, b = store.resolve(ref_a), store.resolve(ref_b)
+    if as_json:
+        click.echo(json.dumps([{"key": k, "a": va, "b": vb} for k, va, vb in report.diff(a, b, show_all)], default=str))
+    else:
+        click.echo(report.diff_text(a, b, show_all))
+
+
+@job.command("logs")
+@click.argument("ref", metavar="NAME[:V]")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def job_logs(ref: str, follow: bool) -> None:
+    """Print a version's log (entry point output plus [faceops] phase lines)."""
+    from jobs import submit
+    from jobs.store import Store
+
+    try:
+        for line in submit.follow_logs(Store().resolve(ref), follow):
+            click.echo(line)
+    except KeyboardInterrupt:
+        pass
+
+
+@job.command("stop")
+@click.argument("ref", metavar="NAME[:V]")
+@click.option("--grace", default=10.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.option("--no-wait", is_flag=True, help="Return after sending the stop request.")
+def job_stop(ref: str, grace: float, no_wait: bool) -> None:
+    """Stop a running version: SIGTERM (the job may checkpoint), SIGKILL after --grace seconds."""
+    import time
+
+    from jobs import submit
+    from jobs.store import TERMINAL, Store
+
+    store = Store()
+    record = submit.stop(store.resolve(ref), grace)
+    ref = f"{record['name']}:{record['version']}"
+    deadline = time.time() + grace + 15
+    while not no_wait and record["status"] not in TERMINAL and time.time() < deadline:
+        time.sleep(0.2)
+        record = submit.refreshed(store.get(record["name"], record["version"]))
+    click.echo(f"{ref} {record['status']}")
 
 
 @main.group(cls=FaceopsGroup)

@@ -68,7 +68,7 @@ class Task:
 def unknown_key_message(key: str, allowed: Any) -> str:
     """'unknown key 'lr_rate' (did you mean 'lr'?); allowed: ...' for any key set."""
     allowed = sorted(allowed)
-    close = difflib.get_close_matches(key, allowed, n=1)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.4)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown key '{key}'{hint}; allowed: {', '.join(allowed)}"
 

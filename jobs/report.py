@@ -1,0 +1,176 @@
+"""Turning version records into what people read: tables, diffs and the per-version summary.
+
+Pure functions over record dicts, so the CLI stays thin and every view is testable without a job.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+# What `job diff` compares, in this order. `status` and timings are shown by --all only, since two
+# versions almost always differ there and it hides what was changed on purpose.
+DIFF_SECTIONS = ("task", "backend", "runtime", "entrypoint", "hyperparameters", "image", "code", "inputs",
+                 "outputs", "resources", "metrics")
+# The parts of a spec a user changes on purpose; `job versions` lists these against the parent.
+CHANGE_SECTIONS = ("hyperparameters", "resources", "inputs", "outputs", "image", "runtime", "entrypoint")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": leaf}``; lists stay whole (an argv is one value)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as flat ``section.key -> value`` pairs: the spec's settings plus what was frozen
+    at submit (image digest, code hash, input sizes/ETags) and the final metrics."""
+    spec = record["spec"]
+    view = {
+        "task": spec["task"],
+        "backend": spec["backend"],
+        "runtime": spec["runtime"],
+        "entrypoint": spec.get("entrypoint"),
+        "hyperparameters": spec["hyperparameters"],
+        "image": record.get("image") or {},
+        "code": {k: v for k, v in (record.get("code") or {}).items() if k in ("hash", "git_commit", "git_dirty")},
+        "inputs": record.get("inputs") or {},
+        "outputs": spec.get("outputs") or {},
+        "resources": spec["resources"],
+        "metrics": record.get("metrics") or {},
+    }
+    return flatten(view)
+
+
+def diff(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> list[tuple[str, Any, Any]]:
+    """``(key, value in a, value in b)`` for every key that differs (every key with ``show_all``)."""
+    left, right = comparable(a), comparable(b)
+    if show_all:
+        left.update(status=a["status"], duration=duration(a))
+        right.update(status=b["status"], duration=duration(b))
+    keys = sorted(set(left) | set(right), key=_section_order)
+    return [(k, left.get(k), right.get(k)) for k in keys if show_all or left.get(k) != right.get(k)]
+
+
+def changes(parent: dict[str, Any] | None, child: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for the settings ``child`` changed relative to ``parent``."""
+    if parent is None:
+        return []
+    rows = diff(parent, child)
+    return [f"{key.split('.', 1)[-1] if key.startswith('hyperparameters.') else key}: {fmt(old)} -> {fmt(new)}"
+            for key, old, new in rows if key.split(".")[0] in CHANGE_SECTIONS
+            and not key.endswith((".size", ".etag", ".digest"))]
+
+
+def duration(record: dict[str, Any]) -> float | None:
+    """Seconds from leaving the queue to the terminal state (or to now while live)."""
+    history = record.get("status_history") or []
+    if len(history) < 2:
+        return None
+    start = history[1]["at"]
+    end = history[-1]["at"] if record["status"] in ("done", "failed", "stopped") else time.time()
+    return round(end - start, 2)
+
+
+def started(record: dict[str, Any]) -> str:
+    history = record.get("status_history") or []
+    at = history[1]["at"] if len(history) > 1 else record.get("created")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def fmt(value: Any) -> str:
+    """Compact text for a table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def metrics_summary(record: dict[str, Any], limit: int = 4) -> str:
+    """The first few final metrics as ``k=v`` (step/epoch counters left out)."""
+    items = [(k, v) for k, v in (record.get("metrics") or {}).items() if k not in ("step", "epoch")]
+    return " ".join(f"{k}={fmt(v)}" for k, v in items[:limit]) or "-"
+
+
+def table(headers: list[str], rows: Iterable[list[Any]]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def versions_table(records: list[dict[str, Any]]) -> str:
+    """`job versions`: version, parent, status, start, duration, changes vs parent, metrics."""
+    by_version = {r["version"]: r for r in records}
+    rows = []
+    for record in records:
+        changed = changes(by_version.get(record["parent"]), record)
+        rows.append([record["version"], record["parent"], record["status"], started(record),
+                     fmt_duration(duration(record)), ", ".join(changed) or "-", metrics_summary(record)])
+    return table(["version", "parent", "status", "started", "duration", "changed", "metrics"], rows)
+
+
+def list_table(records: list[dict[str, Any]]) -> str:
+    """`job list`: one line per version, newest first."""
+    rows = [[f"{r['name']}:{r['version']}", r["task"], r["backend"], r["status"], started(r),
+             fmt_duration(duration(r)), metrics_summary(r, 2)] for r in records]
+    return table(["job", "task", "backend", "status", "started", "duration", "metrics"], rows)
+
+
+def diff_text(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> str:
+    rows = diff(a, b, show_all)
+    if not rows:
+        return f"{a['name']}:{a['version']} and {b['name']}:{b['version']} do not differ"
+    return table(["key", f"{a['name']}:{a['version']}", f"{b['name']}:{b['version']}"], [list(r) for r in rows])
+
+
+def show_text(record: dict[str, Any]) -> str:
+    """`job show`: the resolved spec, what was frozen at submit, status, timings and metrics."""
+    spec = record["spec"]
+    lines = [
+        f"{record['name']}:{record['version']}  task={record['task']}  backend={record['backend']}  status={record['status']}",
+        f"parent:    {record['parent'] if record['parent'] is not None else '-'}",
+        f"started:   {started(record)}   duration: {fmt_duration(duration(record))}",
+        f"image:     {fmt((record.get('image') or {}).get('ref'))}  digest: {fmt((record.get('image') or {}).get('digest'))}",
+        f"code:      {record['code']['hash'][:12]}  ({record['code'].get('files', '?')} files, {record['code'].get('size', 0)} bytes)"
+        + (f"  git {record['code']['git_commit'][:10]}{' dirty' if record['code'].get('git_dirty') else ''}" if record["code"].get("git_commit") else ""),
+    ]
+    if spec.get("entrypoint"):
+        lines.append(f"command:   {' '.join(spec['entrypoint'])}")
+    if record["failure_reason"]:
+        lines.append(f"reason:    {record['failure_reason']}")
+    sections = [
+        ("hyperparameters", spec["hyperparameters"]),
+        ("inputs", {c: f"{i['uri']}  ({fmt(i.get('size'))} bytes, etag {fmt(i.get('etag'))})" for c, i in record["inputs"].items()}),
+        ("outputs", spec.get("outputs") or {}),
+        ("resources", {k: v for k, v in spec["resources"].items() if v not in (None, False, 0) or k == "instance_count"}),
+        ("timings (s)", record.get("timings") or {}),
+        ("metrics", record.get("metrics") or {}),
+    ]
+    for title, values in sections:
+        if values:
+            lines.append(f"{title}:")
+            lines += [f"  {k}: {fmt(v)}" for k, v in values.items()]
+    return "\n".join(lines)
+
+
+def _section_order(key: str) -> tuple[int, str]:
+    section = key.split(".")[0]
+    return (DIFF_SECTIONS.index(section) if section in DIFF_SECTIONS else len(DIFF_SECTIONS), key)
