@@ -262,6 +262,8 @@ def _resources(value: Any, source: _Source) -> Resources:
         path = f"resources.{key}"
         if key not in RESOURCES:
             raise source.error(path, unknown_key_message(str(key), RESOURCES))
+        if item is None:
+            continue
         try:
             checked[key] = parse_duration(item) if key == "max_runtime" else RESOURCES[key].check(item)
         except ValueError as exc:
