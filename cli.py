@@ -33,6 +33,15 @@ def main() -> None:
     State (job versions, logs, code bundles, config.yaml) lives in $FACEOPS_HOME (~/.faceops)."""
 
 
+@main.command()
+def demo() -> None:
+    """Run the whole local workflow on built-in examples, offline: train two versions of a job,
+    compare them, and (with the models extra) build a gallery and identify faces."""
+    from jobs import demo as demo_steps
+
+    demo_steps.run(click.echo)
+
+
 @main.group(cls=FaceopsGroup)
 def job() -> None:
     """Submit, inspect, compare, rerun and stop versioned jobs.

@@ -111,7 +111,7 @@ def table(headers: list[str], rows: Iterable[list[Any]]) -> str:
     """A plain left-aligned text table."""
     cells = [[fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
 
@@ -124,21 +124,21 @@ def versions_table(records: list[dict[str, Any]]) -> str:
         changed = changes(by_version.get(record["parent"]), record)
         rows.append([record["version"], record["parent"], record["status"], started(record),
                      fmt_duration(duration(record)), ", ".join(changed) or "-", metrics_summary(record)])
-    return table(["version", "parent", "status", "started", "duration", "changed", "metrics"], rows)
+    return table(["VERSION", "PARENT", "STATUS", "STARTED", "DURATION", "CHANGED", "METRICS"], rows)
 
 
 def list_table(records: list[dict[str, Any]]) -> str:
     """`job list`: one line per version, newest first."""
     rows = [[f"{r['name']}:{r['version']}", r["task"], r["backend"], r["status"], started(r),
              fmt_duration(duration(r)), metrics_summary(r, 2)] for r in records]
-    return table(["job", "task", "backend", "status", "started", "duration", "metrics"], rows)
+    return table(["JOB", "TASK", "BACKEND", "STATUS", "STARTED", "DURATION", "METRICS"], rows)
 
 
 def diff_text(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> str:
     rows = diff(a, b, show_all)
     if not rows:
         return f"{a['name']}:{a['version']} and {b['name']}:{b['version']} do not differ"
-    return table(["key", f"{a['name']}:{a['version']}", f"{b['name']}:{b['version']}"], [list(r) for r in rows])
+    return table(["KEY", f"{a['name']}:{a['version']}", f"{b['name']}:{b['version']}"], [list(r) for r in rows])
 
 
 def show_text(record: dict[str, Any]) -> str:
