@@ -28,6 +28,9 @@ setup(
     entry_points={
         "console_scripts": ["faceops = cli:main"],
         # Tasks register here (name = module:TASK); jobs.tasks loads them lazily.
-        "faceops.tasks": [],
+        "faceops.tasks": [
+            "gallery = inference.tasks:GALLERY",
+            "identify = inference.tasks:IDENTIFY",
+        ],
     },
 )

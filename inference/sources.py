@@ -8,7 +8,6 @@ are counted (never silently dropped) and bad images are reported later, one row 
 from __future__ import annotations
 
 import csv
-import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from jobs.errors import DataError, NotFoundError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif"}
 LIST_EXTENSIONS = {".txt", ".lst"}
-URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 
 @dataclass(frozen=True)
@@ -41,20 +39,15 @@ class Listing:
 
 @contextmanager
 def local(source: str | Path) -> Iterator[Path]:
-    """A local path for ``source``: plain paths and ``file://`` as they are, other URIs
+    """A local path for ``source``: plain paths and ``file://`` as they are, object-storage URIs
     (``s3://bucket/prefix/``) downloaded through jobs.storage into a folder removed afterwards."""
-    text = str(source)
-    if text.startswith("file://"):
-        yield Path(text[len("file://"):])
-    elif URI.match(text):
-        from jobs import storage
+    from jobs import storage
 
-        with tempfile.TemporaryDirectory(prefix="faceops-src-") as tmp:
-            dest = Path(tmp) / "data"
-            storage.download(text, dest)
-            yield dest
-    else:
-        yield Path(text)
+    if not storage.is_remote(source):
+        yield storage.parse(source).path
+        return
+    with tempfile.TemporaryDirectory(prefix="faceops-src-") as tmp:
+        yield storage.download(source, Path(tmp) / "data", progress=False)
 
 
 def list_images(path: Path, labels: bool = False) -> Listing:
