@@ -1,0 +1,1 @@
+"""MXNet Gluon training: RecordIO data, recognition (ArcFace), detection (RetinaFace), export."""
