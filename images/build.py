@@ -1,0 +1,151 @@
+"""Building images with the docker SDK's low-level API, so the build log can be streamed compactly
+(one line per step; a failing step's output in full).
+
+The tag is derived from a content hash of the build context (Dockerfile, requirements, wrapper
+scripts) and the build arguments, and the hash is stored as an image label: building something
+that has not changed finds the image already there and returns at once instead of rebuilding.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from jobs.errors import FaceopsError
+
+IMAGES_DIR = Path(__file__).resolve().parent
+TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
+# What a target's build context holds: the code is shipped as a bundle, never baked in.
+TARGET_CONTEXT = ("requirements.txt", "bin")
+DEFAULT_REPO = "faceops/train"
+HASH_LABEL = "org.faceops.content-hash"
+TARGET_LABEL = "org.faceops.target"
+STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+OUTPUT_KEPT = 60
+
+
+class BuildError(FaceopsError):
+    """A Dockerfile could not be built; the message holds the failing step and its output."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The image a build produced (or found already built): reference, id, size in bytes, the
+    content hash its tag derives from, and whether it was built now."""
+
+    ref: str
+    image_id: str
+    size: int
+    content_hash: str
+    built: bool
+
+
+def build(target: str | None = None, dockerfile: Path | None = None, tag: str | None = None,
+          base: str | None = None, build_args: dict[str, str] | None = None,
+          echo: Callable[[str], None] = print, verbose: bool = False) -> BuildResult:
+    """Build the faceops ``target`` (``gpu`` or ``cpu``) or a user's ``dockerfile`` (its folder is
+    the context). ``base`` overrides the ``BASE`` build argument (the image to build FROM)."""
+    from jobs.bundle import build_bundle
+
+    from images.engine import client as engine
+
+    context, name, label = _context(target, dockerfile)
+    args = {**(build_args or {}), **({"BASE": base} if base else {})}
+    bundle = build_bundle(context, [name, *TARGET_CONTEXT] if target else None, store=False)
+    try:
+        digest = content_hash(bundle.sha256, name, args)
+        ref = tag or f"{DEFAULT_REPO if target else _repo_for(context)}:{label}-{digest[:12]}"
+        docker = engine()
+        found = _existing(docker, ref, digest)
+        if found:
+            echo(f"{ref} is up to date (content {digest[:12]}); not rebuilt")
+            return BuildResult(ref, found["Id"], found["Size"], digest, built=False)
+        echo(f"building {ref} from {name} (content {digest[:12]})")
+        with open(bundle.path, "rb") as fh:
+            image_id = _stream(docker, fh, name, ref, args, {HASH_LABEL: digest, TARGET_LABEL: label}, echo, verbose)
+        size = docker.api.inspect_image(image_id)["Size"]
+        return BuildResult(ref, image_id, size, digest, built=True)
+    finally:
+        shutil.rmtree(bundle.path.parent, ignore_errors=True)
+
+
+def content_hash(context_sha256: str, dockerfile: str, build_args: dict[str, str]) -> str:
+    """sha256 over the context tarball's hash, the Dockerfile's name and the sorted build args."""
+    payload = json.dumps({"context": context_sha256, "dockerfile": dockerfile, "args": build_args}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _context(target: str | None, dockerfile: Path | None) -> tuple[Path, str, str]:
+    """(context folder, Dockerfile name inside it, label for the tag) for a target or a file."""
+    if (target is None) == (dockerfile is None):
+        raise FaceopsError("give either a target (gpu or cpu) or a Dockerfile, not both")
+    if target is not None:
+        if target not in TARGETS:
+            raise FaceopsError(f"unknown image target '{target}'; known: {', '.join(TARGETS)}")
+        return IMAGES_DIR, TARGETS[target], target
+    path = Path(dockerfile).resolve()
+    if not path.is_file():
+        raise FaceopsError(f"Dockerfile {dockerfile} does not exist")
+    return path.parent, path.name, "custom"
+
+
+def _repo_for(context: Path) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", context.name.lower()).strip("-._") or "image"
+    return f"faceops/{name}"
+
+
+def _existing(docker, ref: str, digest: str) -> dict | None:
+    """The image ``ref`` when it exists and was built from the same content, else None."""
+    import docker as sdk
+
+    try:
+        info = docker.api.inspect_image(ref)
+    except sdk.errors.ImageNotFound:
+        return None
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return info if labels.get(HASH_LABEL) == digest else None
+
+
+def _stream(docker, context, dockerfile: str, ref: str, args: dict[str, str], labels: dict[str, str],
+            echo: Callable[[str], None], verbose: bool) -> str:
+    """Run the build, echoing one line per step; raise :class:`BuildError` with the failing step
+    and its output. Returns the image id."""
+    import docker as sdk
+
+    step, output, image_id = "", deque(maxlen=OUTPUT_KEPT), None
+    try:
+        events = docker.api.build(fileobj=context, custom_context=True, encoding="gzip", dockerfile=dockerfile,
+                                  tag=ref, buildargs=args, labels=labels, network_mode="host", rm=True,
+                                  forcerm=True, decode=True)
+        for event in events:
+            if "error" in event:
+                detail = (event.get("errorDetail") or {}).get("message") or event["error"]
+                raise BuildError(_failure(step, detail, output))
+            if "aux" in event and "ID" in (event["aux"] or {}):
+                image_id = event["aux"]["ID"]
+            for line in (event.get("stream") or "").splitlines():
+                match = STEP.match(line)
+                if match:
+                    step = f"[{match[1]}/{match[2]}] {match[3]}"
+                    output.clear()
+                    echo(step)
+                elif line.strip() and not line.startswith(" ---> "):
+                    output.append(line)
+                    if verbose:
+                        echo(f"    {line}")
+    except sdk.errors.APIError as exc:
+        raise BuildError(_failure(step, exc.explanation or str(exc), output)) from None
+    if image_id is None:
+        raise BuildError(_failure(step, "the engine reported no image id", output))
+    return image_id
+
+
+def _failure(step: str, error: str, output: deque) -> str:
+    where = f"step {step} failed" if step else "the build failed before its first step"
+    shown = "\n".join(f"    {line}" for line in output)
+    return f"{where}: {error.strip()}" + (f"\n  output of that step:\n{shown}" if shown else "")
