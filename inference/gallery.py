@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,18 @@ def save(gallery: Gallery, path: str | Path) -> Path:
     return folder
 
 
+def publish(gallery: Gallery, out: str | Path) -> None:
+    """Save to a local folder, or to an object-storage prefix (written locally, then uploaded
+    through jobs.storage, whose manifest-last upload keeps readers from seeing half a gallery)."""
+    from jobs import storage
+
+    if not storage.is_remote(out):
+        save(gallery, storage.parse(out).path)
+        return
+    with tempfile.TemporaryDirectory(prefix="faceops-gallery-") as tmp:
+        storage.upload(save(gallery, Path(tmp) / "gallery"), out, progress=False)
+
+
 def calibrate(gallery: Gallery, far: float = DEFAULT_FAR, seed: int = 0) -> dict[str, Any] | None:
     """Estimate the similarity threshold that accepts at most ``far`` of impostor pairs, from the
     gallery's own genuine (same person) and impostor (different people) embedding pairs.
@@ -404,7 +417,7 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
     _add_faces(gallery, kept)
     _record(gallery, "build", source=str(source), images=len(items), added=len(kept))
     summary = _finish(gallery, far)
-    save(gallery, out)
+    publish(gallery, out)
     return {**summary, "gallery": str(out), "images": len(items), "issues": _issue_counts(gallery.issues)}
 
 
