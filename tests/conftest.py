@@ -74,7 +74,7 @@ def weed_command(weed: str, root: Path, config: Path, s3_port: int, grpc_ports: 
         weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
         f"-master.port={free_port()}", f"-master.port.grpc={master}",
         "-master.telemetry=false", "-master.volumeSizeLimitMB=128",
-        f"-volume.port={free_port()}", f"-volume.port.grpc={volume}", "-volume.max=16",
+        f"-volume.port={free_port()}", f"-volume.port.grpc={volume}", "-volume.max=256",
         "-volume.preStopSeconds=0",
         "-filer", f"-filer.port={free_port()}", f"-filer.port.grpc={filer}",
         f"-filer.localSocket={root / 'filer.sock'}",
@@ -110,8 +110,9 @@ def wait_until_writable(server: S3Server, proc: subprocess.Popen, timeout: float
     return f"not writable after {timeout:.0f}s: {error}"
 
 
-def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """Terminate, then kill what does not exit within ``grace`` seconds."""
+def stop(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """Terminate, then kill what does not exit within ``grace`` seconds (weed takes ~17 s to
+    shut down gracefully, and its data is thrown away anyway)."""
     proc.terminate()
     try:
         proc.wait(grace)
@@ -137,10 +138,13 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
+    # Every bucket is a collection, and weed grows 7 volumes per collection by default: one is
+    # plenty for tests that each make a fresh bucket. weed reads master.toml from its working folder.
+    (root / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
     grpc_ports = [free_port() for _ in range(4)]
     log = (root / "weed.log").open("wb")
     proc = subprocess.Popen(weed_command(weed, root, config, s3_port, grpc_ports),
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, cwd=root)
     try:
         problem = wait_until_writable(server, proc)
         if problem:
