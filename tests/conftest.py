@@ -2,14 +2,19 @@
 real processes on loopback ports and stop them afterwards."""
 from __future__ import annotations
 
+import io
 import json
+import os
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -175,3 +180,185 @@ def s3_bucket(s3_env) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     s3_env.client().create_bucket(Bucket=name)
     return name
+
+
+@dataclass(frozen=True)
+class DockerEngine:
+    """A private Docker engine: its API address (``unix://.../docker.sock``) and state folder."""
+
+    host: str
+    root: Path
+
+    def client(self):
+        """A docker SDK client for fixtures and assertions that must not go through faceops."""
+        import docker
+
+        return docker.DockerClient(base_url=self.host, timeout=300)
+
+
+@contextmanager
+def running_docker_engine(root: Path) -> Iterator[DockerEngine]:
+    """dockerd with its socket, data and exec roots under ``root`` (vfs storage, no iptables, no
+    bridge), stopped and its data removed afterwards. RuntimeError says why it cannot start."""
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        raise RuntimeError("dockerd not found (Debian package docker.io; scripts/setup-dev.sh installs it)")
+    if os.geteuid() != 0:
+        raise RuntimeError("dockerd needs root")
+    engine = DockerEngine(host=f"unix://{root / 'docker.sock'}", root=root)
+    command = [dockerd, f"--host={engine.host}", f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}",
+               f"--pidfile={root / 'docker.pid'}", "--storage-driver=vfs", "--iptables=false",
+               "--ip6tables=false", "--bridge=none", "--ip-masq=false"]
+    log_path = root / "dockerd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for_engine(engine, proc, log_path)
+            yield engine
+        finally:
+            stop(proc, grace=20.0)
+            shutil.rmtree(root / "data", ignore_errors=True)
+
+
+def _wait_for_engine(engine: DockerEngine, proc: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited with code {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+        try:
+            engine.client().ping()
+            return
+        except Exception:  # any failure just means "not yet"
+            time.sleep(0.2)
+    raise RuntimeError(f"dockerd did not answer within {timeout:.0f}s:\n{log_path.read_text()[-2000:]}")
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A private registry: ``host`` (127.0.0.1:PORT) and the one user its htpasswd file allows."""
+
+    host: str
+    user: str
+    password: str
+    htpasswd: Path
+    storage: Path
+
+    def add_user(self, user: str, password: str) -> None:
+        """Allow another login (the registry re-reads its htpasswd file when it changes)."""
+        subprocess.run(["htpasswd", "-iB", str(self.htpasswd), user], input=password.encode(),
+                       check=True, capture_output=True)
+
+
+@contextmanager
+def running_registry(root: Path) -> Iterator[Registry]:
+    """Debian's docker-registry (distribution 2.8) on a free loopback port with bcrypt htpasswd
+    auth and a random password. RuntimeError says why it cannot start."""
+    for program in ("docker-registry", "htpasswd"):
+        if shutil.which(program) is None:
+            raise RuntimeError(f"{program} not found (Debian docker-registry, apache2-utils; scripts/setup-dev.sh)")
+    registry = Registry(host=f"127.0.0.1:{free_port()}", user="faceops", password=secrets.token_urlsafe(16),
+                        htpasswd=root / "htpasswd", storage=root / "storage")
+    subprocess.run(["htpasswd", "-icB", str(registry.htpasswd), registry.user], input=registry.password.encode(),
+                   check=True, capture_output=True)
+    config = root / "config.yml"
+    config.write_text(json.dumps({  # YAML is a superset of JSON
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(registry.storage)}, "delete": {"enabled": True}},
+        "http": {"addr": registry.host, "secret": secrets.token_hex(16)},
+        "auth": {"htpasswd": {"realm": "faceops-test", "path": str(registry.htpasswd)}},
+    }))
+    log_path = root / "registry.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_port(registry.host, proc, log_path)
+            yield registry
+        finally:
+            stop(proc)
+
+
+def _wait_for_port(host: str, proc: subprocess.Popen, log_path: Path, timeout: float = 30.0) -> None:
+    address, port = host.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex((address, int(port))) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"not listening on {host} after {timeout:.0f}s")
+
+
+def busybox_rootfs() -> bytes:
+    """A tar of a minimal root file system: the static busybox and a link per applet, so images
+    built FROM it have ``/bin/sh`` and the usual tools. (There is no Docker Hub here.)"""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise RuntimeError("busybox not found (Debian busybox-static; scripts/setup-dev.sh installs it)")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder in ("bin", "tmp", "etc", "root"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet != "busybox":
+                link = tarfile.TarInfo(f"bin/{applet}")
+                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(link)
+        passwd = b"root:x:0:0:root:/root:/bin/sh\n"
+        info = tarfile.TarInfo("etc/passwd")
+        info.size = len(passwd)
+        tar.addfile(info, io.BytesIO(passwd))
+    return buffer.getvalue()
+
+
+def import_image(engine: DockerEngine, rootfs: bytes, ref: str) -> str:
+    """``docker import`` a root file system tarball as ``ref``; returns ``ref``."""
+    repository, _, tag = ref.rpartition(":")
+    engine.client().api.import_image_from_data(rootfs, repository=repository, tag=tag)
+    return ref
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A real Docker engine for the session (skips with the reason when it cannot start)."""
+    # A short private folder: the engine's unix sockets must fit in 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="faceops-docker-"))
+    try:
+        with running_docker_engine(root) as engine:
+            yield engine
+    except RuntimeError as exc:
+        pytest.skip(f"Docker engine cannot start: {exc}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Iterator[Registry]:
+    """A real registry with htpasswd auth on a free loopback port, for the session."""
+    try:
+        with running_registry(tmp_path_factory.mktemp("registry")) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.skip(f"registry cannot start: {exc}")
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine) -> str:
+    """A busybox image imported into the test engine, to build FROM and run."""
+    try:
+        return import_image(docker_engine, busybox_rootfs(), "faceops-test/busybox:latest")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def docker_env(docker_engine, tmp_path, monkeypatch) -> DockerEngine:
+    """Point faceops at the test engine, with a private empty docker config for logins."""
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    return docker_engine
