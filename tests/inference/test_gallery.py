@@ -1,0 +1,132 @@
+"""Gallery build, load, search, add/remove and calibration on real photos with the real models."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from inference import gallery as gallerylib
+from jobs.errors import DataError, NotFoundError
+
+
+def test_build_keeps_one_normalised_embedding_per_photo(built, models):
+    path, summary = built
+    db = gallerylib.load(path)
+    assert summary["people"] == 8 and summary["images"] == 40
+    # Every LFW photo has a face; photos with several faces use the largest, and are reported.
+    assert summary["embeddings"] == len(db.entries) == 40
+    assert db.embeddings.dtype == np.float32 and db.embeddings.shape == (40, models.dim)
+    assert np.allclose(np.linalg.norm(db.embeddings, axis=1), 1.0, atol=1e-4)
+    assert db.manifest["models"] == models.identity()
+    assert sorted(set(e["person"] for e in db.entries)) == db.names
+    several = [i for i in db.issues if i["issue"] == "several_faces"]
+    assert len(several) == summary["issues"].get("several_faces", 0)
+    with open(path / "issues.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(db.issues)
+    assert np.load(path / "templates.npy").shape == (8, models.dim)
+    assert db.index().ntotal == 40
+
+
+def test_calibration_separates_people(built):
+    _, summary = built
+    calibration = summary["calibration"]
+    # Measured: threshold 0.224, TAR 1.0 on 80 genuine pairs, no impostor pair above it.
+    assert calibration["genuine_pairs"] == 80 and calibration["impostor_pairs"] == 700
+    assert 0.1 < calibration["threshold"] < 0.45
+    assert calibration["tar"] >= 0.9
+    assert calibration["far"] <= calibration["target_far"]
+
+
+def test_search_is_exact_per_person(built):
+    db = gallerylib.load(built[0])
+    rng = np.random.default_rng(1)
+    queries = db.embeddings[rng.choice(40, 10, replace=False)] + rng.normal(0, 0.03, (10, db.dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    people, sims = db.search(queries, top_k=3)
+    # Brute force: a person's score is their best embedding.
+    scores = queries @ db.embeddings.T
+    best = np.full((10, len(db.people)), -np.inf)
+    for row, label in enumerate(db.labels):
+        best[:, label] = np.maximum(best[:, label], scores[:, row])
+    expected = np.argsort(-best, axis=1)[:, :3]
+    assert (people == expected).all()
+    assert np.allclose(sims, np.take_along_axis(best, expected, axis=1), atol=1e-5)
+
+
+def test_template_of_each_person_finds_that_person(built):
+    db = gallerylib.load(built[0])
+    people, _ = db.search(db.templates(), top_k=1)
+    assert people[:, 0].tolist() == list(range(len(db.people)))
+
+
+def test_remove_then_add_back_without_rebuilding(gallery_copy, split, models, tmp_path):
+    summary = gallerylib.remove_from_gallery(gallery_copy, ["Colin_Powell"])
+    db = gallerylib.load(gallery_copy)
+    assert summary["removed"] == 5 and "Colin_Powell" not in db.names and len(db.entries) == 35
+    assert db.manifest["revision"] == 2 and db.index().ntotal == 35
+    people, _ = db.search(db.embeddings, top_k=7)
+    assert len(db.people) == 7 and people.max() < 7
+    # A person's own folder has no person sub-folders: refused, not silently empty.
+    with pytest.raises(DataError, match="one sub-folder of photos per person"):
+        gallerylib.add_to_gallery(gallery_copy, split / "gal" / "Colin_Powell", models)
+    source = tmp_path / "readd"
+    (source / "Colin_Powell").mkdir(parents=True)
+    for photo in (split / "gal" / "Colin_Powell").iterdir():
+        (source / "Colin_Powell" / photo.name).symlink_to(photo.resolve())
+    added = gallerylib.add_to_gallery(gallery_copy, source, models)
+    db = gallerylib.load(gallery_copy)
+    assert added["added"] == 5 and "Colin_Powell" in db.names and len(db.entries) == 40
+    assert [h["action"] for h in db.manifest["history"]] == ["build", "remove", "add"]
+
+
+def test_remove_unknown_person_suggests_a_name(gallery_copy):
+    with pytest.raises(NotFoundError, match="did you mean 'Colin_Powell'"):
+        gallerylib.remove_from_gallery(gallery_copy, ["Colin_Powel"])
+
+
+def test_calibrate_for_a_looser_far_lowers_the_threshold(gallery_copy, built):
+    strict = built[1]["calibration"]["threshold"]
+    loose = gallerylib.calibrate_gallery(gallery_copy, far=0.1)
+    assert loose["threshold"] < strict
+    assert loose["far"] <= 0.1 and loose["tar"] >= built[1]["calibration"]["tar"]
+    assert json.loads((gallery_copy / "gallery.json").read_text())["calibration"]["target_far"] == 0.1
+
+
+def test_approximate_index_reports_its_recall(built):
+    db = gallerylib.load(built[0])
+    for kind in ("hnsw", "ivf"):
+        index = gallerylib.make_index(kind, db.embeddings)
+        assert 0.8 <= gallerylib.index_recall(index, db.embeddings) <= 1.0
+    with pytest.raises(DataError, match="unknown index type"):
+        gallerylib.make_index("annoy", db.embeddings)
+
+
+def test_not_a_gallery(tmp_path):
+    with pytest.raises(DataError, match="not a faceops gallery"):
+        gallerylib.load(tmp_path)
+    (tmp_path / "gallery.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        gallerylib.load(tmp_path)
+
+
+def test_truncated_embeddings_are_refused(gallery_copy):
+    np.save(gallery_copy / "embeddings.npy", np.zeros((3, 512), np.float32))
+    with pytest.raises(DataError, match="embeddings.npy has shape"):
+        gallerylib.load(gallery_copy)
+
+
+def test_strict_skips_photos_with_several_faces(split, models, tmp_path, built):
+    several = built[1]["issues"].get("several_faces", 0)
+    summary = gallerylib.build_gallery(split / "gal", tmp_path / "strict", models, strict=True)
+    assert summary["embeddings"] == 40 - several
+
+
+def test_source_without_faces_builds_nothing(tmp_path, models):
+    (tmp_path / "src" / "Nobody").mkdir(parents=True)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "src" / "Nobody" / "grey.png"), np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(DataError, match="no faces found"):
+        gallerylib.build_gallery(tmp_path / "src", tmp_path / "db", models)

@@ -1,0 +1,82 @@
+"""Batch identification on real photos: the held-out photos of the gallery's 8 people and all
+photos of 2 people left out, at the gallery's calibrated threshold."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from inference.identify import UNKNOWN, identify
+
+
+@pytest.fixture(scope="session")
+def probe_run(split, built, models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("identify")
+    summary = identify(split / "probe", built[0], out / "report", models, truth_from_folders=True,
+                       annotate_dir=out / "annotated")
+    return out, summary
+
+
+def test_known_people_are_found_and_left_out_people_rejected(probe_run, built):
+    _, summary = probe_run
+    metrics = summary["metrics"]
+    assert metrics["known_probes"] == 40 and metrics["unknown_probes"] == 20 and metrics["missed_probes"] == 0
+    # Measured with SCRFD-500M + MobileFaceNet: rank-1 1.0, TAR 1.0, rejection 1.0 at threshold 0.224.
+    assert metrics["rank1"] >= 0.9
+    assert metrics["tar_at_far"] >= 0.85
+    assert metrics["unknown_rejection"] >= 0.85
+    assert summary["threshold"] == built[1]["calibration"]["threshold"]
+
+
+def test_report_has_one_row_per_face_in_csv_and_jsonl(probe_run, split):
+    out, summary = probe_run
+    with open(out / "report" / "report.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    lines = [json.loads(line) for line in (out / "report" / "report.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) == summary["faces"] + summary["no_face"] + summary["errors"]
+    assert {r["image"] for r in rows} == {p.relative_to(split / "probe").as_posix() for p in (split / "probe").rglob("*.jpg")}
+    for row, line in zip(rows, lines):
+        assert row["image"] == line["image"] and row["person"] == line["person"]
+        if line["status"] == "ok":
+            assert len(line["landmarks"]) == 5 and len(line["box"]) == 4 and 0 < line["det_score"] <= 1
+            assert 1 <= len(line["top_k"]) <= 5
+            sims = [t["similarity"] for t in line["top_k"]]
+            assert sims == sorted(sims, reverse=True) and line["similarity"] == sims[0]
+            assert (line["person"] == UNKNOWN) == (sims[0] < summary["threshold"])
+    assert (out / "report" / "metrics.json").exists()
+
+
+def test_annotated_images_are_written(probe_run, split):
+    out, _ = probe_run
+    written = sorted(p.relative_to(out / "annotated").as_posix() for p in (out / "annotated").rglob("*.jpg"))
+    assert written == sorted(p.relative_to(split / "probe").as_posix() for p in (split / "probe").rglob("*.jpg"))
+
+
+def test_group_photo_gives_one_row_per_face(model_dir, built, models, tmp_path):
+    shutil.copy(model_dir / "players.jpg", tmp_path / "players.jpg")
+    summary = identify(tmp_path / "players.jpg", built[0], tmp_path / "out", models)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "report.jsonl").read_text().splitlines()]
+    # Measured: 22 faces at det_size 640 (16 players plus smaller faces behind them).
+    assert 16 <= summary["faces"] <= 28
+    assert len(lines) == summary["faces"] and [r["face"] for r in lines] == list(range(len(lines)))
+    assert len({tuple(r["box"]) for r in lines}) == len(lines)
+    areas = [(r["box"][2] - r["box"][0]) * (r["box"][3] - r["box"][1]) for r in lines]
+    assert areas == sorted(areas, reverse=True)
+    # None of them is in a gallery of LFW politicians.
+    assert sum(r["person"] == UNKNOWN for r in lines) >= len(lines) - 1
+
+
+def test_truth_csv_and_a_fixed_threshold(split, built, models, tmp_path):
+    truth = tmp_path / "truth.csv"
+    photos = sorted((split / "probe").rglob("*.jpg"))[:12]
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(str(p) for p in photos) + "\n")
+    truth.write_text("path,person\n" + "".join(f"{p.name},{p.parent.name}\n" for p in photos))
+    summary = identify(listing, built[0], tmp_path / "out", models, truth=truth, threshold=0.99, top_k=2)
+    metrics = summary["metrics"]
+    assert summary["images"] == 12 and metrics["probes"] == 12
+    # Nobody reaches 0.99: every known face is below the threshold, yet rank-1 still counts hits.
+    assert metrics["tar_at_far"] == 0.0 and metrics["rank1"] >= 0.9
+    assert summary["unknown"] == summary["faces"]
