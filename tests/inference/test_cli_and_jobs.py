@@ -1,0 +1,130 @@
+"""The gallery and identify commands and job tasks as a user runs them: CliRunner for the CLI, the
+real local backend (supervisor + subprocess entry point) for jobs, a real S3 server for storage."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+from click.testing import CliRunner
+
+from cli import main
+from jobs.store import Store
+from jobs.tasks import get_task
+
+
+def faceops(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_gallery_commands_and_identify(split, model_dir, tmp_path):
+    db = tmp_path / "db"
+    result = faceops("gallery", "build", split / "gal", db, "--models", model_dir, "--json")
+    assert result.exit_code == 0, result.output
+    built = json.loads(result.output)
+    assert built["people"] == 8 and built["embeddings"] == 40 and (db / "gallery.json").exists()
+
+    result = faceops("identify", split / "probe", "--gallery", db, "--out", tmp_path / "report",
+                     "--models", model_dir, "--truth-from-folders", "--top-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["metrics"]["rank1"] >= 0.9 and summary["metrics"]["unknown_rejection"] >= 0.85
+    assert (tmp_path / "report" / "report.csv").exists()
+
+    result = faceops("gallery", "remove", db, "Ariel_Sharon", "Colin_Powell")
+    assert result.exit_code == 0 and "people: 6" in result.output, result.output
+    result = faceops("gallery", "calibrate", db, "--far", "0.05", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["target_far"] == 0.05
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(split, model_dir, tmp_path):
+    result = faceops("identify", split / "probe", "--gallery", split / "gal", "--models", model_dir)
+    assert result.exit_code == 2
+    assert "is not a faceops gallery" in result.output and "Traceback" not in result.output
+    result = faceops("gallery", "build", tmp_path / "missing", tmp_path / "db", "--models", model_dir)
+    assert result.exit_code == 2 and "image source not found" in result.output
+
+
+def test_tasks_are_registered_as_processing_jobs():
+    for name in ("gallery", "identify"):
+        task = get_task(name)
+        assert task.kind == "processing" and task.entrypoint[:3] == ("python", "-m", "inference.job")
+    assert get_task("identify").check("top_k", "3") == 3
+    assert get_task("gallery").check("index", "hnsw") == "hnsw"
+
+
+def _spec(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_gallery_and_identify_jobs_record_metrics(split, model_dir, tmp_path):
+    db_uri = tmp_path / "outputs" / "db"
+    spec = _spec(tmp_path / "gallery.yaml", f"""\
+        name: lfw-gallery
+        task: gallery
+        inputs:
+          images: {split / 'gal'}
+          models: {model_dir}
+        outputs:
+          database: {db_uri}
+        hyperparameters:
+          far: 0.01
+        """)
+    result = faceops("job", "submit", spec)
+    assert result.exit_code == 0, result.output
+    record = Store().get("lfw-gallery")
+    assert record["status"] == "done", result.output
+    assert record["metrics"]["people"] == 8 and record["metrics"]["embeddings"] == 40
+    assert (db_uri / "gallery.json").exists()
+
+    spec = _spec(tmp_path / "identify.yaml", f"""\
+        name: lfw-identify
+        task: identify
+        inputs:
+          images: {split / 'probe'}
+          gallery: {db_uri}
+          models: {model_dir}
+        outputs:
+          report: {tmp_path / 'outputs' / 'report'}
+        hyperparameters:
+          truth_from_folders: true
+        """)
+    result = faceops("job", "submit", spec)
+    assert result.exit_code == 0, result.output
+    record = Store().get("lfw-identify")
+    assert record["status"] == "done", result.output
+    assert record["metrics"]["rank1"] >= 0.9 and record["metrics"]["unknown_rejection"] >= 0.85
+    assert record["metrics"]["faces"] > 0 and record["metrics"]["faces_per_s"] > 0
+    assert (tmp_path / "outputs" / "report" / "report.jsonl").exists()
+
+
+def test_identify_job_fails_with_a_reason_on_a_non_gallery(split, model_dir, tmp_path):
+    spec = _spec(tmp_path / "identify.yaml", f"""\
+        name: bad-identify
+        task: identify
+        inputs:
+          images: {split / 'probe' / 'Tony_Blair'}
+          gallery: {split / 'gal'}
+          models: {model_dir}
+        outputs:
+          report: {tmp_path / 'report'}
+        """)
+    result = faceops("job", "submit", spec)
+    record = Store().get("bad-identify")
+    assert result.exit_code == 1 and record["status"] == "failed"
+    assert "not a faceops gallery" in record["failure_reason"]
+
+
+def test_gallery_from_and_to_object_storage(split, models, s3_bucket, tmp_path):
+    from inference.gallery import build_gallery, load
+    from inference.identify import identify
+    from jobs import storage
+
+    storage.upload(split / "gal", f"s3://{s3_bucket}/photos/", progress=False)
+    summary = build_gallery(f"s3://{s3_bucket}/photos/", f"s3://{s3_bucket}/galleries/lfw/", models)
+    assert summary["people"] == 8 and summary["embeddings"] == 40
+    assert storage.exists(f"s3://{s3_bucket}/galleries/lfw/gallery.json")
+    assert len(load(f"s3://{s3_bucket}/galleries/lfw/").entries) == 40
+    result = identify(split / "probe" / "Hugo_Chavez", f"s3://{s3_bucket}/galleries/lfw/", tmp_path / "out", models)
+    assert result["faces"] >= 5 and result["unknown"] < result["faces"]
