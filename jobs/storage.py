@@ -259,19 +259,43 @@ def _transfer_config(part_size: int):
     return TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size)
 
 
-def _copy_local(src: Path, dest: Path, update: Callable[[int], Any]) -> None:
-    """Copy in chunks (for the progress bar) to a temporary sibling, then rename into place."""
+@contextmanager
+def _staged(dest: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``dest`` to fill (a file or a folder). On success it takes
+    ``dest``'s place by rename, on failure it is removed: readers see the old or the whole new."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     try:
+        yield tmp
+        if tmp.is_dir() and dest.exists():
+            _swap_dir(tmp, dest)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _swap_dir(new: Path, dest: Path) -> None:
+    """Replace the folder ``dest`` by ``new``: two renames, then the old one is removed."""
+    if not dest.is_dir():
+        raise StorageError(f"{dest}: exists and is not a folder")
+    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old)
+
+
+def _copy_local(src: Path, dest: Path, update: Callable[[int], Any]) -> None:
+    """Copy in chunks, so the progress bar moves, into a staged sibling of ``dest``."""
+    with _staged(dest) as tmp:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             while chunk := fin.read(1024 * 1024):
                 fout.write(chunk)
                 update(len(chunk))
         shutil.copystat(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fetch(info: ObjectInfo, dest: Path, update: Callable[[int], Any]) -> None:
@@ -327,19 +351,6 @@ def _put(src: Path, loc: Location, update: Callable[[int], Any], part_size: int)
         s3_client().upload_file(str(src), loc.bucket, loc.key, Callback=update, Config=_transfer_config(part_size))
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished folder into place; an existing folder is swapped out, then removed."""
-    if not dest.exists():
-        os.replace(tmp, dest)
-        return
-    if not dest.is_dir():
-        raise StorageError(f"{dest}: exists and is not a folder")
-    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
-    os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old)
-
-
 def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = PART_SIZE) -> None:
     """Upload the file or folder ``src`` to ``uri`` (a URI ending in ``/`` receives a file under
     its own name). Files over ``part_size`` go up in parts. A folder gets ``_manifest.json`` last;
@@ -354,23 +365,22 @@ def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = P
         with _bar(src.stat().st_size, src.name, progress) as bar:
             _put(src, parse(uri), bar.update, part_size)
         return
+    loc = parse(uri)
+    if loc.scheme == "s3":
+        _put_tree(src, str(loc), progress, part_size)
+        return
+    with _staged(loc.path) as tmp:
+        _put_tree(src, str(tmp), progress, part_size)
+
+
+def _put_tree(src: Path, uri: str, progress: bool, part_size: int) -> None:
+    """Every file under ``src`` to ``uri``, then the manifest: its presence means complete."""
     files = [(p.relative_to(src).as_posix(), p) for p in sorted(src.rglob("*"))
              if p.is_file() and p.relative_to(src).as_posix() != MANIFEST]
-    loc = parse(uri)
-    final = loc.path if loc.scheme == "file" else None
-    if final is not None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        loc = Location("file", path=final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"))
-    try:
-        with _bar(sum(p.stat().st_size for _, p in files), src.name, progress) as bar:
-            for rel, path in files:
-                _put(path, parse(join(str(loc), rel)), bar.update, part_size)
-        write_bytes(join(str(loc), MANIFEST), _manifest(files))
-        if final is not None:
-            _replace_dir(loc.path, final)
-    finally:
-        if final is not None and loc.path.exists():
-            shutil.rmtree(loc.path)
+    with _bar(sum(p.stat().st_size for _, p in files), src.name, progress) as bar:
+        for rel, path in files:
+            _put(path, parse(join(uri, rel)), bar.update, part_size)
+    write_bytes(join(uri, MANIFEST), _manifest(files))
 
 
 def read_bytes(uri: str | Path) -> bytes:
@@ -388,10 +398,8 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
     """Write ``data`` as a whole file or object (visible only once complete)."""
     loc = parse(uri)
     if loc.scheme == "file":
-        loc.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = loc.path.with_name(f".{loc.path.name}.{uuid.uuid4().hex[:8]}.part")
-        tmp.write_bytes(data)
-        os.replace(tmp, loc.path)
+        with _staged(loc.path) as tmp:
+            tmp.write_bytes(data)
         return
     with _errors(loc, "write"):
         s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
