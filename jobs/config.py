@@ -7,6 +7,7 @@ variables always win over the file so CI and containers can configure without wr
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,29 @@ def home() -> Path:
 def load_config() -> dict[str, Any]:
     """Read ``$FACEOPS_HOME/config.yaml`` (empty dict when absent).
 
-    A malformed file is a usage error the user must fix, so it raises ``ValueError`` naming the file.
+    Cached by path and modification time: storage asks for settings on every ranged read.
+    A malformed file is a usage error the user must fix, so it raises ``SpecError`` naming the file.
     """
     path = home() / "config.yaml"
-    if not path.exists():
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
         return {}
+    return _read_config(str(path), mtime)
+
+
+@lru_cache(maxsize=8)
+def _read_config(path: str, mtime: int) -> dict[str, Any]:
     import yaml
 
+    from jobs.errors import SpecError
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise SpecError(f"{path}: expected a mapping at the top level")
     return data
 
 
