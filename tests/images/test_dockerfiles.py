@@ -1,0 +1,152 @@
+"""The real gpu and cpu Dockerfiles: a parse/lint test (the shape the rest of faceops relies on)
+and a real build of both with the base overridden.
+
+Docker Hub is out of reach here, so the build's base is a Python image made from the interpreter
+running the tests (its stdlib, the shared libraries it needs and busybox for /bin/sh). PyPI is
+reachable from RUN steps, so pip resolves the real requirements with ``--dry-run`` instead of
+installing a few hundred MB of wheels into a test image."""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import sysconfig
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from images.build import IMAGES_DIR, TARGETS
+from tests.conftest import busybox_rootfs, import_image
+
+ROOT = IMAGES_DIR.parent
+INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "WORKDIR", "LABEL", "USER", "ENTRYPOINT", "CMD",
+                "EXPOSE", "VOLUME", "SHELL", "HEALTHCHECK", "STOPSIGNAL", "ONBUILD", "ADD"}
+HOST_CA = os.environ.get("PIP_CERT") or ssl.get_default_verify_paths().cafile
+IMAGE_CA = "/etc/ssl/certs/ca-certificates.crt"
+SKIPPED_STDLIB = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "__pycache__", "config-3.11-x86_64-linux-gnu"}
+
+
+def instructions(dockerfile: Path) -> list[tuple[int, str, str]]:
+    """(line, INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    result, pending, start = [], "", 0
+    for number, line in enumerate(dockerfile.read_text().splitlines(), 1):
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        start = start if pending else number
+        pending += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            keyword, _, args = pending.strip().partition(" ")
+            result.append((start, keyword.upper(), args.strip()))
+            pending = ""
+    assert not pending, f"{dockerfile.name}: a continued line never ends"
+    return result
+
+
+def requirement_names(lines: list[str]) -> dict[str, str]:
+    """``{"numpy": "numpy<1.24", ...}`` keyed by lower-case project name."""
+    return {re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower(): line.replace(" ", "")
+            for line in lines if line.strip() and not line.lstrip().startswith("#")}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_dockerfile_parses_and_keeps_the_layout(target):
+    dockerfile = IMAGES_DIR / TARGETS[target]
+    steps = instructions(dockerfile)
+    for line, keyword, _ in steps:
+        assert keyword in INSTRUCTIONS, f"{dockerfile.name}:{line}: unknown instruction {keyword}"
+    assert steps[0][1:3] == ("ARG", steps[0][2]) and steps[0][2].startswith("BASE="), "ARG BASE must come first"
+    assert [s[2] for s in steps if s[1] == "FROM"] == ["${BASE}"], "one stage, FROM the overridable base"
+    for line, keyword, args in steps:
+        if keyword in ("COPY", "ADD"):
+            assert keyword == "COPY", f"{dockerfile.name}:{line}: use COPY (ADD fetches URLs)"
+            for source in args.split()[:-1]:
+                assert (IMAGES_DIR / source).exists(), f"{dockerfile.name}:{line}: {source} is not in images/"
+                assert source.split("/")[0] not in ("jobs", "train", "inference", "cli.py"), "code ships as a bundle"
+    env = " ".join(args for _, keyword, args in steps if keyword == "ENV")
+    assert "PYTHONPATH=/opt/ml/code" in env and "/opt/faceops/bin" in env
+    assert ("WORKDIR", "/opt/ml/code") in [(k, a) for _, k, a in steps]
+    assert not re.search(r"(PASSWORD|SECRET|TOKEN|_KEY)=", env), "no secrets in image layers"
+
+
+def test_gpu_base_matches_the_mxnet_wheel():
+    steps = instructions(IMAGES_DIR / "Dockerfile.gpu")
+    args = dict(a.split("=", 1) for _, k, a in steps if k == "ARG" and "=" in a)
+    assert args["MXNET"] == "mxnet-cu112==1.9.1"
+    assert re.match(r"nvidia/cuda:11\.2\.\d+-cudnn8-runtime-", args["BASE"]), args["BASE"]
+
+
+def test_requirements_match_setup_py():
+    """The images' one requirements list pins what setup.py pins (mxnet aside: the build arg)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    lists = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+             for t in n.targets if isinstance(t, ast.Name) and t.id in ("TRAIN", "INFERENCE")}
+    wanted = requirement_names(lists["TRAIN"] + lists["INFERENCE"])
+    wanted.pop("mxnet")
+    shipped = requirement_names((IMAGES_DIR / "requirements.txt").read_text().splitlines())
+    for name, spec in wanted.items():
+        assert shipped.get(name) == spec, f"requirements.txt has {shipped.get(name)!r}, setup.py {spec!r}"
+
+
+def python_rootfs() -> bytes:
+    """The running interpreter as a root file system: python3.11 under /usr/local, its stdlib
+    (without tests and site-packages), every shared library it and its extension modules load,
+    busybox for /bin/sh, and this machine's CA bundle (pip behind a TLS-inspecting proxy needs it)."""
+    prefix = Path(sys.base_prefix)
+    binary = Path(sys.executable).resolve()
+    stdlib = Path(sysconfig.get_paths(vars={"base": str(prefix), "platbase": str(prefix)})["stdlib"])
+    libraries = _shared_libraries([binary, *stdlib.glob("lib-dynload/*.so")])
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(busybox_rootfs())) as base, tarfile.open(fileobj=out, mode="w") as tar:
+        for member in base.getmembers():
+            tar.addfile(member, base.extractfile(member) if member.isfile() else None)
+        tar.add(binary, arcname="usr/local/bin/python3.11")
+        for name in ("python3", "python"):
+            link = tarfile.TarInfo(f"usr/local/bin/{name}")
+            link.type, link.linkname = tarfile.SYMTYPE, "python3.11"
+            tar.addfile(link)
+        tar.add(stdlib, arcname="usr/local/lib/python3.11",
+                filter=lambda m: None if set(Path(m.name).parts) & SKIPPED_STDLIB else m)
+        if HOST_CA:
+            tar.add(HOST_CA, arcname=IMAGE_CA.lstrip("/"))
+        for library in libraries:
+            # Into the loader's default folders: the build's RUNPATH points at the host prefix.
+            target = library if not library.name.startswith("libpython") else Path("/usr/lib") / library.name
+            tar.add(library.resolve(), arcname=str(target).lstrip("/"))
+    return out.getvalue()
+
+
+def _shared_libraries(files: list[Path]) -> set[Path]:
+    found = set()
+    for file in files:
+        listing = subprocess.run(["ldd", str(file)], capture_output=True, text=True).stdout
+        found.update(Path(p) for p in re.findall(r"(/\S+) \(0x", listing))
+    return found
+
+
+@pytest.fixture(scope="module")
+def python_base(docker_engine) -> str:
+    return import_image(docker_engine, python_rootfs(), "faceops-test/python:3.11")
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_build_with_base_overridden(target, docker_env, python_base):
+    pip_options = "--dry-run --no-deps --only-binary=:all:" + (f" --cert {IMAGE_CA}" if HOST_CA else "")
+    result = CliRunner().invoke(main, ["image", "build", "--target", target, "--base", python_base,
+                                       "--build-arg", f"PIP_OPTIONS={pip_options}", "--verbose", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    built = json.loads(result.stdout.strip().splitlines()[-1])
+    assert built["ref"].startswith(f"faceops/train:{target}-") and built["built"]
+    assert "Would install" in result.stderr and "mxnet" in result.stderr
+    check = ("test -x /opt/faceops/bin/run_face_recognition_train.sh && "
+             "command -v faceops-task && pwd && python -c 'import sys; print(sys.prefix)' && echo $PYTHONPATH")
+    out = docker_env.client().containers.run(built["ref"], ["sh", "-c", check], remove=True, network_mode="none")
+    assert out.decode().split() == ["/opt/faceops/bin/faceops-task", "/opt/ml/code", "/opt/venv", "/opt/ml/code"]
