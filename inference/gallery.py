@@ -39,6 +39,8 @@ ISSUE_FIELDS = ["image", "issue", "detail"]
 DEFAULT_FAR = 1e-3
 # Used only when a gallery cannot be calibrated (fewer than two people); typical for ArcFace cosines.
 DEFAULT_THRESHOLD = 0.3
+DEFAULT_DET_SIZE = 640
+DEFAULT_DET_THRESH = 0.5
 CALIBRATION_SAMPLE = 4000  # embeddings used for genuine/impostor pairs (4000^2/2 = 8M pairs)
 
 
@@ -105,6 +107,7 @@ class Gallery:
     entries: list[dict[str, Any]]
     issues: list[dict[str, Any]] = field(default_factory=list)
     _index: Any = None
+    _labels: np.ndarray | None = None
 
     @property
     def people(self) -> list[dict[str, Any]]:
@@ -120,9 +123,16 @@ class Gallery:
 
     @property
     def labels(self) -> np.ndarray:
-        """Row in ``people`` of each embedding's person."""
-        row = {p["id"]: i for i, p in enumerate(self.people)}
-        return np.array([row[int(e["person_id"])] for e in self.entries], dtype=np.int64)
+        """Row in ``people`` of each embedding's person (cached: search needs it per call)."""
+        if self._labels is None:
+            row = {p["id"]: i for i, p in enumerate(self.people)}
+            self._labels = np.array([row[int(e["person_id"])] for e in self.entries], dtype=np.int64)
+        return self._labels
+
+    def changed(self) -> None:
+        """Forget the index and labels after entries or people change."""
+        self._index = None
+        self._labels = None
 
     @property
     def threshold(self) -> float:
@@ -309,11 +319,11 @@ def calibrate(gallery: Gallery, far: float = DEFAULT_FAR, seed: int = 0) -> dict
     return calibration
 
 
-def _new_manifest(models: Models, index: str, det_size: int, det_thresh: float) -> dict[str, Any]:
+def _new_manifest(identity: dict[str, Any], index: str, det_size: int, det_thresh: float) -> dict[str, Any]:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "revision": 0, "history": [],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "models": models.identity(), "detection": {"det_size": det_size, "det_thresh": det_thresh},
+        "models": identity, "detection": {"det_size": det_size, "det_thresh": det_thresh},
         "index": {"type": index}, "people": [], "next_person_id": 0, "calibration": None, "count": 0,
     }
 
@@ -351,17 +361,36 @@ def _collect(models: Models, items: list[ImageItem], strict: bool, progress: boo
     return kept, issues
 
 
-def _add_faces(gallery: Gallery, kept: list[tuple[ImageItem, facelib.Face]]) -> None:
-    rows = []
-    for item, face in kept:
-        pid = _person_id(gallery.manifest, item.label)
-        x1, y1, x2, y2 = (round(float(v), 1) for v in face.box)
-        rows.append({"person_id": pid, "person": item.label, "image": item.name, "x1": x1, "y1": y1,
-                     "x2": x2, "y2": y2, "det_score": round(face.score, 4)})
-    new = np.stack([face.embedding for _, face in kept]) if kept else np.zeros((0, gallery.dim), np.float32)
+def _append(gallery: Gallery, persons: list[str], embeddings: np.ndarray, details: list[dict[str, Any]]) -> None:
+    """Append embeddings with their person names (new names become new people) and entry details."""
+    rows = [{"person_id": _person_id(gallery.manifest, name), "person": name, **detail}
+            for name, detail in zip(persons, details)]
     gallery.entries.extend(rows)
-    gallery.embeddings = np.concatenate([gallery.embeddings, new.astype(np.float32)])
-    gallery._index = None
+    gallery.embeddings = np.concatenate([gallery.embeddings, _normalise(embeddings.reshape(len(rows), gallery.dim))])
+    gallery.changed()
+
+
+def _add_faces(gallery: Gallery, kept: list[tuple[ImageItem, facelib.Face]]) -> None:
+    details = []
+    for item, face in kept:
+        x1, y1, x2, y2 = (round(float(v), 1) for v in face.box)
+        details.append({"image": item.name, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "det_score": round(face.score, 4)})
+    embeddings = np.stack([face.embedding for _, face in kept]) if kept else np.zeros((0, gallery.dim), np.float32)
+    _append(gallery, [item.label for item, _ in kept], embeddings, details)
+
+
+def from_embeddings(embeddings: np.ndarray, persons: list[str], identity: dict[str, Any],
+                    index: str = "flat") -> Gallery:
+    """A gallery from embeddings computed elsewhere (one person name per row; rows are
+    L2-normalised here). ``identity`` is the recognizer's as in :meth:`Models.identity`, so
+    identify can still refuse other models' embeddings."""
+    if embeddings.ndim != 2 or embeddings.shape[1] != identity["recognizer"]["dim"] or len(persons) != len(embeddings):
+        raise DataError(f"expected {len(persons)} embeddings of {identity['recognizer']['dim']} dimensions, "
+                        f"got an array of shape {embeddings.shape}")
+    gallery = Gallery(_new_manifest(identity, index, DEFAULT_DET_SIZE, DEFAULT_DET_THRESH), np.zeros((0, embeddings.shape[1]), np.float32), [])
+    _append(gallery, persons, np.asarray(embeddings, np.float32), [{} for _ in persons])
+    _record(gallery, "import", added=len(persons))
+    return gallery
 
 
 def _record(gallery: Gallery, action: str, **detail: Any) -> None:
@@ -397,8 +426,8 @@ def _labelled(source: str | Path, folder: Path) -> tuple[list[ImageItem], list[s
 
 
 def build_gallery(source: str | Path, out: str | Path, models: Models | str | Path | None = None, *,
-                  det: str | Path | None = None, rec: str | Path | None = None, det_size: int = 640,
-                  det_thresh: float = 0.5, batch_size: int = 16, workers: int = 2, strict: bool = False,
+                  det: str | Path | None = None, rec: str | Path | None = None, det_size: int = DEFAULT_DET_SIZE,
+                  det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int = 2, strict: bool = False,
                   far: float = DEFAULT_FAR, index: str = "flat", progress: bool = False) -> dict[str, Any]:
     """Build a gallery at ``out`` from ``source`` (folder of per-person folders, ``path,person``
     CSV, or an object-storage prefix of either). Returns a summary (people, embeddings, images,
@@ -412,7 +441,7 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
                                 batch_size=batch_size, workers=workers)
     if not kept:
         raise DataError(f"{source}: no faces found in {len(items)} images; nothing to build")
-    gallery = Gallery(_new_manifest(models, index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
+    gallery = Gallery(_new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
                       issues + [{"image": s, "issue": "not_an_image", "detail": "skipped by extension or location"} for s in skipped])
     _add_faces(gallery, kept)
     _record(gallery, "build", source=str(source), images=len(items), added=len(kept))
@@ -457,7 +486,7 @@ def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
     gallery.entries = [e for e, k in zip(gallery.entries, keep) if k]
     gallery.embeddings = gallery.embeddings[keep]
     gallery.manifest["people"] = [p for p in gallery.people if p["name"] not in people]
-    gallery._index = None
+    gallery.changed()
     _record(gallery, "remove", people=people, removed=int((~keep).sum()))
     far = (gallery.manifest.get("calibration") or {}).get("target_far", DEFAULT_FAR)
     summary = _finish(gallery, far)

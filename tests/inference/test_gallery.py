@@ -130,3 +130,15 @@ def test_source_without_faces_builds_nothing(tmp_path, models):
     cv2.imwrite(str(tmp_path / "src" / "Nobody" / "grey.png"), np.full((200, 200, 3), 128, np.uint8))
     with pytest.raises(DataError, match="no faces found"):
         gallerylib.build_gallery(tmp_path / "src", tmp_path / "db", models)
+
+
+def test_gallery_from_embeddings_computed_elsewhere(built, tmp_path):
+    db = gallerylib.load(built[0])
+    imported = gallerylib.from_embeddings(db.embeddings * 3.0, [e["person"] for e in db.entries], db.manifest["models"])
+    assert np.allclose(imported.embeddings, db.embeddings, atol=1e-6)
+    gallerylib.save(imported, tmp_path / "imported")
+    again = gallerylib.load(tmp_path / "imported")
+    assert again.names == db.names
+    assert (again.search(db.templates(), 1)[0][:, 0] == np.arange(len(db.people))).all()
+    with pytest.raises(DataError, match="512 dimensions"):
+        gallerylib.from_embeddings(db.embeddings[:, :128], db.names[:1] * 40, db.manifest["models"])
