@@ -378,7 +378,7 @@ def image_login(registry: str, username: str | None, password_stdin: bool, ecr: 
     else:
         if not username:
             raise click.UsageError("--password-stdin needs --username")
-        password = click.get_text_stream("stdin").read().rstrip("\r\n")
+        password = sys.stdin.read().rstrip("\r\n")
     path = login.login(registry, username, password, say=lambda line: click.echo(line, err=True))
     click.echo(f"Login to {registry} succeeded; credentials kept via {path}")
 

@@ -13,7 +13,8 @@ T = TypeVar("T")
 DOCKER_HUB = "docker.io"
 TRANSIENT = ("connection refused", "connection reset", "timeout", "i/o timeout", "eof", "503", "502",
              "504", "429", "too many requests", "no such host", "temporary failure", "tls handshake")
-DENIED = ("unauthorized", "authentication required", "401", "denied", "incorrect username or password")
+DENIED = ("unauthorized", "authentication required", "401", "denied", "incorrect username or password",
+          "no basic auth credentials")
 
 
 class RegistryError(FaceopsError):
