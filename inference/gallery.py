@@ -328,15 +328,6 @@ def _new_manifest(identity: dict[str, Any], index: str, det_size: int, det_thres
     }
 
 
-def _person_id(manifest: dict[str, Any], name: str) -> int:
-    for person in manifest["people"]:
-        if person["name"] == name:
-            return person["id"]
-    manifest["people"].append({"id": manifest["next_person_id"], "name": name})
-    manifest["next_person_id"] += 1
-    return manifest["people"][-1]["id"]
-
-
 def _collect(models: Models, items: list[ImageItem], strict: bool, progress: bool,
              **analyse: Any) -> tuple[list[tuple[ImageItem, facelib.Face]], list[dict[str, Any]]]:
     """One face per image (the largest; none with ``strict`` when there are several) plus an issue
@@ -363,8 +354,13 @@ def _collect(models: Models, items: list[ImageItem], strict: bool, progress: boo
 
 def _append(gallery: Gallery, persons: list[str], embeddings: np.ndarray, details: list[dict[str, Any]]) -> None:
     """Append embeddings with their person names (new names become new people) and entry details."""
-    rows = [{"person_id": _person_id(gallery.manifest, name), "person": name, **detail}
-            for name, detail in zip(persons, details)]
+    ids = {p["name"]: p["id"] for p in gallery.people}
+    for name in dict.fromkeys(persons):
+        if name not in ids:
+            ids[name] = gallery.manifest["next_person_id"]
+            gallery.manifest["people"].append({"id": ids[name], "name": name})
+            gallery.manifest["next_person_id"] += 1
+    rows = [{"person_id": ids[name], "person": name, **detail} for name, detail in zip(persons, details)]
     gallery.entries.extend(rows)
     gallery.embeddings = np.concatenate([gallery.embeddings, _normalise(embeddings.reshape(len(rows), gallery.dim))])
     gallery.changed()
