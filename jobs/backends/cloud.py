@@ -1,0 +1,241 @@
+"""What the cloud backends (SageMaker, ModelArts) share: unique remote names, the code bundle on
+object storage, required settings, retries on throttling, status bookkeeping and log following.
+
+A cloud job runs the same entry point as a local one. The service downloads the job's inputs and
+the code bundle (an extra input channel, ``faceops-code``) into the container, whose command is
+``faceops-cloud-bootstrap`` (images/bin): it unpacks the bundle into ``/opt/ml/code``, turns the
+service's string parameters back into typed JSON and sets the contract's variables, so entry points
+never know where they run. Nothing here imports boto3 or the Huawei SDK.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from jobs.config import setting
+from jobs.errors import FaceopsError, SpecError
+from jobs.store import TERMINAL, RecordFrozen, Store
+
+CODE_CHANNEL = "faceops-code"
+BOOTSTRAP = "faceops-cloud-bootstrap"
+BUNDLE_NAME = "code.tar.gz"
+MASK = "***"
+T = TypeVar("T")
+
+
+class CloudError(FaceopsError):
+    """A cloud service refused a request; the message passes the service's own reason on."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting a backend needs: its ``config.yaml`` section/key, the variables that override
+    it, and what it is for (so a missing one can be explained)."""
+
+    section: str
+    key: str
+    env: tuple[str, ...]
+    what: str
+
+    def get(self, default: Any = None) -> Any:
+        return setting(self.section, self.key, self.env, default)
+
+    def require(self) -> str:
+        """The value, or a SpecError saying which setting is missing and where to set it."""
+        value = self.get()
+        if not value:
+            where = " or ".join(self.env)
+            raise SpecError(f"{self.section}: no {self.what}; set {where} or {self.section}.{self.key} "
+                            f"in $FACEOPS_HOME/config.yaml")
+        return str(value)
+
+
+def remote_name(record: dict[str, Any], limit: int = 63) -> str:
+    """``NAME-vN-<hash>``: the hash covers the version's content and the state folder it lives
+    in (machine and path), so a dry run shows the name the real submit uses while two people, or
+    two state folders, submitting the same job never collide on the service."""
+    import socket
+
+    from jobs.config import home
+
+    content = json.dumps([socket.gethostname(), str(home()), record["spec"], record["version"],
+                          record["code"].get("hash"), (record.get("image") or {}).get("digest")],
+                         sort_keys=True, default=str)
+    suffix = f"-v{record['version']}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
+    return record["name"][:limit - len(suffix)].rstrip("-") + suffix
+
+
+def staging_uri(section: str, record: dict[str, Any]) -> str:
+    """Where code bundles and job files go: the backend's ``staging`` setting, else a
+    ``faceops/`` folder in the bucket of the ``model`` output (or the first output)."""
+    configured = setting(section, "staging", (f"FACEOPS_{section.upper()}_STAGING",))
+    if configured:
+        return str(configured).rstrip("/")
+    from jobs import storage
+
+    outputs = record["spec"]["outputs"]
+    uri = outputs.get("model") or next(iter(outputs.values()), None)
+    if not uri or not storage.is_remote(uri):
+        raise SpecError(f"{section}: outputs must be s3:// URIs (the service writes them), and code is staged "
+                        f"next to them; set outputs.model or {section}.staging in $FACEOPS_HOME/config.yaml")
+    return f"s3://{storage.parse(uri).bucket}/faceops"
+
+
+def check_remote_uris(section: str, spec: dict[str, Any]) -> None:
+    """Inputs and outputs must live on the service's object storage: it cannot read this disk."""
+    from jobs import storage
+
+    for kind in ("inputs", "outputs"):
+        for name, uri in spec[kind].items():
+            if not storage.is_remote(uri):
+                raise SpecError(f"{kind}.{name}: {uri} is on this machine, which {section} cannot read; "
+                                f"upload it and use an s3:// URI")
+        if CODE_CHANNEL in spec[kind]:
+            raise SpecError(f"{kind}.{CODE_CHANNEL}: this name is reserved for the code bundle; rename the channel")
+
+
+def bundle_folder(staging: str, sha256: str) -> str:
+    """The folder holding one code bundle; addressed by its hash so every version shares it."""
+    return f"{staging}/bundles/{sha256}/"
+
+
+def upload_bundle(bundle: Path, staging: str) -> str:
+    """Put the code bundle on object storage unless it is already there; return its folder."""
+    from jobs import storage
+
+    sha256 = bundle.name.split(".")[0]
+    folder = bundle_folder(staging, sha256)
+    target = folder + BUNDLE_NAME
+    if not storage.exists(target):
+        storage.write_bytes(target, bundle.read_bytes())
+    return folder
+
+
+def typed_strings(hyperparameters: dict[str, Any]) -> dict[str, str]:
+    """Hyperparameters as the strings the services require, each one JSON so the container's
+    bootstrap gets ``0.1`` back as a number and ``"r50"`` as a string."""
+    return {key: json.dumps(value) for key, value in hyperparameters.items()}
+
+
+def image_in_registry(ref: str | None, digest: str | None, service: str, registry_hint: str,
+                      matches: Callable[[str], bool]) -> str:
+    """The image as the service must pull it: by digest when faceops pushed it. The service can
+    only pull from its own registry (``matches`` decides by host), so anything else is an error
+    that says how to push it there."""
+    from images.registry import split_ref
+
+    if not ref:
+        raise SpecError(f"image: {service} runs a container image; set image: to one in {registry_hint}")
+    host, repo, tag = split_ref(ref)
+    if not matches(host):
+        raise SpecError(f"image: {ref} is not in {registry_hint}, the only registry {service} pulls from; "
+                        f"push it there with: faceops image push {ref} --registry <{registry_hint} host/namespace>")
+    if digest:
+        return f"{host}/{repo}@{digest}"
+    return f"{host}/{repo}@{tag}" if tag.startswith("sha256:") else f"{host}/{repo}:{tag}"
+
+
+def masked(data: Any, secrets: list[str]) -> Any:
+    """``data`` with every occurrence of each secret replaced by ``***`` (for --dry-run)."""
+    secrets = [s for s in secrets if s]
+    if isinstance(data, dict):
+        return {k: masked(v, secrets) for k, v in data.items()}
+    if isinstance(data, list):
+        return [masked(v, secrets) for v in data]
+    if isinstance(data, str):
+        for secret in secrets:
+            data = data.replace(secret, MASK)
+    return data
+
+
+def retrying(call: Callable[[], T], throttled: Callable[[Exception], bool], what: str) -> T:
+    """Run ``call``; when the service says it is throttled or busy, wait and try again with
+    exponential backoff and jitter, up to ``cloud.max_attempts`` tries."""
+    attempts = int(setting("cloud", "max_attempts", ("FACEOPS_CLOUD_MAX_ATTEMPTS",), 6))
+    delay = float(setting("cloud", "backoff_seconds", ("FACEOPS_CLOUD_BACKOFF",), 1.0))
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if not throttled(exc):
+                raise
+            if attempt == attempts:
+                raise CloudError(f"{what}: the service is still throttling after {attempts} tries; "
+                                 f"try again later ({exc})") from None
+            time.sleep(delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
+
+
+def set_status(record: dict[str, Any], status: str, reason: str | None = None, **fields: Any) -> None:
+    """Move a record to ``status`` (and merge ``fields``) unless it is already there; a record
+    another process closed meanwhile is left alone."""
+    if record["status"] == status and not fields:
+        return
+    try:
+        Store().update(record["name"], record["version"], status=None if record["status"] == status else status,
+                       reason=reason, **fields)
+    except RecordFrozen:
+        pass
+
+
+def poll_intervals() -> Iterator[float]:
+    """Seconds to wait between status polls: ``cloud.poll_seconds`` growing by half each time
+    up to 60 s, so a long job does not spend its API quota on polls."""
+    wait = float(setting("cloud", "poll_seconds", ("FACEOPS_CLOUD_POLL_SECONDS",), 10.0))
+    while True:
+        yield wait
+        wait = min(wait * 1.5, max(wait, 60.0))
+
+
+def follow(backend: Any, record: dict[str, Any], read: Callable[[Any], tuple[list[str], Any]],
+           follow_on: bool) -> Iterator[str]:
+    """The log loop both services share: ``read(cursor)`` returns new lines and the next cursor;
+    with ``follow_on`` it polls (and refreshes the status) until the record is terminal, then
+    reads once more so the last lines are not lost."""
+    cursor: Any = None
+    intervals = poll_intervals()
+    store = Store()
+    while True:
+        lines, cursor = read(cursor)
+        yield from lines
+        if not follow_on:
+            return
+        current = store.get(record["name"], record["version"])
+        if current["status"] in TERMINAL:
+            lines, cursor = read(cursor)
+            yield from lines
+            return
+        backend.refresh(current)
+        if not lines:
+            time.sleep(next(intervals))
+
+
+def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
+    """Final metrics from a job's ``metrics.jsonl`` on object storage, or from the file
+    ``member`` inside the tarball at ``uri`` (SageMaker packs ``/opt/ml/output/data`` as
+    ``output.tar.gz``); {} when the job wrote none."""
+    import io
+    import tarfile
+
+    from jobs import storage
+    from jobs.contract import final_metrics
+
+    if not storage.exists(uri):
+        return {}
+    data = storage.read_bytes(uri)
+    if member:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            names = [m for m in tar.getnames() if m.lstrip("./") == member]
+            if not names:
+                return {}
+            data = tar.extractfile(names[0]).read()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "metrics.jsonl"
+        path.write_bytes(data)
+        return final_metrics(path)

@@ -1,0 +1,373 @@
+"""The SageMaker backend: training tasks become CreateTrainingJob, batch tasks (gallery, identify)
+CreateProcessingJob, from the same spec the local backend runs.
+
+The image is named by digest when faceops pushed it (so a moved tag cannot change what ran),
+inputs are S3 channels, the code bundle is one more channel, hyperparameters travel as the
+JSON-encoded strings SageMaker requires and ``faceops-cloud-bootstrap`` types them again inside
+the container. Status comes from Describe* (polled with growing intervals), logs from CloudWatch,
+stop is Stop*. Settings (config.yaml section ``sagemaker`` or the variables named below): region,
+role_arn, staging, input_mode (File or FastFile), volume_gb, endpoint_url (for a test server).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+from jobs.backends import Backend, Launch
+from jobs.backends import cloud
+from jobs.backends.cloud import BOOTSTRAP, CODE_CHANNEL, CloudError, Setting
+from jobs.config import setting
+from jobs.errors import FaceopsError, SpecError
+from jobs.store import TERMINAL
+
+REGION = Setting("sagemaker", "region", ("FACEOPS_SAGEMAKER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), "AWS region")
+ROLE = Setting("sagemaker", "role_arn", ("FACEOPS_SAGEMAKER_ROLE_ARN",),
+               "execution role ARN (the IAM role SageMaker assumes to read inputs and write outputs)")
+INPUT_MODES = ("File", "FastFile")
+DEFAULT_MAX_RUNTIME = 24 * 3600
+CONTAINER = "/opt/ml"
+THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
+             "ServiceUnavailable", "InternalFailure"}
+SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
+# Describe's status (and a training job's secondary status) -> our state.
+TRAINING_STATES = {
+    "Starting": "queued", "Pending": "queued", "LaunchingMLInstances": "queued", "PreparingTrainingStack": "queued",
+    "Downloading": "staging", "DownloadingTrainingImage": "staging",
+    "Training": "running", "Restarting": "running", "Interrupted": "running", "Updating": "running",
+    "Stopping": "running", "Uploading": "uploading",
+    "Completed": "done", "Failed": "failed", "MaxRuntimeExceeded": "failed", "MaxWaitTimeExceeded": "failed",
+    "Stopped": "stopped",
+}
+PROCESSING_STATES = {"InProgress": "running", "Stopping": "running", "Completed": "done", "Failed": "failed",
+                     "Stopped": "stopped"}
+
+
+def client(service: str = "sagemaker"):
+    """A boto3 client for ``sagemaker`` or ``logs`` in the configured region. Made afresh each
+    time so credentials and settings changed since the last call are honoured."""
+    import boto3
+    from botocore.config import Config
+
+    region = REGION.require()
+    # One retry policy for both services: cloud.retrying backs off on throttling.
+    config = Config(region_name=region, connect_timeout=5, read_timeout=60, retries={"total_max_attempts": 1})
+    endpoint = setting("sagemaker", "endpoint_url", ("FACEOPS_SAGEMAKER_ENDPOINT",))
+    return boto3.session.Session().client(service, endpoint_url=endpoint, config=config)
+
+
+def is_training(record: dict[str, Any]) -> bool:
+    from jobs.tasks import get_task
+
+    return get_task(record["spec"]["task"]).kind == "training"
+
+
+def console_link(region: str, name: str, training: bool) -> str:
+    page = "jobs" if training else "processing-jobs"
+    return f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/{page}/{name}"
+
+
+def _is_ecr(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) >= 6 and parts[1:3] == ["dkr", "ecr"] and parts[4] == "amazonaws"
+
+
+def _argv(spec: dict[str, Any]) -> list[str]:
+    from jobs.tasks import get_task
+
+    return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
+
+
+def _tags(record: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"Key": "faceops:job", "Value": record["name"]},
+            {"Key": "faceops:version", "Value": str(record["version"])},
+            {"Key": "faceops:code", "Value": record["code"]["hash"][:12]}]
+
+
+def _job_folder(staging: str, name: str) -> str:
+    return f"{staging}/jobs/{name}/"
+
+
+def build_request(record: dict[str, Any], staging: str) -> tuple[str, dict[str, Any]]:
+    """The API call (``CreateTrainingJob`` or ``CreateProcessingJob``) and its exact request."""
+    spec, res = record["spec"], record["spec"]["resources"]
+    cloud.check_remote_uris("sagemaker", spec)
+    if not res.get("instance_type"):
+        raise SpecError("resources.instance_type: SageMaker needs an instance type, like ml.p3.2xlarge")
+    image = cloud.image_in_registry(spec.get("image"), (record.get("image") or {}).get("digest"), "SageMaker",
+                                    "Amazon ECR", _is_ecr)
+    name = cloud.remote_name(record)
+    max_runtime = res.get("max_runtime") or DEFAULT_MAX_RUNTIME
+    volume = int(setting("sagemaker", "volume_gb", ("FACEOPS_SAGEMAKER_VOLUME_GB",), 50))
+    code = cloud.bundle_folder(staging, record["code"]["hash"])
+    role = ROLE.require()
+    if is_training(record):
+        return "CreateTrainingJob", _training(record, name, image, role, code, staging, max_runtime, volume)
+    if res.get("spot"):
+        raise SpecError("resources.spot: SageMaker processing jobs (gallery, identify) cannot run on spot capacity")
+    return "CreateProcessingJob", _processing(record, name, image, role, code, staging, max_runtime, volume)
+
+
+def _training(record: dict[str, Any], name: str, image: str, role: str, code: str, staging: str,
+              max_runtime: int, volume: int) -> dict[str, Any]:
+    spec, res = record["spec"], record["spec"]["resources"]
+    extra = sorted(set(spec["outputs"]) - {"model"})
+    if extra or "model" not in spec["outputs"]:
+        raise SpecError(f"outputs: a SageMaker training job uploads one output, 'model' (/opt/ml/model); "
+                        f"got {', '.join(spec['outputs']) or 'none'}")
+    mode = str(setting("sagemaker", "input_mode", ("FACEOPS_SAGEMAKER_INPUT_MODE",), "File"))
+    if mode not in INPUT_MODES:
+        raise SpecError(f"sagemaker.input_mode: expected one of {', '.join(INPUT_MODES)}, got {mode!r}")
+    channels = [_channel(c, uri, mode) for c, uri in spec["inputs"].items()] + [_channel(CODE_CHANNEL, code, "File")]
+    stopping = {"MaxRuntimeInSeconds": max_runtime}
+    if res.get("spot"):
+        stopping["MaxWaitTimeInSeconds"] = 2 * max_runtime  # room to wait for spot capacity
+    request = {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": mode,
+                                   "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-training"],
+                                   "ContainerArguments": _argv(spec)},
+        "RoleArn": role,
+        "HyperParameters": cloud.typed_strings(spec["hyperparameters"]),
+        "InputDataConfig": channels,
+        "OutputDataConfig": {"S3OutputPath": spec["outputs"]["model"]},
+        "ResourceConfig": {"InstanceType": res["instance_type"], "InstanceCount": res.get("instance_count") or 1,
+                           "VolumeSizeInGB": volume},
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": bool(res.get("spot")),
+        "CheckpointConfig": {"S3Uri": f"{staging}/checkpoints/{record['name']}/v{record['version']}/",
+                             "LocalPath": f"{CONTAINER}/checkpoints"},
+        "Tags": _tags(record),
+    }
+    if res.get("retries"):
+        request["RetryStrategy"] = {"MaximumRetryAttempts": res["retries"] + 1}
+    return request
+
+
+def _channel(name: str, uri: str, mode: str) -> dict[str, Any]:
+    return {"ChannelName": name, "InputMode": mode,
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
+                                            "S3DataDistributionType": "FullyReplicated"}}}
+
+
+def _processing(record: dict[str, Any], name: str, image: str, role: str, code: str, staging: str,
+                max_runtime: int, volume: int) -> dict[str, Any]:
+    spec, res = record["spec"], record["spec"]["resources"]
+    base = f"{CONTAINER}/processing"
+    job_folder = _job_folder(staging, name)
+    inputs = {**spec["inputs"], CODE_CHANNEL: code, "faceops-job": job_folder + "config/"}
+    outputs = {**spec["outputs"], "faceops-output": job_folder + "output/"}
+    return {
+        "ProcessingJobName": name,
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": res.get("instance_count") or 1,
+                                                  "InstanceType": res["instance_type"], "VolumeSizeInGB": volume}},
+        "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime},
+        "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-processing"],
+                             "ContainerArguments": _argv(spec)},
+        "Environment": {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
+        "ProcessingInputs": [{"InputName": c, "S3Input": {"S3Uri": uri, "LocalPath": f"{base}/input/{c}",
+                                                          "S3DataType": "S3Prefix", "S3InputMode": "File"}}
+                             for c, uri in inputs.items()],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": o, "S3Output": {"S3Uri": uri, "LocalPath": f"{base}/output/{o}",
+                                                                              "S3UploadMode": "EndOfJob"}}
+                                               for o, uri in outputs.items()]},
+        "RoleArn": role,
+        "Tags": _tags(record),
+    }
+
+
+def _masked(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as --dry-run may print it: hyperparameters whose name says they are secret
+    and any credential that appears in it replaced by ``***``."""
+    request = json.loads(json.dumps(request))
+    for key in request.get("HyperParameters") or {}:
+        if any(word in key.lower() for word in SECRET_WORDS):
+            request["HyperParameters"][key] = cloud.MASK
+    credentials = [setting("s3", key, env) for key, env in (("secret_key", ("AWS_SECRET_ACCESS_KEY",)),
+                                                            ("session_token", ("AWS_SESSION_TOKEN",)))]
+    return cloud.masked(request, [str(c) for c in credentials if c])
+
+
+def _throttled(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in THROTTLED
+
+
+def _call(what: str, method: str, **kwargs: Any) -> dict[str, Any]:
+    """One SageMaker/CloudWatch call with backoff, its errors turned into messages to act on."""
+    from botocore import exceptions as bex
+
+    service, _, operation = method.partition(".")
+    api = getattr(client(service), operation)
+    try:
+        return cloud.retrying(lambda: api(**kwargs), _throttled, what)
+    except bex.NoCredentialsError:
+        raise SpecError("sagemaker: no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                        "(or AWS_PROFILE) the way the AWS CLI reads them") from None
+    except (bex.EndpointConnectionError, bex.ConnectTimeoutError) as exc:
+        raise CloudError(f"{what}: cannot reach SageMaker ({type(exc).__name__}); check the region and "
+                         "sagemaker.endpoint_url") from None
+    except bex.ClientError as exc:
+        raise _service_error(what, exc) from None
+
+
+def _service_error(what: str, exc: Any) -> FaceopsError:
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", "Error"), error.get("Message", str(exc))
+    if code == "ResourceInUse" or "already exists" in message:
+        return CloudError(f"{what}: a SageMaker job with this name already exists ({message}); faceops names each "
+                          "version uniquely, so this one was already submitted: see faceops job list")
+    if code == "ResourceLimitExceeded":
+        return CloudError(f"{what}: SageMaker quota reached: {message} (request more in AWS Service Quotas, or "
+                          "use another instance type with --set resources.instance_type=...)")
+    if code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException", "InvalidSignatureException"):
+        return CloudError(f"{what}: SageMaker refused the credentials or role: {message}")
+    return CloudError(f"{what}: SageMaker rejected the request ({code}): {message}")
+
+
+class SageMakerBackend(Backend):
+    name = "sagemaker"
+
+    def plan(self, launch: Launch) -> dict[str, Any]:
+        record = launch.record
+        staging = cloud.staging_uri("sagemaker", record)
+        api, request = build_request(record, staging)
+        region = REGION.require()
+        uploads = [{"from": str(launch.bundle), "to": cloud.bundle_folder(staging, record["code"]["hash"]) + cloud.BUNDLE_NAME,
+                    "skipped_when_present": True}]
+        if api == "CreateProcessingJob":
+            uploads.append({"from": "hyperparameters (typed JSON)",
+                            "to": _job_folder(staging, request["ProcessingJobName"]) + "config/hyperparameters.json"})
+        name = request.get("TrainingJobName") or request["ProcessingJobName"]
+        return {"backend": "sagemaker", "region": region, "uploads": uploads, "api": api,
+                "request": _masked(request),
+                "console": console_link(region, name, api == "CreateTrainingJob")}
+
+    def start(self, launch: Launch) -> dict[str, Any]:
+        record = launch.record
+        try:
+            return self._start(launch)
+        except FaceopsError as exc:
+            cloud.set_status(record, "failed", reason=str(exc))
+            raise
+
+    def _start(self, launch: Launch) -> dict[str, Any]:
+        from jobs import storage
+
+        record = launch.record
+        staging = cloud.staging_uri("sagemaker", record)
+        api, request = build_request(record, staging)
+        region = REGION.require()
+        cloud.upload_bundle(launch.bundle, staging)
+        training = api == "CreateTrainingJob"
+        name = request["TrainingJobName" if training else "ProcessingJobName"]
+        if not training:
+            storage.write_bytes(_job_folder(staging, name) + "config/hyperparameters.json",
+                                json.dumps(record["spec"]["hyperparameters"]).encode())
+        method = "sagemaker.create_training_job" if training else "sagemaker.create_processing_job"
+        answer = _call(f"{api} {name}", method, **request)
+        return {"remote_name": name, "arn": answer.get("TrainingJobArn") or answer.get("ProcessingJobArn"),
+                "kind": "training" if training else "processing", "region": region,
+                "console": console_link(region, name, training), "staging": staging}
+
+    def refresh(self, record: dict[str, Any]) -> None:
+        if record["status"] in TERMINAL or not record["backend_info"].get("remote_name"):
+            return
+        info = record["backend_info"]
+        name, training = info["remote_name"], info["kind"] == "training"
+        if training:
+            job = _call(f"DescribeTrainingJob {name}", "sagemaker.describe_training_job", TrainingJobName=name)
+            remote = job.get("SecondaryStatus") or job["TrainingJobStatus"]
+            status = TRAINING_STATES.get(remote) or TRAINING_STATES.get(job["TrainingJobStatus"], "running")
+        else:
+            job = _call(f"DescribeProcessingJob {name}", "sagemaker.describe_processing_job", ProcessingJobName=name)
+            remote = job["ProcessingJobStatus"]
+            status = PROCESSING_STATES.get(remote, "running")
+        fields: dict[str, Any] = {}
+        if remote != info.get("remote_status"):
+            fields["backend_info"] = {**info, "remote_status": remote}
+        if status in TERMINAL:
+            fields["backend_info"] = {**info, **fields.get("backend_info", {}), **_final_info(job)}
+            fields["metrics"] = _final_metrics(job, info, training)
+        cloud.set_status(record, status, reason=_reason(job, remote, status), **fields)
+
+    def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
+        """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL; ``grace`` cannot
+        change that."""
+        info = record["backend_info"]
+        if record["status"] in TERMINAL or not info.get("remote_name"):
+            return
+        if info["kind"] == "training":
+            _call(f"StopTrainingJob {info['remote_name']}", "sagemaker.stop_training_job", TrainingJobName=info["remote_name"])
+        else:
+            _call(f"StopProcessingJob {info['remote_name']}", "sagemaker.stop_processing_job", ProcessingJobName=info["remote_name"])
+
+    def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+        info = record["backend_info"]
+        if not info.get("remote_name"):
+            return iter(())
+        group = "/aws/sagemaker/TrainingJobs" if info["kind"] == "training" else "/aws/sagemaker/ProcessingJobs"
+        return cloud.follow(self, record, lambda cursor: _read_logs(group, info["remote_name"], cursor or {}), follow)
+
+
+def _final_info(job: dict[str, Any]) -> dict[str, Any]:
+    info = {}
+    if job.get("ModelArtifacts", {}).get("S3ModelArtifacts"):
+        info["model_artifact"] = job["ModelArtifacts"]["S3ModelArtifacts"]
+    for key, out in (("BillableTimeInSeconds", "billable_seconds"), ("TrainingTimeInSeconds", "training_seconds")):
+        if job.get(key) is not None:
+            info[out] = job[key]
+    return info
+
+
+def _final_metrics(job: dict[str, Any], info: dict[str, Any], training: bool) -> dict[str, Any]:
+    """SageMaker's own final metrics plus what the entry point logged (metrics.jsonl, which the
+    bootstrap writes where the service uploads it)."""
+    metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}
+    name = info["remote_name"]
+    if training:
+        output = f"{job['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{name}/output/output.tar.gz"
+        metrics.update(cloud.metrics_from(output, "metrics.jsonl"))
+    else:
+        metrics.update(cloud.metrics_from(_job_folder(info["staging"], name) + "output/metrics.jsonl"))
+    return metrics
+
+
+def _reason(job: dict[str, Any], remote: str, status: str) -> str | None:
+    if status not in ("failed", "stopped"):
+        return None
+    if remote == "MaxRuntimeExceeded":
+        return f"max_runtime of {job.get('StoppingCondition', {}).get('MaxRuntimeInSeconds')}s exceeded"
+    if remote == "MaxWaitTimeExceeded":
+        return "no spot capacity within the wait time (MaxWaitTimeInSeconds); retry or set resources.spot=false"
+    return job.get("FailureReason") or ("stopped" if status == "stopped" else f"SageMaker reports {remote}")
+
+
+def _read_logs(group: str, name: str, tokens: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """New CloudWatch lines of every stream of job ``name`` (one per instance), and the tokens
+    to continue from. A group or stream that does not exist yet just means no lines yet."""
+    from botocore.exceptions import ClientError
+
+    logs = client("logs")
+    try:
+        streams = [s["logStreamName"] for s in cloud.retrying(
+            lambda: logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{name}/"), _throttled,
+            f"logs of {name}")["logStreams"]]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return [], tokens
+        raise _service_error(f"logs of {name}", exc) from None
+    lines: list[str] = []
+    tokens = dict(tokens)
+    for stream in sorted(streams):
+        host = stream.split("/", 1)[-1]
+        while True:
+            kwargs = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+            if tokens.get(stream):
+                kwargs["nextToken"] = tokens[stream]
+            page = cloud.retrying(lambda: logs.get_log_events(**kwargs), _throttled, f"logs of {name}")
+            lines += [f"[{host}] {e['message']}" if len(streams) > 1 else e["message"] for e in page["events"]]
+            if page.get("nextForwardToken") in (None, tokens.get(stream)):
+                break
+            tokens[stream] = page["nextForwardToken"]
+    return lines, tokens

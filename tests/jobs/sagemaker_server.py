@@ -1,0 +1,160 @@
+"""A loopback SageMaker + CloudWatch Logs for tests: moto's server app (real request parsing,
+real storage of jobs, tags and log events) running in this process, behind a thin WSGI layer that
+adds what moto does not do and the real service does.
+
+What is moto and what is ours, honestly:
+- moto: CreateTrainingJob/CreateProcessingJob/Describe*/List*/ListTags/StopProcessingJob and
+  CloudWatch Logs, answered from its in-memory backend.
+- ours (the layer below): StopTrainingJob (moto has none), refusing a duplicate job name
+  (moto silently overwrites), rejecting an instance type outside botocore's own enum of
+  TrainingInstanceType/ProcessingInstanceType (the service's validation), quota errors for the
+  instance types a test names, and ThrottlingException for the next N calls.
+- moto runs no containers, so jobs start Completed; :meth:`SageMakerServer.set_training` changes
+  a job's state the way the running service would, so status mapping is tested for each state.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.core import DEFAULT_ACCOUNT_ID
+
+REGION = "us-east-1"
+
+
+def _instance_types(shape: str) -> set[str]:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return set(model.shape_for(shape).enum)
+
+
+@dataclass
+class Extras:
+    """The behaviour tests switch on: throttle the next ``throttle`` calls, quota errors for
+    ``quota_types``; every JSON request body is kept in ``requests`` as (target, body)."""
+
+    throttle: int = 0
+    quota_types: set[str] = field(default_factory=set)
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class ExtrasMiddleware:
+    def __init__(self, app: Any, extras: Extras) -> None:
+        self.app = app
+        self.extras = extras
+        self.training_types = _instance_types("TrainingInstanceType")
+        self.processing_types = _instance_types("ProcessingInstanceType")
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any):
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        if target.startswith("SageMaker."):
+            operation = target.split(".", 1)[1]
+            request = json.loads(body or b"{}")
+            with self.lock:
+                self.extras.requests.append((operation, request))
+                if self.extras.throttle > 0:
+                    self.extras.throttle -= 1
+                    return _error(start_response, "ThrottlingException", "Rate exceeded")
+            problem = self._check(operation, request)
+            if problem:
+                return _error(start_response, *problem)
+            if operation == "StopTrainingJob":
+                job = backend().training_jobs.get(request["TrainingJobName"])
+                if job is None:
+                    return _error(start_response, "ValidationException", f"Requested resource not found: {request['TrainingJobName']}")
+                job.training_job_status = job.secondary_status = "Stopping"
+                return _json(start_response, {})
+        return self.app(environ, start_response)
+
+    def _check(self, operation: str, request: dict[str, Any]) -> tuple[str, str] | None:
+        if operation == "CreateTrainingJob":
+            name, existing = request["TrainingJobName"], backend().training_jobs
+            kind, instance, allowed = "training", request["ResourceConfig"]["InstanceType"], self.training_types
+            field_path = "resourceConfig.instanceType"
+        elif operation == "CreateProcessingJob":
+            name, existing = request["ProcessingJobName"], backend().processing_jobs
+            kind, instance, allowed = "processing", request["ProcessingResources"]["ClusterConfig"]["InstanceType"], self.processing_types
+            field_path = "processingResources.clusterConfig.instanceType"
+        else:
+            return None
+        if name in existing:
+            return "ResourceInUse", (f"{kind.capitalize()} job names must be unique within an AWS account and region, "
+                                     f"and a {kind} job with this name already exists ({existing[name].arn})")
+        if instance not in allowed:
+            return "ValidationException", (f"1 validation error detected: Value '{instance}' at '{field_path}' failed "
+                                           f"to satisfy constraint: Member must satisfy enum value set: [{', '.join(sorted(allowed)[:5])}, ...]")
+        if instance in self.extras.quota_types:
+            return "ResourceLimitExceeded", (f"The account-level service limit '{instance} for {kind} job usage' is 0 "
+                                             "Instances, with current utilization of 0 Instances and a request delta of 1 "
+                                             "Instances. Please use AWS Service Quotas to request an increase for this quota.")
+        return None
+
+
+def _error(start_response: Any, code: str, message: str):
+    start_response("400 Bad Request", [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", "test")])
+    return [json.dumps({"__type": code, "message": message}).encode()]
+
+
+def _json(start_response: Any, body: dict[str, Any]):
+    start_response("200 OK", [("Content-Type", "application/x-amz-json-1.1")])
+    return [json.dumps(body).encode()]
+
+
+def backend():
+    """moto's in-memory SageMaker for the default account and the test region."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    return sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION]
+
+
+class SageMakerServer:
+    """moto's app plus :class:`ExtrasMiddleware` on a free loopback port, in a thread."""
+
+    def __init__(self) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        self.extras = Extras()
+        app = ExtrasMiddleware(DomainDispatcherApplication(create_backend_app), self.extras)
+        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "SageMakerServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.thread.join()
+
+    def set_training(self, name: str, status: str, secondary: str, **fields: Any) -> None:
+        """Move a training job as the running service would (moto's jobs start Completed)."""
+        job = backend().training_jobs[name]
+        job.training_job_status, job.secondary_status = status, secondary
+        for key, value in fields.items():
+            setattr(job, key, value)
+
+    def set_processing(self, name: str, status: str, **fields: Any) -> None:
+        job = backend().processing_jobs[name]
+        job.processing_job_status = status
+        for key, value in fields.items():
+            setattr(job, key, value)
+
+    def reset(self) -> None:
+        """Forget every job and log so each test starts clean."""
+        from moto.logs.models import logs_backends
+        from moto.sagemaker.models import sagemaker_backends
+
+        sagemaker_backends[DEFAULT_ACCOUNT_ID].reset()
+        logs_backends[DEFAULT_ACCOUNT_ID].reset()
+        self.extras.throttle = 0
+        self.extras.quota_types.clear()
+        self.extras.requests.clear()

@@ -1,0 +1,376 @@
+"""The SageMaker backend through the CLI, against moto's SageMaker and CloudWatch Logs on loopback
+(see sagemaker_server.py for what is moto and what the test layer adds) and a real S3 server
+(SeaweedFS) for inputs, the code bundle and the job's outputs."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from jobs.store import Store
+from tests.jobs.sagemaker_server import REGION, SageMakerServer, backend
+
+ROLE = "arn:aws:iam::123456789012:role/faceops-test"
+ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+DIGEST = "sha256:" + "ab" * 32
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "images" / "bin" / "faceops-cloud-bootstrap"
+
+
+def faceops(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def sagemaker_server():
+    with SageMakerServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sagemaker(sagemaker_server, s3_env, monkeypatch) -> SageMakerServer:
+    sagemaker_server.reset()
+    monkeypatch.setenv("FACEOPS_SAGEMAKER_ENDPOINT", sagemaker_server.endpoint)
+    monkeypatch.setenv("FACEOPS_SAGEMAKER_ROLE_ARN", ROLE)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("FACEOPS_CLOUD_POLL_SECONDS", "0.05")
+    monkeypatch.setenv("FACEOPS_CLOUD_BACKOFF", "0.01")
+    return sagemaker_server
+
+
+def boto(service: str, server: SageMakerServer):
+    import boto3
+
+    return boto3.client(service, endpoint_url=server.endpoint, region_name=REGION)
+
+
+@pytest.fixture
+def train_spec(tmp_path, s3_env, s3_bucket) -> Path:
+    """A custom training job (its own code folder) whose input is a real object on S3, with the
+    image pushed (digest recorded) to an ECR-style reference."""
+    from images.digests import record
+
+    client = s3_env.client()
+    client.put_object(Bucket=s3_bucket, Key="faces/train.rec", Body=b"x" * 1000)
+    client.put_object(Bucket=s3_bucket, Key="faces/train.idx", Body=b"0\t0\n")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('training')\n")
+    record(f"{ECR}/faceops/train:gpu", DIGEST)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""\
+name: recog-cloud
+task: custom
+backend: sagemaker
+image: {ECR}/faceops/train:gpu
+entrypoint: [python, train.py]
+code: code
+inputs:
+  train: s3://{s3_bucket}/faces/
+outputs:
+  model: s3://{s3_bucket}/models/recog-cloud
+hyperparameters:
+  lr: 0.1
+  epochs: 3
+  network: r50
+  flip: true
+  api_token: tok-{'9' * 12}
+resources: {{instance_type: ml.p3.2xlarge, instance_count: 2, max_runtime: 2h, spot: true, retries: 1}}
+""")
+    return spec
+
+
+def test_dry_run_prints_the_exact_request_and_creates_nothing(sagemaker, train_spec, s3_bucket):
+    result = faceops("job", "submit", str(train_spec), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["plan"]
+    assert plan["api"] == "CreateTrainingJob" and plan["region"] == REGION
+    request = plan["request"]
+    name = request["TrainingJobName"]
+    assert name.startswith("recog-cloud-v1-") and len(name) == len("recog-cloud-v1-") + 8
+    assert request["AlgorithmSpecification"] == {
+        "TrainingImage": f"{ECR}/faceops/train@{DIGEST}", "TrainingInputMode": "File",
+        "ContainerEntrypoint": ["faceops-cloud-bootstrap", "sagemaker-training"],
+        "ContainerArguments": ["python", "train.py"]}
+    assert request["HyperParameters"] == {"lr": "0.1", "epochs": "3", "network": '"r50"', "flip": "true",
+                                          "api_token": "***"}
+    assert "9" * 12 not in json.dumps(plan)  # the secret-looking value is not in the printed request
+    code_hash = json.loads(result.output)["record"]["code"]["hash"]
+    assert request["InputDataConfig"] == [
+        {"ChannelName": "train", "InputMode": "File", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"s3://{s3_bucket}/faces/", "S3DataDistributionType": "FullyReplicated"}}},
+        {"ChannelName": "faceops-code", "InputMode": "File", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"s3://{s3_bucket}/faceops/bundles/{code_hash}/",
+            "S3DataDistributionType": "FullyReplicated"}}}]
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{s3_bucket}/models/recog-cloud"}
+    assert request["ResourceConfig"] == {"InstanceType": "ml.p3.2xlarge", "InstanceCount": 2, "VolumeSizeInGB": 50}
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400}
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{s3_bucket}/faceops/checkpoints/recog-cloud/v1/",
+                                           "LocalPath": "/opt/ml/checkpoints"}
+    assert request["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
+        "faceops:job": "recog-cloud", "faceops:version": "1", "faceops:code": code_hash[:12]}
+    assert sagemaker.extras.requests == [] and Store().list() == []
+    assert "recog-cloud" not in str(s3_env_keys(s3_bucket))
+
+    text = faceops("job", "submit", str(train_spec), "--dry-run").output
+    assert "CreateTrainingJob" in text and "9" * 12 not in text
+
+
+def s3_env_keys(bucket: str) -> list[str]:
+    from jobs import storage
+
+    return [info.uri for info in storage.list(f"s3://{bucket}/")]
+
+
+def test_training_job_lifecycle(sagemaker, train_spec, s3_env, s3_bucket):
+    planned = json.loads(faceops("job", "submit", str(train_spec), "--dry-run", "--json").output)["plan"]["request"]
+    result = faceops("job", "submit", str(train_spec), "--detach")
+    assert result.exit_code == 0, result.output
+    record = Store().get("recog-cloud", 1)
+    info = record["backend_info"]
+    name = info["remote_name"]
+    assert name == planned["TrainingJobName"]  # the dry run showed the real name
+    assert info["arn"].endswith(f":training-job/{name}") and info["console"].endswith(f"#/jobs/{name}")
+
+    (operation, sent), = [r for r in sagemaker.extras.requests if r[0] == "CreateTrainingJob"]
+    assert sent["HyperParameters"]["api_token"] == json.dumps(f"tok-{'9' * 12}")  # the real value goes to the service
+    assert {k: v for k, v in sent.items() if k != "HyperParameters"} == {k: v for k, v in planned.items() if k != "HyperParameters"}
+    bundle = s3_env.client().get_object(Bucket=s3_bucket, Key=f"faceops/bundles/{record['code']['hash']}/code.tar.gz")["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+        assert "train.py" in tar.getnames()
+
+    sm = boto("sagemaker", sagemaker)
+    described = sm.describe_training_job(TrainingJobName=name)
+    assert described["HyperParameters"]["epochs"] == "3" and described["EnableManagedSpotTraining"] is True
+    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=info["arn"])["Tags"]}
+    assert tags["faceops:job"] == "recog-cloud" and tags["faceops:version"] == "1"
+    assert [j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]] == [name]
+
+    for status, secondary, ours in (("InProgress", "Starting", "queued"), ("InProgress", "Downloading", "staging"),
+                                    ("InProgress", "Training", "running"), ("InProgress", "Uploading", "uploading")):
+        sagemaker.set_training(name, status, secondary)
+        shown = json.loads(faceops("job", "show", "recog-cloud:1", "--json").output)
+        assert shown["status"] == ours, (secondary, shown["status"])
+
+    logs = boto("logs", sagemaker)
+    group = "/aws/sagemaker/TrainingJobs"
+    logs.create_log_group(logGroupName=group)
+    for host, lines in (("algo-1-1700000000", ["epoch 1 loss 2.5", "epoch 2 loss 1.5"]), ("algo-2-1700000000", ["worker 2 ready"])):
+        logs.create_log_stream(logGroupName=group, logStreamName=f"{name}/{host}")
+        logs.put_log_events(logGroupName=group, logStreamName=f"{name}/{host}",
+                            logEvents=[{"timestamp": int(time.time() * 1000) + i, "message": line} for i, line in enumerate(lines)])
+    printed = faceops("job", "logs", "recog-cloud:1").output.splitlines()
+    assert printed == ["[algo-1-1700000000] epoch 1 loss 2.5", "[algo-1-1700000000] epoch 2 loss 1.5",
+                       "[algo-2-1700000000] worker 2 ready"]
+
+    # What the container's bootstrap leaves for SageMaker to upload: metrics.jsonl in output.tar.gz.
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        data = b'{"time": 1, "epoch": 1, "loss": 2.5}\n{"time": 2, "epoch": 2, "loss": 1.5}\n'
+        member = tarfile.TarInfo("metrics.jsonl")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
+    sagemaker.set_training(name, "Completed", "Completed")
+    follow = faceops("job", "logs", "recog-cloud:1", "--follow")
+    assert follow.exit_code == 0 and follow.output.count("worker 2 ready") == 1
+    done = json.loads(faceops("job", "show", "recog-cloud:1", "--json").output)
+    assert done["status"] == "done"
+    assert done["metrics"] == {"epoch": 2, "loss": 1.5, "train:progress": 100.0}
+    assert done["backend_info"]["model_artifact"] == f"s3://{s3_bucket}/models/recog-cloud/{name}/output/model.tar.gz"
+    assert [h["status"] for h in done["status_history"]] == ["queued", "staging", "running", "uploading", "done"]
+
+
+def test_remote_failures_map_to_failed_with_the_service_reason(sagemaker, train_spec):
+    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+    name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
+    sagemaker.set_training(name, "Failed", "Failed",
+                           failure_reason="AlgorithmError: ExecuteUserScriptError: CUDA out of memory")
+    result = faceops("job", "show", "recog-cloud:1")
+    record = Store().get("recog-cloud", 1)
+    assert record["status"] == "failed"
+    assert record["failure_reason"] == "AlgorithmError: ExecuteUserScriptError: CUDA out of memory"
+    assert "CUDA out of memory" in result.output
+
+    assert faceops("job", "rerun", "recog-cloud:1", "--detach").exit_code == 0
+    second = Store().get("recog-cloud", 2)["backend_info"]["remote_name"]
+    assert second != name  # every version gets its own remote job
+    sagemaker.set_training(second, "Failed", "MaxRuntimeExceeded")
+    assert faceops("job", "show", "recog-cloud:2", "--json").exit_code == 0
+    assert Store().get("recog-cloud", 2)["failure_reason"] == "max_runtime of 7200s exceeded"
+
+
+def test_stop_calls_stop_training_job(sagemaker, train_spec):
+    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+    name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
+    sagemaker.set_training(name, "InProgress", "Training")
+    assert faceops("job", "stop", "recog-cloud:1", "--no-wait").exit_code == 0
+    assert ("StopTrainingJob", {"TrainingJobName": name}) in sagemaker.extras.requests
+    assert backend().training_jobs[name].training_job_status == "Stopping"
+    assert Store().get("recog-cloud", 1)["status"] == "running"
+    sagemaker.set_training(name, "Stopped", "Stopped")
+    assert "recog-cloud:1 stopped" in faceops("job", "stop", "recog-cloud:1").output
+
+
+def test_gallery_runs_as_a_processing_job(sagemaker, tmp_path, s3_env, s3_bucket):
+    from images.digests import record
+
+    s3_env.client().put_object(Bucket=s3_bucket, Key="people/Ann/1.jpg", Body=b"jpeg")
+    s3_env.client().put_object(Bucket=s3_bucket, Key="models/det.onnx", Body=b"onnx")
+    record(f"{ECR}/faceops/train:cpu", DIGEST)
+    spec = tmp_path / "gallery.yaml"
+    spec.write_text(f"""\
+name: staff-gallery
+task: gallery
+backend: sagemaker
+image: {ECR}/faceops/train:cpu
+inputs: {{images: "s3://{s3_bucket}/people/", models: "s3://{s3_bucket}/models/"}}
+outputs: {{gallery: "s3://{s3_bucket}/galleries/staff/"}}
+hyperparameters: {{det_size: 320, index: flat}}
+resources: {{instance_type: ml.m5.xlarge}}
+""")
+    result = faceops("job", "submit", str(spec), "--detach")
+    assert result.exit_code == 0, result.output
+    info = Store().get("staff-gallery", 1)["backend_info"]
+    name = info["remote_name"]
+    (_, sent), = [r for r in sagemaker.extras.requests if r[0] == "CreateProcessingJob"]
+    assert sent["AppSpecification"] == {"ImageUri": f"{ECR}/faceops/train@{DIGEST}",
+                                        "ContainerEntrypoint": ["faceops-cloud-bootstrap", "sagemaker-processing"],
+                                        "ContainerArguments": ["python", "-m", "inference.job", "gallery"]}
+    inputs = {i["InputName"]: i["S3Input"] for i in sent["ProcessingInputs"]}
+    assert inputs["images"] == {"S3Uri": f"s3://{s3_bucket}/people/", "LocalPath": "/opt/ml/processing/input/images",
+                                "S3DataType": "S3Prefix", "S3InputMode": "File"}
+    assert set(inputs) == {"images", "models", "faceops-code", "faceops-job"}
+    outputs = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in sent["ProcessingOutputConfig"]["Outputs"]}
+    assert outputs == {"gallery": f"s3://{s3_bucket}/galleries/staff/", "faceops-output": f"s3://{s3_bucket}/faceops/jobs/{name}/output/"}
+    assert sent["Environment"] == {"FACEOPS_CHANNELS": "images,models", "FACEOPS_OUTPUTS": "gallery"}
+    typed = json.loads(s3_env.client().get_object(Bucket=s3_bucket, Key=f"faceops/jobs/{name}/config/hyperparameters.json")["Body"].read())
+    assert typed["det_size"] == 320 and typed["index"] == "flat"
+
+    sagemaker.set_processing(name, "InProgress")
+    assert json.loads(faceops("job", "show", "staff-gallery", "--json").output)["status"] == "running"
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"faceops/jobs/{name}/output/metrics.jsonl", Body=b'{"identities": 1}\n')
+    sagemaker.set_processing(name, "Completed")
+    done = json.loads(faceops("job", "show", "staff-gallery", "--json").output)
+    assert done["status"] == "done" and done["metrics"] == {"identities": 1}
+
+
+@pytest.mark.parametrize("setting, remove, expected", [
+    ("role", "FACEOPS_SAGEMAKER_ROLE_ARN", "set FACEOPS_SAGEMAKER_ROLE_ARN or sagemaker.role_arn in $FACEOPS_HOME/config.yaml"),
+    ("region", "AWS_DEFAULT_REGION", "no AWS region; set FACEOPS_SAGEMAKER_REGION or AWS_REGION or AWS_DEFAULT_REGION"),
+])
+def test_missing_settings_say_where_to_set_them(sagemaker, train_spec, monkeypatch, setting, remove, expected):
+    monkeypatch.delenv(remove)
+    result = faceops("job", "submit", str(train_spec), "--dry-run")
+    assert result.exit_code == 2 and expected in result.output, result.output
+
+
+def test_missing_credentials(sagemaker, train_spec, s3_env, faceops_home, monkeypatch, tmp_path):
+    # Object storage keeps its own keys (config.yaml); SageMaker finds no AWS credentials anywhere.
+    (faceops_home / "config.yaml").write_text(json.dumps({"s3": {"access_key": s3_env.access_key,
+                                                                 "secret_key": s3_env.secret_key}}))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = faceops("job", "submit", str(train_spec), "--detach")
+    assert result.exit_code == 2
+    assert "no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in result.output, result.output
+    assert s3_env.secret_key not in result.output
+
+
+def test_image_must_be_in_ecr(sagemaker, train_spec):
+    result = faceops("job", "submit", str(train_spec), "--set", "image=registry.example.org/faceops/train:gpu", "--dry-run")
+    assert result.exit_code == 2
+    assert "not in Amazon ECR" in result.output and "faceops image push" in result.output
+
+
+def test_local_inputs_are_refused(sagemaker, train_spec, tmp_path):
+    (tmp_path / "data").mkdir()
+    result = faceops("job", "submit", str(train_spec), "--set", f"inputs.train={tmp_path / 'data'}", "--dry-run")
+    assert result.exit_code == 2 and "inputs.train" in result.output and "cannot read" in result.output
+
+
+def test_rejected_instance_type_passes_the_service_message_on(sagemaker, train_spec):
+    result = faceops("job", "submit", str(train_spec), "--set", "resources.instance_type=ml.p99.huge", "--detach")
+    assert result.exit_code == 2
+    assert "Value 'ml.p99.huge' at 'resourceConfig.instanceType' failed to satisfy constraint" in result.output
+    record = Store().get("recog-cloud", 1)
+    assert record["status"] == "failed" and "ml.p99.huge" in record["failure_reason"]
+
+
+def test_quota_error(sagemaker, train_spec):
+    sagemaker.extras.quota_types.add("ml.p4d.24xlarge")
+    result = faceops("job", "submit", str(train_spec), "--set", "resources.instance_type=ml.p4d.24xlarge", "--detach")
+    assert result.exit_code == 2
+    assert "SageMaker quota reached" in result.output and "Service Quotas" in result.output
+
+
+def test_throttling_backs_off_then_gives_up(sagemaker, train_spec, monkeypatch):
+    sagemaker.extras.throttle = 2
+    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+    creates = [r for r in sagemaker.extras.requests if r[0] == "CreateTrainingJob"]
+    assert len(creates) == 3 and Store().get("recog-cloud", 1)["backend_info"]["arn"]
+
+    monkeypatch.setenv("FACEOPS_CLOUD_MAX_ATTEMPTS", "3")
+    sagemaker.extras.throttle = 10
+    result = faceops("job", "submit", str(train_spec), "--set", "lr=0.2", "--detach")
+    assert result.exit_code == 2 and "still throttling after 3 tries" in result.output
+
+
+def test_name_collision_is_explained(sagemaker, train_spec):
+    plan = json.loads(faceops("job", "submit", str(train_spec), "--dry-run", "--json").output)["plan"]["request"]
+    boto("sagemaker", sagemaker).create_training_job(**{**plan, "HyperParameters": {}})
+    result = faceops("job", "submit", str(train_spec), "--detach")
+    assert result.exit_code == 2
+    assert "already exists" in result.output and "faceops job list" in result.output
+
+
+def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
+    """The container side, run for real on SageMaker's file layout: string hyperparameters and
+    inputdataconfig.json in, the contract's typed view out."""
+    from jobs.bundle import build_bundle
+
+    code = tmp_path / "code-src"
+    code.mkdir()
+    (code / "show.py").write_text(
+        "import json, os\n"
+        "from jobs.contract import from_env, log_metrics\n"
+        "job = from_env()\n"
+        "log_metrics(epoch=1)\n"
+        "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters,\n"
+        "    'train': sorted(os.listdir(job.channel('train'))), 'channels': sorted(job.channels), 'cwd': os.getcwd()}))\n")
+    root = tmp_path / "opt-ml"
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(
+        {"lr": "0.1", "epochs": "3", "network": '"r50"', "flip": "true", "note": "typed by hand"}))
+    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(
+        {"train": {"TrainingInputMode": "File"}, "faceops-code": {"TrainingInputMode": "File"}}))
+    (root / "input" / "data" / "train").mkdir(parents=True)
+    (root / "input" / "data" / "train" / "train.rec").write_bytes(b"rec")
+    (root / "input" / "data" / "faceops-code").mkdir()
+    bundle = build_bundle(code, store=False)
+    (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+    env = {**os.environ, "FACEOPS_OPT_ML": str(root),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for name in [k for k in env if k.startswith("FACEOPS_") and k != "FACEOPS_OPT_ML"]:
+        del env[name]
+    done = subprocess.run([sys.executable, str(BOOTSTRAP), "sagemaker-training", "python", "show.py"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads((root / "model" / "seen.json").read_text())
+    assert seen["hp"] == {"lr": 0.1, "epochs": 3, "network": "r50", "flip": True, "note": "typed by hand"}
+    assert seen["train"] == ["train.rec"] and seen["channels"] == ["train"]
+    assert seen["cwd"] == str(root / "code")
+    assert json.loads((root / "output" / "data" / "metrics.jsonl").read_text())["epoch"] == 1
