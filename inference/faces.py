@@ -90,29 +90,26 @@ def embed(models: Models, crops: list[np.ndarray]) -> np.ndarray:
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
-def _prepare(models: Models, item: ImageItem, det_size: int, det_thresh: float,
-             max_faces: int) -> tuple[ImageResult, list[np.ndarray]]:
+def _prepare(models: Models, item: ImageItem, det_size: int,
+             det_thresh: float) -> tuple[ImageResult, list[np.ndarray]]:
     """Read, decode, detect and align one image (runs in a pool thread). Any failure becomes the
     image's ``error`` so one bad file never stops a run."""
     try:
         image = decode(item.path.read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, cv2.error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return ImageResult(item, error=reason), []
     faces = detect(models, image, det_size, det_thresh)
-    if max_faces:
-        faces = faces[:max_faces]
     return ImageResult(item, faces, size=(image.shape[1], image.shape[0])), align(models, image, faces)
 
 
 def analyse(models: Models, items: Iterable[ImageItem], det_size: int = 640, det_thresh: float = 0.5,
-            batch_size: int = 16, workers: int = 2, max_faces: int = 0) -> Iterator[ImageResult]:
+            batch_size: int = 16, workers: int = 2) -> Iterator[ImageResult]:
     """Yield one :class:`ImageResult` per item, in input order, with embeddings filled in.
 
     A pool of ``workers`` threads prepares images ahead (bounded, so memory stays flat on millions
     of images) while this thread embeds their crops ``batch_size`` at a time."""
     pending: deque[Future] = deque()
-    ready: deque[tuple[ImageResult, list[np.ndarray]]] = deque()
     items = iter(items)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="faces") as pool:
         def fill() -> None:
@@ -120,18 +117,20 @@ def analyse(models: Models, items: Iterable[ImageItem], det_size: int = 640, det
                 item = next(items, None)
                 if item is None:
                     return
-                pending.append(pool.submit(_prepare, models, item, det_size, det_thresh, max_faces))
+                pending.append(pool.submit(_prepare, models, item, det_size, det_thresh))
 
         fill()
-        while pending or ready:
-            while pending and sum(len(c) for _, c in ready) < batch_size:
-                ready.append(pending.popleft().result())
+        while pending:
+            ready: list[ImageResult] = []
+            crops: list[np.ndarray] = []
+            while pending and len(crops) < batch_size:
+                result, image_crops = pending.popleft().result()
+                ready.append(result)
+                crops.extend(image_crops)
                 fill()
-            crops = [c for _, cs in ready for c in cs]
             if crops:
                 embeddings = iter(embed(models, crops))
-                for result, _ in ready:
+                for result in ready:
                     for face in result.faces:
                         face.embedding = next(embeddings)
-            while ready:
-                yield ready.popleft()[0]
+            yield from ready

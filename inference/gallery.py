@@ -215,20 +215,26 @@ def load(path: str | Path) -> Gallery:
             raise DataError(f"{manifest_file}: not a faceops gallery manifest (format {manifest.get('format')!r})")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise DataError(f"{manifest_file}: gallery format {manifest['format_version']} is newer than this faceops reads")
-        with open(folder / "entries.csv", newline="") as fh:
-            entries = list(csv.DictReader(fh))
+        entries = _read_csv(folder / "entries.csv")
         embeddings = np.load(folder / "embeddings.npy") if entries else np.zeros((0, manifest["models"]["recognizer"]["dim"]), np.float32)
         if embeddings.shape != (len(entries), manifest["models"]["recognizer"]["dim"]):
             raise DataError(f"{path}: embeddings.npy has shape {embeddings.shape}, expected "
                             f"({len(entries)}, {manifest['models']['recognizer']['dim']}) from entries.csv and {MANIFEST}")
-        issues_file = folder / "issues.csv"
-        issues = list(csv.DictReader(open(issues_file, newline=""))) if issues_file.exists() else []
-        gallery = Gallery(manifest, embeddings.astype(np.float32), entries, issues)
+        gallery = Gallery(manifest, embeddings.astype(np.float32), entries, _read_csv(folder / "issues.csv"))
         if entries and (folder / "index.faiss").is_file():
             import faiss
 
             gallery._index = faiss.read_index(str(folder / "index.faiss"))
+            if gallery._index.ntotal != len(entries):
+                raise DataError(f"{path}: index.faiss holds {gallery._index.ntotal} vectors but entries.csv has {len(entries)}")
         return gallery
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _write(path: Path, writer: Callable[[Path], None]) -> None:
