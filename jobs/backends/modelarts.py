@@ -1,0 +1,281 @@
+"""The ModelArts backend: every task becomes a ModelArts training job (API v2) through Huawei's
+official SDK (``huaweicloudsdkmodelarts``, ``huaweicloudsdkcore``), from the same spec the local
+backend runs: a custom image from SWR, OBS inputs and outputs, a flavor and node count, and the
+hyperparameters as job parameters (JSON-encoded; ``faceops-cloud-bootstrap`` types them again).
+
+Settings (config.yaml section ``modelarts``, or the variables Huawei's SDKs read): ak, sk,
+project_id, region; endpoint (default ``https://modelarts.<region>.myhuaweicloud.com``), staging.
+Object storage goes through jobs.storage pointed at OBS (it speaks S3), so specs use ``s3://``
+URIs; the API gets them as OBS paths (``/bucket/key``). AK/SK are never printed or stored.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from typing import Any, Iterator
+
+from jobs.backends import Backend, Launch
+from jobs.backends import cloud
+from jobs.backends.cloud import BOOTSTRAP, CODE_CHANNEL, CloudError, Setting
+from jobs.config import setting
+from jobs.errors import FaceopsError, SpecError
+from jobs.store import TERMINAL
+
+AK = Setting("modelarts", "ak", ("HUAWEICLOUD_SDK_AK",), "access key (AK)")
+SK = Setting("modelarts", "sk", ("HUAWEICLOUD_SDK_SK",), "secret key (SK)")
+PROJECT = Setting("modelarts", "project_id", ("HUAWEICLOUD_SDK_PROJECT_ID",), "project id (My Credentials > Projects)")
+REGION = Setting("modelarts", "region", ("HUAWEICLOUD_SDK_REGION",), "region, like cn-north-4")
+ENDPOINT = Setting("modelarts", "endpoint", ("FACEOPS_MODELARTS_ENDPOINT",), "endpoint")
+CONTAINER = "/opt/ml"
+OUTPUT_CHANNEL = "faceops-output"
+PARAMETERS = "--faceops-parameters"
+# status.phase -> our state (Terminating is still running until it is Terminated).
+PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Terminating": "running",
+          "Completed": "done", "Failed": "failed", "Abnormal": "failed", "Terminated": "stopped"}
+
+
+def obs_path(uri: str) -> str:
+    """``s3://bucket/key`` -> ``/bucket/key``, the OBS path form training jobs take."""
+    from jobs import storage
+
+    loc = storage.parse(uri)
+    return f"/{loc.bucket}/{loc.key}"
+
+
+def _is_swr(host: str) -> bool:
+    configured = setting("modelarts", "swr_registry", ("FACEOPS_SWR_REGISTRY",))
+    return host == configured or (host.startswith("swr.") and host.endswith(".myhuaweicloud.com"))
+
+
+def _argv(spec: dict[str, Any]) -> list[str]:
+    from jobs.tasks import get_task
+
+    return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
+
+
+def _job_folder(staging: str, name: str) -> str:
+    return f"{staging}/jobs/{name}/"
+
+
+def build_job(record: dict[str, Any], staging: str):
+    """The SDK's ``Job`` body for CreateTrainingJob."""
+    from huaweicloudsdkmodelarts.v1 import model as m
+
+    from images.registry import split_ref
+
+    spec, res = record["spec"], record["spec"]["resources"]
+    cloud.check_remote_uris("modelarts", spec)
+    if not res.get("instance_type"):
+        raise SpecError("resources.instance_type: ModelArts needs a flavor, like modelarts.p3.large.public")
+    if res.get("spot"):
+        raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
+    digest = (record.get("image") or {}).get("digest")
+    cloud.image_in_registry(spec.get("image"), digest, "ModelArts", "SWR (Huawei Cloud's SoftWare Repository)", _is_swr)
+    _, repo, tag = split_ref(spec["image"])
+    name = cloud.remote_name(record)
+    folder = _job_folder(staging, name)
+    annotations = {"faceops/job": record["name"], "faceops/version": str(record["version"]),
+                   "faceops/code": record["code"]["hash"][:12]}
+    if digest:
+        annotations["faceops/image-digest"] = digest
+    if res.get("retries"):
+        annotations["fault-tolerance/job-retry-num"] = str(res["retries"])
+    inputs = {**spec["inputs"], CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"])}
+    outputs = {**spec["outputs"], OUTPUT_CHANNEL: folder + "output/"}
+    algorithm = m.JobAlgorithm(
+        command=shlex.join([BOOTSTRAP, "modelarts", *_argv(spec), PARAMETERS]),
+        parameters=[m.Parameters(name=k, value=v) for k, v in cloud.typed_strings(spec["hyperparameters"]).items()],
+        engine=m.JobEngine(image_url=f"{repo}:{tag}"),
+        inputs=[m.Input(name=c, local_dir=f"{CONTAINER}/input/data/{c}",
+                        remote=m.InputDataInfo(obs=m.InputDataInfoObs(obs_url=obs_path(uri))))
+                for c, uri in inputs.items()],
+        outputs=[m.Output(name=o, local_dir=_output_dir(o), remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
+                 for o, uri in outputs.items()],
+        environments={"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
+    )
+    job_spec = m.Spec(resource=m.SpecResource(flavor_id=res["instance_type"], node_count=res.get("instance_count") or 1),
+                      log_export_path=m.LogExportPath(obs_url=obs_path(folder + "logs/")))
+    if res.get("max_runtime"):
+        job_spec.auto_stop = m.AutoStop(time_unit="HOURS", duration=math.ceil(res["max_runtime"] / 3600))
+    return m.Job(kind="job", metadata=m.JobMetadata(name=name, description=f"faceops {record['name']}:{record['version']} ({spec['task']})",
+                                                    annotations=annotations),
+                 algorithm=algorithm, spec=job_spec)
+
+
+def _output_dir(name: str) -> str:
+    if name == "model":
+        return f"{CONTAINER}/model"
+    if name == OUTPUT_CHANNEL:
+        return f"{CONTAINER}/output/faceops"
+    return f"{CONTAINER}/output/data/{name}"
+
+
+def endpoint() -> str:
+    return str(ENDPOINT.get() or f"https://modelarts.{REGION.require()}.myhuaweicloud.com")
+
+
+def client():
+    """An SDK client with AK/SK and project id; each missing one is named with where to set it."""
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+    from huaweicloudsdkmodelarts.v1 import ModelArtsClient
+
+    credentials = BasicCredentials(AK.require(), SK.require(), PROJECT.require())
+    config = HttpConfig.get_default_config()
+    config.timeout = (5, 60)
+    return ModelArtsClient.new_builder().with_credentials(credentials).with_endpoints([endpoint()]) \
+        .with_http_config(config).build()
+
+
+def _throttled(exc: Exception) -> bool:
+    from huaweicloudsdkcore.exceptions.exceptions import ServiceResponseException
+
+    return isinstance(exc, ServiceResponseException) and (exc.status_code in (429, 503) or exc.error_code == "APIGW.0308")
+
+
+def _call(what: str, method: str, request: Any) -> Any:
+    """One SDK call with backoff on throttling, its errors turned into messages to act on."""
+    from huaweicloudsdkcore.exceptions.exceptions import ConnectionException, ServiceResponseException
+
+    api = getattr(client(), method)
+    try:
+        return cloud.retrying(lambda: api(request), _throttled, what)
+    except ConnectionException:
+        raise CloudError(f"{what}: cannot reach ModelArts at {endpoint()}; check modelarts.region / modelarts.endpoint") from None
+    except ServiceResponseException as exc:
+        raise _service_error(what, exc) from None
+
+
+def _service_error(what: str, exc: Any) -> FaceopsError:
+    message = f"{exc.error_code}: {exc.error_msg}"
+    lowered = str(exc.error_msg).lower()
+    if exc.status_code in (401, 403) and "quota" not in lowered:
+        return CloudError(f"{what}: ModelArts refused the credentials ({message}); check the AK/SK and project id")
+    if "quota" in lowered or "insufficient" in lowered:
+        return CloudError(f"{what}: ModelArts quota reached ({message}); free resources, ask for more quota or "
+                          "use another flavor with --set resources.instance_type=...")
+    if "already exist" in lowered:
+        return CloudError(f"{what}: a ModelArts training job with this name already exists ({message}); faceops names "
+                          "each version uniquely, so this one was already submitted: see faceops job list")
+    return CloudError(f"{what}: ModelArts rejected the request ({message})")
+
+
+def console_link(region: str, job_id: str) -> str:
+    return f"https://console.huaweicloud.com/modelarts/?region={region}#/trainingJobs/{job_id}"
+
+
+class ModelArtsBackend(Backend):
+    name = "modelarts"
+
+    def plan(self, launch: Launch) -> dict[str, Any]:
+        from huaweicloudsdkcore.utils.http_utils import sanitize_for_serialization
+
+        record = launch.record
+        staging = cloud.staging_uri("modelarts", record)
+        body = sanitize_for_serialization(build_job(record, staging))
+        project = PROJECT.require()
+        return {"backend": "modelarts", "endpoint": endpoint(),
+                "uploads": [{"from": str(launch.bundle), "skipped_when_present": True,
+                             "to": cloud.bundle_folder(staging, record["code"]["hash"]) + cloud.BUNDLE_NAME}],
+                "api": f"POST /v2/{project}/training-jobs",
+                "request": cloud.masked(body, [AK.require(), SK.require()])}
+
+    def start(self, launch: Launch) -> dict[str, Any]:
+        try:
+            return self._start(launch)
+        except FaceopsError as exc:
+            cloud.set_status(launch.record, "failed", reason=str(exc))
+            raise
+
+    def _start(self, launch: Launch) -> dict[str, Any]:
+        from huaweicloudsdkmodelarts.v1 import model as m
+
+        record = launch.record
+        staging = cloud.staging_uri("modelarts", record)
+        job = build_job(record, staging)
+        client()  # fail on missing credentials before uploading anything
+        cloud.upload_bundle(launch.bundle, staging)
+        name = job.metadata.name
+        try:
+            answer = _call(f"create training job {name}", "create_training_job", m.CreateTrainingJobRequest(body=job))
+        except CloudError as exc:
+            existing = _find(name) if "already exists" in str(exc) else None
+            if existing:
+                raise CloudError(f"{exc} (job id {existing.metadata.id}, {existing.status.phase})") from None
+            raise
+        job_id = answer.metadata.id
+        return {"remote_name": name, "job_id": job_id, "region": REGION.get(), "staging": staging,
+                "console": console_link(str(REGION.get() or ""), job_id)}
+
+    def refresh(self, record: dict[str, Any]) -> None:
+        from huaweicloudsdkmodelarts.v1 import model as m
+
+        info = record["backend_info"]
+        if record["status"] in TERMINAL or not info.get("job_id"):
+            return
+        job = _call(f"show training job {info['remote_name']}", "show_training_job_details",
+                    m.ShowTrainingJobDetailsRequest(training_job_id=info["job_id"]))
+        phase = job.status.phase
+        status = PHASES.get(phase, "running")
+        fields: dict[str, Any] = {}
+        tasks = list(job.status.tasks or [])
+        if phase != info.get("remote_status") or tasks != info.get("tasks", []):
+            fields["backend_info"] = {**info, "remote_status": phase, "tasks": tasks}
+        if status in TERMINAL:
+            fields["metrics"] = cloud.metrics_from(_job_folder(info["staging"], info["remote_name"]) + "output/metrics.jsonl")
+        cloud.set_status(record, status, reason=_reason(job, phase, status), **fields)
+
+    def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
+        """ModelArts terminates the job with its own grace period; ``grace`` cannot change it."""
+        from huaweicloudsdkmodelarts.v1 import model as m
+
+        info = record["backend_info"]
+        if record["status"] in TERMINAL or not info.get("job_id"):
+            return
+        _call(f"stop training job {info['remote_name']}", "stop_training_job",
+              m.StopTrainingJobRequest(training_job_id=info["job_id"], body=m.JobActionType(action_type="terminate")))
+
+    def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+        info = record["backend_info"]
+        if not info.get("job_id"):
+            return iter(())
+        return cloud.follow(self, record, lambda seen: _read_logs(record, seen or {}), follow)
+
+
+def _find(name: str) -> Any:
+    """The training job called ``name``, from a name search (None when there is none)."""
+    from huaweicloudsdkmodelarts.v1 import model as m
+
+    found = _call(f"search training job {name}", "list_training_jobs", m.ListTrainingJobsRequest(
+        body=m.JobSearches(filters=[m.Filter(key="name", operator="like", value=[name])])))
+    return next((job for job in found.items or [] if job.metadata.name == name), None)
+
+
+def _reason(job: Any, phase: str, status: str) -> str | None:
+    if status not in ("failed", "stopped"):
+        return None
+    failures = [f"{t.task}: exit code {t.exit_code}" + (f": {t.message}" if t.message else "")
+                for t in job.status.task_statuses or [] if t.exit_code]
+    if failures:
+        return "; ".join(failures)
+    return "stopped" if status == "stopped" else f"ModelArts reports {phase}" + (
+        f" ({job.status.secondary_phase})" if job.status.secondary_phase else "")
+
+
+def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    """New lines of each task's log preview (one task per node); ``seen`` counts lines given out."""
+    from jobs.store import Store
+    from huaweicloudsdkmodelarts.v1 import model as m
+
+    info = Store().get(record["name"], record["version"])["backend_info"]
+    tasks = info.get("tasks") or ["worker-0"]
+    lines, seen = [], dict(seen)
+    for task in tasks:
+        preview = _call(f"logs of {info['remote_name']}", "show_training_job_logs_preview",
+                        m.ShowTrainingJobLogsPreviewRequest(training_job_id=info["job_id"], task_id=task))
+        text = (preview.content or "").splitlines()
+        new = text[seen.get(task, 0):]
+        seen[task] = len(text)
+        lines += [f"[{task}] {line}" for line in new] if len(tasks) > 1 else new
+    return lines, seen

@@ -1,0 +1,263 @@
+"""The ModelArts backend through the CLI: Huawei's real SDK (request classes, serialisation, AK/SK
+signing) against a loopback ModelArts (modelarts_server.py) that checks every signature, and a
+real S3 server (SeaweedFS) standing in for OBS for inputs, the code bundle and the job's outputs."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from jobs.store import Store
+from tests.jobs.modelarts_server import ModelArtsServer
+
+SWR = "swr.cn-north-4.myhuaweicloud.com"
+DIGEST = "sha256:" + "cd" * 32
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "images" / "bin" / "faceops-cloud-bootstrap"
+
+
+def faceops(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def modelarts_server():
+    with ModelArtsServer("AK" + secrets.token_hex(8).upper(), secrets.token_hex(20), secrets.token_hex(16)) as server:
+        yield server
+
+
+@pytest.fixture
+def modelarts(modelarts_server, s3_env, monkeypatch) -> ModelArtsServer:
+    state = modelarts_server.state
+    state.jobs.clear(), state.logs.clear(), state.requests.clear(), state.quota_flavors.clear()
+    state.images = {"faceops/train:gpu"}
+    state.throttle = 0
+    monkeypatch.setenv("HUAWEICLOUD_SDK_AK", state.access_key)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", state.secret_key)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_PROJECT_ID", state.project_id)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_REGION", "cn-north-4")
+    monkeypatch.setenv("FACEOPS_MODELARTS_ENDPOINT", modelarts_server.endpoint)
+    monkeypatch.setenv("FACEOPS_CLOUD_POLL_SECONDS", "0.05")
+    monkeypatch.setenv("FACEOPS_CLOUD_BACKOFF", "0.01")
+    return modelarts_server
+
+
+@pytest.fixture
+def spec(tmp_path, s3_env, s3_bucket) -> Path:
+    """The seed tutorial's recognition job as a spec: RecordIO on OBS, an SWR image, a GPU flavor."""
+    from images.digests import record
+
+    s3_env.client().put_object(Bucket=s3_bucket, Key="recognition_train_data/cele.rec", Body=b"r" * 500)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('training')\n")
+    record(f"{SWR}/faceops/train:gpu", DIGEST)
+    path = tmp_path / "job.yaml"
+    path.write_text(f"""\
+name: face-recognition
+task: custom
+backend: modelarts
+image: {SWR}/faceops/train:gpu
+entrypoint: [python, train.py, --log-every, "10"]
+code: code
+inputs:
+  train: s3://{s3_bucket}/recognition_train_data/
+outputs:
+  model: s3://{s3_bucket}/models/face-recognition/
+hyperparameters: {{lr: 0.1, epochs: 20, network: r50, flip: true}}
+resources: {{instance_type: modelarts.p3.large.public, instance_count: 2, max_runtime: 90m, retries: 2}}
+""")
+    return path
+
+
+def test_dry_run_shows_the_request_without_keys(modelarts, spec, s3_bucket):
+    result = faceops("job", "submit", str(spec), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    plan = out["plan"]
+    assert plan["api"] == f"POST /v2/{modelarts.state.project_id}/training-jobs"
+    assert modelarts.state.secret_key not in result.output and modelarts.state.access_key not in result.output
+    body = plan["request"]
+    code_hash = out["record"]["code"]["hash"]
+    name = body["metadata"]["name"]
+    assert name.startswith("face-recognition-v1-")
+    assert body["kind"] == "job"
+    assert body["metadata"]["annotations"] == {"faceops/job": "face-recognition", "faceops/version": "1",
+                                               "faceops/code": code_hash[:12], "faceops/image-digest": DIGEST,
+                                               "fault-tolerance/job-retry-num": "2"}
+    algorithm = body["algorithm"]
+    assert algorithm["command"] == "faceops-cloud-bootstrap modelarts python train.py --log-every 10 --faceops-parameters"
+    assert algorithm["parameters"] == [{"name": "lr", "value": "0.1"}, {"name": "epochs", "value": "20"},
+                                       {"name": "network", "value": '"r50"'}, {"name": "flip", "value": "true"}]
+    assert algorithm["engine"] == {"image_url": "faceops/train:gpu"}
+    assert algorithm["inputs"] == [
+        {"name": "train", "local_dir": "/opt/ml/input/data/train", "remote": {"obs": {"obs_url": f"/{s3_bucket}/recognition_train_data/"}}},
+        {"name": "faceops-code", "local_dir": "/opt/ml/input/data/faceops-code",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/bundles/{code_hash}/"}}}]
+    assert algorithm["outputs"] == [
+        {"name": "model", "local_dir": "/opt/ml/model", "remote": {"obs": {"obs_url": f"/{s3_bucket}/models/face-recognition/"}}},
+        {"name": "faceops-output", "local_dir": "/opt/ml/output/faceops",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/output/"}}}]
+    assert algorithm["environments"] == {"FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model"}
+    assert body["spec"] == {"resource": {"flavor_id": "modelarts.p3.large.public", "node_count": 2},
+                            "log_export_path": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/logs/"},
+                            "auto_stop": {"time_unit": "HOURS", "duration": 2}}
+    assert modelarts.state.requests == [] and Store().list() == []
+
+
+def test_training_job_lifecycle_through_the_sdk(modelarts, spec, s3_env, s3_bucket):
+    planned = json.loads(faceops("job", "submit", str(spec), "--dry-run", "--json").output)["plan"]["request"]
+    result = faceops("job", "submit", str(spec), "--detach")
+    assert result.exit_code == 0, result.output
+    info = Store().get("face-recognition", 1)["backend_info"]
+    job_id = info["job_id"]
+    assert info["remote_name"] == planned["metadata"]["name"]
+    assert info["console"].endswith(job_id) and "region=cn-north-4" in info["console"]
+    (method, path, body), = modelarts.state.requests
+    assert (method, path) == ("POST", f"/v2/{modelarts.state.project_id}/training-jobs")
+    assert body == planned  # field by field, what the dry run showed is what the SDK sent
+    assert modelarts.state.auth_checked >= 1
+    bundle = s3_env.client().get_object(Bucket=s3_bucket, Key=f"faceops/bundles/{Store().get('face-recognition', 1)['code']['hash']}/code.tar.gz")
+    with tarfile.open(fileobj=io.BytesIO(bundle["Body"].read())) as tar:
+        assert "train.py" in tar.getnames()
+
+    for phase, ours in (("Creating", "queued"), ("Pending", "queued"), ("Running", "running")):
+        modelarts.set_phase(job_id, phase)
+        assert json.loads(faceops("job", "show", "face-recognition", "--json").output)["status"] == ours
+
+    modelarts.set_phase(job_id, "Running", tasks=["worker-0", "worker-1"])
+    faceops("job", "show", "face-recognition")
+    modelarts.append_log(job_id, "worker-0", "epoch 1 loss 3.2\nepoch 2 loss 2.1\n")
+    modelarts.append_log(job_id, "worker-1", "worker 1 joined\n")
+    assert faceops("job", "logs", "face-recognition").output.splitlines() == [
+        "[worker-0] epoch 1 loss 3.2", "[worker-0] epoch 2 loss 2.1", "[worker-1] worker 1 joined"]
+
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"faceops/jobs/{info['remote_name']}/output/metrics.jsonl",
+                               Body=b'{"epoch": 20, "lfw": 0.991}\n')
+    modelarts.set_phase(job_id, "Completed")
+    follow = faceops("job", "logs", "face-recognition", "--follow")
+    assert follow.exit_code == 0 and follow.output.count("worker 1 joined") == 1
+    done = Store().get("face-recognition", 1)
+    assert done["status"] == "done" and done["metrics"] == {"epoch": 20, "lfw": 0.991}
+    searches = [r for r in modelarts.state.requests if r[1].endswith("/training-job-searches")]
+    assert searches == []  # no collision, no search
+
+
+def test_failed_job_reports_the_task_exit(modelarts, spec):
+    assert faceops("job", "submit", str(spec), "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    modelarts.set_phase(job_id, "Failed", secondary_phase="Failed",
+                        task_statuses=[{"task": "worker-0", "exit_code": 137, "message": "Out of memory"}])
+    shown = faceops("job", "show", "face-recognition")
+    record = Store().get("face-recognition", 1)
+    assert record["status"] == "failed" and record["failure_reason"] == "worker-0: exit code 137: Out of memory"
+    assert "Out of memory" in shown.output
+
+
+def test_stop_terminates_the_job(modelarts, spec):
+    assert faceops("job", "submit", str(spec), "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    modelarts.set_phase(job_id, "Running")
+    assert faceops("job", "stop", "face-recognition", "--no-wait").exit_code == 0
+    assert ("POST", f"/v2/{modelarts.state.project_id}/training-jobs/{job_id}/actions", {"action_type": "terminate"}) in modelarts.state.requests
+    modelarts.set_phase(job_id, "Terminated")
+    assert "face-recognition:1 stopped" in faceops("job", "stop", "face-recognition").output
+
+
+@pytest.mark.parametrize("variable, expected", [
+    ("HUAWEICLOUD_SDK_AK", "no access key (AK); set HUAWEICLOUD_SDK_AK or modelarts.ak in $FACEOPS_HOME/config.yaml"),
+    ("HUAWEICLOUD_SDK_SK", "no secret key (SK); set HUAWEICLOUD_SDK_SK or modelarts.sk"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "no project id (My Credentials > Projects); set HUAWEICLOUD_SDK_PROJECT_ID or modelarts.project_id"),
+])
+def test_missing_credentials_name_the_setting(modelarts, spec, monkeypatch, variable, expected):
+    monkeypatch.delenv(variable)
+    result = faceops("job", "submit", str(spec), "--detach")
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert modelarts.state.requests == []
+
+
+def test_missing_region_without_endpoint(modelarts, spec, monkeypatch):
+    monkeypatch.delenv("HUAWEICLOUD_SDK_REGION")
+    monkeypatch.delenv("FACEOPS_MODELARTS_ENDPOINT")
+    result = faceops("job", "submit", str(spec), "--dry-run")
+    assert result.exit_code == 2 and "no region, like cn-north-4; set HUAWEICLOUD_SDK_REGION" in result.output
+
+
+def test_wrong_secret_key_is_refused_by_the_signature_check(modelarts, spec, monkeypatch):
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", "not-the-secret")
+    result = faceops("job", "submit", str(spec), "--detach")
+    assert result.exit_code == 2
+    assert "refused the credentials" in result.output and "verify aksk signature fail" in result.output
+    assert "not-the-secret" not in result.output
+
+
+def test_image_outside_swr(modelarts, spec):
+    result = faceops("job", "submit", str(spec), "--set", "image=ghcr.io/team/train:gpu", "--dry-run")
+    assert result.exit_code == 2 and "not in SWR" in result.output and "faceops image push" in result.output
+
+
+def test_image_missing_from_swr_passes_the_service_message_on(modelarts, spec):
+    result = faceops("job", "submit", str(spec), "--set", f"image={SWR}/faceops/train:never-pushed", "--detach")
+    assert result.exit_code == 2
+    assert "Image faceops/train:never-pushed does not exist in SWR" in result.output
+    assert Store().get("face-recognition", 1)["status"] == "failed"
+
+
+def test_flavor_rejected_and_quota(modelarts, spec):
+    result = faceops("job", "submit", str(spec), "--set", "resources.instance_type=modelarts.p9.huge", "--detach")
+    assert result.exit_code == 2 and "Flavor modelarts.p9.huge is not supported" in result.output
+    modelarts.state.quota_flavors.add("modelarts.p3.large.public")
+    result = faceops("job", "submit", str(spec), "--detach")
+    assert result.exit_code == 2 and "ModelArts quota reached" in result.output and "Insufficient quota" in result.output
+
+
+def test_throttling_backs_off(modelarts, spec, monkeypatch):
+    modelarts.state.throttle = 2
+    assert faceops("job", "submit", str(spec), "--detach").exit_code == 0
+    assert len(modelarts.state.jobs) == 1 and len(modelarts.state.requests) == 3
+    monkeypatch.setenv("FACEOPS_CLOUD_MAX_ATTEMPTS", "2")
+    modelarts.state.throttle = 5
+    result = faceops("job", "submit", str(spec), "--set", "lr=0.05", "--detach")
+    assert result.exit_code == 2 and "still throttling after 2 tries" in result.output
+
+
+def test_name_collision_names_the_existing_job(modelarts, spec):
+    planned = json.loads(faceops("job", "submit", str(spec), "--dry-run", "--json").output)["plan"]["request"]
+    modelarts.state.jobs["existing-id"] = {**planned, "metadata": {**planned["metadata"], "id": "existing-id"},
+                                           "status": {"phase": "Running"}}
+    result = faceops("job", "submit", str(spec), "--detach")
+    assert result.exit_code == 2
+    assert "already exists" in result.output and "job id existing-id, Running" in result.output
+
+
+def test_bootstrap_reads_modelarts_parameters(tmp_path):
+    """The container side on ModelArts' layout: parameters appended as --name=value."""
+    from jobs.bundle import build_bundle
+
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "show.py").write_text(
+        "import json, sys\nfrom jobs.contract import from_env\njob = from_env()\n"
+        "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters, 'argv': sys.argv[1:],\n"
+        "    'train': str(job.channel('train'))}))\n")
+    root = tmp_path / "opt-ml"
+    (root / "input" / "data" / "faceops-code").mkdir(parents=True)
+    (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(build_bundle(code, store=False).path.read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEOPS_")}
+    env.update(FACEOPS_OPT_ML=str(root), FACEOPS_CHANNELS="train", FACEOPS_OUTPUTS="model",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, str(BOOTSTRAP), "modelarts", "python", "show.py", "--log-every", "10",
+                           "--faceops-parameters", "--lr=0.1", "--network=\"r50\"", "--flip=true", "--epochs=20"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads((root / "model" / "seen.json").read_text())
+    assert seen == {"hp": {"lr": 0.1, "network": "r50", "flip": True, "epochs": 20}, "argv": ["--log-every", "10"],
+                    "train": str(root / "input" / "data" / "train")}
