@@ -18,7 +18,7 @@ import numpy as np
 from inference import faces as facelib
 from inference import gallery as gallerylib
 from inference.models import Models, load_models
-from inference.sources import list_images, local, read_truth
+from inference.sources import ImageItem, list_images, local, read_truth
 from jobs.errors import DataError
 
 UNKNOWN = "unknown"
@@ -105,6 +105,20 @@ def metrics(rows: list[dict[str, Any]], known: set[str], threshold: float) -> di
     }
 
 
+def _truth(item: ImageItem, labels: dict[str, str], from_folders: bool) -> str | None:
+    """The ground-truth person of an image: from the truth CSV (by report name or file name), or
+    its first folder."""
+    folder = item.name.split("/")[0] if from_folders and "/" in item.name else None
+    return labels.get(item.name) or labels.get(item.path.name) or folder
+
+
+def _inside(name: str) -> Path:
+    """``name`` as a path that stays inside the folder it is joined to: list files may name
+    absolute paths, and an annotated copy must never land on (or overwrite) the original."""
+    path = Path(name)
+    return Path(*[part for part in path.parts if part not in (path.anchor, "..")])
+
+
 def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
     """Write a copy of the image with each face's box and name (green known, red unknown)."""
     import cv2
@@ -160,14 +174,12 @@ def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: 
             writer = csv.DictWriter(csv_fh, fieldnames=CSV_FIELDS)
             writer.writeheader()
             for result, people, sims in _search_chunks(db, results, top_k):
-                label = labels.get(result.item.name) or labels.get(result.item.path.name) or (
-                    result.item.name.split("/")[0] if truth_from_folders and "/" in result.item.name else None)
-                image_rows = _rows(result, people, sims, db.names, threshold, label)
+                image_rows = _rows(result, people, sims, db.names, threshold, _truth(result.item, labels, truth_from_folders))
                 for row in image_rows:
                     writer.writerow(_csv_row(row))
                     jsonl_fh.write(json.dumps(row) + "\n")
                 if annotate_dir and result.faces:
-                    annotate(result.item.path, image_rows, Path(annotate_dir) / result.item.name)
+                    annotate(result.item.path, image_rows, Path(annotate_dir) / _inside(result.item.name))
                 counts.update(r["status"] for r in image_rows)
                 counts["unknown"] += sum(r.get("person") == UNKNOWN for r in image_rows)
                 probes.extend(r for r in image_rows if r["truth"])

@@ -74,8 +74,11 @@ def test_truth_csv_and_a_fixed_threshold(split, built, models, tmp_path):
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(str(p) for p in photos) + "\n")
     truth.write_text("path,person\n" + "".join(f"{p.name},{p.parent.name}\n" for p in photos))
-    summary = identify(listing, built[0], tmp_path / "out", models, truth=truth, threshold=0.99, top_k=2)
+    summary = identify(listing, built[0], tmp_path / "out", models, truth=truth, threshold=0.99, top_k=2,
+                       annotate_dir=tmp_path / "annotated")
     metrics = summary["metrics"]
+    # The list names absolute paths: annotated copies still land inside the annotate folder.
+    assert len(list((tmp_path / "annotated").rglob("*.jpg"))) == 12
     assert summary["images"] == 12 and metrics["probes"] == 12
     # Nobody reaches 0.99: every known face is below the threshold, yet rank-1 still counts hits.
     assert metrics["tar_at_far"] == 0.0 and metrics["rank1"] >= 0.9
