@@ -74,6 +74,7 @@ def remote_name(record: dict[str, Any], limit: int = 63) -> str:
 def staging_uri(section: str, record: dict[str, Any]) -> str:
     """Where code bundles and job files go: the backend's ``staging`` setting, else a
     ``faceops/`` folder in the bucket of the ``model`` output (or the first output)."""
+    check_remote_uris(section, record["spec"])
     configured = setting(section, "staging", (f"FACEOPS_{section.upper()}_STAGING",))
     if configured:
         return str(configured).rstrip("/")
@@ -81,23 +82,59 @@ def staging_uri(section: str, record: dict[str, Any]) -> str:
 
     outputs = record["spec"]["outputs"]
     uri = outputs.get("model") or next(iter(outputs.values()), None)
-    if not uri or not storage.is_remote(uri):
-        raise SpecError(f"{section}: outputs must be s3:// URIs (the service writes them), and code is staged "
-                        f"next to them; set outputs.model or {section}.staging in $FACEOPS_HOME/config.yaml")
+    if not uri:
+        raise SpecError(f"outputs: none given, so there is no bucket to stage the code in; add an s3:// output "
+                        f"or set FACEOPS_{section.upper()}_STAGING or {section}.staging in $FACEOPS_HOME/config.yaml")
     return f"s3://{storage.parse(uri).bucket}/faceops"
 
 
 def check_remote_uris(section: str, spec: dict[str, Any]) -> None:
-    """Inputs and outputs must live on the service's object storage: it cannot read this disk."""
+    """Outputs must be on the service's object storage (it writes them there), and the code
+    bundle's channel name is taken."""
     from jobs import storage
 
+    for name, uri in spec["outputs"].items():
+        if not storage.is_remote(uri):
+            raise SpecError(f"outputs.{name}: {uri} is on this machine, where {section} cannot write; "
+                            f"use an s3:// URI")
     for kind in ("inputs", "outputs"):
-        for name, uri in spec[kind].items():
-            if not storage.is_remote(uri):
-                raise SpecError(f"{kind}.{name}: {uri} is on this machine, which {section} cannot read; "
-                                f"upload it and use an s3:// URI")
         if CODE_CHANNEL in spec[kind]:
             raise SpecError(f"{kind}.{CODE_CHANNEL}: this name is reserved for the code bundle; rename the channel")
+
+
+def remote_inputs(record: dict[str, Any], staging: str) -> dict[str, str]:
+    """Each input as the service reads it: ``s3://`` URIs as they are; a local file or folder
+    at a place under ``staging`` named by its ETag (so an unchanged input is uploaded once)."""
+    from jobs import storage
+
+    return {channel: uri if storage.is_remote(uri) else f"{staging}/inputs/{record['inputs'][channel]['etag']}/"
+            for channel, uri in record["spec"]["inputs"].items()}
+
+
+def upload_inputs(record: dict[str, Any], staging: str) -> None:
+    """Upload the local inputs to where :func:`remote_inputs` says the service reads them,
+    unless a complete copy is already there (a folder's manifest, or the file)."""
+    from jobs import storage
+
+    for channel, target in remote_inputs(record, staging).items():
+        uri = record["spec"]["inputs"][channel]
+        if storage.is_remote(uri):
+            continue
+        source = storage.parse(uri).path
+        marker = storage.join(target, storage.MANIFEST if source.is_dir() else source.name)
+        if not storage.exists(marker):
+            storage.upload(source, target)
+
+
+def planned_uploads(launch: Any, staging: str) -> list[dict[str, Any]]:
+    """What ``start`` uploads first, for --dry-run: the code bundle and any local input (each
+    skipped when its copy is already there)."""
+    record = launch.record
+    uploads = [{"from": str(launch.bundle), "to": bundle_folder(staging, record["code"]["hash"]) + BUNDLE_NAME}]
+    remote = remote_inputs(record, staging)
+    uploads += [{"from": uri, "to": remote[channel]} for channel, uri in record["spec"]["inputs"].items()
+                if remote[channel] != uri]
+    return [{**u, "skipped_when_present": True} for u in uploads]
 
 
 def bundle_folder(staging: str, sha256: str) -> str:

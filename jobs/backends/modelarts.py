@@ -81,7 +81,7 @@ def build_job(record: dict[str, Any], staging: str):
         annotations["faceops/image-digest"] = digest
     if res.get("retries"):
         annotations["fault-tolerance/job-retry-num"] = str(res["retries"])
-    inputs = {**spec["inputs"], CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"])}
+    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"])}
     outputs = {**spec["outputs"], OUTPUT_CHANNEL: folder + "output/"}
     algorithm = m.JobAlgorithm(
         command=shlex.join([BOOTSTRAP, "modelarts", *_argv(spec), PARAMETERS]),
@@ -176,8 +176,7 @@ class ModelArtsBackend(Backend):
         body = sanitize_for_serialization(build_job(record, staging))
         project = PROJECT.require()
         return {"backend": "modelarts", "endpoint": endpoint(),
-                "uploads": [{"from": str(launch.bundle), "skipped_when_present": True,
-                             "to": cloud.bundle_folder(staging, record["code"]["hash"]) + cloud.BUNDLE_NAME}],
+                "uploads": cloud.planned_uploads(launch, staging),
                 "api": f"POST /v2/{project}/training-jobs",
                 "request": cloud.masked(body, [AK.require(), SK.require()])}
 
@@ -196,6 +195,7 @@ class ModelArtsBackend(Backend):
         job = build_job(record, staging)
         client()  # fail on missing credentials before uploading anything
         cloud.upload_bundle(launch.bundle, staging)
+        cloud.upload_inputs(record, staging)
         name = job.metadata.name
         try:
             answer = _call(f"create training job {name}", "create_training_job", m.CreateTrainingJobRequest(body=job))

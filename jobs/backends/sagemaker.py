@@ -117,7 +117,8 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
     mode = str(setting("sagemaker", "input_mode", ("FACEOPS_SAGEMAKER_INPUT_MODE",), "File"))
     if mode not in INPUT_MODES:
         raise SpecError(f"sagemaker.input_mode: expected one of {', '.join(INPUT_MODES)}, got {mode!r}")
-    channels = [_channel(c, uri, mode) for c, uri in spec["inputs"].items()] + [_channel(CODE_CHANNEL, code, "File")]
+    channels = [_channel(c, uri, mode) for c, uri in cloud.remote_inputs(record, staging).items()]
+    channels.append(_channel(CODE_CHANNEL, code, "File"))
     stopping = {"MaxRuntimeInSeconds": max_runtime}
     if res.get("spot"):
         stopping["MaxWaitTimeInSeconds"] = 2 * max_runtime  # room to wait for spot capacity
@@ -154,7 +155,7 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
     spec, res = record["spec"], record["spec"]["resources"]
     base = f"{CONTAINER}/processing"
     job_folder = _job_folder(staging, name)
-    inputs = {**spec["inputs"], CODE_CHANNEL: code, "faceops-job": job_folder + "config/"}
+    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, "faceops-job": job_folder + "config/"}
     outputs = {**spec["outputs"], "faceops-output": job_folder + "output/"}
     return {
         "ProcessingJobName": name,
@@ -233,8 +234,7 @@ class SageMakerBackend(Backend):
         staging = cloud.staging_uri("sagemaker", record)
         api, request = build_request(record, staging)
         region = REGION.require()
-        uploads = [{"from": str(launch.bundle), "to": cloud.bundle_folder(staging, record["code"]["hash"]) + cloud.BUNDLE_NAME,
-                    "skipped_when_present": True}]
+        uploads = cloud.planned_uploads(launch, staging)
         if api == "CreateProcessingJob":
             uploads.append({"from": "hyperparameters (typed JSON)",
                             "to": _job_folder(staging, request["ProcessingJobName"]) + "config/hyperparameters.json"})
@@ -259,6 +259,7 @@ class SageMakerBackend(Backend):
         api, request = build_request(record, staging)
         region = REGION.require()
         cloud.upload_bundle(launch.bundle, staging)
+        cloud.upload_inputs(record, staging)
         training = api == "CreateTrainingJob"
         name = request["TrainingJobName" if training else "ProcessingJobName"]
         if not training:
@@ -277,8 +278,11 @@ class SageMakerBackend(Backend):
         name, training = info["remote_name"], info["kind"] == "training"
         if training:
             job = _call(f"DescribeTrainingJob {name}", "sagemaker.describe_training_job", TrainingJobName=name)
-            remote = job.get("SecondaryStatus") or job["TrainingJobStatus"]
-            status = TRAINING_STATES.get(remote) or TRAINING_STATES.get(job["TrainingJobStatus"], "running")
+            primary = job["TrainingJobStatus"]
+            remote = job.get("SecondaryStatus") or primary
+            status = TRAINING_STATES.get(remote, "running")
+            if primary in TRAINING_STATES and TRAINING_STATES[primary] in TERMINAL and status not in TERMINAL:
+                status = TRAINING_STATES[primary]  # the job's own state wins once it has ended
         else:
             job = _call(f"DescribeProcessingJob {name}", "sagemaker.describe_processing_job", ProcessingJobName=name)
             remote = job["ProcessingJobStatus"]

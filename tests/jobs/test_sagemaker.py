@@ -296,10 +296,23 @@ def test_image_must_be_in_ecr(sagemaker, train_spec):
     assert "not in Amazon ECR" in result.output and "faceops image push" in result.output
 
 
-def test_local_inputs_are_refused(sagemaker, train_spec, tmp_path):
-    (tmp_path / "data").mkdir()
-    result = faceops("job", "submit", str(train_spec), "--set", f"inputs.train={tmp_path / 'data'}", "--dry-run")
-    assert result.exit_code == 2 and "inputs.train" in result.output and "cannot read" in result.output
+def test_local_inputs_are_uploaded_once_and_local_outputs_refused(sagemaker, train_spec, tmp_path, s3_env, s3_bucket):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.rec").write_bytes(b"r" * 300)
+    result = faceops("job", "submit", str(train_spec), "--set", f"inputs.train={data}", "--detach")
+    assert result.exit_code == 0, result.output
+    record = Store().get("recog-cloud", 1)
+    staged = f"s3://{s3_bucket}/faceops/inputs/{record['inputs']['train']['etag']}/"
+    (_, sent), = [r for r in sagemaker.extras.requests if r[0] == "CreateTrainingJob"]
+    assert sent["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == staged
+    key = staged.split("/", 3)[3]
+    assert s3_env.client().get_object(Bucket=s3_bucket, Key=key + "train.rec")["Body"].read() == b"r" * 300
+    plan = json.loads(faceops("job", "submit", str(train_spec), "--set", f"inputs.train={data}", "--dry-run", "--json").output)["plan"]
+    assert {"from": str(data), "to": staged, "skipped_when_present": True} in plan["uploads"]
+
+    result = faceops("job", "submit", str(train_spec), "--set", f"outputs.model={tmp_path / 'out'}", "--dry-run")
+    assert result.exit_code == 2 and "outputs.model" in result.output and "cannot write" in result.output
 
 
 def test_rejected_instance_type_passes_the_service_message_on(sagemaker, train_spec):
