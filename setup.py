@@ -34,6 +34,7 @@ setup(
         "faceops.tasks": [
             "gallery = inference.tasks:GALLERY",
             "identify = inference.tasks:IDENTIFY",
+            "recognition = train.config:RECOGNITION",
         ],
     },
 )

@@ -1,0 +1,288 @@
+"""The recognition training loop: ArcFace-style margin training of a backbone on insightface
+RecordIO, data parallel over the job's devices and, under a DMLC environment, over machines with
+MXNet's own ``dist_sync`` kvstore.
+
+One call, :func:`train`, does a whole job: open the data, build or restore the model, run the
+epochs with checkpoints and metrics, then export the backbone (Gluon + ONNX) and evaluate it on the
+``val`` channel's verification sets. Everything a job writes goes through ``jobs.contract``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from jobs import storage
+from jobs.contract import JobEnv, log_metrics
+from jobs.errors import DataError, JobFailed
+from train.backbones import get_model
+from train.checkpoint import Checkpointer
+from train.data import RecognitionDataset
+from train.export import export_gluon, export_onnx
+from train.heads import MarginHead, get_margin
+from train.verification import evaluate
+
+IMAGE_SIZE = (112, 112)
+
+
+class Recognizer(gluon.HybridBlock):
+    """Backbone plus margin head, trained (and checkpointed) as one block; only the backbone is
+    exported."""
+
+    def __init__(self, config: dict[str, Any], num_classes: int):
+        super().__init__()
+        margin = get_margin(config["loss"], config["margin_s"], config["margin_m1"], config["margin_m2"],
+                            config["margin_m3"])
+        with self.name_scope():
+            self.backbone = get_model(config["network"], config["embedding_size"])
+            self.head = MarginHead(num_classes, config["embedding_size"], margin)
+
+    def hybrid_forward(self, F, x, label):
+        return self.head(self.backbone(x), label)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where this process stands: its devices, the kvstore, and its shard of the data."""
+
+    ctx: list[Any]
+    kvstore: Any
+    rank: int = 0
+    num_workers: int = 1
+
+    @property
+    def chief(self) -> bool:
+        """Only worker 0 writes checkpoints, metrics and the model."""
+        return self.rank == 0
+
+
+def cluster() -> Cluster:
+    """All local GPUs (else the CPU); ``dist_sync`` when the backend started us as one of several
+    DMLC workers (roles and hosts come from the ``DMLC_*`` variables)."""
+    gpus = mx.context.num_gpus()
+    ctx = [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
+    if os.environ.get("DMLC_ROLE") == "worker" and int(os.environ.get("DMLC_NUM_WORKER", "1")) > 1:
+        kv = mx.kv.create("dist_sync")
+        return Cluster(ctx, kv, kv.rank, kv.num_workers)
+    return Cluster(ctx, "device")
+
+
+def open_training_data(folder: Path, config: dict[str, Any]) -> RecognitionDataset:
+    """The ``train`` channel as a dataset, with every problem a user can fix reported up front:
+    missing ``.rec``/``.idx``/``property``, wrong image size, a class count that disagrees."""
+    flip = config["flip"]
+
+    def transform(img: mx.nd.NDArray, label: float) -> tuple[np.ndarray, np.float32]:
+        x = img.asnumpy().astype(np.float32)
+        if flip and np.random.rand() < 0.5:
+            x = x[:, ::-1]
+        return (x.transpose(2, 0, 1) - 127.5) / 127.5, np.float32(label)
+
+    data = RecognitionDataset(folder, transform=transform)
+    if not storage.exists(data.files.property):
+        raise DataError(f"{data.files.property}: missing; a recognition channel needs train.rec, train.idx and "
+                        "property ('num_classes,112,112'; faceops data pack-recognition writes all three)")
+    if tuple(data.image_size) != IMAGE_SIZE:
+        raise DataError(f"{data.files.rec}: images are {data.image_size[0]}x{data.image_size[1]}, the backbones take "
+                        f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (pack with --resize 112 or --align)")
+    expected = config["num_classes"]
+    if expected is not None and expected != data.num_classes:
+        raise DataError(f"hyperparameters.num_classes is {expected} but {data.files.rec} holds {data.num_classes} identities")
+    return data
+
+
+class ShardSampler(gluon.data.Sampler):
+    """One epoch's positions for one worker: the dataset's read-ahead shuffle seeded by
+    ``(seed, epoch)`` so every worker draws the same order, every ``num_workers``-th position
+    from ``rank``, the first ``skip`` left out (to resume mid-epoch)."""
+
+    def __init__(self, data: RecognitionDataset, seed: int, epoch: int, rank: int, num_workers: int, skip: int):
+        self.data, self.seed, self.epoch, self.skip = data, seed * 100003 + epoch, epoch, skip
+        self.rank, self.num_workers = rank, num_workers
+
+    def __len__(self) -> int:
+        return max(0, len(range(self.rank, len(self.data), self.num_workers)) - self.skip)
+
+    def __iter__(self) -> Iterator[int]:
+        mine = 0
+        for i, position in enumerate(self.data.sampler(shuffle=True, seed=self.seed)):
+            if i % self.num_workers == self.rank:
+                if mine >= self.skip:
+                    yield position
+                mine += 1
+
+
+def learning_rate(config: dict[str, Any], step: int, steps_per_epoch: int, total_steps: int, global_batch: int) -> float:
+    """arcface_torch's schedule: lr scaled to the global batch, linear warmup, then polynomial
+    (power 2) decay to zero at the last step."""
+    base = config["lr"] * global_batch / 512
+    warmup = int(config["warmup_epochs"] * steps_per_epoch)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (1 - (step - warmup) / max(1, total_steps - warmup)) ** 2
+
+
+def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
+    """Run one recognition job to the end; returns the final metrics."""
+    mx.random.seed(config["seed"])
+    np.random.seed(config["seed"])
+    place = cluster()
+    use_amp = config["amp"] and place.ctx[0].device_type == "gpu"
+    if use_amp:
+        from mxnet.contrib import amp
+
+        amp.init()
+    data = open_training_data(env.channel("train"), config)
+    batch = config["batch_size"] * len(place.ctx)
+    per_worker = len(data) // place.num_workers
+    if batch > per_worker:
+        raise DataError(f"batch_size {config['batch_size']} x {len(place.ctx)} device(s) = {batch} images per step, "
+                        f"but {data.files.rec} gives this worker only {per_worker} images; lower batch_size")
+    steps_per_epoch = per_worker // batch
+    total = config["epochs"] * steps_per_epoch
+    if config["max_steps"]:
+        total = min(total, config["max_steps"])
+    global_batch = batch * place.num_workers
+
+    model = Recognizer(config, data.num_classes)
+    model.backbone.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=place.ctx)
+    model.head.initialize(mx.init.Normal(0.01), ctx=place.ctx)
+    model.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(model.collect_params(), "sgd",
+                            {"learning_rate": learning_rate(config, 0, steps_per_epoch, total, global_batch),
+                             "momentum": config["momentum"], "wd": config["weight_decay"], "multi_precision": use_amp},
+                            kvstore=place.kvstore, update_on_kvstore=False)
+    if use_amp:
+        amp.init_trainer(trainer)
+    checkpoints = Checkpointer(env.checkpoint_dir, every=config["checkpoint_every"])
+    checkpoints.install_sigterm()
+    step, epoch, skip = 0, 0, 0
+    restored = checkpoints.restore(model, trainer, place.ctx)
+    if restored is not None:
+        step, epoch, skip = restored.step, restored.epoch, int(restored.extra.get("batch", 0))
+        print(f"resumed from {restored.path.name}: step {step}, epoch {epoch + 1}, batch {skip}", flush=True)
+
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    say = log_metrics if place.chief else (lambda *a, **k: None)
+    save = checkpoints.save if place.chief else (lambda *a, **k: None)
+    final: dict[str, Any] = {}
+    while epoch < config["epochs"] and step < total:
+        loader = gluon.data.DataLoader(data, batch_size=batch, last_batch="discard", num_workers=config["workers"],
+                                       thread_pool=True, sampler=ShardSampler(data, config["seed"], epoch, place.rank,
+                                                                              place.num_workers, skip * batch))
+        epoch_loss = epoch_correct = epoch_seen = 0.0
+        window_loss = window_correct = window_seen = 0.0
+        tic = time.perf_counter()
+        done = skip
+        for index, (x, y) in enumerate(loader, start=skip):
+            if index >= steps_per_epoch or step >= total:
+                break
+            done = index + 1
+            lr = learning_rate(config, step, steps_per_epoch, total, global_batch)
+            trainer.set_learning_rate(lr)
+            loss, correct = _step(model, trainer, loss_fn, x, y, place, data.num_classes, global_batch,
+                                  amp if use_amp else None)
+            if not math.isfinite(loss):
+                latest = checkpoints.latest()
+                raise JobFailed(f"loss is {loss} at step {step + 1} (lr {lr:.4g}); training stopped, the last good "
+                                f"checkpoint is {latest.path.name if latest else 'none (no checkpoint yet)'}; "
+                                "lower lr or check the data")
+            step += 1
+            window_loss += loss * len(x)
+            window_correct += correct
+            window_seen += len(x)
+            if step % config["log_every"] == 0 or index + 1 == steps_per_epoch or step == total:
+                elapsed = time.perf_counter() - tic
+                line = {"step": step, "epoch": epoch + 1, "loss": round(window_loss / window_seen, 5),
+                        "acc": round(window_correct / window_seen, 5), "lr": lr,
+                        "samples_per_sec": round(window_seen * place.num_workers / elapsed, 2)}
+                say(**line)
+                if place.chief:
+                    print(f"epoch {epoch + 1}/{config['epochs']} step {step}/{total} loss {line['loss']:.4f} "
+                          f"acc {line['acc']:.3f} lr {lr:.4g} {line['samples_per_sec']:.1f} samples/s", flush=True)
+                epoch_loss += window_loss
+                epoch_correct += window_correct
+                epoch_seen += window_seen
+                window_loss = window_correct = window_seen = 0.0
+                tic = time.perf_counter()
+            meta = {"batch": index + 1, "lr": lr}
+            if place.chief:
+                checkpoints.exit_if_stopping(model, trainer, step, epoch, **meta)
+            if checkpoints.due(step):
+                save(model, trainer, step, epoch, **meta)
+        if epoch_seen:
+            final = {"epoch": epoch + 1, "epoch_loss": round(epoch_loss / epoch_seen, 5),
+                     "epoch_acc": round(epoch_correct / epoch_seen, 5)}
+            say(**final)
+        # Stopped by max_steps mid-epoch: the checkpoint says where, so a longer rerun continues there.
+        epoch, skip = (epoch + 1, 0) if done >= steps_per_epoch else (epoch, done)
+        save(model, trainer, step, epoch, batch=skip)
+    if place.chief:
+        final.update(finish(model.backbone, config, env, place))
+    return final
+
+
+def _step(model: Recognizer, trainer: gluon.Trainer, loss_fn: Any, x: mx.nd.NDArray, y: mx.nd.NDArray,
+          place: Cluster, num_classes: int, global_batch: int, amp: Any) -> tuple[float, int]:
+    """One optimizer step over all devices; returns the mean loss and the correct predictions.
+    The loss is read before the update so a NaN never reaches the parameters."""
+    if float(y.max().asscalar()) >= num_classes:
+        raise DataError(f"a record is labelled {int(y.max().asscalar())} but property says {num_classes} classes")
+    xs = gluon.utils.split_and_load(x, place.ctx, even_split=False)
+    ys = gluon.utils.split_and_load(y, place.ctx, even_split=False)
+    with autograd.record():
+        outputs = [model(a, b) for a, b in zip(xs, ys)]
+        losses = [loss_fn(logits, b) for (logits, _), b in zip(outputs, ys)]
+    if amp is not None:
+        with amp.scale_loss(losses, trainer) as scaled:
+            autograd.backward(scaled)
+    else:
+        autograd.backward(losses)
+    loss = sum(float(l.sum().asscalar()) for l in losses) / len(x)
+    correct = sum(int((cos.argmax(axis=1) == b).sum().asscalar()) for (_, cos), b in zip(outputs, ys))
+    if math.isfinite(loss):
+        trainer.step(global_batch)
+    return loss, correct
+
+
+def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv, place: Cluster) -> dict[str, Any]:
+    """Export the trained backbone into the model folder and evaluate the ``val`` channel."""
+    model_dir = env.output("model")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    params = model_dir / "backbone.params"
+    backbone.save_parameters(str(params))
+    # A fresh process exports: AMP rewrites this process's operators (amp_cast, which ONNX cannot
+    # express), and MXNet 1.9.1 segfaults saving grouped-conv weights that oneDNN has reordered for
+    # inference (MobileFaceNet), so the exporter runs with oneDNN off.
+    root = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-m", "train.recognition", "export", str(params), config["network"],
+                    str(config["embedding_size"]), str(model_dir)], check=True,
+                   env={**os.environ, "MXNET_MKLDNN_ENABLED": "0", "MXNET_STORAGE_FALLBACK_LOG_VERBOSE": "0",
+                        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)})
+    params.unlink()
+    print(f"exported {model_dir / 'model-symbol.json'} and {model_dir / 'model.onnx'}", flush=True)
+    results = evaluate(backbone, env.channels["val"], place.ctx[0]) if "val" in env.channels else {}
+    if results:
+        log_metrics(env.metrics_file, **results)
+        print("verification: " + ", ".join(f"{k} {v}" for k, v in results.items()), flush=True)
+    return results
+
+
+def export_model(params: Path, network: str, embedding_size: int, model_dir: Path) -> Path:
+    """Rebuild the backbone from ``params`` and write ``model-symbol.json`` + ``model-0000.params``
+    and ``model.onnx`` (open batch, 3x112x112, no normalisation nodes: insightface normalises
+    itself) into ``model_dir``."""
+    backbone = get_model(network, embedding_size)
+    backbone.load_parameters(str(params), ctx=mx.cpu())
+    onnx_path = export_onnx(backbone, (None, 3, *IMAGE_SIZE), model_dir / "model.onnx", example_shape=(1, 3, *IMAGE_SIZE))
+    export_gluon(backbone, model_dir, "model")
+    return onnx_path

@@ -1,0 +1,85 @@
+"""Verification on insightface's ``.bin`` pair sets (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``):
+the standard protocol, so our numbers compare with published ones.
+
+A ``.bin`` is a pickle of ``(bins, issame)``: ``2 * len(issame)`` encoded 112x112 images, pairs
+side by side. Each image is embedded together with its mirror image (sum, then L2-normalised);
+accuracy is the mean over 10 folds of the test-fold accuracy at the squared-distance threshold
+that is best on the other nine folds.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from jobs.errors import DataError
+
+THRESHOLDS = np.arange(0, 4, 0.01)
+
+
+def load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, H, W)`` uint8 RGB and ``issame`` ``(N/2,)`` bool from a ``.bin`` file."""
+    import cv2
+
+    try:
+        with open(path, "rb") as fh:
+            bins, issame = pickle.load(fh, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: not an insightface verification .bin (pickle of (images, issame)): {exc}") from None
+    if len(bins) != 2 * len(issame):
+        raise DataError(f"{path}: {len(bins)} images for {len(issame)} pairs (expected {2 * len(issame)})")
+    images = []
+    for i, data in enumerate(bins):
+        img = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"{path}: image {i} does not decode")
+        images.append(img[:, :, ::-1].transpose(2, 0, 1))
+    return np.stack(images), np.asarray(issame, bool)
+
+
+def write_bin(images: Sequence[bytes], issame: Sequence[bool], path: Path) -> Path:
+    """Write encoded images (pairs side by side) and their same/different flags as a ``.bin``."""
+    if len(images) != 2 * len(issame):
+        raise ValueError(f"{len(images)} images for {len(issame)} pairs")
+    with open(path, "wb") as fh:
+        pickle.dump(([bytes(b) for b in images], [bool(s) for s in issame]), fh, protocol=4)
+    return path
+
+
+def embed(net: Any, images: np.ndarray, ctx: Any, batch_size: int = 64) -> np.ndarray:
+    """L2-normalised ``net(x) + net(mirror(x))`` for uint8 RGB ``(N, 3, H, W)`` images."""
+    import mxnet as mx
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = (mx.nd.array(images[start:start + batch_size], ctx=ctx) - 127.5) / 127.5
+        out.append((net(x) + net(x.flip(axis=3))).asnumpy())
+    emb = np.concatenate(out)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def accuracy(embeddings: np.ndarray, issame: np.ndarray, folds: int = 10) -> tuple[float, float]:
+    """Mean and std of the 10-fold verification accuracy, threshold chosen on the training folds."""
+    dist = np.sum((embeddings[0::2] - embeddings[1::2]) ** 2, axis=1)
+    issame = np.asarray(issame, bool)
+    # predictions[t, i]: pair i called "same" at threshold t.
+    correct = (dist[None, :] < THRESHOLDS[:, None]) == issame[None, :]
+    folds = min(folds, len(dist))
+    scores = []
+    for test in np.array_split(np.arange(len(dist)), folds):
+        train = np.setdiff1d(np.arange(len(dist)), test)
+        best = np.argmax(correct[:, train].mean(axis=1)) if len(train) else 0
+        scores.append(correct[best, test].mean())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def evaluate(net: Any, folder: Path, ctx: Any) -> dict[str, float]:
+    """``{"val_<name>_acc": mean, "val_<name>_std": std}`` for every ``*.bin`` in ``folder``."""
+    results: dict[str, float] = {}
+    for path in sorted(Path(folder).glob("*.bin")):
+        images, issame = load_bin(path)
+        mean, std = accuracy(embed(net, images, ctx), issame)
+        results[f"val_{path.stem}_acc"], results[f"val_{path.stem}_std"] = round(mean, 5), round(std, 5)
+    return results
