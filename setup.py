@@ -34,6 +34,7 @@ setup(
         "faceops.tasks": [
             "gallery = inference.tasks:GALLERY",
             "identify = inference.tasks:IDENTIFY",
+            "detection = train.detection_config:DETECTION",
             "recognition = train.config:RECOGNITION",
         ],
     },

@@ -1,0 +1,101 @@
+"""A labelled detection set made from plain face photos, with a pretrained detector as the teacher.
+
+Each photo is labelled once by the teacher (any insightface detector ONNX, e.g. SCRFD-500M),
+then several photos are pasted at random scales onto each canvas and the teacher's boxes and
+landmarks are carried along. The result is the seed's layout (``images/`` + RetinaFace
+``label.txt``), so it feeds ``task: detection`` and ``faceops data pack-detection`` unchanged.
+Used by the learning test and the benchmark, and handy for a smoke run of a new image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from train.detection_data import Faces
+
+
+def teacher_faces(detector_path: Path, photos: Sequence[Path], threshold: float = 0.5) -> dict[Path, Faces]:
+    """Faces the teacher finds in each photo (photos without any are left out)."""
+    import cv2
+    from insightface.model_zoo import get_model
+
+    teacher = get_model(str(detector_path))
+    teacher.prepare(ctx_id=-1, input_size=(640, 640), det_thresh=threshold)
+    found = {}
+    for photo in photos:
+        img = cv2.imread(str(photo))
+        if img is None:
+            continue
+        dets, kps = teacher.detect(img, input_size=(640, 640))
+        if len(dets):
+            found[photo] = Faces(dets[:, :4].astype(np.float32), kps.astype(np.float32), np.ones(len(dets), np.float32))
+    return found
+
+
+def background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random colour gradient with noise: nothing face-like for the detector to learn."""
+    corners = rng.uniform(0, 255, (2, 2, 3)).astype(np.float32)
+    t = np.linspace(0, 1, size, dtype=np.float32)
+    top = corners[0, 0] + t[:, None] * (corners[0, 1] - corners[0, 0])
+    bottom = corners[1, 0] + t[:, None] * (corners[1, 1] - corners[1, 0])
+    img = top[None] + t[:, None, None] * (bottom - top)[None]
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def paste_canvas(labelled: dict[Path, Faces], size: int, per_canvas: int, rng: np.random.Generator,
+                 scale: tuple[float, float] = (0.25, 0.55)) -> tuple[np.ndarray, Faces]:
+    """One ``size x size`` RGB canvas with up to ``per_canvas`` photos pasted without overlap,
+    each scaled to ``scale`` of the canvas side; returns the canvas and its faces."""
+    import cv2
+
+    canvas = background(size, rng)
+    photos = list(labelled)
+    placed: list[tuple[int, int, int, int]] = []
+    boxes, points, valid = [], [], []
+    for _ in range(per_canvas):
+        photo = photos[int(rng.integers(len(photos)))]
+        img = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+        side = int(rng.uniform(*scale) * size)
+        factor = side / max(img.shape[:2])
+        w, h = int(img.shape[1] * factor), int(img.shape[0] * factor)
+        for _ in range(20):
+            x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            if all(x + w <= px or px + pw <= x or y + h <= py or py + ph <= y for px, py, pw, ph in placed):
+                break
+        else:
+            continue
+        placed.append((x, y, w, h))
+        canvas[y:y + h, x:x + w] = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        faces = labelled[photo]
+        offset = np.asarray([x, y], np.float32)
+        boxes.append(np.clip(faces.boxes * factor + np.tile(offset, 2), [x, y, x, y], [x + w, y + h, x + w, y + h]))
+        points.append(faces.landmarks * factor + offset)
+        valid.append(faces.landmark_valid)
+    if not boxes:
+        return canvas, Faces.empty()
+    return canvas, Faces(np.concatenate(boxes), np.concatenate(points), np.concatenate(valid))
+
+
+def write_split(folder: Path, labelled: dict[Path, Faces], count: int, size: int, per_canvas: int,
+                seed: int, negatives: int = 0) -> Path:
+    """``folder/images/*.jpg`` + ``folder/label.txt`` with ``count`` canvases (the last
+    ``negatives`` of them without faces)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(count):
+        if i >= count - negatives:
+            img, faces = background(size, rng), Faces.empty()
+        else:
+            img, faces = paste_canvas(labelled, size, per_canvas, rng)
+        name = f"canvas_{i:04d}.jpg"
+        cv2.imwrite(str(folder / "images" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        lines.append(f"# {name}")
+        lines.extend(" ".join(f"{v:.2f}" for v in row) for row in faces.to_label())
+    (folder / "label.txt").write_text("\n".join(lines) + "\n")
+    return folder
