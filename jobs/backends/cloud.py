@@ -221,6 +221,23 @@ def set_status(record: dict[str, Any], status: str, reason: str | None = None, *
         pass
 
 
+_LAST_POLL: dict[str, float] = {}
+
+
+def poll_due(record: dict[str, Any]) -> bool:
+    """True when this process has not asked the service about ``record`` within
+    ``cloud.min_poll_seconds``: loops that refresh often (``job stop`` waiting, ``job list``)
+    must not spend the account's API rate on the same answer."""
+    info = record["backend_info"]
+    key = str(info.get("arn") or info.get("job_id") or info.get("remote_name"))
+    wait = float(setting("cloud", "min_poll_seconds", ("FACEOPS_CLOUD_MIN_POLL_SECONDS",), 2.0))
+    now = time.monotonic()
+    if now - _LAST_POLL.get(key, float("-inf")) < wait:
+        return False
+    _LAST_POLL[key] = now
+    return True
+
+
 def poll_intervals() -> Iterator[float]:
     """Seconds to wait between status polls: ``cloud.poll_seconds`` growing by half each time
     up to 60 s, so a long job does not spend its API quota on polls."""

@@ -212,7 +212,7 @@ class ModelArtsBackend(Backend):
         from huaweicloudsdkmodelarts.v1 import model as m
 
         info = record["backend_info"]
-        if record["status"] in TERMINAL or not info.get("job_id"):
+        if record["status"] in TERMINAL or not info.get("job_id") or not cloud.poll_due(record):
             return
         job = _call(f"show training job {info['remote_name']}", "show_training_job_details",
                     m.ShowTrainingJobDetailsRequest(training_job_id=info["job_id"]))

@@ -272,7 +272,7 @@ class SageMakerBackend(Backend):
                 "console": console_link(region, name, training), "staging": staging}
 
     def refresh(self, record: dict[str, Any]) -> None:
-        if record["status"] in TERMINAL or not record["backend_info"].get("remote_name"):
+        if record["status"] in TERMINAL or not record["backend_info"].get("remote_name") or not cloud.poll_due(record):
             return
         info = record["backend_info"]
         name, training = info["remote_name"], info["kind"] == "training"

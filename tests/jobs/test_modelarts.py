@@ -47,6 +47,7 @@ def modelarts(modelarts_server, s3_env, monkeypatch) -> ModelArtsServer:
     monkeypatch.setenv("FACEOPS_MODELARTS_ENDPOINT", modelarts_server.endpoint)
     monkeypatch.setenv("FACEOPS_CLOUD_POLL_SECONDS", "0.05")
     monkeypatch.setenv("FACEOPS_CLOUD_BACKOFF", "0.01")
+    monkeypatch.setenv("FACEOPS_CLOUD_MIN_POLL_SECONDS", "0")
     return modelarts_server
 
 

@@ -43,6 +43,7 @@ def sagemaker(sagemaker_server, s3_env, monkeypatch) -> SageMakerServer:
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("FACEOPS_CLOUD_POLL_SECONDS", "0.05")
     monkeypatch.setenv("FACEOPS_CLOUD_BACKOFF", "0.01")
+    monkeypatch.setenv("FACEOPS_CLOUD_MIN_POLL_SECONDS", "0")
     return sagemaker_server
 
 
@@ -222,6 +223,14 @@ def test_stop_calls_stop_training_job(sagemaker, train_spec):
     assert "recog-cloud:1 stopped" in faceops("job", "stop", "recog-cloud:1").output
 
 
+def test_frequent_looks_share_one_describe_call(sagemaker, train_spec, monkeypatch):
+    monkeypatch.setenv("FACEOPS_CLOUD_MIN_POLL_SECONDS", "600")
+    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+    for _ in range(3):
+        assert faceops("job", "show", "recog-cloud:1").exit_code == 0
+    assert [r[0] for r in sagemaker.extras.requests].count("DescribeTrainingJob") == 1
+
+
 def test_gallery_runs_as_a_processing_job(sagemaker, tmp_path, s3_env, s3_bucket):
     from images.digests import record
 
@@ -235,7 +244,7 @@ task: gallery
 backend: sagemaker
 image: {ECR}/faceops/train:cpu
 inputs: {{images: "s3://{s3_bucket}/people/", models: "s3://{s3_bucket}/models/"}}
-outputs: {{gallery: "s3://{s3_bucket}/galleries/staff/"}}
+outputs: {{database: "s3://{s3_bucket}/galleries/staff/"}}
 hyperparameters: {{det_size: 320, index: flat}}
 resources: {{instance_type: ml.m5.xlarge}}
 """)
@@ -252,8 +261,8 @@ resources: {{instance_type: ml.m5.xlarge}}
                                 "S3DataType": "S3Prefix", "S3InputMode": "File"}
     assert set(inputs) == {"images", "models", "faceops-code", "faceops-job"}
     outputs = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in sent["ProcessingOutputConfig"]["Outputs"]}
-    assert outputs == {"gallery": f"s3://{s3_bucket}/galleries/staff/", "faceops-output": f"s3://{s3_bucket}/faceops/jobs/{name}/output/"}
-    assert sent["Environment"] == {"FACEOPS_CHANNELS": "images,models", "FACEOPS_OUTPUTS": "gallery"}
+    assert outputs == {"database": f"s3://{s3_bucket}/galleries/staff/", "faceops-output": f"s3://{s3_bucket}/faceops/jobs/{name}/output/"}
+    assert sent["Environment"] == {"FACEOPS_CHANNELS": "images,models", "FACEOPS_OUTPUTS": "database"}
     typed = json.loads(s3_env.client().get_object(Bucket=s3_bucket, Key=f"faceops/jobs/{name}/config/hyperparameters.json")["Body"].read())
     assert typed["det_size"] == 320 and typed["index"] == "flat"
 
