@@ -141,6 +141,8 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
         from mxnet.contrib import amp
 
         amp.init()
+    print(f"training {config['network']} on {len(place.ctx)} {place.ctx[0].device_type} device(s), "
+          f"worker {place.rank} of {place.num_workers}", flush=True)
     data = open_training_data(env.channel("train"), config)
     batch = config["batch_size"] * len(place.ctx)
     per_worker = len(data) // place.num_workers
