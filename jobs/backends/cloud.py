@@ -266,8 +266,9 @@ def follow(backend: Any, record: dict[str, Any], read: Callable[[Any], tuple[lis
             yield from lines
             return
         backend.refresh(current)
-        if not lines:
-            time.sleep(next(intervals))
+        if lines:  # a talking job is read again soon; a quiet one less and less often
+            intervals = poll_intervals()
+        time.sleep(next(intervals))
 
 
 def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:

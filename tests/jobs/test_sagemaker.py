@@ -372,13 +372,16 @@ def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
         "job = from_env()\n"
         "log_metrics(epoch=1)\n"
         "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters,\n"
-        "    'train': sorted(os.listdir(job.channel('train'))), 'channels': sorted(job.channels), 'cwd': os.getcwd()}))\n")
+        "    'train': sorted(os.listdir(job.channel('train'))), 'channels': sorted(job.channels), 'cwd': os.getcwd(),\n"
+        "    'hosts': json.loads(os.environ['SM_HOSTS']), 'me': os.environ['SM_CURRENT_HOST']}))\n")
     root = tmp_path / "opt-ml"
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(
         {"lr": "0.1", "epochs": "3", "network": '"r50"', "flip": "true", "note": "typed by hand"}))
     (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(
         {"train": {"TrainingInputMode": "File"}, "faceops-code": {"TrainingInputMode": "File"}}))
+    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}))
     (root / "input" / "data" / "train").mkdir(parents=True)
     (root / "input" / "data" / "train" / "train.rec").write_bytes(b"rec")
     (root / "input" / "data" / "faceops-code").mkdir()
@@ -395,4 +398,5 @@ def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
     assert seen["hp"] == {"lr": 0.1, "epochs": 3, "network": "r50", "flip": True, "note": "typed by hand"}
     assert seen["train"] == ["train.rec"] and seen["channels"] == ["train"]
     assert seen["cwd"] == str(root / "code")
+    assert seen["hosts"] == ["algo-1", "algo-2"] and seen["me"] == "algo-2"
     assert json.loads((root / "output" / "data" / "metrics.jsonl").read_text())["epoch"] == 1
