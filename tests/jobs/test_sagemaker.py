@@ -121,10 +121,26 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(sagemaker, train_s
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
         "faceops:job": "recog-cloud", "faceops:version": "1", "faceops:code": code_hash[:12]}
     assert sagemaker.extras.requests == [] and Store().list() == []
-    assert "recog-cloud" not in str(s3_env_keys(s3_bucket))
+    assert not [uri for uri in s3_env_keys(s3_bucket) if "/faceops/" in uri]  # no bundle uploaded either
 
     text = faceops("job", "submit", str(train_spec), "--dry-run").output
     assert "CreateTrainingJob" in text and "9" * 12 not in text
+
+
+def test_fast_file_mode_and_on_demand_capacity(sagemaker, train_spec, monkeypatch):
+    monkeypatch.setenv("FACEOPS_SAGEMAKER_INPUT_MODE", "FastFile")
+    result = faceops("job", "submit", str(train_spec), "--set", "resources.spot=false", "--set", "resources.retries=0",
+                     "--dry-run", "--json")
+    request = json.loads(result.output)["plan"]["request"]
+    assert request["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
+    modes = {c["ChannelName"]: c["InputMode"] for c in request["InputDataConfig"]}
+    assert modes == {"train": "FastFile", "faceops-code": "File"}  # the bundle is unpacked, so it is a file
+    assert request["EnableManagedSpotTraining"] is False and request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
+    assert "RetryStrategy" not in request
+
+    monkeypatch.setenv("FACEOPS_SAGEMAKER_INPUT_MODE", "Pipe")
+    result = faceops("job", "submit", str(train_spec), "--dry-run")
+    assert result.exit_code == 2 and "sagemaker.input_mode: expected one of File, FastFile, got 'Pipe'" in result.output
 
 
 def s3_env_keys(bucket: str) -> list[str]:
