@@ -10,7 +10,6 @@ URIs; the API gets them as OBS paths (``/bucket/key``). AK/SK are never printed 
 """
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from typing import Any, Iterator
