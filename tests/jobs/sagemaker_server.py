@@ -35,9 +35,11 @@ def _instance_types(shape: str) -> set[str]:
 @dataclass
 class Extras:
     """The behaviour tests switch on: throttle the next ``throttle`` calls, quota errors for
-    ``quota_types``; every JSON request body is kept in ``requests`` as (target, body)."""
+    ``quota_types``, new training jobs starting InProgress (as on the service) instead of moto's
+    Completed; every JSON request body is kept in ``requests`` as (target, body)."""
 
     throttle: int = 0
+    start_in_progress: bool = False
     quota_types: set[str] = field(default_factory=set)
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -71,6 +73,12 @@ class ExtrasMiddleware:
                     return _error(start_response, "ValidationException", f"Requested resource not found: {request['TrainingJobName']}")
                 job.training_job_status = job.secondary_status = "Stopping"
                 return _json(start_response, {})
+            if operation == "CreateTrainingJob" and self.extras.start_in_progress:
+                answer = self.app(environ, start_response)
+                job = backend().training_jobs.get(request["TrainingJobName"])
+                if job is not None:
+                    job.training_job_status, job.secondary_status = "InProgress", "Starting"
+                return answer
         return self.app(environ, start_response)
 
     def _check(self, operation: str, request: dict[str, Any]) -> tuple[str, str] | None:
@@ -156,5 +164,6 @@ class SageMakerServer:
         sagemaker_backends[DEFAULT_ACCOUNT_ID].reset()
         logs_backends[DEFAULT_ACCOUNT_ID].reset()
         self.extras.throttle = 0
+        self.extras.start_in_progress = False
         self.extras.quota_types.clear()
         self.extras.requests.clear()

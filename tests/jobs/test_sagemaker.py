@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -225,6 +226,34 @@ def test_remote_failures_map_to_failed_with_the_service_reason(sagemaker, train_
     sagemaker.set_training(second, "Failed", "MaxRuntimeExceeded")
     assert faceops("job", "show", "recog-cloud:2", "--json").exit_code == 0
     assert Store().get("recog-cloud", 2)["failure_reason"] == "max_runtime of 7200s exceeded"
+
+
+def test_submit_waits_follows_the_log_and_exits_1_when_the_job_fails(sagemaker, train_spec):
+    """``job submit`` (waiting) while the service runs the job: its CloudWatch lines are printed
+    as they come and the command ends with the service's failure reason and exit code 1."""
+    sagemaker.extras.start_in_progress = True
+    logs = boto("logs", sagemaker)
+
+    def service() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not backend().training_jobs:
+            time.sleep(0.05)
+        name = next(iter(backend().training_jobs))
+        sagemaker.set_training(name, "InProgress", "Training")
+        logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+        logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{name}/algo-1-1")
+        logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{name}/algo-1-1",
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": "epoch 1 loss nan"}])
+        time.sleep(0.3)
+        sagemaker.set_training(name, "Failed", "Failed", failure_reason="AlgorithmError: loss is nan")
+
+    thread = threading.Thread(target=service)
+    thread.start()
+    result = faceops("job", "submit", str(train_spec))
+    thread.join()
+    assert result.exit_code == 1, result.output
+    assert "epoch 1 loss nan" in result.output
+    assert "recog-cloud:1 failed: AlgorithmError: loss is nan" in result.output
 
 
 def test_stop_calls_stop_training_job(sagemaker, train_spec):
