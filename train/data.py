@@ -48,6 +48,13 @@ class RecordDataset(gluon.data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for DataLoader worker processes, which start with an empty stash."""
+        return {**self.__dict__, "_stash": OrderedDict(), "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def payload(self, idx: int) -> bytes:
         """Record bytes of sample ``idx``: from the read-ahead stash when a sampler put them there."""
         key = self.keys[idx]
@@ -79,7 +86,7 @@ class ReadAheadSampler(gluon.data.Sampler):
     """Yields sample positions while streaming their records into the dataset's stash.
 
     With ``shuffle`` the positions are cut into blocks of ``block`` contiguous samples; block order
-    is random and samples are shuffled within each window of ``window`` blocks. Each window is read
+    is random and samples are shuffled within each window of (up to) ``window`` blocks. Each window is read
     in file order (large ranged reads), so randomness costs no extra requests; a new ``seed`` per
     epoch comes from ``random`` unless ``seed`` is fixed."""
 
@@ -99,8 +106,11 @@ class ReadAheadSampler(gluon.data.Sampler):
         rng = random.Random(self.seed)
         if self.shuffle:
             rng.shuffle(blocks)
-        groups = [sorted(p for b in blocks[i:i + self.window] for p in b)
-                  for i in range(0, len(blocks), self.window)]
+        # Windows grow 2, 4, 8 ... blocks up to ``window`` so the first batch waits for little data.
+        groups, i, size = [], 0, min(2, self.window)
+        while i < len(blocks):
+            groups.append(sorted(p for b in blocks[i:i + size] for p in b))
+            i, size = i + size, min(2 * size, self.window)
         if self.shuffle:
             for group in groups:
                 rng.shuffle(group)

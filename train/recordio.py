@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-import threading
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ LENGTH_MASK = (1 << 29) - 1
 FACE_FIELDS = 20
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CHUNK_BYTES = 8 * 1024 * 1024
+FIRST_CHUNK = 256 * 1024
 BUFFER_BYTES = 64 * 1024 * 1024
 READERS = 4
 
@@ -61,17 +62,14 @@ def locate(uri: str | Path) -> RecordSet:
     ``train.rec`` or ``cele.rec`` (with its ``.idx`` beside it)."""
     text = str(uri).rstrip("/")
     if text.endswith(".rec"):
-        stem, folder = text[:-4], text.rsplit("/", 1)[0] if "/" in text else "."
+        folder = text.rsplit("/", 1)[0] if "/" in text else "."
+        stems = [text[:-4]]
     else:
-        folder = text
-        found = [storage.join(text, s) for s in STEMS if storage.exists(storage.join(text, f"{s}.rec"))]
-        if not found:
-            raise NotFoundError(f"{uri}: no train.rec or cele.rec found (expected a RecordIO folder or a .rec file)")
-        stem = found[0]
-    rec = f"{stem}.rec"
-    idx = f"{stem}.idx"
-    if not storage.exists(rec):
-        raise NotFoundError(f"{rec}: no such RecordIO file")
+        folder, stems = text, [storage.join(text, s) for s in STEMS]
+    stem = next((s for s in stems if storage.exists(f"{s}.rec")), None)
+    if stem is None:
+        raise NotFoundError(f"{uri}: no train.rec or cele.rec found (expected a RecordIO folder or a .rec file)")
+    rec, idx = f"{stem}.rec", f"{stem}.idx"
     if not storage.exists(idx):
         raise NotFoundError(f"{idx}: the index of {rec} is missing (pack with an indexed writer or rebuild it)")
     return RecordSet(rec, idx, f"{stem}.lst", storage.join(folder, "property"))
@@ -95,13 +93,6 @@ def parse_index(text: str, name: str) -> tuple[list[int], list[int]]:
     if not keys:
         raise DataError(f"{name}: empty index")
     return keys, offsets
-
-
-def _local_reader(path: Path) -> Callable[[int, int], bytes]:
-    """``read(start, length)`` on a file kept open; pread has no shared position, so the read-ahead
-    threads and forked DataLoader workers can share it."""
-    fd = os.open(path, os.O_RDONLY)
-    return lambda start, length: os.pread(fd, length, start)
 
 
 @dataclass
@@ -133,9 +124,22 @@ class RecordFile:
         ends = sorted(set(offsets)) + [max(self.size, max(offsets))]
         self._ends = dict(zip(ends, ends[1:]))
         self.chunk_bytes, self.buffer_bytes, self.readers = chunk_bytes, buffer_bytes, readers
-        loc = storage.parse(rec)
-        self._read = _local_reader(loc.path) if loc.scheme == "file" else (
-            lambda start, length: storage.read_range(rec, start, length))
+        self._path = storage.parse(rec).path
+        self._fd: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for DataLoader workers: the open file is not, each process opens its own."""
+        return {**self.__dict__, "_fd": None}
+
+    def _read(self, start: int, length: int) -> bytes:
+        """``length`` bytes at ``start``: a ranged GET, or pread on a file kept open (pread has no
+        shared position, so the read-ahead threads can share it)."""
+        if self._path is None:
+            return storage.read_range(self.uri, start, length)
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._fd)
+        return os.pread(self._fd, length, start)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -176,15 +180,19 @@ class RecordFile:
                 f"ends at byte {self.size} (incomplete upload or copy?)")
 
     def _plan(self, keys: Iterable[int]) -> Iterator[_Chunk]:
+        """Merge runs of contiguous records into reads. Reads start at FIRST_CHUNK bytes and double
+        up to ``chunk_bytes`` so the first records arrive at once while later reads stay large."""
         chunk: _Chunk | None = None
+        limit = min(FIRST_CHUNK, self.chunk_bytes)
         for key in keys:
             start, length = self.span(key)
-            if chunk is not None and start == chunk.start + chunk.length and chunk.length + length <= self.chunk_bytes:
+            if chunk is not None and start == chunk.start + chunk.length and chunk.length + length <= limit:
                 chunk.items.append((key, chunk.length, length))
                 chunk.length += length
                 continue
             if chunk is not None:
                 yield chunk
+                limit = min(2 * limit, self.chunk_bytes)
             chunk = _Chunk(start, length, [(key, 0, length)])
         if chunk is not None:
             yield chunk
@@ -193,14 +201,15 @@ class RecordFile:
         """Yield ``(key, payload)`` for ``keys`` in the given order, reading ahead in the background.
 
         Reading in file order gives the fewest, largest ranged reads; a failed range is retried by
-        the storage layer before it raises."""
+        the storage layer before it raises. The read-ahead grows with what was consumed (up to
+        ``buffer_bytes``) so a burst of background reads does not slow the first batch down."""
         plan = self._plan(keys)
         pending: deque = deque()
-        ahead = 0
+        ahead = consumed = 0
         with ThreadPoolExecutor(self.readers, thread_name_prefix="recordio-read") as pool:
             try:
                 while True:
-                    while not pending or ahead < self.buffer_bytes:
+                    while not pending or ahead < min(self.buffer_bytes, FIRST_CHUNK + consumed):
                         chunk = next(plan, None)
                         if chunk is None:
                             break
@@ -211,6 +220,7 @@ class RecordFile:
                     chunk, future = pending.popleft()
                     data = future.result()
                     ahead -= chunk.length
+                    consumed += chunk.length
                     for key, offset, length in chunk.items:
                         yield key, self.unframe(data[offset:offset + length], key, chunk.start + offset)
             finally:
@@ -380,6 +390,8 @@ def encode_image(path: Path, resize: tuple[int, int] | None = None,
     bytes (lossless, no re-encode); aligned or resized ones are JPEG-encoded at ``quality``."""
     import cv2
 
+    if not path.is_file():
+        raise DataError("no such file")
     raw = path.read_bytes()
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
     if img is None:
@@ -424,11 +436,6 @@ def _encoded(items: list[Path], encode: Callable[[Path], tuple[bytes, tuple[int,
             bar.update()
 
 
-def _publish(tmp: Path, out_uri: str, progress: bool) -> None:
-    """Make a finished pack visible at ``out_uri`` in one step (storage writes the manifest last)."""
-    storage.upload(tmp, out_uri, progress=progress)
-
-
 def _writer(folder: Path):
     from mxnet import recordio
 
@@ -451,17 +458,63 @@ def identity_images(src_dir: Path) -> tuple[list[tuple[str, list[Path]]], list[s
     return identities, empty
 
 
+@dataclass
+class Sample:
+    """One image to write: its identity (samples of an identity arrive together), its name in the
+    ``.lst``, the encoded bytes and ``(H, W)``."""
+
+    identity: str
+    name: str
+    data: bytes
+    shape: tuple[int, int]
+
+
+def write_recognition(folder: Path, samples: Iterable[Sample]) -> tuple[int, int, tuple[int, int], int]:
+    """Write insightface's recognition layout into ``folder`` (``train.rec/.idx/.lst``, ``property``).
+
+    Image records get keys 1..N with their identity's number as label; identity records follow
+    with the key range of their images; header record 0 (written last, key 0) points at the
+    identity records, exactly as insightface's ``face2rec`` lays it out. Returns the number of
+    images and identities, the image size written to ``property`` (the smallest seen) and how many
+    different sizes there were."""
+    from mxnet import recordio
+
+    writer = _writer(folder)
+    sizes: set[tuple[int, int]] = set()
+    ranges: list[tuple[int, int]] = []
+    key, current = 1, None
+    try:
+        with open(folder / "train.lst", "w") as lst:
+            for sample in samples:
+                if sample.identity != current:
+                    current = sample.identity
+                    ranges.append((key, key))
+                label = len(ranges) - 1
+                writer.write_idx(key, recordio.pack(recordio.IRHeader(0, float(label), key, 0), sample.data))
+                lst.write(f"{key}\t{label}\t{sample.name}\n")
+                ranges[-1] = (ranges[-1][0], key + 1)
+                sizes.add(tuple(sample.shape))
+                key += 1
+        if not ranges:
+            return 0, 0, (0, 0), 0
+        first_identity = key
+        for a, b in ranges:
+            writer.write_idx(key, recordio.pack(recordio.IRHeader(0, [float(a), float(b)], key, 0), b""))
+            key += 1
+        writer.write_idx(0, recordio.pack(recordio.IRHeader(0, [float(first_identity), float(key)], 0, 0), b""))
+    finally:
+        writer.close()
+    shape = sorted(sizes)[0]
+    (folder / "property").write_text(f"{len(ranges)},{shape[0]},{shape[1]}\n")
+    return first_identity - 1, len(ranges), shape, len(sizes)
+
+
 def pack_recognition(src_dir: str | Path, out_uri: str, resize: str | None = None, align: str | None = None,
                      workers: int | None = None, quality: int = 95, progress: bool = True) -> PackReport:
     """Pack one-folder-per-identity photos into insightface's recognition RecordIO at ``out_uri``
-    (``train.rec``, ``train.idx``, ``train.lst``, ``property``), replacing what is there.
-
-    Image records get keys 1..N with their identity as label; identity records follow with the
-    key range of their images; header record 0 (written last, key 0) points at the identity records,
-    exactly as insightface's ``face2rec`` lays it out. Unreadable photos, and photos without a face
-    when aligning, are skipped and listed; identities left without photos are dropped."""
-    from mxnet import recordio
-
+    (``train.rec``, ``train.idx``, ``train.lst``, ``property``; see :func:`write_recognition`),
+    replacing what is there. Unreadable photos, and photos without a face when aligning, are
+    skipped and listed; identities left without photos are dropped."""
     src = Path(src_dir)
     identities, skipped = identity_images(src)
     size = parse_size(resize) if resize else None
@@ -469,44 +522,26 @@ def pack_recognition(src_dir: str | Path, out_uri: str, resize: str | None = Non
     report = PackReport(str(out_uri), skipped=skipped)
     owner = {photo: name for name, photos in identities for photo in photos}
     photos = [photo for _, photos in identities for photo in photos]
-    sizes: set[tuple[int, int]] = set()
-    ranges: list[tuple[int, int]] = []
+
+    def samples() -> Iterator[Sample]:
+        for photo, result in _encoded(photos, lambda p: encode_image(p, size, aligner, quality),
+                                      workers or os.cpu_count() or 1, "pack", progress):
+            if isinstance(result, DataError):
+                report.skipped.append(f"{photo}: {result}")
+            else:
+                yield Sample(owner[photo], photo.relative_to(src).as_posix(), *result)
+
     with tempfile.TemporaryDirectory(prefix="faceops-pack-") as tmp:
         folder = Path(tmp)
-        writer = _writer(folder)
-        key, current = 1, None
-        with open(folder / "train.lst", "w") as lst:
-            for photo, result in _encoded(photos, lambda p: encode_image(p, size, aligner, quality),
-                                          workers or os.cpu_count() or 1, "pack", progress):
-                if isinstance(result, DataError):
-                    report.skipped.append(f"{photo}: {result}")
-                    continue
-                data, shape = result
-                if owner[photo] != current:
-                    current = owner[photo]
-                    ranges.append((key, key))
-                label = len(ranges) - 1
-                writer.write_idx(key, recordio.pack(recordio.IRHeader(0, float(label), key, 0), data))
-                lst.write(f"{key}\t{label}\t{photo.relative_to(src).as_posix()}\n")
-                ranges[-1] = (ranges[-1][0], key + 1)
-                sizes.add(tuple(shape))
-                key += 1
-        if not ranges:
-            writer.close()
+        report.images, report.identities, shape, kinds = write_recognition(folder, samples())
+        if not report.images:
             raise DataError(f"{src}: no readable photos to pack\n" + "\n".join(report.skipped))
-        first_identity = key
-        for a, b in ranges:
-            writer.write_idx(key, recordio.pack(recordio.IRHeader(0, [float(a), float(b)], key, 0), b""))
-            key += 1
-        writer.write_idx(0, recordio.pack(recordio.IRHeader(0, [float(first_identity), float(key)], 0, 0), b""))
-        writer.close()
-        shape = sorted(sizes)[0]
-        if len(sizes) > 1:
-            report.skipped.append(f"note: photos have {len(sizes)} different sizes; property says {shape[0]}x{shape[1]}, "
+        if kinds > 1:
+            report.skipped.append(f"note: photos have {kinds} different sizes; property says {shape[0]}x{shape[1]}, "
                                   "use --resize so insightface's loader sees one size")
-        (folder / "property").write_text(f"{len(ranges)},{shape[0]},{shape[1]}\n")
-        report.records, report.images, report.identities, report.image_size = key, first_identity - 1, len(ranges), shape
-        _publish(folder, out_uri, progress)
+        report.records, report.image_size = report.images + report.identities + 1, shape
+        # One step for readers: a local folder is renamed in, S3 gets its manifest written last.
+        storage.upload(folder, out_uri, progress=progress)
     return report
 
 
@@ -563,7 +598,7 @@ def pack_detection(src_dir: str | Path, out_uri: str, workers: int | None = None
         writer = _writer(folder)
         key = 0
         with open(folder / "train.lst", "w") as lst:
-            for path, result in _encoded(paths, lambda p: encode_image(p) if p.is_file() else _missing(p),
+            for path, result in _encoded(paths, encode_image,
                                          workers or os.cpu_count() or 1, "pack", progress):
                 if isinstance(result, DataError):
                     report.skipped.append(f"{path}: {result}")
@@ -579,12 +614,8 @@ def pack_detection(src_dir: str | Path, out_uri: str, workers: int | None = None
         if key == 0:
             raise DataError(f"{src}: no readable images to pack\n" + "\n".join(report.skipped))
         report.records = report.images = key
-        _publish(folder, out_uri, progress)
+        storage.upload(folder, out_uri, progress=progress)
     return report
-
-
-def _missing(path: Path):
-    raise DataError("listed in label.txt but the file does not exist")
 
 
 # --- inspecting -----------------------------------------------------------------------------------

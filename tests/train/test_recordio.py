@@ -190,7 +190,7 @@ def test_missing_detection_image_is_skipped_and_listed(lfw10, tmp_path):
     report = recordio.pack_detection(tmp_path / "det", str(tmp_path / "out"), progress=False)
     assert report.images == 1 and report.faces == 1
     assert report.skipped == [f"{tmp_path / 'det' / 'images' / '0--Parade' / photos[0].name}: "
-                              "listed in label.txt but the file does not exist"]
+                              "no such file"]
 
 
 def copy_pack(packed: Path, dest: Path) -> Path:

