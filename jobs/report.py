@@ -161,6 +161,7 @@ def show_text(record: dict[str, Any]) -> str:
         ("inputs", {c: f"{i['uri']}  ({fmt(i.get('size'))} bytes, etag {fmt(i.get('etag'))})" for c, i in record["inputs"].items()}),
         ("outputs", spec.get("outputs") or {}),
         ("resources", {k: v for k, v in spec["resources"].items() if v not in (None, False, 0) or k == "instance_count"}),
+        ("backend", {k: v for k, v in (record.get("backend_info") or {}).items() if v not in (None, "")}),
         ("timings (s)", record.get("timings") or {}),
         ("metrics", record.get("metrics") or {}),
     ]
