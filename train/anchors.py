@@ -109,12 +109,19 @@ def decode(anchors: Anchors, boxes: np.ndarray, landmarks: np.ndarray | None = N
 
 
 def nms(dets: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression of ``(n, 5)`` ``x1 y1 x2 y2 score``: indices kept, best first."""
+    """Greedy non-maximum suppression of ``(n, 5)`` ``x1 y1 x2 y2 score``: indices kept, best first.
+
+    Overlap is measured with pixel-inclusive sides (``x2 - x1 + 1``), insightface's SCRFD convention,
+    so the Gluon model and its exported ONNX keep exactly the same boxes."""
+    x1, y1, x2, y2 = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(-dets[:, 4], kind="stable")
     keep = []
     while order.size:
-        i = order[0]
+        i, rest = order[0], order[1:]
         keep.append(i)
-        overlap = iou(dets[i:i + 1, :4], dets[order[1:], :4])[0]
-        order = order[1:][overlap <= threshold]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= threshold]
     return np.asarray(keep, np.int64)
