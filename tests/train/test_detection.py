@@ -111,6 +111,15 @@ def test_detection_job_learns_and_exports_an_insightface_detector(teacher_set, t
     assert compared > 0
 
 
+def test_detection_hyperparameters_are_typed_on_submit(tmp_path):
+    spec = tmp_path / "detection.yaml"
+    spec.write_text(f"name: det-typed\ntask: detection\ninputs:\n  train: {tmp_path}\n")
+    result = faceops("job", "submit", spec, "--dry-run", "--set", "cls_loss=softmax")
+    assert result.exit_code == 2 and "hyperparameters.cls_loss: expected one of ohem, focal, got 'softmax'" in result.output
+    result = faceops("job", "submit", spec, "--dry-run", "--set", "network=resnet50", "--set", "epochs=3")
+    assert result.exit_code == 0, result.output
+
+
 def run_entry(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)

@@ -198,3 +198,26 @@ def test_packed_recordio_reads_like_the_folder(tmp_path):
         np.testing.assert_allclose(faces_a.landmarks, faces_b.landmarks)
     assert packed.report.clipped == 1 and packed.report.negatives == 1
     assert [b for b in packed.sampler(True)] and sorted(packed.sampler(False)) == [0, 1]
+
+
+def test_resnet50_backbone_gives_the_same_heads_and_unknown_names_are_refused():
+    from train.retinaface import get_model
+
+    net = get_model("resnet50")
+    net.initialize()
+    shapes = [o.shape for o in net(mx.nd.zeros((2, 3, 64, 96)))]
+    assert shapes == [(2, n, c) for c in (1, 4, 10) for n in (8 * 12 * 2, 4 * 6 * 2, 2 * 3 * 2)]
+    with pytest.raises(KeyError, match="mobilenet0.25, resnet50"):
+        get_model("vgg16")
+
+
+def test_packed_split_streams_from_object_storage(tmp_path, s3_bucket):
+    from train.recordio import pack_detection
+
+    folder = write_split(tmp_path / "split", ["# a.jpg", "4 4 20 20 " + LANDMARKS + " 0", "# b.jpg"],
+                         {"a.jpg": (40, 40), "b.jpg": (32, 48)})
+    pack_detection(folder, f"s3://{s3_bucket}/detection/train/", progress=False)
+    split = open_split(f"s3://{s3_bucket}/detection/train/", "train")
+    seen = {i: split[i] for i in split.sampler(True)}
+    assert sorted(seen) == [0, 1] and seen[1][0].shape == (32, 48, 3)
+    np.testing.assert_allclose(seen[0][1].boxes, [[4, 4, 24, 24]])
