@@ -23,14 +23,16 @@ TOP_K = 5
 HNSW_MAX = 100_000  # building HNSW over 1M vectors takes many minutes on 2 cores
 
 
-def best_time(fn, runs: int = 3) -> float:
-    """Best wall time of ``fn()`` over ``runs`` runs."""
-    times = []
+def best_times(fns: list, runs: int = 3) -> list[float]:
+    """Best wall time of each function over ``runs`` rounds, run in turn within each round so a
+    burst of load on the shared machine hits all of them alike."""
+    times = [[] for _ in fns]
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [min(spent) for spent in times]
 
 
 def numpy_scan(embeddings: np.ndarray, queries: np.ndarray) -> None:
@@ -69,20 +71,19 @@ def main() -> None:
         bare = faiss.IndexFlatIP(DIM)
         bare.add(gallery.embeddings)
         gallery.search(queries[:10], TOP_K)  # builds its index and labels once, as a loaded gallery has
-        ours_s = best_time(lambda: gallery.search(queries, TOP_K))
-        bare_s = best_time(lambda: bare.search(queries, TOP_K))
+        ours_s, bare_s = best_times([lambda: gallery.search(queries, TOP_K), lambda: bare.search(queries, TOP_K)])
         people, _ = gallery.search(queries, TOP_K)
         _, rows = bare.search(queries, TOP_K)
         assert (people == rows).all(), "our search must return what faiss returns"  # one row per person here
         sub = queries[:args.numpy_queries]
-        numpy_s = best_time(lambda: numpy_scan(gallery.embeddings, sub), runs=1) * len(queries) / len(sub)
+        numpy_s = best_times([lambda: numpy_scan(gallery.embeddings, sub)], runs=1)[0] * len(queries) / len(sub)
         results[size] = {"ours_s": round(ours_s, 4), "faiss_s": round(bare_s, 4), "numpy_s": round(numpy_s, 3),
                          "ours_vs_faiss": round(bare_s / ours_s, 3), "ours_vs_numpy": round(numpy_s / ours_s, 1)}
         print(f"{size:>8} embeddings, {len(queries)} queries: ours {ours_s * 1000:8.1f} ms | bare faiss "
               f"{bare_s * 1000:8.1f} ms | numpy scan {numpy_s * 1000:9.1f} ms (est. from {len(sub)})", flush=True)
         if size <= HNSW_MAX:
             hnsw = make_index("hnsw", gallery.embeddings)
-            hnsw_s = best_time(lambda: hnsw.search(queries, TOP_K))
+            hnsw_s = best_times([lambda: hnsw.search(queries, TOP_K)])[0]
             hnsw_result = {"size": size, "ms": round(hnsw_s * 1000, 1), "exact_ms": round(bare_s * 1000, 1),
                            "recall_at_1": round(index_recall(hnsw, gallery.embeddings), 3)}
             print(f"  hnsw at {size}: {hnsw_s * 1000:.1f} ms, recall@1 {hnsw_result['recall_at_1']:.3f}")

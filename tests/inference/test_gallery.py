@@ -142,3 +142,15 @@ def test_gallery_from_embeddings_computed_elsewhere(built, tmp_path):
     assert (again.search(db.templates(), 1)[0][:, 0] == np.arange(len(db.people))).all()
     with pytest.raises(DataError, match="512 dimensions"):
         gallerylib.from_embeddings(db.embeddings[:, :128], db.names[:1] * 40, db.manifest["models"])
+
+
+def test_build_from_a_path_person_csv(split, models, tmp_path):
+    photos = [p for person in ("Hugo_Chavez", "Jacques_Chirac") for p in sorted((split / "gal" / person).glob("*.jpg"))[:2]]
+    listing = tmp_path / "people.csv"
+    listing.write_text("path,person\n" + "".join(f"{p},{p.parent.name}\n" for p in photos))
+    summary = gallerylib.build_gallery(listing, tmp_path / "db", models)
+    assert summary["people"] == 2 and summary["embeddings"] == 4
+    assert gallerylib.load(tmp_path / "db").names == ["Hugo_Chavez", "Jacques_Chirac"]
+    listing.write_text(f"path,person\n{photos[0]},Hugo_Chavez\n{photos[1]}\n")
+    with pytest.raises(DataError, match=r"people.csv:3: expected 'path,person'"):
+        gallerylib.build_gallery(listing, tmp_path / "db2", models)
