@@ -420,6 +420,16 @@ def _issue_counts(issues: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
+def _skipped(names: list[str]) -> list[dict[str, Any]]:
+    """Issue rows for files that were not read: not an image by extension, or outside a person folder."""
+    return [{"image": name, "issue": "not_an_image", "detail": "skipped by extension or location"} for name in names]
+
+
+def _target_far(gallery: Gallery) -> float:
+    """The FAR the gallery was last calibrated for, so updates keep the user's choice."""
+    return (gallery.manifest.get("calibration") or {}).get("target_far", DEFAULT_FAR)
+
+
 def _labelled(source: str | Path, folder: Path) -> tuple[list[ImageItem], list[str]]:
     listing = list_images(folder, labels=True)
     if not listing.items:
@@ -444,7 +454,7 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
     if not kept:
         raise DataError(f"{source}: no faces found in {len(items)} images; nothing to build")
     gallery = Gallery(_new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
-                      issues + [{"image": s, "issue": "not_an_image", "detail": "skipped by extension or location"} for s in skipped])
+                      issues + _skipped(skipped))
     _add_faces(gallery, kept)
     _record(gallery, "build", source=str(source), images=len(items), added=len(kept))
     summary = _finish(gallery, far)
@@ -465,11 +475,10 @@ def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | 
         items, skipped = _labelled(source, folder)
         kept, issues = _collect(models, items, strict, progress, det_size=settings["det_size"],
                                 det_thresh=settings["det_thresh"], batch_size=batch_size, workers=workers)
-    gallery.issues.extend(issues + [{"image": s, "issue": "not_an_image", "detail": "skipped"} for s in skipped])
+    gallery.issues.extend(issues + _skipped(skipped))
     _add_faces(gallery, kept)
     _record(gallery, "add", source=str(source), images=len(items), added=len(kept))
-    far = (gallery.manifest.get("calibration") or {}).get("target_far", DEFAULT_FAR)
-    summary = _finish(gallery, far)
+    summary = _finish(gallery, _target_far(gallery))
     save(gallery, path)
     return {**summary, "gallery": str(path), "images": len(items), "added": len(kept), "issues": _issue_counts(issues)}
 
@@ -490,8 +499,7 @@ def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
     gallery.manifest["people"] = [p for p in gallery.people if p["name"] not in people]
     gallery.changed()
     _record(gallery, "remove", people=people, removed=int((~keep).sum()))
-    far = (gallery.manifest.get("calibration") or {}).get("target_far", DEFAULT_FAR)
-    summary = _finish(gallery, far)
+    summary = _finish(gallery, _target_far(gallery))
     save(gallery, path)
     return {**summary, "gallery": str(path), "removed": int((~keep).sum())}
 
