@@ -38,7 +38,7 @@ def run(env: JobEnv) -> dict[str, Any]:
     val_dir = env.channels.get("val") or splits["val"]
     train = open_split(splits["train"], "train")
     val = open_split(val_dir, "val") if val_dir is not None else None
-    return fit(train, val, env.output("model"), env.checkpoint_dir, hp, env.metrics_file)
+    return fit(train, val, env.output("model"), env.checkpoint_dir, hp, env.metrics_file, progress=sys.stderr.isatty())
 
 
 def main() -> int:

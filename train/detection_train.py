@@ -98,13 +98,40 @@ def train_step(net: Any, trainer: Any, batch: list[Any], cfg: LossConfig) -> dic
     return {k: float(v.asscalar()) for k, v in parts.items()}
 
 
+def run_epoch(net: Any, trainer: Any, data: Any, ckpt: Any, epoch: int, step: int, cfg: LossConfig,
+              desc: str, progress: bool) -> tuple[int, dict[str, float], int]:
+    """One pass over ``data``; checkpoints when due and saves + exits 143 after a SIGTERM.
+    A checkpoint's ``epoch`` is the epoch a resumed run starts with: this one, when saved inside it.
+    Returns the step reached, the mean loss parts and the number of samples."""
+    from tqdm import tqdm
+
+    totals: dict[str, float] = {}
+    batches = seen = 0
+    for batch in tqdm(data, desc=desc, disable=not progress, leave=False):
+        parts = train_step(net, trainer, batch, cfg)
+        step, batches, seen = step + 1, batches + 1, seen + batch[0].shape[0]
+        totals = {k: totals.get(k, 0.0) + v for k, v in parts.items()}
+        ckpt.exit_if_stopping(net, trainer, step, epoch)
+        if ckpt.due(step):
+            ckpt.save(net, trainer, step, epoch)
+    return step, {k: v / max(batches, 1) for k, v in totals.items()}, seen
+
+
+def val_metrics(net: Any, val: DetectionSplit, cfg: EvalConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """``val_ap50`` and counts; a val split without any face has no AP, which is said, not faked."""
+    result = evaluate(net, val, cfg)
+    if result["faces"] == 0:
+        log(f"{val.name}: no faces in the val split, so no AP@0.5")
+        return {"val_images": result["images"], "val_faces": 0}
+    return {"val_ap50": round(result["ap50"], 4), "val_images": result["images"], "val_faces": result["faces"]}
+
+
 def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, checkpoint_dir: Path,
         hp: dict[str, Any], metrics_file: Path | None = None, log: Callable[[str], None] = print,
         progress: bool = False) -> dict[str, Any]:
     """Train on ``train``, evaluate on ``val`` (when given), export to ``model_dir``; resume from
     the newest checkpoint in ``checkpoint_dir``. Returns the final metrics (also logged)."""
     import mxnet as mx
-    from tqdm import tqdm
 
     from train.checkpoint import Checkpointer
 
@@ -128,35 +155,25 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
     loss_cfg = LossConfig(hp["cls_loss"], hp["neg_pos_ratio"], hp["landmark_weight"])
     eval_cfg = EvalConfig(hp["eval_size"], hp["score_threshold"], hp["nms_threshold"])
     metrics: dict[str, Any] = {}
-    started = time.perf_counter()
-    seen = 0
+    started, seen = time.perf_counter(), 0
     for epoch in range(start, hp["epochs"]):
         samples.epoch = epoch
         trainer.set_learning_rate(lr_at(epoch, hp))
-        totals: dict[str, float] = {}
-        batches = 0
-        for batch in tqdm(data, desc=f"epoch {epoch + 1}/{hp['epochs']}", disable=not progress, leave=False):
-            parts = train_step(net, trainer, batch, loss_cfg)
-            step, batches, seen = step + 1, batches + 1, seen + batch[0].shape[0]
-            totals = {k: totals.get(k, 0.0) + v for k, v in parts.items()}
-            ckpt.exit_if_stopping(net, trainer, step, epoch)
-            if ckpt.due(step):
-                ckpt.save(net, trainer, step, epoch)
+        step, losses, count = run_epoch(net, trainer, data, ckpt, epoch, step, loss_cfg,
+                                        f"epoch {epoch + 1}/{hp['epochs']}", progress)
+        seen += count
         ckpt.save(net, trainer, step, epoch + 1)
         metrics = {"epoch": epoch + 1, "step": step, "lr": lr_at(epoch, hp),
-                   **{f"train_{k}": round(v / max(batches, 1), 5) for k, v in totals.items()}}
+                   **{f"train_{k}": round(v, 5) for k, v in losses.items()}}
         if val is not None and hp["eval_every"] and (epoch + 1) % hp["eval_every"] == 0 and epoch + 1 < hp["epochs"]:
-            metrics["val_ap50"] = round(evaluate(net, val, eval_cfg)["ap50"], 4)
+            metrics.update(val_metrics(net, val, eval_cfg, log))
         log_metrics(metrics_file, **metrics)
         log(" ".join(f"{k}={v}" for k, v in metrics.items()))
     elapsed = time.perf_counter() - started
     final = {**metrics, **clean_metrics(train, "train"), "train_samples_per_s": round(seen / elapsed, 2) if seen else None}
-    if val is not None:
-        result = evaluate(net, val, eval_cfg)
-        final.update({"val_ap50": round(result["ap50"], 4), "val_images": result["images"], "val_faces": result["faces"],
-                      **clean_metrics(val, "val")})
     log(train.report.summary(train.name))
     if val is not None:
+        final.update({**val_metrics(net, val, eval_cfg, log), **clean_metrics(val, "val")})
         log(val.report.summary(val.name))
     export(net, model_dir, hp, final)
     log_metrics(metrics_file, **{k: v for k, v in final.items() if v is not None})
