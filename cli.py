@@ -34,12 +34,18 @@ def main() -> None:
 
 
 @main.command()
-def demo() -> None:
-    """Run the whole local workflow on built-in examples, offline: train two versions of a job,
-    compare them, and (with the models extra) build a gallery and identify faces."""
+@click.option("--workdir", default="faceops-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo's photos, datasets, gallery and report go.")
+def demo(workdir: str) -> None:
+    """Run the whole local pipeline offline, one printed faceops command per step: a custom job in
+    two versions and their diff, then (with the pretrained models extra) demo photos -> RecordIO ->
+    two versions of a trained recognizer -> diff -> gallery -> identification report."""
+    from pathlib import Path
+
     from jobs import demo as demo_steps
 
-    demo_steps.run(click.echo)
+    demo_steps.run(lambda argv: main.main(argv, prog_name="faceops", standalone_mode=False), click.echo,
+                   Path(workdir).resolve())
 
 
 @main.group(cls=FaceopsGroup)
