@@ -104,12 +104,13 @@ def run(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdi
     """Run the demo steps in ``workdir``; ``invoke`` runs one faceops command line."""
     from inference.models import default_model_dir
 
-    def step(title: str, *argv: str) -> None:
-        echo(f"\n== {title}\n$ faceops {shlex.join(argv)}")
-        invoke(list(argv))
+    def step(title: str, *argv: str | Path) -> None:
+        args = [_short(a) if isinstance(a, Path) else a for a in argv]
+        echo(f"\n== {title}\n$ faceops {shlex.join(args)}")
+        invoke(args)
 
     line_fit = examples() / "line-fit" / "job.yaml"
-    step("Train version 1 of a small custom job", "job", "submit", str(line_fit))
+    step("Train version 1 of a small custom job", "job", "submit", line_fit)
     step("Rerun it with one parameter changed", "job", "rerun", "line-fit", "--set", "lr=0.1")
     step("What changed between the versions", "job", "diff", "line-fit:1", "line-fit:2")
     if default_model_dir() is None:
@@ -122,15 +123,24 @@ def run(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdi
     echo(f"{counts['people']} people ({UNKNOWN} of them strangers): {counts['train']} training crops, "
          f"{counts['gallery']} gallery photos, {counts['probe']} photos to identify")
     step("Pack the training photos as insightface RecordIO", "data", "pack-recognition",
-         str(photos / "train"), str(workdir / "recognition-data"))
+         photos / "train", workdir / "recognition-data")
     recognition = examples() / "recognition.yaml"
-    step("Train a recognizer (version 1)", "job", "submit", str(recognition), "--set", "name=demo-recognizer",
-         "--set", f"inputs.train={workdir / 'recognition-data'}", "--set", "epochs=3")
+    step("Train a recognizer (version 1)", "job", "submit", recognition, "--set", "name=demo-recognizer",
+         "--set", f"inputs.train={_short(workdir / 'recognition-data')}", "--set", "epochs=3")
     step("Train version 2 with a different learning rate", "job", "rerun", "demo-recognizer", "--set", "lr=0.1")
     step("Compare the two versions", "job", "diff", "demo-recognizer:1", "demo-recognizer:2")
     step("Build a gallery of the known people (pretrained detector + recognizer)", "gallery", "build",
-         str(photos / "gallery"), str(workdir / "gallery"))
+         photos / "gallery", workdir / "gallery")
     step("Identify every face in the probe photos, scored against their folder names", "identify",
-         str(photos / "probe"), "--gallery", str(workdir / "gallery"), "--out", str(workdir / "report"),
+         photos / "probe", "--gallery", workdir / "gallery", "--out", workdir / "report",
          "--truth-from-folders")
     echo(f"\nDone. Report: {workdir / 'report'}; versions: faceops job versions demo-recognizer")
+
+
+def _short(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it, so printed commands read
+    like what a user types."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -145,7 +145,7 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
             raise SpecError(f"--set {item}: {unknown_key_message(section, ('hyperparameters', 'inputs', 'outputs', 'resources'))}")
         path = key
     elif key in SET_TOP_LEVEL:
-        raw[key] = value
+        raw[key] = _local_path(value) if key == "code" else value
         return key
     else:
         section, sub, path = "hyperparameters", key, f"hyperparameters.{key}"
@@ -154,7 +154,7 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
             raise SpecError(f"--set {item}: hyperparameters: {unknown_key_message(sub, task.params)}")
         parsed: Any = parse_untyped(value) if task.params is None else value
     else:
-        parsed = value
+        parsed = _local_path(value) if section in ("inputs", "outputs") else value
     if not isinstance(raw.get(section), dict):
         raw[section] = {}
     raw[section][sub] = parsed
@@ -285,6 +285,11 @@ def parse_duration(value: Any) -> int | None:
         raise ValueError(f"expected a duration like 3600, 30m, 2h or 1h30m, got {value!r}")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _local_path(value: str) -> str:
+    """A relative path typed on the command line means relative to where the user stands."""
+    return value if "://" in value or not value.strip() else str(Path(value).resolve())
 
 
 def _resolve_relative(raw: dict[str, Any], base: Path) -> None:

@@ -98,3 +98,11 @@ def test_typed_task_schema(monkeypatch):
 @pytest.mark.parametrize("value, seconds", [(3600, 3600), ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1d", 86400)])
 def test_durations(value, seconds):
     assert parse_duration(value) == seconds
+
+
+def test_set_paths_are_relative_to_the_current_folder(tmp_path, monkeypatch):
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(write(spec_dir, GOOD), ["inputs.train=mydata", "outputs.model=s3://b/m/"])
+    assert spec.inputs["train"] == str(tmp_path / "mydata") and spec.outputs["model"] == "s3://b/m/"
