@@ -117,13 +117,13 @@ class DetectionSplit:
                 report.examples.append(f"{self._names(idx)}: {clipped} clipped, {dropped} dropped")
         return img, faces
 
-    def sampler(self, shuffle: bool) -> Any:
-        """A Gluon sampler; RecordIO splits stream records ahead of use (see train.data)."""
-        from mxnet import gluon
-
+    def sampler(self, shuffle: bool, seed: Any = None) -> Any:
+        """A Gluon sampler for one epoch: RecordIO splits stream records ahead of use (see
+        train.data); folder splits are shuffled from ``seed`` (e.g. ``(run seed, epoch)``), so a
+        seeded or resumed run sees the same order again."""
         if self._sampler is not None:
             return self._sampler(shuffle)
-        return gluon.data.RandomSampler(len(self)) if shuffle else gluon.data.SequentialSampler(len(self))
+        return np.random.default_rng(seed).permutation(len(self)).tolist() if shuffle else list(range(len(self)))
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -63,9 +63,10 @@ def postprocess(outputs: list[np.ndarray], height: int, width: int, cfg: EvalCon
 
 
 def detect(net: Any, img: np.ndarray, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Faces in one RGB image, in the image's coordinates."""
+    """Faces in one RGB image, in the image's coordinates (run where the net's weights are)."""
     canvas, scale = letterbox(img, cfg.size)
-    outputs = [o[0].asnumpy() for o in net(to_input(canvas[None]))]
+    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+    outputs = [o[0].asnumpy() for o in net(to_input(canvas[None]).as_in_context(ctx))]
     dets, points = postprocess(outputs, cfg.size, cfg.size, cfg)
     dets[:, :4] /= scale
     return dets, points / scale

@@ -47,10 +47,11 @@ class TrainSamples:
 
 
 def loader(samples: TrainSamples, batch_size: int, workers: int, shuffle: bool = True) -> Any:
-    """A Gluon DataLoader over ``samples`` using the split's sampler (read-ahead for RecordIO)."""
+    """A Gluon DataLoader over ``samples`` for epoch ``samples.epoch``, using the split's sampler
+    (read-ahead for RecordIO, seeded by run seed and epoch for folders)."""
     from mxnet import gluon
 
-    batches = gluon.data.BatchSampler(samples.split.sampler(shuffle), batch_size, "keep")
+    batches = gluon.data.BatchSampler(samples.split.sampler(shuffle, [samples.seed, samples.epoch]), batch_size, "keep")
     return gluon.data.DataLoader(samples, batch_sampler=batches, num_workers=workers, thread_pool=workers > 0)
 
 
@@ -70,8 +71,16 @@ def lr_at(epoch: int, hp: dict[str, Any]) -> float:
     return hp["lr"] * 0.1 ** sum(epoch >= s for s in steps)
 
 
-def build_net(hp: dict[str, Any], ctx: Any = None) -> Any:
-    """A freshly initialised, hybridized RetinaFace for ``hp['network']``."""
+def devices() -> list[Any]:
+    """Every local GPU, else the CPU: batches are split across them (data parallel)."""
+    import mxnet as mx
+
+    gpus = mx.context.num_gpus()
+    return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
+
+
+def build_net(hp: dict[str, Any], ctx: list[Any] | None = None) -> Any:
+    """A freshly initialised, hybridized RetinaFace for ``hp['network']`` on ``ctx`` (default CPU)."""
     import mxnet as mx
 
     from train.retinaface import get_model
@@ -82,24 +91,26 @@ def build_net(hp: dict[str, Any], ctx: Any = None) -> Any:
     return net
 
 
-def train_step(net: Any, trainer: Any, batch: list[Any], cfg: LossConfig) -> dict[str, float]:
-    """One forward/backward/update; returns the loss parts as floats."""
+def train_step(net: Any, trainer: Any, batch: list[Any], cfg: LossConfig, ctx: list[Any] | None = None) -> dict[str, float]:
+    """One forward/backward/update over ``batch`` split across ``ctx``; returns the loss parts
+    (mean over devices) as floats."""
     import mxnet as mx
-    from mxnet import autograd
+    from mxnet import autograd, gluon
 
     from train.detection_loss import detection_loss
 
-    # Loader threads hand batches over in shared memory; the cached graph wants the net's context.
-    x, labels, boxes, landmarks, mask = (b.as_in_context(mx.cpu()) for b in batch)
+    ctx = ctx or [mx.cpu()]
+    # split_and_load also moves the loader's shared-memory batches onto the devices the net lives on.
+    slices = [gluon.utils.split_and_load(b, ctx, even_split=False) for b in batch]
     with autograd.record():
-        parts = detection_loss(net(x), labels, boxes, landmarks, mask, cfg)
-    parts["total"].backward()
-    trainer.step(1)
-    return {k: float(v.asscalar()) for k, v in parts.items()}
+        parts = [detection_loss(net(x), *targets, cfg) for x, *targets in zip(*slices)]
+    autograd.backward([p["total"] for p in parts])
+    trainer.step(len(parts))
+    return {k: sum(float(p[k].asscalar()) for p in parts) / len(parts) for k in parts[0]}
 
 
 def run_epoch(net: Any, trainer: Any, data: Any, ckpt: Any, epoch: int, step: int, cfg: LossConfig,
-              desc: str, progress: bool) -> tuple[int, dict[str, float], int]:
+              ctx: list[Any], desc: str, progress: bool) -> tuple[int, dict[str, float], int]:
     """One pass over ``data``; checkpoints when due and saves + exits 143 after a SIGTERM.
     A checkpoint's ``epoch`` is the epoch a resumed run starts with: this one, when saved inside it.
     Returns the step reached, the mean loss parts and the number of samples."""
@@ -108,7 +119,7 @@ def run_epoch(net: Any, trainer: Any, data: Any, ckpt: Any, epoch: int, step: in
     totals: dict[str, float] = {}
     batches = seen = 0
     for batch in tqdm(data, desc=desc, disable=not progress, leave=False):
-        parts = train_step(net, trainer, batch, cfg)
+        parts = train_step(net, trainer, batch, cfg, ctx)
         step, batches, seen = step + 1, batches + 1, seen + batch[0].shape[0]
         totals = {k: totals.get(k, 0.0) + v for k, v in parts.items()}
         ckpt.exit_if_stopping(net, trainer, step, epoch)
@@ -142,16 +153,16 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
     mx.random.seed(hp["seed"])
     if val is None:
         log(f"{train.name}: no val split found: training only, no val_ap50 will be reported")
-    net = build_net(hp)
+    ctx = devices()
+    net = build_net(hp, ctx)
     trainer = make_trainer(net, hp)
     ckpt = Checkpointer(checkpoint_dir, every=hp["checkpoint_every"])
     ckpt.install_sigterm()
-    restored = ckpt.restore(net, trainer)
+    restored = ckpt.restore(net, trainer, ctx)
     step, start = (restored.step, restored.epoch) if restored else (0, 0)
     if restored:
         log(f"resumed from {restored.path.name}: step {step}, epoch {start}")
     samples = TrainSamples(train, hp["image_size"], hp["seed"], hp["flip"], hp["photometric"], hp["min_crop"])
-    data = loader(samples, hp["batch_size"], hp["workers"])
     loss_cfg = LossConfig(hp["cls_loss"], hp["neg_pos_ratio"], hp["landmark_weight"])
     eval_cfg = EvalConfig(hp["eval_size"], hp["score_threshold"], hp["nms_threshold"])
     metrics: dict[str, Any] = {}
@@ -159,7 +170,8 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
     for epoch in range(start, hp["epochs"]):
         samples.epoch = epoch
         trainer.set_learning_rate(lr_at(epoch, hp))
-        step, losses, count = run_epoch(net, trainer, data, ckpt, epoch, step, loss_cfg,
+        data = loader(samples, hp["batch_size"], hp["workers"])
+        step, losses, count = run_epoch(net, trainer, data, ckpt, epoch, step, loss_cfg, ctx,
                                         f"epoch {epoch + 1}/{hp['epochs']}", progress)
         seen += count
         ckpt.save(net, trainer, step, epoch + 1)
@@ -193,7 +205,11 @@ def export(net: Any, model_dir: Path, hp: dict[str, Any], metrics: dict[str, Any
     from train.export import export_gluon
     from train.retinaface import export_detector
 
+    import mxnet as mx
+
     model_dir.mkdir(parents=True, exist_ok=True)
+    net.collect_params().reset_ctx(mx.cpu())  # export traces on the CPU, wherever training ran
+    net(mx.nd.zeros((1, 3, hp["image_size"], hp["image_size"])))
     export_gluon(net, model_dir, "retinaface")
     path = export_detector(net, model_dir / "model.onnx", hp["image_size"])
     (model_dir / "metrics.json").write_text(json.dumps({"hyperparameters": hp, "metrics": metrics}, indent=2, default=str))

@@ -28,7 +28,7 @@ CANVAS = 256
 TRAIN_PEOPLE = 8
 PHOTOS_PER_PERSON = 5
 # Measured on the 2-core development machine: an untrained net scores AP@0.5 0.0 on the held-out
-# canvases; this recipe (about 360 steps, ~70 s) reaches 0.81 (seeds 0 and 1). The bar is half that.
+# canvases; this recipe (about 360 steps, ~70 s) reaches 0.77-0.81 (seeds 0 and 1). The bar is about half.
 MIN_AP = 0.4
 HYPERPARAMETERS = {
     "network": "mobilenet0.25", "image_size": CANVAS, "eval_size": CANVAS, "batch_size": 4, "epochs": 15,
