@@ -7,7 +7,7 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
-from jobs.errors import DataError  # noqa: E402
+from jobs.errors import DataError, NotFoundError  # noqa: E402
 from train.anchors import anchors_for, assign, decode, iou, nms  # noqa: E402
 from train.augment import hflip, random_square_crop  # noqa: E402
 from train.detection_data import Faces, open_split  # noqa: E402
@@ -158,6 +158,9 @@ def test_label_errors_name_the_file_and_line(tmp_path):
     (folder / "label.txt").write_text("# a.jpg\n# missing.jpg\n")
     with pytest.raises(DataError, match="missing.jpg"):
         open_split(folder, "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotFoundError, match="no label.txt .* and no .rec file"):
+        open_split(tmp_path / "empty", "train")
 
 
 def test_boxes_outside_are_clipped_and_counted_and_empty_images_kept(tmp_path):
