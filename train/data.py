@@ -70,6 +70,7 @@ class RecordDataset(gluon.data.Dataset):
                 self._stash.popitem(last=False)
 
     def decode(self, payload: bytes) -> tuple[Any, Any]:
+        """``(image, target)`` of one record payload; each kind of dataset says how."""
         raise NotImplementedError
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
