@@ -24,7 +24,6 @@ TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
 TARGET_CONTEXT = ("requirements.txt", "bin")
 DEFAULT_REPO = "faceops/train"
 HASH_LABEL = "org.faceops.content-hash"
-TARGET_LABEL = "org.faceops.target"
 STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 OUTPUT_KEPT = 60
 
@@ -54,12 +53,12 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
 
     from images.engine import client as engine
 
-    context, name, label = _context(target, dockerfile)
+    context, name, kind = _context(target, dockerfile)
     args = {**(build_args or {}), **({"BASE": base} if base else {})}
     bundle = build_bundle(context, [name, *TARGET_CONTEXT] if target else None, store=False)
     try:
         digest = content_hash(bundle.sha256, name, args)
-        ref = tag or f"{DEFAULT_REPO if target else _repo_for(context)}:{label}-{digest[:12]}"
+        ref = tag or f"{DEFAULT_REPO if target else _repo_for(context)}:{kind}-{digest[:12]}"
         docker = engine()
         found = _existing(docker, ref, digest)
         if found:
@@ -67,7 +66,7 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
             return BuildResult(ref, found["Id"], found["Size"], digest, built=False)
         echo(f"building {ref} from {name} (content {digest[:12]})")
         with open(bundle.path, "rb") as fh:
-            image_id = _stream(docker, fh, name, ref, args, {HASH_LABEL: digest, TARGET_LABEL: label}, echo, verbose)
+            image_id = _stream(docker, fh, name, ref, args, {HASH_LABEL: digest}, echo, verbose)
         size = docker.api.inspect_image(image_id)["Size"]
         return BuildResult(ref, image_id, size, digest, built=True)
     finally:
@@ -81,7 +80,7 @@ def content_hash(context_sha256: str, dockerfile: str, build_args: dict[str, str
 
 
 def _context(target: str | None, dockerfile: Path | None) -> tuple[Path, str, str]:
-    """(context folder, Dockerfile name inside it, label for the tag) for a target or a file."""
+    """(context folder, Dockerfile name inside it, the tag's prefix) for a target or a file."""
     if (target is None) == (dockerfile is None):
         raise FaceopsError("give either a target (gpu or cpu) or a Dockerfile, not both")
     if target is not None:

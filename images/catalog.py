@@ -3,20 +3,19 @@ label) on the engine, one row per tag, with the digest each tag was last pushed 
 from __future__ import annotations
 
 from images import digests
-from images.build import HASH_LABEL, TARGET_LABEL
+from images.build import HASH_LABEL
 
 
 def list_images() -> list[dict]:
-    """Rows ``{ref, id, size, created, target, content_hash, digest}``, newest image first;
+    """Rows ``{ref, id, size, created, content_hash, digest}``, newest image first;
     ``digest`` is None for a tag that was never pushed."""
     from images.engine import client
 
     rows = []
     images = client().api.images(filters={"label": HASH_LABEL})
     for image in sorted(images, key=lambda i: i["Created"], reverse=True):
-        labels = image.get("Labels") or {}
+        content_hash = (image.get("Labels") or {}).get(HASH_LABEL)
         for ref in image.get("RepoTags") or []:
             rows.append({"ref": ref, "id": image["Id"], "size": image["Size"], "created": image["Created"],
-                         "target": labels.get(TARGET_LABEL), "content_hash": labels.get(HASH_LABEL),
-                         "digest": digests.lookup(ref)})
+                         "content_hash": content_hash, "digest": digests.lookup(ref)})
     return rows
