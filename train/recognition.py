@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         from train.recognition_loop import export_model
 
-        params, network, embedding_size, model_dir = argv[1:]
-        export_model(Path(params), network, int(embedding_size), Path(model_dir))
+        params, network, embedding_size, model_dir, *val = argv[1:]
+        export_model(Path(params), network, int(embedding_size), Path(model_dir), Path(val[0]) if val else None)
         return 0
     env = contract.from_env()
     try:

@@ -8,6 +8,7 @@ epochs with checkpoints and metrics, then export the backbone (Gluon + ONNX) and
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -32,6 +33,7 @@ from train.heads import MarginHead, get_margin
 from train.verification import evaluate
 
 IMAGE_SIZE = (112, 112)
+VERIFICATION = "verification.json"
 
 
 class Recognizer(gluon.HybridBlock):
@@ -229,7 +231,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
         epoch, skip = (epoch + 1, 0) if done >= steps_per_epoch else (epoch, done)
         save(model, trainer, step, epoch, batch=skip)
     if place.chief:
-        final.update(finish(model.backbone, config, env, place))
+        final.update(finish(model.backbone, config, env))
     return final
 
 
@@ -256,35 +258,42 @@ def _step(model: Recognizer, trainer: gluon.Trainer, loss_fn: Any, x: mx.nd.NDAr
     return loss, correct
 
 
-def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv, place: Cluster) -> dict[str, Any]:
+def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     """Export the trained backbone into the model folder and evaluate the ``val`` channel."""
     model_dir = env.output("model")
     model_dir.mkdir(parents=True, exist_ok=True)
     params = model_dir / "backbone.params"
     backbone.save_parameters(str(params))
-    # A fresh process exports: AMP rewrites this process's operators (amp_cast, which ONNX cannot
-    # express), and MXNet 1.9.1 segfaults saving grouped-conv weights that oneDNN has reordered for
-    # inference (MobileFaceNet), so the exporter runs with oneDNN off.
+    # A fresh process exports and evaluates: AMP rewrites this process's operators (amp_cast, which
+    # ONNX cannot express), and MXNet 1.9.1 segfaults on MobileFaceNet's grouped-conv weights once
+    # oneDNN has reordered them for inference, so that process runs with oneDNN off.
     root = str(Path(__file__).resolve().parents[1])
+    val = [str(env.channels["val"])] if "val" in env.channels else []
     subprocess.run([sys.executable, "-m", "train.recognition", "export", str(params), config["network"],
-                    str(config["embedding_size"]), str(model_dir)], check=True,
+                    str(config["embedding_size"]), str(model_dir), *val], check=True,
                    env={**os.environ, "MXNET_MKLDNN_ENABLED": "0", "MXNET_STORAGE_FALLBACK_LOG_VERBOSE": "0",
                         "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)})
     params.unlink()
     print(f"exported {model_dir / 'model-symbol.json'} and {model_dir / 'model.onnx'}", flush=True)
-    results = evaluate(backbone, env.channels["val"], place.ctx[0]) if "val" in env.channels else {}
+    report = model_dir / VERIFICATION
+    results = json.loads(report.read_text()) if val else {}
     if results:
         log_metrics(env.metrics_file, **results)
         print("verification: " + ", ".join(f"{k} {v}" for k, v in results.items()), flush=True)
     return results
 
 
-def export_model(params: Path, network: str, embedding_size: int, model_dir: Path) -> Path:
+def export_model(params: Path, network: str, embedding_size: int, model_dir: Path, val: Path | None = None) -> Path:
     """Rebuild the backbone from ``params`` and write ``model-symbol.json`` + ``model-0000.params``
     and ``model.onnx`` (open batch, 3x112x112, no normalisation nodes: insightface normalises
-    itself) into ``model_dir``."""
+    itself) into ``model_dir``; with ``val``, also the accuracy on its ``.bin`` sets as
+    ``verification.json``."""
     backbone = get_model(network, embedding_size)
     backbone.load_parameters(str(params), ctx=mx.cpu())
     onnx_path = export_onnx(backbone, (None, 3, *IMAGE_SIZE), model_dir / "model.onnx", example_shape=(1, 3, *IMAGE_SIZE))
     export_gluon(backbone, model_dir, "model")
+    if val is not None:
+        ctx = mx.gpu(0) if mx.context.num_gpus() else mx.cpu()
+        backbone.collect_params().reset_ctx(ctx)
+        (model_dir / VERIFICATION).write_text(json.dumps(evaluate(backbone, val, ctx)))
     return onnx_path
