@@ -176,3 +176,17 @@ def test_build_with_base_overridden(target, docker_env, python_base):
              "command -v faceops-task && pwd && python -c 'import sys; print(sys.prefix)' && echo $PYTHONPATH")
     out = docker_env.client().containers.run(built["ref"], ["sh", "-c", check], remove=True, network_mode="none")
     assert out.decode().split() == ["/opt/faceops/bin/faceops-task", "/opt/ml/code", "/opt/venv", "/opt/ml/code"]
+
+
+def test_seed_wrappers_point_the_contract_at_their_folders(tmp_path):
+    """The image's run_face_recognition_train.sh runs the real recognition task with its first
+    argument as the train channel: on an empty folder the task names that folder."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    path = f"{IMAGES_DIR / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    result = subprocess.run(["run_face_recognition_train.sh", str(data), str(out)], capture_output=True, text=True,
+                            env={**os.environ, "PATH": path, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode != 0 and str(data) in result.stderr and ".rec" in result.stderr, result.stderr
+    assert out.is_dir()
+    usage = subprocess.run(["sh", str(IMAGES_DIR / "bin" / "run_face_recognition_train.sh")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
