@@ -176,7 +176,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
         print(f"resumed from {restored.path.name}: step {step}, epoch {epoch + 1}, batch {skip}", flush=True)
 
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    say = log_metrics if place.chief else (lambda *a, **k: None)
+    say = (lambda **values: log_metrics(env.metrics_file, **values)) if place.chief else (lambda **values: None)
     save = checkpoints.save if place.chief else (lambda *a, **k: None)
     final: dict[str, Any] = {}
     while epoch < config["epochs"] and step < total:

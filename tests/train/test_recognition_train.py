@@ -119,9 +119,9 @@ def test_example_job_learns_and_exports_for_insightface(lfw_split, aligner, tmp_
     own = sims[np.arange(len(truth)), truth]
     others = (sims.sum(axis=1) - own) / (len(people) - 1)
     nearest = np.argmax(sims, axis=1)
-    print("HELDOUT", (nearest == truth).mean(), (own > others).mean())
-    # 20 steps from scratch on 70 photos: measured nearest-centre accuracy 27-43% (chance 10%) and
-    # own centre closer than the others' on average for 0-0% of held-out photos.
+    # 20 steps from scratch on 70 photos (measured, deterministic with seed 0): own centre closer
+    # than the others' on average for 83% of held-out photos; nearest centre right for 27% (chance
+    # 10%; 27-43% across the learning rates and margins tried). More steps are needed for "most".
     assert (nearest == truth).mean() >= 0.2, (nearest, truth)
     assert (own > others).mean() >= 0.7, (own, others)
 
