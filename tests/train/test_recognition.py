@@ -181,3 +181,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(packed, tmp_path, monkeyp
     saved = sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*"))
     assert saved and saved[-1] == f"ckpt-{len(good):09d}" and saved[-1] in failure
     assert not (tmp_path / "model" / "model.onnx").exists()
+
+
+def test_seed_training_script(packed, tmp_path):
+    """run_face_recognition_train.sh DATA MODEL_OUT [KEY=VALUE ...] trains and exports like a job."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "run_face_recognition_train.sh"
+    out = tmp_path / "out"
+    done = subprocess.run([str(script), str(packed), str(out), "network=mbf_s1", "batch_size=3", "max_steps=1",
+                           "workers=0"], env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {"model.onnx", "model-symbol.json", "model-0000.params"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+    usage = subprocess.run([str(script), str(packed)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
