@@ -108,7 +108,7 @@ class ShardSampler(gluon.data.Sampler):
     from ``rank``, the first ``skip`` left out (to resume mid-epoch)."""
 
     def __init__(self, data: RecognitionDataset, seed: int, epoch: int, rank: int, num_workers: int, skip: int):
-        self.data, self.seed, self.epoch, self.skip = data, seed * 100003 + epoch, epoch, skip
+        self.data, self.seed, self.skip = data, seed * 100003 + epoch, skip
         self.rank, self.num_workers = rank, num_workers
 
     def __len__(self) -> int:
@@ -219,8 +219,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
                 window_loss = window_correct = window_seen = 0.0
                 tic = time.perf_counter()
             meta = {"batch": index + 1, "lr": lr}
-            if place.chief:
-                checkpoints.exit_if_stopping(model, trainer, step, epoch, **meta)
+            checkpoints.exit_if_stopping(model, trainer, step, epoch, **meta)
             if checkpoints.due(step):
                 save(model, trainer, step, epoch, **meta)
         if epoch_seen:

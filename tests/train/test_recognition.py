@@ -13,7 +13,6 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
-from jobs.contract import JobEnv  # noqa: E402
 from jobs.errors import DataError, SpecError  # noqa: E402
 from train import recognition  # noqa: E402
 from train.backbones import BACKBONES, get_model  # noqa: E402
