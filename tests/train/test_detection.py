@@ -127,7 +127,7 @@ def run_entry(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Pope
 
 def test_seed_script_trains_without_val_and_says_so(teacher_set, tmp_path):
     out = tmp_path / "out"
-    proc = run_entry(["bash", str(REPO / "scripts" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
+    proc = run_entry(["sh", str(REPO / "images" / "bin" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
                       "epochs=1", "image_size=64", "eval_size=64", "batch_size=16", "workers=0"],
                      {"PYTHON": sys.executable})
     output, _ = proc.communicate(timeout=300)
@@ -137,11 +137,11 @@ def test_seed_script_trains_without_val_and_says_so(teacher_set, tmp_path):
     final = json.loads((out / "metrics.json").read_text())["metrics"]
     assert "val_ap50" not in final and final["train_images"] == 96
 
-    proc = run_entry(["bash", str(REPO / "scripts" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
+    proc = run_entry(["sh", str(REPO / "images" / "bin" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
                       "epochs=1", "image_size=100"], {"PYTHON": sys.executable})
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "multiples of 32" in (out / "failure").read_text()
-    proc = run_entry(["bash", str(REPO / "scripts" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
+    proc = run_entry(["sh", str(REPO / "images" / "bin" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
                       "epoch=1"], {"PYTHON": sys.executable})
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "hyperparameters.epoch: unknown key 'epoch' (did you mean 'epochs'?)" in output

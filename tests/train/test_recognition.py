@@ -187,7 +187,7 @@ def test_seed_training_script(packed, tmp_path):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "run_face_recognition_train.sh"
+    script = Path(__file__).resolve().parents[2] / "images" / "bin" / "run_face_recognition_train.sh"
     out = tmp_path / "out"
     done = subprocess.run([str(script), str(packed), str(out), "network=mbf_s1", "batch_size=3", "max_steps=1",
                            "workers=0"], env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
