@@ -22,7 +22,7 @@ from jobs.config import home
 EXCLUDED_DIRS = {".git", "__pycache__", ".venv", "venv", ".pytest_cache", "node_modules", "build", "dist"}
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".swp")
 # The faceops packages a built-in task's entry point needs (`python -m train.recognition`, ...).
-FACEOPS_CODE = ("cli.py", "jobs", "train", "inference", "images", "scripts")
+FACEOPS_CODE = ("cli.py", "jobs", "train", "inference", "images")
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,25 @@ def test_installed_executable(line_fit):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["status"] == "done"
     assert subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout.startswith("faceops, version")
+
+
+def test_instance_count_starts_parameter_server_roles(tmp_path):
+    """Every role gets the DMLC variables; a failing worker fails the job and stops the rest."""
+    script = ("import os, pathlib, sys, time\n"
+              "role = os.environ['DMLC_ROLE']\n"
+              "out = pathlib.Path(os.environ['FACEOPS_MODEL_DIR'])\n"
+              "(out / f'{role}-{os.getpid()}').write_text(os.environ['DMLC_NUM_WORKER'] + ' ' + os.environ['DMLC_PS_ROOT_URI'])\n"
+              "if role == 'worker' and os.environ.get('FAIL'): sys.exit(3)\n"
+              "time.sleep(0.5 if role == 'worker' else 0)\n")
+    (tmp_path / "role.py").write_text(script)
+    (tmp_path / "job.yaml").write_text("name: roles\ntask: custom\nentrypoint: [python, role.py]\n"
+                                       "resources: {instance_count: 2}\n")
+    assert faceops("job", "submit", str(tmp_path / "job.yaml")).exit_code == 0
+    record = Store().get("roles")
+    roles = sorted(p.name.split("-")[0] for p in (workdir(record) / "model").iterdir())
+    assert roles == ["scheduler", "server", "worker", "worker"]
+    assert {p.read_text() for p in (workdir(record) / "model").iterdir()} == {"2 127.0.0.1"}
+
+    (tmp_path / "role.py").write_text("import os\nos.environ['FAIL'] = '1'\n" + script)
+    assert faceops("job", "submit", str(tmp_path / "job.yaml")).exit_code == 1
+    assert Store().get("roles")["failure_reason"].startswith("exit code 3")

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from jobs.backends import Backend, ContainerJob, Launch, Runtime, get_runtime
 from jobs.contract import Contract, final_metrics
@@ -59,6 +62,53 @@ class ProcessRuntime(Runtime):
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+class ParameterServerRuntime(Runtime):
+    """``instance_count > 1`` on one machine: MXNet's own ``dist_sync`` roles (one scheduler, one
+    server, N workers) as separate runtimes of the job's kind, told their roles and the scheduler's
+    loopback address by the ``DMLC_*`` variables, as a cluster launcher would. The job succeeds when
+    every role exits 0; the first failure stops the others."""
+
+    def __init__(self, make: Callable[[], Runtime], workers: int) -> None:
+        self.make = make
+        self.workers = workers
+        self.members: list[tuple[str, Runtime]] = []
+
+    def start(self, job: ContainerJob, log: IO[bytes]) -> None:
+        cluster = {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(_free_port()), "DMLC_NUM_SERVER": "1",
+                   "DMLC_NUM_WORKER": str(self.workers), "DMLC_NODE_HOST": "127.0.0.1"}
+        for role, count in (("scheduler", 1), ("server", 1), ("worker", self.workers)):
+            for _ in range(count):
+                member = self.make()
+                member.start(replace(job, env={**job.env, **cluster, "DMLC_ROLE": role}), log)
+                self.members.append((role, member))
+
+    def wait(self) -> int:
+        results: queue.Queue[int] = queue.Queue()
+        for _, member in self.members:
+            threading.Thread(target=lambda m=member: results.put(m.wait()), daemon=True).start()
+        worst = 0
+        for _ in self.members:
+            code = results.get()
+            if code != 0 and worst == 0:
+                worst = code
+                self.terminate()
+        return worst
+
+    def terminate(self) -> None:
+        for _, member in self.members:
+            member.terminate()
+
+    def kill(self) -> None:
+        for _, member in self.members:
+            member.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class LocalBackend(Backend):
@@ -252,7 +302,9 @@ class Supervisor:
         if self.record["status"] != "running":
             self._advance("running")
         self.contract.failure_file.unlink(missing_ok=True)
-        self.runtime = get_runtime(spec["runtime"])
+        count = spec["resources"].get("instance_count") or 1
+        self.runtime = (ParameterServerRuntime(lambda: get_runtime(spec["runtime"]), count) if count > 1
+                        else get_runtime(spec["runtime"]))
         job = ContainerJob(argv=_argv(spec), contract=self.contract, env={}, image=spec.get("image"))
         self.runtime.start(job, self.log)
         if self.stopping.is_set():

@@ -211,3 +211,17 @@ def test_dist_sync_two_workers_one_server(lfw_split, tmp_path):
     assert metric_steps(tmp_path / chief / "metrics.jsonl") == [1, 2, 3]
     assert not (tmp_path / other / "metrics.jsonl").exists()
     assert (tmp_path / chief / "model" / "model.onnx").exists()
+
+
+def test_instance_count_two_runs_dist_sync_on_the_local_backend(lfw_split):
+    """`resources.instance_count: 2` on the local backend: the supervisor starts MXNet's scheduler,
+    a server and two workers; rank 0 reports metrics and exports the model."""
+    packed, _ = lfw_split
+    result = CliRunner().invoke(main, ["job", "submit", str(EXAMPLE), "--set", f"inputs.train={packed}",
+                                       "--set", "resources.instance_count=2", "--set", "batch_size=7",
+                                       "--set", "max_steps=3", "--set", "workers=0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "worker 0 of 2" in result.output and "worker 1 of 2" in result.output
+    record = Store().get("recog-mbf")
+    assert record["status"] == "done" and record["metrics"]["step"] == 3
+    assert (workdir(record) / "model" / "model.onnx").exists()
