@@ -11,7 +11,12 @@ Ratio = baseline time to first batch (download included) / streaming time to fir
 ``epoch_throughput`` = local epoch time (after the download) / streaming epoch time; goal 0.9.
 Each figure is the best of --rounds alternating runs (the machine is shared). Raw record reads
 without JPEG decoding are timed too (``raw_read_throughput``).
-Run: .venv/bin/python benchmarks/recordio_stream.py [--mb 520] [--batch 128]
+
+Loopback moves hundreds of MB/s with no latency, which no object store gives a training machine,
+so by default both ways read through a proxy that caps the server-to-client rate at --link-mbps
+(1000 Mbit/s: a 1 Gbit/s link). ``--link-mbps 0`` reads loopback directly; the JSON reports the
+link used.
+Run: .venv/bin/python benchmarks/recordio_stream.py [--mb 520] [--batch 128] [--link-mbps 1000]
 """
 from __future__ import annotations
 
@@ -20,9 +25,11 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,6 +80,56 @@ def start_s3(root: Path) -> tuple[S3Server, subprocess.Popen, list[int], Any]:
     return server, proc, grpc, log
 
 
+class LinkProxy:
+    """A TCP proxy on loopback whose server-to-client direction is capped at ``bytes_per_s``
+    (one shared budget for every connection, like one network link)."""
+
+    def __init__(self, upstream_port: int, bytes_per_s: float) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.rate = bytes_per_s
+        self.lock = threading.Lock()
+        self.next_free = time.perf_counter()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _wait_for_link(self, size: int) -> None:
+        """Reserve the link for ``size`` bytes after what is already queued, and sleep until then."""
+        with self.lock:
+            now = time.perf_counter()
+            self.next_free = max(now, self.next_free) + size / self.rate
+            until = self.next_free
+        time.sleep(max(0.0, until - now))
+
+    def _pump(self, source: socket.socket, sink: socket.socket, throttled: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if throttled:
+                    self._wait_for_link(len(chunk))
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def epoch(uri: str, batch: int, start: float) -> tuple[float, float, int]:
     """Open the dataset at ``uri`` and run one shuffled epoch through a DataLoader: seconds from
     ``start`` to the first batch and to the end, and the number of samples."""
@@ -106,6 +163,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="epochs of each kind, alternating; best is kept")
     parser.add_argument("--photos", type=Path, default=LFW10, help="folder of identity folders of photos")
+    parser.add_argument("--link-mbps", type=float, default=1000, help="link rate cap in Mbit/s (0: raw loopback)")
     args = parser.parse_args()
     photos = sorted(args.photos.glob("*/*.jpg"))
     with tempfile.TemporaryDirectory(prefix="faceops-bench-") as tmp:
@@ -114,11 +172,17 @@ def main() -> None:
         images, identities, _, _ = write_recognition(tmp / "pack", samples(photos, args.mb * 1024 * 1024))
         rec_bytes = (tmp / "pack" / "train.rec").stat().st_size
         server, proc, grpc, log = start_s3(tmp / "s3")
+        proxy, link = None, "loopback"
         try:
             server.client().create_bucket(Bucket="bench")
             uri = "s3://bench/recognition_train_data/"
             storage.upload(tmp / "pack", uri, progress=False)
-            print(f"{images} images of {identities} identities, train.rec {rec_bytes / 2**20:.0f} MiB on {server.endpoint}")
+            if args.link_mbps > 0:
+                proxy = LinkProxy(int(server.endpoint.rsplit(":", 1)[1]), args.link_mbps * 1e6 / 8)
+                os.environ["FACEOPS_S3_ENDPOINT"] = f"http://127.0.0.1:{proxy.port}"
+                link = f"{args.link_mbps:g} Mbit/s"
+            print(f"{images} images of {identities} identities, train.rec {rec_bytes / 2**20:.0f} MiB, "
+                  f"read over a {link} link")
 
             stream, local = [], []
             for round_ in range(args.rounds):
@@ -137,6 +201,8 @@ def main() -> None:
             print(f"raw read : stream {raw_stream:.1f} s ({rec_bytes / 2**20 / raw_stream:.0f} MiB/s), "
                   f"local {raw_local:.1f} s ({rec_bytes / 2**20 / raw_local:.0f} MiB/s)")
         finally:
+            if proxy:
+                proxy.close()
             stop(proc)
             log.close()
             remove_grpc_sockets(grpc)
@@ -149,7 +215,7 @@ def main() -> None:
         "raw_read_throughput": round(raw_local / raw_stream, 3),
         "first_batch_s": {"stream": round(stream_first, 3), "download_then_read": round(local_first, 3)},
         "epoch_s": {"stream": round(stream_epoch, 1), "local_read": round(local_read, 1), "download": round(downloaded, 1)},
-        "rec_mib": round(rec_bytes / 2**20), "images": images, "batch": args.batch, "rounds": args.rounds,
+        "link": link, "rec_mib": round(rec_bytes / 2**20), "images": images, "batch": args.batch, "rounds": args.rounds,
     }))
 
 if __name__ == "__main__":
