@@ -25,11 +25,9 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs import storage  # noqa: E402
-from tests.conftest import (LFW10, S3Server, free_port, remove_grpc_sockets, stop, wait_until_writable,  # noqa: E402
+from tests.conftest import (LFW10, LoopbackProxy, S3Server, free_port, remove_grpc_sockets, stop, wait_until_writable,  # noqa: E402
                             weed_binary, weed_command)
 from train.recordio import Sample, write_recognition  # noqa: E402
 
@@ -78,56 +76,6 @@ def start_s3(root: Path) -> tuple[S3Server, subprocess.Popen, list[int], Any]:
     os.environ.update(FACEOPS_S3_ENDPOINT=server.endpoint, AWS_ACCESS_KEY_ID=server.access_key,
                       AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION=server.region)
     return server, proc, grpc, log
-
-
-class LinkProxy:
-    """A TCP proxy on loopback whose server-to-client direction is capped at ``bytes_per_s``
-    (one shared budget for every connection, like one network link)."""
-
-    def __init__(self, upstream_port: int, bytes_per_s: float) -> None:
-        self.upstream = ("127.0.0.1", upstream_port)
-        self.rate = bytes_per_s
-        self.lock = threading.Lock()
-        self.next_free = time.perf_counter()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
-
-    def _wait_for_link(self, size: int) -> None:
-        """Reserve the link for ``size`` bytes after what is already queued, and sleep until then."""
-        with self.lock:
-            now = time.perf_counter()
-            self.next_free = max(now, self.next_free) + size / self.rate
-            until = self.next_free
-        time.sleep(max(0.0, until - now))
-
-    def _pump(self, source: socket.socket, sink: socket.socket, throttled: bool) -> None:
-        try:
-            while chunk := source.recv(65536):
-                if throttled:
-                    self._wait_for_link(len(chunk))
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def epoch(uri: str, batch: int, start: float) -> tuple[float, float, int]:
@@ -178,8 +126,8 @@ def main() -> None:
             uri = "s3://bench/recognition_train_data/"
             storage.upload(tmp / "pack", uri, progress=False)
             if args.link_mbps > 0:
-                proxy = LinkProxy(int(server.endpoint.rsplit(":", 1)[1]), args.link_mbps * 1e6 / 8)
-                os.environ["FACEOPS_S3_ENDPOINT"] = f"http://127.0.0.1:{proxy.port}"
+                proxy = LoopbackProxy(server.endpoint, bytes_per_s=args.link_mbps * 1e6 / 8)
+                os.environ["FACEOPS_S3_ENDPOINT"] = proxy.endpoint
                 link = f"{args.link_mbps:g} Mbit/s"
             print(f"{images} images of {identities} identities, train.rec {rec_bytes / 2**20:.0f} MiB, "
                   f"read over a {link} link")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -362,3 +363,60 @@ def docker_env(docker_engine, tmp_path, monkeypatch) -> DockerEngine:
     monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     return docker_engine
+
+
+class LoopbackProxy:
+    """A real TCP proxy on loopback in front of a server (S3 here), standing in for the network:
+    ``cut_first`` cuts the first connection's response after that many bytes, the way a flaky link
+    breaks a long ranged GET; ``bytes_per_s`` caps the server-to-client rate of all connections
+    together, like one link of that speed."""
+
+    def __init__(self, target: str, cut_first: int | None = None, bytes_per_s: float | None = None):
+        host, port = target.removeprefix("http://").split(":")
+        self.target, self.cut_first, self.rate, self.connections = (host, int(port)), cut_first, bytes_per_s, 0
+        self.lock = threading.Lock()
+        self.next_free = time.perf_counter()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(self.target)
+            limit = self.cut_first if self.connections == 1 else None
+            threading.Thread(target=self._pipe, args=(client, upstream, None, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, limit, True), daemon=True).start()
+
+    def _wait_for_link(self, size: int) -> None:
+        """Reserve the link for ``size`` bytes after what is already queued and sleep until then."""
+        with self.lock:
+            now = time.perf_counter()
+            self.next_free = max(now, self.next_free) + size / self.rate
+            until = self.next_free
+        time.sleep(max(0.0, until - now))
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, limit: int | None, downstream: bool) -> None:
+        sent = 0
+        try:
+            while (data := src.recv(65536)) and (limit is None or sent < limit):
+                data = data if limit is None else data[:limit - sent]
+                if downstream and self.rate:
+                    self._wait_for_link(len(data))
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()

@@ -4,14 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 
 from jobs import storage
 from jobs.errors import NotFoundError, StorageError
+from tests.conftest import LoopbackProxy
 
 MIB = 1024 * 1024
 
@@ -257,54 +256,10 @@ def test_progress_bar_only_for_big_transfers(tmp_path, capsys):
     assert (tmp_path / "copy1.bin").read_bytes() == big.read_bytes()
 
 
-class CuttingProxy:
-    """A real loopback TCP proxy to the S3 server that cuts its first connection's response after
-    ``cut`` bytes, the way a flaky network breaks a long ranged GET mid-body."""
-
-    def __init__(self, target: str, cut: int):
-        host, port = target.removeprefix("http://").split(":")
-        self.target, self.cut, self.connections = (host, int(port)), cut, 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            upstream = socket.create_connection(self.target)
-            limit = self.cut if self.connections == 1 else None
-            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        sent = 0
-        try:
-            while (data := src.recv(65536)) and (limit is None or sent < limit):
-                data = data if limit is None else data[:limit - sent]
-                dst.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_read_range_refetches_a_range_that_broke_off(s3_bucket, s3_env, monkeypatch):
     data = os.urandom(300_000)
     storage.write_bytes(f"s3://{s3_bucket}/stream.rec", data)
-    proxy = CuttingProxy(s3_env.endpoint, cut=5000)
+    proxy = LoopbackProxy(s3_env.endpoint, cut_first=5000)
     try:
         monkeypatch.setenv("FACEOPS_S3_ENDPOINT", proxy.endpoint)
         assert storage.read_range(f"s3://{s3_bucket}/stream.rec", 1000, 250_000) == data[1000:251_000]
