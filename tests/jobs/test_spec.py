@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,11 @@ def test_set_paths_are_relative_to_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = load_spec(write(spec_dir, GOOD), ["inputs.train=mydata", "outputs.model=s3://b/m/"])
     assert spec.inputs["train"] == str(tmp_path / "mydata") and spec.outputs["model"] == "s3://b/m/"
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_spec_is_valid(example):
+    """The shipped examples validate against their tasks' schemas (they are what users copy)."""
+    spec = load_spec(example)
+    assert spec.task in ("custom", "detection", "recognition", "gallery", "identify")
