@@ -225,3 +225,46 @@ def test_instance_count_two_runs_dist_sync_on_the_local_backend(lfw_split):
     record = Store().get("recog-mbf")
     assert record["status"] == "done" and record["metrics"]["step"] == 3
     assert (workdir(record) / "model" / "model.onnx").exists()
+
+
+def test_two_sagemaker_nodes_train_with_dist_sync(lfw_split, tmp_path):
+    """The cloud bootstrap on a two-node SageMaker layout (two containers, run here as two
+    processes with their own /opt/ml): host 1 starts the scheduler, each host a server, and the
+    workers train together; only rank 0 exports."""
+    from jobs.bundle import FACEOPS_CODE, build_bundle, faceops_root
+
+    packed, _ = lfw_split
+    bundle = build_bundle(faceops_root(), [n for n in FACEOPS_CODE if (faceops_root() / n).exists()], store=False)
+    hosts = ["localhost", "127.0.0.1"]  # two names for this machine, one per simulated container
+    port = str(free_port())
+    procs = {}
+    for host in hosts:
+        root = tmp_path / host
+        config = root / "input" / "config"
+        config.mkdir(parents=True)
+        config.joinpath("hyperparameters.json").write_text(json.dumps(
+            {"network": '"mbf_s1"', "batch_size": "7", "workers": "0", "max_steps": "3", "log_every": "1"}))
+        config.joinpath("inputdataconfig.json").write_text(json.dumps({"train": {}, "faceops-code": {}}))
+        config.joinpath("resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": hosts}))
+        (root / "input" / "data").mkdir(parents=True)
+        (root / "input" / "data" / "train").symlink_to(packed)
+        (root / "input" / "data" / "faceops-code").mkdir()
+        (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "DMLC_"))}
+        env.update(FACEOPS_OPT_ML=str(root), FACEOPS_PS_PORT=port, PS_VERBOSE="0")
+        procs[host] = subprocess.Popen([sys.executable, str(ROOT / "images" / "bin" / "faceops-cloud-bootstrap"),
+                                        "sagemaker-training", "python", "-m", "train.recognition"],
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outputs = {}
+    try:
+        for host, proc in procs.items():
+            outputs[host] = proc.communicate(timeout=120)[0]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    assert all(proc.returncode == 0 for proc in procs.values()), outputs
+    assert sorted(out.split("worker ", 1)[1].split(" of 2")[0] for out in outputs.values()) == ["0", "1"], outputs
+    exported = [host for host in hosts if (tmp_path / host / "model" / "model.onnx").exists()]
+    assert len(exported) == 1
+    assert metric_steps(tmp_path / exported[0] / "output" / "data" / "metrics.jsonl") == [1, 2, 3]
