@@ -141,6 +141,9 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
     }
     if res.get("retries"):
         request["RetryStrategy"] = {"MaximumRetryAttempts": res["retries"] + 1}
+    if (res.get("instance_count") or 1) > 1:
+        # The bootstrap then starts MXNet's dist_sync roles across the hosts SageMaker lists.
+        request["Environment"] = {"FACEOPS_PARAMETER_SERVER": "1"}
     return request
 
 

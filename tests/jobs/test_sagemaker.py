@@ -119,6 +119,7 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(sagemaker, train_s
     assert request["CheckpointConfig"] == {"S3Uri": f"s3://{s3_bucket}/faceops/checkpoints/recog-cloud/v1/",
                                            "LocalPath": "/opt/ml/checkpoints"}
     assert request["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert request["Environment"] == {"FACEOPS_PARAMETER_SERVER": "1"}  # two instances: dist_sync roles
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
         "faceops:job": "recog-cloud", "faceops:version": "1", "faceops:code": code_hash[:12]}
     assert sagemaker.extras.requests == [] and Store().list() == []

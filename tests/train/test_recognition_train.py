@@ -251,7 +251,7 @@ def test_two_sagemaker_nodes_train_with_dist_sync(lfw_split, tmp_path):
         (root / "input" / "data" / "faceops-code").mkdir()
         (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "DMLC_"))}
-        env.update(FACEOPS_OPT_ML=str(root), FACEOPS_PS_PORT=port, PS_VERBOSE="0")
+        env.update(FACEOPS_OPT_ML=str(root), FACEOPS_PS_PORT=port, FACEOPS_PARAMETER_SERVER="1", PS_VERBOSE="0")
         procs[host] = subprocess.Popen([sys.executable, str(ROOT / "images" / "bin" / "faceops-cloud-bootstrap"),
                                         "sagemaker-training", "python", "-m", "train.recognition"],
                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
