@@ -156,6 +156,20 @@ def metric_steps(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if '"step"' in line]
 
 
+def finish_all(procs: dict[str, subprocess.Popen], timeout: float) -> dict[str, str]:
+    """Every process's output once all have ended (stragglers are killed); all must exit 0."""
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name] = proc.communicate(timeout=timeout)[0]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    assert all(proc.returncode == 0 for proc in procs.values()), outputs
+    return outputs
+
+
 def test_sigterm_checkpoints_and_restart_resumes(lfw_split, tmp_path):
     packed, _ = lfw_split
     env = contract_env(tmp_path, packed)
@@ -194,15 +208,7 @@ def test_dist_sync_two_workers_one_server(lfw_split, tmp_path):
             procs[f"{role}{i}"] = subprocess.Popen([sys.executable, "-m", "train.recognition", *SMALL, "max_steps=3"],
                                                    env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                                    stderr=subprocess.STDOUT, text=True)
-    outputs = {}
-    try:
-        for name, proc in procs.items():
-            outputs[name] = proc.communicate(timeout=240)[0]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-    assert all(proc.returncode == 0 for proc in procs.values()), outputs
+    outputs = finish_all(procs, timeout=240)
     # The scheduler hands out ranks; only rank 0 writes metrics and the model.
     ranks = {name: out.split("worker ", 1)[1].split(" of 2")[0] for name, out in outputs.items() if name.startswith("worker")}
     assert sorted(ranks.values()) == ["0", "1"], outputs
@@ -255,15 +261,7 @@ def test_two_sagemaker_nodes_train_with_dist_sync(lfw_split, tmp_path):
         procs[host] = subprocess.Popen([sys.executable, str(ROOT / "images" / "bin" / "faceops-cloud-bootstrap"),
                                         "sagemaker-training", "python", "-m", "train.recognition"],
                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    outputs = {}
-    try:
-        for host, proc in procs.items():
-            outputs[host] = proc.communicate(timeout=120)[0]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-    assert all(proc.returncode == 0 for proc in procs.values()), outputs
+    outputs = finish_all(procs, timeout=120)
     assert sorted(out.split("worker ", 1)[1].split(" of 2")[0] for out in outputs.values()) == ["0", "1"], outputs
     exported = [host for host in hosts if (tmp_path / host / "model" / "model.onnx").exists()]
     assert len(exported) == 1
