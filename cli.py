@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from jobs.errors import FaceopsError
+from jobs.core.errors import FaceopsError
 
 __version__ = "0.1.0"
 

@@ -30,7 +30,7 @@ setup(
     },
     entry_points={
         "console_scripts": ["faceops = cli:main"],
-        # Tasks register here (name = module:TASK); jobs.tasks loads them lazily.
+        # Tasks register here (name = module:TASK); jobs.core.tasks loads them lazily.
         "faceops.tasks": [
             "gallery = inference.tasks:GALLERY",
             "identify = inference.tasks:IDENTIFY",

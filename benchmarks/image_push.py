@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from images import login, push  # noqa: E402
 from images.build import build  # noqa: E402
-from jobs.bundle import FACEOPS_CODE, build_bundle, extract_bundle  # noqa: E402
+from jobs.core.bundle import FACEOPS_CODE, build_bundle, extract_bundle  # noqa: E402
 from tests.conftest import busybox_rootfs, import_image, running_docker_engine, running_registry  # noqa: E402
 
-CHANGED_FILE = "jobs/contract.py"
+CHANGED_FILE = "jobs/core/contract.py"
 LAYOUTS = {
     "naive": ("ARG BASE\nFROM ${BASE}\nCOPY code/ /opt/ml/code/\nARG DEPS_URL\n"
               "RUN mkdir -p /opt/venv && wget -qO- \"$DEPS_URL\" | tar -x -C /opt/venv\n"),

@@ -24,7 +24,7 @@ LFW10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw10"
 
 def ours(packed: Path, work: Path, network: str, batch: int, steps: int) -> float:
     """Samples/s of the second window of ``steps`` steps of the real training loop."""
-    from jobs.contract import JobEnv
+    from jobs.core.contract import JobEnv
     from train import recognition_loop
     from train.config import resolve
 

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs import storage  # noqa: E402
+from jobs.core import storage  # noqa: E402
 from tests.conftest import (LFW10, LoopbackProxy, S3Server, free_port, remove_grpc_sockets, stop, wait_until_writable,  # noqa: E402
                             weed_binary, weed_command)
 from train.recordio import Sample, write_recognition  # noqa: E402

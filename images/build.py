@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from jobs.errors import FaceopsError
+from jobs.core.errors import FaceopsError
 
 IMAGES_DIR = Path(__file__).resolve().parent
 TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
@@ -49,7 +49,7 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
           echo: Callable[[str], None] = print, verbose: bool = False) -> BuildResult:
     """Build the faceops ``target`` (``gpu`` or ``cpu``) or a user's ``dockerfile`` (its folder is
     the context). ``base`` overrides the ``BASE`` build argument (the image to build FROM)."""
-    from jobs.bundle import build_bundle
+    from jobs.core.bundle import build_bundle
 
     from images.engine import client as engine
 

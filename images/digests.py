@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from images.registry import split_ref
-from jobs.config import home
+from jobs.core.config import home
 
 FILE_NAME = "image-digests.json"
 
@@ -33,7 +33,7 @@ def load() -> dict[str, dict]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
-        from jobs.errors import FaceopsError
+        from jobs.core.errors import FaceopsError
 
         raise FaceopsError(f"{path}: not valid JSON; delete it and push the images again") from None
     return data if isinstance(data, dict) else {}

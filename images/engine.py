@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from jobs.errors import FaceopsError
+from jobs.core.errors import FaceopsError
 
 START_HINT = ("start one with `sudo systemctl start docker` (or `sudo dockerd &`), "
               "or point DOCKER_HOST at a running engine")

@@ -9,7 +9,7 @@ from typing import Callable
 
 from images import digests
 from images.registry import RegistryError, is_denied, repo_and_tag, retrying, split_ref
-from jobs.errors import NotFoundError
+from jobs.core.errors import NotFoundError
 
 
 @dataclass

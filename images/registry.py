@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable, TypeVar
 
-from jobs.errors import FaceopsError
+from jobs.core.errors import FaceopsError
 
 T = TypeVar("T")
 

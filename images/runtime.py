@@ -15,8 +15,8 @@ import threading
 from typing import IO
 
 from jobs.backends import ContainerJob, Runtime
-from jobs.contract import CONTAINER_ROOT, Contract
-from jobs.errors import SpecError
+from jobs.core.contract import CONTAINER_ROOT, Contract
+from jobs.core.errors import SpecError
 
 LABEL = "org.faceops.job"
 

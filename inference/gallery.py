@@ -29,7 +29,7 @@ import numpy as np
 from inference import faces as facelib
 from inference.models import Models, load_models
 from inference.sources import ImageItem, list_images, local
-from jobs.errors import DataError, NotFoundError
+from jobs.core.errors import DataError, NotFoundError
 
 FORMAT = "faceops-gallery"
 FORMAT_VERSION = 1
@@ -281,8 +281,8 @@ def save(gallery: Gallery, path: str | Path) -> Path:
 
 def publish(gallery: Gallery, out: str | Path) -> None:
     """Save to a local folder, or to an object-storage prefix (written locally, then uploaded
-    through jobs.storage, whose manifest-last upload keeps readers from seeing half a gallery)."""
-    from jobs import storage
+    through jobs.core.storage, whose manifest-last upload keeps readers from seeing half a gallery)."""
+    from jobs.core import storage
 
     if not storage.is_remote(out):
         save(gallery, storage.parse(out).path)

@@ -19,7 +19,7 @@ from inference import faces as facelib
 from inference import gallery as gallerylib
 from inference.models import Models, load_models
 from inference.sources import ImageItem, list_images, local, read_truth
-from jobs.errors import DataError
+from jobs.core.errors import DataError
 
 UNKNOWN = "unknown"
 CSV_FIELDS = ["image", "face", "status", "person", "similarity", "x1", "y1", "x2", "y2", "det_score",

@@ -1,6 +1,6 @@
 """Entry point of the ``gallery`` and ``identify`` jobs: ``python -m inference.job gallery|identify``.
 
-Reads the container contract (jobs.contract.from_env), runs the library function on the staged
+Reads the container contract (jobs.core.contract.from_env), runs the library function on the staged
 channel folders, writes into the output folders (the backend uploads them) and logs the summary's
 numbers as metrics, so ``faceops job diff`` compares versions by rank-1, TAR@FAR and speed.
 """
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from jobs.contract import JobEnv, from_env, log_metrics, write_failure
-from jobs.errors import DataError, FaceopsError
+from jobs.core.contract import JobEnv, from_env, log_metrics, write_failure
+from jobs.core.errors import DataError, FaceopsError
 
 DETECTION_KEYS = ("det_size", "det_thresh", "batch_size", "workers")
 

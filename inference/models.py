@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from jobs.errors import DataError, NotFoundError
+from jobs.core.errors import DataError, NotFoundError
 
 # insightface routes these square inputs to its landmark and attribute models, not to a recognizer.
 NOT_RECOGNIZER_SIDES = (96, 192)

@@ -1,6 +1,6 @@
 """Where the images come from: a folder (one sub-folder per person when labels are wanted), a CSV of
 ``path,person`` rows, a text list of paths, or an object-storage prefix (fetched through
-jobs.storage into a temporary folder first, then read like a folder).
+jobs.core.storage into a temporary folder first, then read like a folder).
 
 Every listed file becomes an :class:`ImageItem`; files that cannot be images by their extension
 are counted (never silently dropped) and bad images are reported later, one row each.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from jobs.errors import DataError, NotFoundError
+from jobs.core.errors import DataError, NotFoundError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif"}
 LIST_EXTENSIONS = {".txt", ".lst"}
@@ -40,8 +40,8 @@ class Listing:
 @contextmanager
 def local(source: str | Path) -> Iterator[Path]:
     """A local path for ``source``: plain paths and ``file://`` as they are, object-storage URIs
-    (``s3://bucket/prefix/``) downloaded through jobs.storage into a folder removed afterwards."""
-    from jobs import storage
+    (``s3://bucket/prefix/``) downloaded through jobs.core.storage into a folder removed afterwards."""
+    from jobs.core import storage
 
     if not storage.is_remote(source):
         yield storage.parse(source).path

@@ -7,7 +7,7 @@ Outputs: ``database`` (gallery) and ``report`` (identify). Imports nothing heavy
 """
 from __future__ import annotations
 
-from jobs.tasks import Param, Task
+from jobs.core.tasks import Param, Task
 
 DETECTION = {
     "det_size": Param("int", 640, "largest detector input side; smaller photos are not upscaled", min=32, max=4096),

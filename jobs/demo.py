@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from jobs.bundle import faceops_root
+from jobs.core.bundle import faceops_root
 
 SOURCE_PICTURES = ("players.jpg", "gdp.jpg", "yaoming.jpg")
 VIEWS = 8  # photos per person: 0-2 gallery, 0-5 training, 6-7 probes
@@ -26,7 +26,7 @@ def examples() -> Path:
     """The examples folder of the source checkout the demo runs from."""
     path = faceops_root() / "examples"
     if not path.is_dir():
-        from jobs.errors import NotFoundError
+        from jobs.core.errors import NotFoundError
 
         raise NotFoundError(f"examples not found at {path}; run the demo from a faceops source checkout")
     return path

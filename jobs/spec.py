@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import SpecError
-from jobs.tasks import Param, Task, get_task, parse_untyped, unknown_key_message
+from jobs.core.errors import SpecError
+from jobs.core.tasks import Param, Task, get_task, parse_untyped, unknown_key_message
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")

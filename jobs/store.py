@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from jobs.config import home
-from jobs.errors import FaceopsError, NotFoundError
+from jobs.core.config import home
+from jobs.core.errors import FaceopsError, NotFoundError
 
 TERMINAL = ("done", "failed", "stopped")
 STATUSES = ("queued", "staging", "running", "uploading", *TERMINAL)

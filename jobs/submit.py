@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from jobs.backends import Launch, get_backend
-from jobs.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, stored_bundle
-from jobs.errors import NotFoundError
+from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, stored_bundle
+from jobs.core.errors import NotFoundError
 from jobs.spec import JobSpec, validate
 from jobs.store import TERMINAL, RecordFrozen, Store, new_record, workdir
 
@@ -97,7 +97,7 @@ def stop(record: dict[str, Any], grace: float) -> dict[str, Any]:
 
 def _describe_input(uri: str) -> dict[str, Any]:
     """URI, size and ETag of an input; NotFoundError/StorageError when it cannot be read."""
-    from jobs import storage
+    from jobs.core import storage
 
     info = storage.stat(uri)
     return {"uri": uri, "size": info.size, "etag": info.etag}

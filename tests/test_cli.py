@@ -147,7 +147,7 @@ def test_unknown_version_exits_2(line_fit):
 
 
 def test_s3_inputs_and_outputs(line_fit, s3_bucket, s3_env):
-    from jobs import storage
+    from jobs.core import storage
 
     storage.upload(line_fit.parent / "data", f"s3://{s3_bucket}/data/", progress=False)
     result = faceops("job", "submit", str(line_fit), "--set", f"inputs.train=s3://{s3_bucket}/data/",

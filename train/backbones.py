@@ -12,7 +12,7 @@ from typing import Callable
 
 from mxnet.gluon import HybridBlock, nn
 
-from jobs.errors import SpecError
+from jobs.core.errors import SpecError
 
 
 def _bn(**kwargs) -> nn.BatchNorm:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.tasks import Param, Task
+from jobs.core.tasks import Param, Task
 
 NETWORKS = ("r18", "r34", "r50", "r100", "mbf", "mbf_s1")
 LOSSES = ("arcface", "cosface", "combined")
@@ -53,7 +53,7 @@ RECOGNITION = Task(
 def resolve(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """The full configuration: defaults, then ``hyperparameters`` checked against the schema
     (a job's file is already typed; this also guards direct runs of the entry point)."""
-    from jobs.errors import SpecError
+    from jobs.core.errors import SpecError
 
     config = {key: param.default for key, param in PARAMS.items()}
     for key, value in hyperparameters.items():

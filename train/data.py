@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from mxnet import gluon, image, nd
 
-from jobs.errors import DataError
+from jobs.core.errors import DataError
 from train.recordio import (RecordFile, faces_of, locate, property_problems, read_layout, read_property,
                             unpack)
 

@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from jobs.contract import JobEnv, from_env, write_failure
-from jobs.errors import FaceopsError, SpecError
+from jobs.core.contract import JobEnv, from_env, write_failure
+from jobs.core.errors import FaceopsError, SpecError
 
 
 def hyperparameters(env: JobEnv) -> dict[str, Any]:

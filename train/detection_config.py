@@ -7,7 +7,7 @@ Output ``model``: ``model.onnx`` (insightface detector contract), the Gluon symb
 """
 from __future__ import annotations
 
-from jobs.tasks import Param, Task
+from jobs.core.tasks import Param, Task
 
 DETECTION = Task(
     name="detection",

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jobs.errors import DataError, NotFoundError
+from jobs.core.errors import DataError, NotFoundError
 
 # RetinaFace landmark order: left eye, right eye, nose, left mouth corner, right mouth corner.
 FLIP_ORDER = (1, 0, 2, 4, 3)

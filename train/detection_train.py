@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jobs.contract import log_metrics
+from jobs.core.contract import log_metrics
 from train.anchors import anchors_for, assign
 from train.augment import augment
 from train.detection_data import DetectionSplit
@@ -147,7 +147,7 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
     from train.checkpoint import Checkpointer
 
     if hp["image_size"] % 32 or hp["eval_size"] % 32:
-        from jobs.errors import SpecError
+        from jobs.core.errors import SpecError
 
         raise SpecError(f"image_size and eval_size must be multiples of 32 (got {hp['image_size']}, {hp['eval_size']})")
     mx.random.seed(hp["seed"])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mxnet.gluon import HybridBlock
 
-from jobs.errors import SpecError
+from jobs.core.errors import SpecError
 
 
 @dataclass(frozen=True)

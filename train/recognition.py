@@ -15,8 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from jobs import contract
-from jobs.errors import FaceopsError, SpecError
+from jobs.core import contract
+from jobs.core.errors import FaceopsError, SpecError
 from train.config import resolve
 
 

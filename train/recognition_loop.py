@@ -4,7 +4,7 @@ MXNet's own ``dist_sync`` kvstore.
 
 One call, :func:`train`, does a whole job: open the data, build or restore the model, run the
 epochs with checkpoints and metrics, then export the backbone (Gluon + ONNX) and evaluate it on the
-``val`` channel's verification sets. Everything a job writes goes through ``jobs.contract``.
+``val`` channel's verification sets. Everything a job writes goes through ``jobs.core.contract``.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from jobs import storage
-from jobs.contract import JobEnv, log_metrics
-from jobs.errors import DataError, JobFailed
+from jobs.core import storage
+from jobs.core.contract import JobEnv, log_metrics
+from jobs.core.errors import DataError, JobFailed
 from train.backbones import get_model
 from train.checkpoint import Checkpointer
 from train.data import RecognitionDataset

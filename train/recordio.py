@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from jobs import storage
-from jobs.errors import DataError, NotFoundError
+from jobs.core import storage
+from jobs.core.errors import DataError, NotFoundError
 
 STEMS = ("train", "cele")
 MAGIC = 0xCED7230A

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jobs.errors import DataError
+from jobs.core.errors import DataError
 
 THRESHOLDS = np.arange(0, 4, 0.01)
 

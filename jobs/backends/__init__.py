@@ -13,8 +13,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from jobs.contract import Contract
-from jobs.errors import SpecError
+from jobs.core.contract import Contract
+from jobs.core.errors import SpecError
 
 
 @dataclass

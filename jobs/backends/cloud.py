@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from jobs.config import setting
-from jobs.errors import FaceopsError, SpecError
+from jobs.core.config import setting
+from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL, RecordFrozen, Store
 
 CODE_CHANNEL = "faceops-code"
@@ -62,7 +62,7 @@ def remote_name(record: dict[str, Any], limit: int = 63) -> str:
     two state folders, submitting the same job never collide on the service."""
     import socket
 
-    from jobs.config import home
+    from jobs.core.config import home
 
     content = json.dumps([socket.gethostname(), str(home()), record["spec"], record["version"],
                           record["code"].get("hash"), (record.get("image") or {}).get("digest")],
@@ -78,7 +78,7 @@ def staging_uri(section: str, record: dict[str, Any]) -> str:
     configured = setting(section, "staging", (f"FACEOPS_{section.upper()}_STAGING",))
     if configured:
         return str(configured).rstrip("/")
-    from jobs import storage
+    from jobs.core import storage
 
     outputs = record["spec"]["outputs"]
     uri = outputs.get("model") or next(iter(outputs.values()), None)
@@ -91,7 +91,7 @@ def staging_uri(section: str, record: dict[str, Any]) -> str:
 def check_remote_uris(section: str, spec: dict[str, Any]) -> None:
     """Outputs must be on the service's object storage (it writes them there), and the code
     bundle's channel name is taken."""
-    from jobs import storage
+    from jobs.core import storage
 
     for name, uri in spec["outputs"].items():
         if not storage.is_remote(uri):
@@ -105,7 +105,7 @@ def check_remote_uris(section: str, spec: dict[str, Any]) -> None:
 def remote_inputs(record: dict[str, Any], staging: str) -> dict[str, str]:
     """Each input as the service reads it: ``s3://`` URIs as they are; a local file or folder
     at a place under ``staging`` named by its ETag (so an unchanged input is uploaded once)."""
-    from jobs import storage
+    from jobs.core import storage
 
     return {channel: uri if storage.is_remote(uri) else f"{staging}/inputs/{record['inputs'][channel]['etag']}/"
             for channel, uri in record["spec"]["inputs"].items()}
@@ -114,7 +114,7 @@ def remote_inputs(record: dict[str, Any], staging: str) -> dict[str, str]:
 def upload_inputs(record: dict[str, Any], staging: str) -> None:
     """Upload the local inputs to where :func:`remote_inputs` says the service reads them,
     unless a complete copy is already there (a folder's manifest, or the file)."""
-    from jobs import storage
+    from jobs.core import storage
 
     for channel, target in remote_inputs(record, staging).items():
         uri = record["spec"]["inputs"][channel]
@@ -144,7 +144,7 @@ def bundle_folder(staging: str, sha256: str) -> str:
 
 def upload_bundle(bundle: Path, staging: str) -> str:
     """Put the code bundle on object storage unless it is already there; return its folder."""
-    from jobs import storage
+    from jobs.core import storage
 
     sha256 = bundle.name.split(".")[0]
     folder = bundle_folder(staging, sha256)
@@ -278,8 +278,8 @@ def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
     import io
     import tarfile
 
-    from jobs import storage
-    from jobs.contract import final_metrics
+    from jobs.core import storage
+    from jobs.core.contract import final_metrics
 
     if not storage.exists(uri):
         return {}

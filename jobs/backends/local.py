@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from jobs.backends import Backend, ContainerJob, Launch, Runtime, get_runtime
-from jobs.contract import Contract, final_metrics
+from jobs.core.contract import Contract, final_metrics
 from jobs.store import TERMINAL, Store, workdir
 
 DEFAULT_GRACE = 10.0
@@ -186,7 +186,7 @@ class LocalBackend(Backend):
 
 
 def _faceops_pythonpath() -> str:
-    from jobs.bundle import faceops_root
+    from jobs.core.bundle import faceops_root
 
     return os.pathsep.join(p for p in (str(faceops_root()), os.environ.get("PYTHONPATH")) if p)
 
@@ -206,7 +206,7 @@ def _alive(pid: int) -> bool:
 
 
 def _argv(spec: dict[str, Any]) -> list[str]:
-    from jobs.tasks import get_task
+    from jobs.core.tasks import get_task
 
     return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
 
@@ -246,7 +246,7 @@ class Supervisor:
                     self._upload()
                 self._finish(status, reason)
             except Exception as exc:  # noqa: BLE001 - any failure must end as a failed record, with its reason
-                from jobs.errors import FaceopsError
+                from jobs.core.errors import FaceopsError
 
                 reason = str(exc) if isinstance(exc, FaceopsError) else f"{type(exc).__name__}: {exc}"
                 self._say(f"failed: {reason}")
@@ -271,8 +271,8 @@ class Supervisor:
             pass  # stopped before it started: the CLI already closed the record
 
     def _stage(self) -> None:
-        from jobs import storage
-        from jobs.bundle import extract_bundle
+        from jobs.core import storage
+        from jobs.core.bundle import extract_bundle
 
         self.contract.make_dirs()
         extract_bundle(self.bundle, self.contract.code_dir)
@@ -359,7 +359,7 @@ class Supervisor:
             killer.start()
 
     def _upload(self) -> None:
-        from jobs import storage
+        from jobs.core import storage
 
         for name, uri in self.record["spec"]["outputs"].items():
             self._say(f"uploading output {name} to {uri}")

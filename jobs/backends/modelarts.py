@@ -5,7 +5,7 @@ hyperparameters as job parameters (JSON-encoded; ``faceops-cloud-bootstrap`` typ
 
 Settings (config.yaml section ``modelarts``, or the variables Huawei's SDKs read): ak, sk,
 project_id, region; endpoint (default ``https://modelarts.<region>.myhuaweicloud.com``), staging.
-Object storage goes through jobs.storage pointed at OBS (it speaks S3), so specs use ``s3://``
+Object storage goes through jobs.core.storage pointed at OBS (it speaks S3), so specs use ``s3://``
 URIs; the API gets them as OBS paths (``/bucket/key``). AK/SK are never printed or stored.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Iterator
 from jobs.backends import Backend, Launch
 from jobs.backends import cloud
 from jobs.backends.cloud import BOOTSTRAP, CODE_CHANNEL, CloudError, Setting
-from jobs.config import setting
-from jobs.errors import FaceopsError, SpecError
+from jobs.core.config import setting
+from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL
 
 AK = Setting("modelarts", "ak", ("HUAWEICLOUD_SDK_AK",), "access key (AK)")
@@ -36,7 +36,7 @@ PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Term
 
 def obs_path(uri: str) -> str:
     """``s3://bucket/key`` -> ``/bucket/key``, the OBS path form training jobs take."""
-    from jobs import storage
+    from jobs.core import storage
 
     loc = storage.parse(uri)
     return f"/{loc.bucket}/{loc.key}"
@@ -48,7 +48,7 @@ def _is_swr(host: str) -> bool:
 
 
 def _argv(spec: dict[str, Any]) -> list[str]:
-    from jobs.tasks import get_task
+    from jobs.core.tasks import get_task
 
     return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
 

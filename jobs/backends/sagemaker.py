@@ -16,8 +16,8 @@ from typing import Any, Iterator
 from jobs.backends import Backend, Launch
 from jobs.backends import cloud
 from jobs.backends.cloud import BOOTSTRAP, CODE_CHANNEL, CloudError, Setting
-from jobs.config import setting
-from jobs.errors import FaceopsError, SpecError
+from jobs.core.config import setting
+from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL
 
 REGION = Setting("sagemaker", "region", ("FACEOPS_SAGEMAKER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), "AWS region")
@@ -56,7 +56,7 @@ def client(service: str = "sagemaker"):
 
 
 def is_training(record: dict[str, Any]) -> bool:
-    from jobs.tasks import get_task
+    from jobs.core.tasks import get_task
 
     return get_task(record["spec"]["task"]).kind == "training"
 
@@ -72,7 +72,7 @@ def _is_ecr(host: str) -> bool:
 
 
 def _argv(spec: dict[str, Any]) -> list[str]:
-    from jobs.tasks import get_task
+    from jobs.core.tasks import get_task
 
     return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
 
@@ -255,7 +255,7 @@ class SageMakerBackend(Backend):
             raise
 
     def _start(self, launch: Launch) -> dict[str, Any]:
-        from jobs import storage
+        from jobs.core import storage
 
         record = launch.record
         staging = cloud.staging_uri("sagemaker", record)

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from jobs.backends import ContainerJob, get_runtime
-from jobs.contract import Contract
-from jobs.errors import SpecError
+from jobs.core.contract import Contract
+from jobs.core.errors import SpecError
 
 READ_AND_WRITE = (
     'cat "$FACEOPS_CHANNEL_TRAIN/names.txt" > "$FACEOPS_MODEL_DIR/copied.txt" && '

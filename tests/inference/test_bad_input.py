@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from inference import gallery as gallerylib
 from inference.identify import identify
 from inference.models import load_models, model_role, resolve
-from jobs.errors import DataError, NotFoundError
+from jobs.core.errors import DataError, NotFoundError
 
 
 @pytest.fixture

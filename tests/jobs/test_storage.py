@@ -1,4 +1,4 @@
-"""jobs.storage against a real SeaweedFS S3 server and real local folders."""
+"""jobs.core.storage against a real SeaweedFS S3 server and real local folders."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import storage
-from jobs.errors import NotFoundError, StorageError
+from jobs.core import storage
+from jobs.core.errors import NotFoundError, StorageError
 from tests.conftest import LoopbackProxy
 
 MIB = 1024 * 1024

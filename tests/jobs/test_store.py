@@ -5,7 +5,7 @@ import multiprocessing
 
 import pytest
 
-from jobs.errors import NotFoundError
+from jobs.core.errors import NotFoundError
 from jobs.store import RecordFrozen, Store, new_record, parse_ref
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from mxnet import gluon
 
 from cli import main
-from jobs import storage
+from jobs.core import storage
 from train.data import RecognitionDataset
 
 

@@ -7,7 +7,7 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
-from jobs.errors import DataError, NotFoundError  # noqa: E402
+from jobs.core.errors import DataError, NotFoundError  # noqa: E402
 from train.anchors import anchors_for, assign, decode, iou, nms  # noqa: E402
 from train.augment import hflip, random_square_crop  # noqa: E402
 from train.detection_data import Faces, open_split  # noqa: E402

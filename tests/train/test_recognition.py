@@ -13,7 +13,7 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
-from jobs.errors import DataError, SpecError  # noqa: E402
+from jobs.core.errors import DataError, SpecError  # noqa: E402
 from train import recognition  # noqa: E402
 from train.backbones import BACKBONES, get_model  # noqa: E402
 from train.config import NETWORKS, resolve  # noqa: E402

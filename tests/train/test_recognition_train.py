@@ -237,7 +237,7 @@ def test_two_sagemaker_nodes_train_with_dist_sync(lfw_split, tmp_path):
     """The cloud bootstrap on a two-node SageMaker layout (two containers, run here as two
     processes with their own /opt/ml): host 1 starts the scheduler, each host a server, and the
     workers train together; only rank 0 exports."""
-    from jobs.bundle import FACEOPS_CODE, build_bundle, faceops_root
+    from jobs.core.bundle import FACEOPS_CODE, build_bundle, faceops_root
 
     packed, _ = lfw_split
     bundle = build_bundle(faceops_root(), [n for n in FACEOPS_CODE if (faceops_root() / n).exists()], store=False)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from jobs.errors import DataError
+from jobs.core.errors import DataError
 from train import recordio
 
 

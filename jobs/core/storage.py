@@ -27,8 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from jobs.config import setting
-from jobs.errors import FaceopsError, NotFoundError, StorageError
+from jobs.core.config import setting
+from jobs.core.errors import FaceopsError, NotFoundError, StorageError
 
 MANIFEST = "_manifest.json"
 PART_SIZE = 64 * 1024 * 1024

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from jobs.config import home
+from jobs.core.config import home
 
 EXCLUDED_DIRS = {".git", "__pycache__", ".venv", "venv", ".pytest_cache", "node_modules", "build", "dist"}
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".swp")
@@ -37,9 +37,7 @@ class Bundle:
 
 def faceops_root() -> Path:
     """The folder that holds the faceops packages (the source tree, or site-packages)."""
-    import jobs
-
-    return Path(jobs.__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def build_bundle(root: Path, include: Sequence[str] | None = None, store: bool = True) -> Bundle:
@@ -50,7 +48,7 @@ def build_bundle(root: Path, include: Sequence[str] | None = None, store: bool =
     ``--dry-run`` which must not touch the state folder."""
     root = Path(root).resolve()
     if not root.is_dir():
-        from jobs.errors import SpecError
+        from jobs.core.errors import SpecError
 
         raise SpecError(f"code folder {root} does not exist")
     raw = io.BytesIO()
@@ -85,7 +83,7 @@ def stored_bundle(sha256: str) -> Bundle:
     """The bundle with hash ``sha256`` from the state folder (``job rerun`` reuses the parent's)."""
     path = home() / "bundles" / f"{sha256}.tar.gz"
     if not path.exists():
-        from jobs.errors import NotFoundError
+        from jobs.core.errors import NotFoundError
 
         raise NotFoundError(f"code bundle {sha256[:12]} is no longer in {path.parent}; rerun with --new-code")
     with tarfile.open(path) as tar:

@@ -106,7 +106,7 @@ class JobEnv:
     def channel(self, name: str) -> Path:
         """The local folder of input channel ``name``; a clear error when the job has none."""
         if name not in self.channels:
-            from jobs.errors import SpecError
+            from jobs.core.errors import SpecError
 
             known = ", ".join(self.channels) or "none"
             raise SpecError(f"this task needs an input channel '{name}' (job has: {known})")

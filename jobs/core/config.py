@@ -37,7 +37,7 @@ def load_config() -> dict[str, Any]:
 def _read_config(path: str, mtime: int) -> dict[str, Any]:
     import yaml
 
-    from jobs.errors import SpecError
+    from jobs.core.errors import SpecError
 
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
