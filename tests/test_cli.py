@@ -8,21 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from jobs.store import Store, workdir
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "line-fit"
-
-
-def faceops(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 @pytest.fixture
@@ -43,8 +36,8 @@ def wait_for(predicate, timeout: float = 30.0):
     raise AssertionError("condition not reached in time")
 
 
-def test_submit_rerun_versions_diff(line_fit):
-    result = faceops("job", "submit", str(line_fit))
+def test_submit_rerun_versions_diff(runner, line_fit):
+    result = runner("job", "submit", line_fit)
     assert result.exit_code == 0, result.output
     assert "epoch 60/60" in result.output and "line-fit:1 done" in result.output
     first = Store().get("line-fit", 1)
@@ -55,60 +48,61 @@ def test_submit_rerun_versions_diff(line_fit):
     model = json.loads((workdir(first) / "model" / "model.json").read_text())
     assert abs(model["a"] - 3) < 0.5, model  # it really learned y = 3x + 1
 
-    result = faceops("job", "rerun", "line-fit:1", "--set", "lr=0.1")
+    result = runner("job", "rerun", "line-fit:1", "--set", "lr=0.1")
     assert result.exit_code == 0, result.output
     second = Store().get("line-fit", 2)
     assert second["parent"] == 1 and second["spec"]["hyperparameters"] == {"lr": 0.1, "epochs": 60}
     assert second["code"]["hash"] == first["code"]["hash"]  # rerun keeps the exact code
     assert second["metrics"]["loss"] < first["metrics"]["loss"]
 
-    result = faceops("job", "diff", "line-fit:1", "line-fit:2", "--json")
+    result = runner("job", "diff", "line-fit:1", "line-fit:2", "--json")
     changed = {row["key"] for row in json.loads(result.output)}
     assert changed - {k for k in changed if k.startswith("metrics.")} == {"hyperparameters.lr"}
     assert "metrics.loss" in changed
-    assert "hyperparameters.lr  0.05" in faceops("job", "diff", "line-fit:1", "line-fit:2").output
-    everything = {row["key"] for row in json.loads(faceops("job", "diff", "line-fit:1", "line-fit:2", "--all", "--json").output)}
+    assert "hyperparameters.lr  0.05" in runner("job", "diff", "line-fit:1", "line-fit:2").output
+    diff = json.loads(runner("job", "diff", "line-fit:1", "line-fit:2", "--all", "--json").output)
+    everything = {row["key"] for row in diff}
     assert {"hyperparameters.epochs", "code.hash", "inputs.train.etag", "status"} <= everything
 
-    table = faceops("job", "versions", "line-fit").output
+    table = runner("job", "versions", "line-fit").output
     assert "lr: 0.05 -> 0.1" in table and table.count("done") == 2
-    shown = faceops("job", "show", "line-fit").output
+    shown = runner("job", "show", "line-fit").output
     assert "line-fit:2" in shown and "parent:    1" in shown and first["code"]["hash"][:12] in shown
-    assert "line-fit:1" in faceops("job", "list").output
-    assert "fitted y =" in faceops("job", "logs", "line-fit:1").output
+    assert "line-fit:1" in runner("job", "list").output
+    assert "fitted y =" in runner("job", "logs", "line-fit:1").output
 
 
-def test_failing_entry_point_fails_with_its_reason(line_fit):
+def test_failing_entry_point_fails_with_its_reason(runner, line_fit):
     (line_fit.parent / "data" / "points.csv").write_text("x,y\n")
-    result = faceops("job", "submit", str(line_fit))
+    result = runner("job", "submit", line_fit)
     assert result.exit_code == 1
     record = Store().get("line-fit")
     assert record["status"] == "failed"
     assert "no points found" in record["failure_reason"] and "exit code 1" in record["failure_reason"]
 
     (line_fit.parent / "fit_line.py").write_text("import sys\nprint('about to crash')\nraise SystemExit(7)\n")
-    faceops("job", "submit", str(line_fit))
+    runner("job", "submit", line_fit)
     assert Store().get("line-fit")["failure_reason"] == "exit code 7: about to crash"
 
 
-def test_stop_sends_sigterm_then_records_stopped(line_fit):
-    result = faceops("job", "submit", str(line_fit), "--set", "epochs=1000", "--set", "sleep=0.05", "--detach")
+def test_stop_sends_sigterm_then_records_stopped(runner, line_fit):
+    result = runner("job", "submit", line_fit, "--set", "epochs=1000", "--set", "sleep=0.05", "--detach")
     assert result.exit_code == 0 and "submitted line-fit:1" in result.output
-    wait_for(lambda: "epoch 3/" in faceops("job", "logs", "line-fit:1").output)
-    result = faceops("job", "stop", "line-fit:1", "--grace", "5")
+    wait_for(lambda: "epoch 3/" in runner("job", "logs", "line-fit:1").output)
+    result = runner("job", "stop", "line-fit:1", "--grace", "5")
     assert "line-fit:1 stopped" in result.output
     record = Store().get("line-fit", 1)
     assert record["status"] == "stopped" and record["failure_reason"] == "stopped by user"
-    assert "SIGTERM: checkpoint saved" in faceops("job", "logs", "line-fit:1").output
+    assert "SIGTERM: checkpoint saved" in runner("job", "logs", "line-fit:1").output
     assert 0 < record["metrics"]["epoch"] < 1000
 
 
-def test_dead_supervisor_marks_the_job_failed(line_fit):
-    faceops("job", "submit", str(line_fit), "--set", "epochs=1000", "--set", "sleep=0.05", "--detach")
+def test_dead_supervisor_marks_the_job_failed(runner, line_fit):
+    runner("job", "submit", line_fit, "--set", "epochs=1000", "--set", "sleep=0.05", "--detach")
     pid = wait_for(lambda: Store().get("line-fit", 1)["backend_info"].get("supervisor_pid"))
     wait_for(lambda: Store().get("line-fit", 1)["status"] == "running")
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: "failed" in faceops("job", "show", "line-fit:1").output)
+    wait_for(lambda: "failed" in runner("job", "show", "line-fit:1").output)
     assert "supervisor" in Store().get("line-fit", 1)["failure_reason"]
     os.killpg(wait_for(lambda: _child_of(pid)), signal.SIGKILL)
 
@@ -123,35 +117,35 @@ def _child_of(pid: int) -> int | None:
     return None
 
 
-def test_dry_run_touches_nothing(line_fit, faceops_home):
-    result = faceops("job", "submit", str(line_fit), "--dry-run", "--set", "lr=0.2")
+def test_dry_run_touches_nothing(runner, line_fit, faceops_home):
+    result = runner("job", "submit", line_fit, "--dry-run", "--set", "lr=0.2")
     assert result.exit_code == 0, result.output
     assert "would create line-fit:1" in result.output and '"FACEOPS_CHANNEL_TRAIN"' in result.output
     assert not (faceops_home / "jobs").exists() and not (faceops_home / "bundles").exists()
-    assert faceops("job", "list").output.strip() == "no jobs yet"
+    assert runner("job", "list").output.strip() == "no jobs yet"
 
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "inputs.train=does/not/exist"], "does/not/exist"),
     (["--set", "resources.spot=perhaps"], "--set resources.spot=perhaps: resources.spot: expected true or false"),
 ])
-def test_bad_submit_exits_2_and_creates_nothing(line_fit, faceops_home, args, message):
-    result = CliRunner().invoke(main, ["job", "submit", str(line_fit), *args])
+def test_bad_submit_exits_2_and_creates_nothing(runner, line_fit, faceops_home, args, message):
+    result = runner("job", "submit", line_fit, *args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (faceops_home / "jobs").exists()
 
 
-def test_unknown_version_exits_2(line_fit):
-    result = CliRunner().invoke(main, ["job", "show", "line-fit:99"])
+def test_unknown_version_exits_2(runner, line_fit):
+    result = runner("job", "show", "line-fit:99")
     assert result.exit_code == 2 and "no job named 'line-fit'" in result.output
 
 
-def test_s3_inputs_and_outputs(line_fit, s3_bucket, s3_env):
+def test_s3_inputs_and_outputs(runner, line_fit, s3_bucket, s3_env):
     from jobs.core import storage
 
     storage.upload(line_fit.parent / "data", f"s3://{s3_bucket}/data/", progress=False)
-    result = faceops("job", "submit", str(line_fit), "--set", f"inputs.train=s3://{s3_bucket}/data/",
-                     "--set", f"outputs.model=s3://{s3_bucket}/models/line-fit/")
+    result = runner("job", "submit", line_fit, "--set", f"inputs.train=s3://{s3_bucket}/data/",
+                    "--set", f"outputs.model=s3://{s3_bucket}/models/line-fit/")
     assert result.exit_code == 0, result.output
     record = Store().get("line-fit")
     assert record["inputs"]["train"]["uri"] == f"s3://{s3_bucket}/data/" and record["inputs"]["train"]["size"] > 0
@@ -160,7 +154,7 @@ def test_s3_inputs_and_outputs(line_fit, s3_bucket, s3_env):
     assert storage.exists(f"s3://{s3_bucket}/models/line-fit/_manifest.json")
     assert s3_env.secret_key not in json.dumps(record)
 
-    result = CliRunner().invoke(main, ["job", "submit", str(line_fit), "--set", f"inputs.train=s3://{s3_bucket}/nothing-here/"])
+    result = runner("job", "submit", line_fit, "--set", f"inputs.train=s3://{s3_bucket}/nothing-here/")
     assert result.exit_code == 2 and f"s3://{s3_bucket}/nothing-here/" in result.output
 
 
@@ -172,7 +166,7 @@ def test_installed_executable(line_fit):
     assert subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout.startswith("faceops, version")
 
 
-def test_instance_count_starts_parameter_server_roles(tmp_path):
+def test_instance_count_starts_parameter_server_roles(runner, tmp_path):
     """Every role gets the DMLC variables; a failing worker fails the job and stops the rest."""
     script = ("import os, pathlib, sys, time\n"
               "role = os.environ['DMLC_ROLE']\n"
@@ -183,12 +177,12 @@ def test_instance_count_starts_parameter_server_roles(tmp_path):
     (tmp_path / "role.py").write_text(script)
     (tmp_path / "job.yaml").write_text("name: roles\ntask: custom\nentrypoint: [python, role.py]\n"
                                        "resources: {instance_count: 2}\n")
-    assert faceops("job", "submit", str(tmp_path / "job.yaml")).exit_code == 0
+    assert runner("job", "submit", tmp_path / "job.yaml").exit_code == 0
     record = Store().get("roles")
     roles = sorted(p.name.split("-")[0] for p in (workdir(record) / "model").iterdir())
     assert roles == ["scheduler", "server", "worker", "worker"]
     assert {p.read_text() for p in (workdir(record) / "model").iterdir()} == {"2 127.0.0.1"}
 
     (tmp_path / "role.py").write_text("import os\nos.environ['FAIL'] = '1'\n" + script)
-    assert faceops("job", "submit", str(tmp_path / "job.yaml")).exit_code == 1
+    assert runner("job", "submit", tmp_path / "job.yaml").exit_code == 1
     assert Store().get("roles")["failure_reason"].startswith("exit code 3")

@@ -23,11 +23,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from images.build import IMAGES_DIR, TARGETS
-from tests.conftest import busybox_rootfs, import_image
+from tests.harness.docker import busybox_rootfs, import_image
 
 ROOT = IMAGES_DIR.parent
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "WORKDIR", "LABEL", "USER", "ENTRYPOINT", "CMD",
@@ -163,11 +161,10 @@ def python_base(docker_engine) -> str:
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_build_with_base_overridden(target, docker_env, python_base):
+def test_build_with_base_overridden(runner, target, docker_env, python_base):
     pip_options = "--dry-run --no-deps --only-binary=:all:" + (f" --cert {IMAGE_CA}" if HOST_CA else "")
-    result = CliRunner().invoke(main, ["image", "build", "--target", target, "--base", python_base,
-                                       "--build-arg", f"PIP_OPTIONS={pip_options}", "--verbose", "--json"],
-                                catch_exceptions=False)
+    result = runner("image", "build", "--target", target, "--base", python_base,
+                    "--build-arg", f"PIP_OPTIONS={pip_options}", "--verbose", "--json")
     assert result.exit_code == 0, result.output
     built = json.loads(result.stdout.strip().splitlines()[-1])
     assert built["ref"].startswith(f"faceops/train:{target}-") and built["built"]

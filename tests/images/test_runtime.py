@@ -104,12 +104,9 @@ def test_unknown_image_is_a_clear_error(docker_env, contract):
         get_runtime("docker").start(ContainerJob(argv=["true"], contract=contract, env={}, image="nope/missing:1"), io.BytesIO())
 
 
-def test_custom_job_runs_in_the_container_through_the_cli(docker_env, base_image, tmp_path):
+def test_custom_job_runs_in_the_container_through_the_cli(runner, docker_env, base_image, tmp_path):
     """`faceops job submit` with `runtime: docker`: the local backend stages the code bundle and
     the input channel, the container reads them and writes the model folder, and the job is done."""
-    from click.testing import CliRunner
-
-    from cli import main
     from jobs.store import Store, workdir
 
     (tmp_path / "data").mkdir()
@@ -119,7 +116,7 @@ def test_custom_job_runs_in_the_container_through_the_cli(docker_env, base_image
     (tmp_path / "job.yaml").write_text(
         f"name: in-docker\ntask: custom\nruntime: docker\nimage: {base_image}\n"
         "entrypoint: [sh, job.sh]\ninputs:\n  train: data/\nhyperparameters:\n  epochs: 2\n")
-    result = CliRunner().invoke(main, ["job", "submit", str(tmp_path / "job.yaml"), "--wait"], catch_exceptions=False)
+    result = runner("job", "submit", tmp_path / "job.yaml", "--wait")
     assert result.exit_code == 0, result.output
     record = Store().get("in-docker", 1)
     assert record["status"] == "done", record

@@ -5,43 +5,37 @@ from __future__ import annotations
 import json
 import textwrap
 
-from click.testing import CliRunner
 
-from cli import main
 from jobs.store import Store
 from jobs.core.tasks import get_task
 
 
-def faceops(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def test_gallery_commands_and_identify(split, model_dir, tmp_path):
+def test_gallery_commands_and_identify(runner, split, model_dir, tmp_path):
     db = tmp_path / "db"
-    result = faceops("gallery", "build", split / "gal", db, "--models", model_dir, "--json")
+    result = runner("gallery", "build", split / "gal", db, "--models", model_dir, "--json")
     assert result.exit_code == 0, result.output
     built = json.loads(result.output)
     assert built["people"] == 8 and built["embeddings"] == 40 and (db / "gallery.json").exists()
 
-    result = faceops("identify", split / "probe", "--gallery", db, "--out", tmp_path / "report",
-                     "--models", model_dir, "--truth-from-folders", "--top-k", "3", "--json")
+    result = runner("identify", split / "probe", "--gallery", db, "--out", tmp_path / "report",
+                    "--models", model_dir, "--truth-from-folders", "--top-k", "3", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["metrics"]["rank1"] >= 0.9 and summary["metrics"]["unknown_rejection"] >= 0.85
     assert (tmp_path / "report" / "report.csv").exists()
 
-    result = faceops("gallery", "remove", db, "Ariel_Sharon", "Colin_Powell")
+    result = runner("gallery", "remove", db, "Ariel_Sharon", "Colin_Powell")
     assert result.exit_code == 0 and "people: 6" in result.output, result.output
-    result = faceops("gallery", "calibrate", db, "--far", "0.05", "--json")
+    result = runner("gallery", "calibrate", db, "--far", "0.05", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["target_far"] == 0.05
 
 
-def test_cli_errors_are_one_line_with_exit_code_2(split, model_dir, tmp_path):
-    result = faceops("identify", split / "probe", "--gallery", split / "gal", "--models", model_dir)
+def test_cli_errors_are_one_line_with_exit_code_2(runner, split, model_dir, tmp_path):
+    result = runner("identify", split / "probe", "--gallery", split / "gal", "--models", model_dir)
     assert result.exit_code == 2
     assert "is not a faceops gallery" in result.output and "Traceback" not in result.output
-    result = faceops("gallery", "build", tmp_path / "missing", tmp_path / "db", "--models", model_dir)
+    result = runner("gallery", "build", tmp_path / "missing", tmp_path / "db", "--models", model_dir)
     assert result.exit_code == 2 and "image source not found" in result.output
 
 
@@ -58,7 +52,7 @@ def _spec(path, text):
     return path
 
 
-def test_gallery_and_identify_jobs_record_metrics(split, model_dir, tmp_path):
+def test_gallery_and_identify_jobs_record_metrics(runner, split, model_dir, tmp_path):
     db_uri = tmp_path / "outputs" / "db"
     spec = _spec(tmp_path / "gallery.yaml", f"""\
         name: lfw-gallery
@@ -71,7 +65,7 @@ def test_gallery_and_identify_jobs_record_metrics(split, model_dir, tmp_path):
         hyperparameters:
           far: 0.01
         """)
-    result = faceops("job", "submit", spec)
+    result = runner("job", "submit", spec)
     assert result.exit_code == 0, result.output
     record = Store().get("lfw-gallery")
     assert record["status"] == "done", result.output
@@ -90,7 +84,7 @@ def test_gallery_and_identify_jobs_record_metrics(split, model_dir, tmp_path):
         hyperparameters:
           truth_from_folders: true
         """)
-    result = faceops("job", "submit", spec)
+    result = runner("job", "submit", spec)
     assert result.exit_code == 0, result.output
     record = Store().get("lfw-identify")
     assert record["status"] == "done", result.output
@@ -99,7 +93,7 @@ def test_gallery_and_identify_jobs_record_metrics(split, model_dir, tmp_path):
     assert (tmp_path / "outputs" / "report" / "report.jsonl").exists()
 
 
-def test_identify_job_fails_with_a_reason_on_a_non_gallery(split, model_dir, tmp_path):
+def test_identify_job_fails_with_a_reason_on_a_non_gallery(runner, split, model_dir, tmp_path):
     spec = _spec(tmp_path / "identify.yaml", f"""\
         name: bad-identify
         task: identify
@@ -110,7 +104,7 @@ def test_identify_job_fails_with_a_reason_on_a_non_gallery(split, model_dir, tmp
         outputs:
           report: {tmp_path / 'report'}
         """)
-    result = faceops("job", "submit", spec)
+    result = runner("job", "submit", spec)
     record = Store().get("bad-identify")
     assert result.exit_code == 1 and record["status"] == "failed"
     assert "not a faceops gallery" in record["failure_reason"]

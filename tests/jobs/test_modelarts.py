@@ -1,5 +1,5 @@
 """The ModelArts backend through the CLI: Huawei's real SDK (request classes, serialisation, AK/SK
-signing) against a loopback ModelArts (modelarts_server.py) that checks every signature, and a
+signing) against a loopback ModelArts (tests/harness/modelarts.py) that checks every signature, and a
 real S3 server (SeaweedFS) standing in for OBS for inputs, the code bundle and the job's outputs."""
 from __future__ import annotations
 
@@ -13,19 +13,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from jobs.store import Store
-from tests.jobs.modelarts_server import ModelArtsServer
+from tests.harness.modelarts import ModelArtsServer
 
 SWR = "swr.cn-north-4.myhuaweicloud.com"
 DIGEST = "sha256:" + "cd" * 32
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "images" / "bin" / "faceops-cloud-bootstrap"
-
-
-def faceops(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +73,8 @@ resources: {{instance_type: modelarts.p3.large.public, instance_count: 2, max_ru
     return path
 
 
-def test_dry_run_shows_the_request_without_keys(modelarts, spec, s3_bucket):
-    result = faceops("job", "submit", str(spec), "--dry-run", "--json")
+def test_dry_run_shows_the_request_without_keys(runner, modelarts, spec, s3_bucket):
+    result = runner("job", "submit", spec, "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     plan = out["plan"]
@@ -114,9 +108,9 @@ def test_dry_run_shows_the_request_without_keys(modelarts, spec, s3_bucket):
     assert modelarts.state.requests == [] and Store().list() == []
 
 
-def test_training_job_lifecycle_through_the_sdk(modelarts, spec, s3_env, s3_bucket):
-    planned = json.loads(faceops("job", "submit", str(spec), "--dry-run", "--json").output)["plan"]["request"]
-    result = faceops("job", "submit", str(spec), "--detach")
+def test_training_job_lifecycle_through_the_sdk(runner, modelarts, spec, s3_env, s3_bucket):
+    planned = json.loads(runner("job", "submit", spec, "--dry-run", "--json").output)["plan"]["request"]
+    result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 0, result.output
     info = Store().get("face-recognition", 1)["backend_info"]
     job_id = info["job_id"]
@@ -132,19 +126,19 @@ def test_training_job_lifecycle_through_the_sdk(modelarts, spec, s3_env, s3_buck
 
     for phase, ours in (("Creating", "queued"), ("Pending", "queued"), ("Running", "running")):
         modelarts.set_phase(job_id, phase)
-        assert json.loads(faceops("job", "show", "face-recognition", "--json").output)["status"] == ours
+        assert json.loads(runner("job", "show", "face-recognition", "--json").output)["status"] == ours
 
     modelarts.set_phase(job_id, "Running", tasks=["worker-0", "worker-1"])
-    faceops("job", "show", "face-recognition")
+    runner("job", "show", "face-recognition")
     modelarts.append_log(job_id, "worker-0", "epoch 1 loss 3.2\nepoch 2 loss 2.1\n")
     modelarts.append_log(job_id, "worker-1", "worker 1 joined\n")
-    assert faceops("job", "logs", "face-recognition").output.splitlines() == [
+    assert runner("job", "logs", "face-recognition").output.splitlines() == [
         "[worker-0] epoch 1 loss 3.2", "[worker-0] epoch 2 loss 2.1", "[worker-1] worker 1 joined"]
 
     s3_env.client().put_object(Bucket=s3_bucket, Key=f"faceops/jobs/{info['remote_name']}/output/metrics.jsonl",
                                Body=b'{"epoch": 20, "lfw": 0.991}\n')
     modelarts.set_phase(job_id, "Completed")
-    follow = faceops("job", "logs", "face-recognition", "--follow")
+    follow = runner("job", "logs", "face-recognition", "--follow")
     assert follow.exit_code == 0 and follow.output.count("worker 1 joined") == 1
     done = Store().get("face-recognition", 1)
     assert done["status"] == "done" and done["metrics"] == {"epoch": 20, "lfw": 0.991}
@@ -152,25 +146,25 @@ def test_training_job_lifecycle_through_the_sdk(modelarts, spec, s3_env, s3_buck
     assert searches == []  # no collision, no search
 
 
-def test_failed_job_reports_the_task_exit(modelarts, spec):
-    assert faceops("job", "submit", str(spec), "--detach").exit_code == 0
+def test_failed_job_reports_the_task_exit(runner, modelarts, spec):
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
     job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
     modelarts.set_phase(job_id, "Failed", secondary_phase="Failed",
                         task_statuses=[{"task": "worker-0", "exit_code": 137, "message": "Out of memory"}])
-    shown = faceops("job", "show", "face-recognition")
+    shown = runner("job", "show", "face-recognition")
     record = Store().get("face-recognition", 1)
     assert record["status"] == "failed" and record["failure_reason"] == "worker-0: exit code 137: Out of memory"
     assert "Out of memory" in shown.output
 
 
-def test_stop_terminates_the_job(modelarts, spec):
-    assert faceops("job", "submit", str(spec), "--detach").exit_code == 0
+def test_stop_terminates_the_job(runner, modelarts, spec):
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
     job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
     modelarts.set_phase(job_id, "Running")
-    assert faceops("job", "stop", "face-recognition", "--no-wait").exit_code == 0
+    assert runner("job", "stop", "face-recognition", "--no-wait").exit_code == 0
     assert ("POST", f"/v2/{modelarts.state.project_id}/training-jobs/{job_id}/actions", {"action_type": "terminate"}) in modelarts.state.requests
     modelarts.set_phase(job_id, "Terminated")
-    assert "face-recognition:1 stopped" in faceops("job", "stop", "face-recognition").output
+    assert "face-recognition:1 stopped" in runner("job", "stop", "face-recognition").output
 
 
 @pytest.mark.parametrize("variable, expected", [
@@ -178,63 +172,63 @@ def test_stop_terminates_the_job(modelarts, spec):
     ("HUAWEICLOUD_SDK_SK", "no secret key (SK); set HUAWEICLOUD_SDK_SK or modelarts.sk"),
     ("HUAWEICLOUD_SDK_PROJECT_ID", "no project id (My Credentials > Projects); set HUAWEICLOUD_SDK_PROJECT_ID or modelarts.project_id"),
 ])
-def test_missing_credentials_name_the_setting(modelarts, spec, monkeypatch, variable, expected):
+def test_missing_credentials_name_the_setting(runner, modelarts, spec, monkeypatch, variable, expected):
     monkeypatch.delenv(variable)
-    result = faceops("job", "submit", str(spec), "--detach")
+    result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 2 and expected in result.output, result.output
     assert modelarts.state.requests == []
 
 
-def test_missing_region_without_endpoint(modelarts, spec, monkeypatch):
+def test_missing_region_without_endpoint(runner, modelarts, spec, monkeypatch):
     monkeypatch.delenv("HUAWEICLOUD_SDK_REGION")
     monkeypatch.delenv("FACEOPS_MODELARTS_ENDPOINT")
-    result = faceops("job", "submit", str(spec), "--dry-run")
+    result = runner("job", "submit", spec, "--dry-run")
     assert result.exit_code == 2 and "no region, like cn-north-4; set HUAWEICLOUD_SDK_REGION" in result.output
 
 
-def test_wrong_secret_key_is_refused_by_the_signature_check(modelarts, spec, monkeypatch):
+def test_wrong_secret_key_is_refused_by_the_signature_check(runner, modelarts, spec, monkeypatch):
     monkeypatch.setenv("HUAWEICLOUD_SDK_SK", "not-the-secret")
-    result = faceops("job", "submit", str(spec), "--detach")
+    result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 2
     assert "refused the credentials" in result.output and "verify aksk signature fail" in result.output
     assert "not-the-secret" not in result.output
 
 
-def test_image_outside_swr(modelarts, spec):
-    result = faceops("job", "submit", str(spec), "--set", "image=ghcr.io/team/train:gpu", "--dry-run")
+def test_image_outside_swr(runner, modelarts, spec):
+    result = runner("job", "submit", spec, "--set", "image=ghcr.io/team/train:gpu", "--dry-run")
     assert result.exit_code == 2 and "not in SWR" in result.output and "faceops image push" in result.output
 
 
-def test_image_missing_from_swr_passes_the_service_message_on(modelarts, spec):
-    result = faceops("job", "submit", str(spec), "--set", f"image={SWR}/faceops/train:never-pushed", "--detach")
+def test_image_missing_from_swr_passes_the_service_message_on(runner, modelarts, spec):
+    result = runner("job", "submit", spec, "--set", f"image={SWR}/faceops/train:never-pushed", "--detach")
     assert result.exit_code == 2
     assert "Image faceops/train:never-pushed does not exist in SWR" in result.output
     assert Store().get("face-recognition", 1)["status"] == "failed"
 
 
-def test_flavor_rejected_and_quota(modelarts, spec):
-    result = faceops("job", "submit", str(spec), "--set", "resources.instance_type=modelarts.p9.huge", "--detach")
+def test_flavor_rejected_and_quota(runner, modelarts, spec):
+    result = runner("job", "submit", spec, "--set", "resources.instance_type=modelarts.p9.huge", "--detach")
     assert result.exit_code == 2 and "Flavor modelarts.p9.huge is not supported" in result.output
     modelarts.state.quota_flavors.add("modelarts.p3.large.public")
-    result = faceops("job", "submit", str(spec), "--detach")
+    result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 2 and "ModelArts quota reached" in result.output and "Insufficient quota" in result.output
 
 
-def test_throttling_backs_off(modelarts, spec, monkeypatch):
+def test_throttling_backs_off(runner, modelarts, spec, monkeypatch):
     modelarts.state.throttle = 2
-    assert faceops("job", "submit", str(spec), "--detach").exit_code == 0
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
     assert len(modelarts.state.jobs) == 1 and len(modelarts.state.requests) == 3
     monkeypatch.setenv("FACEOPS_CLOUD_MAX_ATTEMPTS", "2")
     modelarts.state.throttle = 5
-    result = faceops("job", "submit", str(spec), "--set", "lr=0.05", "--detach")
+    result = runner("job", "submit", spec, "--set", "lr=0.05", "--detach")
     assert result.exit_code == 2 and "still throttling after 2 tries" in result.output
 
 
-def test_name_collision_names_the_existing_job(modelarts, spec):
-    planned = json.loads(faceops("job", "submit", str(spec), "--dry-run", "--json").output)["plan"]["request"]
+def test_name_collision_names_the_existing_job(runner, modelarts, spec):
+    planned = json.loads(runner("job", "submit", spec, "--dry-run", "--json").output)["plan"]["request"]
     modelarts.state.jobs["existing-id"] = {**planned, "metadata": {**planned["metadata"], "id": "existing-id"},
                                            "status": {"phase": "Running"}}
-    result = faceops("job", "submit", str(spec), "--detach")
+    result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 2
     assert "already exists" in result.output and "job id existing-id, Running" in result.output
 

@@ -1,5 +1,5 @@
 """The SageMaker backend through the CLI, against moto's SageMaker and CloudWatch Logs on loopback
-(see sagemaker_server.py for what is moto and what the test layer adds) and a real S3 server
+(see tests/harness/sagemaker.py for what is moto and what the test layer adds) and a real S3 server
 (SeaweedFS) for inputs, the code bundle and the job's outputs."""
 from __future__ import annotations
 
@@ -14,20 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from jobs.store import Store
-from tests.jobs.sagemaker_server import REGION, SageMakerServer, backend
+from tests.harness.sagemaker import REGION, SageMakerServer, backend
 
 ROLE = "arn:aws:iam::123456789012:role/faceops-test"
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 DIGEST = "sha256:" + "ab" * 32
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "images" / "bin" / "faceops-cloud-bootstrap"
-
-
-def faceops(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +84,8 @@ resources: {{instance_type: ml.p3.2xlarge, instance_count: 2, max_runtime: 2h, s
     return spec
 
 
-def test_dry_run_prints_the_exact_request_and_creates_nothing(sagemaker, train_spec, s3_bucket):
-    result = faceops("job", "submit", str(train_spec), "--dry-run", "--json")
+def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker, train_spec, s3_bucket):
+    result = runner("job", "submit", train_spec, "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)["plan"]
     assert plan["api"] == "CreateTrainingJob" and plan["region"] == REGION
@@ -125,14 +119,14 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(sagemaker, train_s
     assert sagemaker.extras.requests == [] and Store().list() == []
     assert not [uri for uri in s3_env_keys(s3_bucket) if "/faceops/" in uri]  # no bundle uploaded either
 
-    text = faceops("job", "submit", str(train_spec), "--dry-run").output
+    text = runner("job", "submit", train_spec, "--dry-run").output
     assert "CreateTrainingJob" in text and "9" * 12 not in text
 
 
-def test_fast_file_mode_and_on_demand_capacity(sagemaker, train_spec, monkeypatch):
+def test_fast_file_mode_and_on_demand_capacity(runner, sagemaker, train_spec, monkeypatch):
     monkeypatch.setenv("FACEOPS_SAGEMAKER_INPUT_MODE", "FastFile")
-    result = faceops("job", "submit", str(train_spec), "--set", "resources.spot=false", "--set", "resources.retries=0",
-                     "--dry-run", "--json")
+    result = runner("job", "submit", train_spec, "--set", "resources.spot=false", "--set", "resources.retries=0",
+                    "--dry-run", "--json")
     request = json.loads(result.output)["plan"]["request"]
     assert request["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
     modes = {c["ChannelName"]: c["InputMode"] for c in request["InputDataConfig"]}
@@ -141,7 +135,7 @@ def test_fast_file_mode_and_on_demand_capacity(sagemaker, train_spec, monkeypatc
     assert "RetryStrategy" not in request
 
     monkeypatch.setenv("FACEOPS_SAGEMAKER_INPUT_MODE", "Pipe")
-    result = faceops("job", "submit", str(train_spec), "--dry-run")
+    result = runner("job", "submit", train_spec, "--dry-run")
     assert result.exit_code == 2 and "sagemaker.input_mode: expected one of File, FastFile, got 'Pipe'" in result.output
 
 
@@ -151,9 +145,9 @@ def s3_env_keys(bucket: str) -> list[str]:
     return [info.uri for info in storage.list(f"s3://{bucket}/")]
 
 
-def test_training_job_lifecycle(sagemaker, train_spec, s3_env, s3_bucket):
-    planned = json.loads(faceops("job", "submit", str(train_spec), "--dry-run", "--json").output)["plan"]["request"]
-    result = faceops("job", "submit", str(train_spec), "--detach")
+def test_training_job_lifecycle(runner, sagemaker, train_spec, s3_env, s3_bucket):
+    planned = json.loads(runner("job", "submit", train_spec, "--dry-run", "--json").output)["plan"]["request"]
+    result = runner("job", "submit", train_spec, "--detach")
     assert result.exit_code == 0, result.output
     record = Store().get("recog-cloud", 1)
     info = record["backend_info"]
@@ -178,7 +172,7 @@ def test_training_job_lifecycle(sagemaker, train_spec, s3_env, s3_bucket):
     for status, secondary, ours in (("InProgress", "Starting", "queued"), ("InProgress", "Downloading", "staging"),
                                     ("InProgress", "Training", "running"), ("InProgress", "Uploading", "uploading")):
         sagemaker.set_training(name, status, secondary)
-        shown = json.loads(faceops("job", "show", "recog-cloud:1", "--json").output)
+        shown = json.loads(runner("job", "show", "recog-cloud:1", "--json").output)
         assert shown["status"] == ours, (secondary, shown["status"])
 
     logs = boto("logs", sagemaker)
@@ -188,7 +182,7 @@ def test_training_job_lifecycle(sagemaker, train_spec, s3_env, s3_bucket):
         logs.create_log_stream(logGroupName=group, logStreamName=f"{name}/{host}")
         logs.put_log_events(logGroupName=group, logStreamName=f"{name}/{host}",
                             logEvents=[{"timestamp": int(time.time() * 1000) + i, "message": line} for i, line in enumerate(lines)])
-    printed = faceops("job", "logs", "recog-cloud:1").output.splitlines()
+    printed = runner("job", "logs", "recog-cloud:1").output.splitlines()
     assert printed == ["[algo-1-1700000000] epoch 1 loss 2.5", "[algo-1-1700000000] epoch 2 loss 1.5",
                        "[algo-2-1700000000] worker 2 ready"]
 
@@ -201,35 +195,35 @@ def test_training_job_lifecycle(sagemaker, train_spec, s3_env, s3_bucket):
         tar.addfile(member, io.BytesIO(data))
     s3_env.client().put_object(Bucket=s3_bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
     sagemaker.set_training(name, "Completed", "Completed")
-    follow = faceops("job", "logs", "recog-cloud:1", "--follow")
+    follow = runner("job", "logs", "recog-cloud:1", "--follow")
     assert follow.exit_code == 0 and follow.output.count("worker 2 ready") == 1
-    done = json.loads(faceops("job", "show", "recog-cloud:1", "--json").output)
+    done = json.loads(runner("job", "show", "recog-cloud:1", "--json").output)
     assert done["status"] == "done"
     assert done["metrics"] == {"epoch": 2, "loss": 1.5, "train:progress": 100.0}
     assert done["backend_info"]["model_artifact"] == f"s3://{s3_bucket}/models/recog-cloud/{name}/output/model.tar.gz"
     assert [h["status"] for h in done["status_history"]] == ["queued", "staging", "running", "uploading", "done"]
 
 
-def test_remote_failures_map_to_failed_with_the_service_reason(sagemaker, train_spec):
-    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+def test_remote_failures_map_to_failed_with_the_service_reason(runner, sagemaker, train_spec):
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
     name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
     sagemaker.set_training(name, "Failed", "Failed",
                            failure_reason="AlgorithmError: ExecuteUserScriptError: CUDA out of memory")
-    result = faceops("job", "show", "recog-cloud:1")
+    result = runner("job", "show", "recog-cloud:1")
     record = Store().get("recog-cloud", 1)
     assert record["status"] == "failed"
     assert record["failure_reason"] == "AlgorithmError: ExecuteUserScriptError: CUDA out of memory"
     assert "CUDA out of memory" in result.output
 
-    assert faceops("job", "rerun", "recog-cloud:1", "--detach").exit_code == 0
+    assert runner("job", "rerun", "recog-cloud:1", "--detach").exit_code == 0
     second = Store().get("recog-cloud", 2)["backend_info"]["remote_name"]
     assert second != name  # every version gets its own remote job
     sagemaker.set_training(second, "Failed", "MaxRuntimeExceeded")
-    assert faceops("job", "show", "recog-cloud:2", "--json").exit_code == 0
+    assert runner("job", "show", "recog-cloud:2", "--json").exit_code == 0
     assert Store().get("recog-cloud", 2)["failure_reason"] == "max_runtime of 7200s exceeded"
 
 
-def test_submit_waits_follows_the_log_and_exits_1_when_the_job_fails(sagemaker, train_spec):
+def test_submit_waits_follows_the_log_and_exits_1_when_the_job_fails(runner, sagemaker, train_spec):
     """``job submit`` (waiting) while the service runs the job: its CloudWatch lines are printed
     as they come and the command ends with the service's failure reason and exit code 1."""
     sagemaker.extras.start_in_progress = True
@@ -250,34 +244,34 @@ def test_submit_waits_follows_the_log_and_exits_1_when_the_job_fails(sagemaker, 
 
     thread = threading.Thread(target=service)
     thread.start()
-    result = faceops("job", "submit", str(train_spec))
+    result = runner("job", "submit", train_spec)
     thread.join()
     assert result.exit_code == 1, result.output
     assert "epoch 1 loss nan" in result.output
     assert "recog-cloud:1 failed: AlgorithmError: loss is nan" in result.output
 
 
-def test_stop_calls_stop_training_job(sagemaker, train_spec):
-    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+def test_stop_calls_stop_training_job(runner, sagemaker, train_spec):
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
     name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
     sagemaker.set_training(name, "InProgress", "Training")
-    assert faceops("job", "stop", "recog-cloud:1", "--no-wait").exit_code == 0
+    assert runner("job", "stop", "recog-cloud:1", "--no-wait").exit_code == 0
     assert ("StopTrainingJob", {"TrainingJobName": name}) in sagemaker.extras.requests
     assert backend().training_jobs[name].training_job_status == "Stopping"
     assert Store().get("recog-cloud", 1)["status"] == "running"
     sagemaker.set_training(name, "Stopped", "Stopped")
-    assert "recog-cloud:1 stopped" in faceops("job", "stop", "recog-cloud:1").output
+    assert "recog-cloud:1 stopped" in runner("job", "stop", "recog-cloud:1").output
 
 
-def test_frequent_looks_share_one_describe_call(sagemaker, train_spec, monkeypatch):
+def test_frequent_looks_share_one_describe_call(runner, sagemaker, train_spec, monkeypatch):
     monkeypatch.setenv("FACEOPS_CLOUD_MIN_POLL_SECONDS", "600")
-    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
     for _ in range(3):
-        assert faceops("job", "show", "recog-cloud:1").exit_code == 0
+        assert runner("job", "show", "recog-cloud:1").exit_code == 0
     assert [r[0] for r in sagemaker.extras.requests].count("DescribeTrainingJob") == 1
 
 
-def test_gallery_runs_as_a_processing_job(sagemaker, tmp_path, s3_env, s3_bucket):
+def test_gallery_runs_as_a_processing_job(runner, sagemaker, tmp_path, s3_env, s3_bucket):
     from images.digests import record
 
     s3_env.client().put_object(Bucket=s3_bucket, Key="people/Ann/1.jpg", Body=b"jpeg")
@@ -294,7 +288,7 @@ outputs: {{database: "s3://{s3_bucket}/galleries/staff/"}}
 hyperparameters: {{det_size: 320, index: flat}}
 resources: {{instance_type: ml.m5.xlarge}}
 """)
-    result = faceops("job", "submit", str(spec), "--detach")
+    result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 0, result.output
     info = Store().get("staff-gallery", 1)["backend_info"]
     name = info["remote_name"]
@@ -313,10 +307,10 @@ resources: {{instance_type: ml.m5.xlarge}}
     assert typed["det_size"] == 320 and typed["index"] == "flat"
 
     sagemaker.set_processing(name, "InProgress")
-    assert json.loads(faceops("job", "show", "staff-gallery", "--json").output)["status"] == "running"
+    assert json.loads(runner("job", "show", "staff-gallery", "--json").output)["status"] == "running"
     s3_env.client().put_object(Bucket=s3_bucket, Key=f"faceops/jobs/{name}/output/metrics.jsonl", Body=b'{"identities": 1}\n')
     sagemaker.set_processing(name, "Completed")
-    done = json.loads(faceops("job", "show", "staff-gallery", "--json").output)
+    done = json.loads(runner("job", "show", "staff-gallery", "--json").output)
     assert done["status"] == "done" and done["metrics"] == {"identities": 1}
 
 
@@ -324,13 +318,13 @@ resources: {{instance_type: ml.m5.xlarge}}
     ("role", "FACEOPS_SAGEMAKER_ROLE_ARN", "set FACEOPS_SAGEMAKER_ROLE_ARN or sagemaker.role_arn in $FACEOPS_HOME/config.yaml"),
     ("region", "AWS_DEFAULT_REGION", "no AWS region; set FACEOPS_SAGEMAKER_REGION or AWS_REGION or AWS_DEFAULT_REGION"),
 ])
-def test_missing_settings_say_where_to_set_them(sagemaker, train_spec, monkeypatch, setting, remove, expected):
+def test_missing_settings_say_where_to_set_them(runner, sagemaker, train_spec, monkeypatch, setting, remove, expected):
     monkeypatch.delenv(remove)
-    result = faceops("job", "submit", str(train_spec), "--dry-run")
+    result = runner("job", "submit", train_spec, "--dry-run")
     assert result.exit_code == 2 and expected in result.output, result.output
 
 
-def test_missing_credentials(sagemaker, train_spec, s3_env, faceops_home, monkeypatch, tmp_path):
+def test_missing_credentials(runner, sagemaker, train_spec, s3_env, faceops_home, monkeypatch, tmp_path):
     # Object storage keeps its own keys (config.yaml); SageMaker finds no AWS credentials anywhere.
     (faceops_home / "config.yaml").write_text(json.dumps({"s3": {"access_key": s3_env.access_key,
                                                                  "secret_key": s3_env.secret_key}}))
@@ -339,23 +333,24 @@ def test_missing_credentials(sagemaker, train_spec, s3_env, faceops_home, monkey
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    result = faceops("job", "submit", str(train_spec), "--detach")
+    result = runner("job", "submit", train_spec, "--detach")
     assert result.exit_code == 2
     assert "no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in result.output, result.output
     assert s3_env.secret_key not in result.output
 
 
-def test_image_must_be_in_ecr(sagemaker, train_spec):
-    result = faceops("job", "submit", str(train_spec), "--set", "image=registry.example.org/faceops/train:gpu", "--dry-run")
+def test_image_must_be_in_ecr(runner, sagemaker, train_spec):
+    result = runner("job", "submit", train_spec, "--set", "image=registry.example.org/faceops/train:gpu", "--dry-run")
     assert result.exit_code == 2
     assert "not in Amazon ECR" in result.output and "faceops image push" in result.output
 
 
-def test_local_inputs_are_uploaded_once_and_local_outputs_refused(sagemaker, train_spec, tmp_path, s3_env, s3_bucket):
+def test_local_inputs_are_uploaded_once_and_local_outputs_refused(runner, sagemaker, train_spec, tmp_path, s3_env,
+                                                                  s3_bucket):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.rec").write_bytes(b"r" * 300)
-    result = faceops("job", "submit", str(train_spec), "--set", f"inputs.train={data}", "--detach")
+    result = runner("job", "submit", train_spec, "--set", f"inputs.train={data}", "--detach")
     assert result.exit_code == 0, result.output
     record = Store().get("recog-cloud", 1)
     staged = f"s3://{s3_bucket}/faceops/inputs/{record['inputs']['train']['etag']}/"
@@ -363,44 +358,45 @@ def test_local_inputs_are_uploaded_once_and_local_outputs_refused(sagemaker, tra
     assert sent["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == staged
     key = staged.split("/", 3)[3]
     assert s3_env.client().get_object(Bucket=s3_bucket, Key=key + "train.rec")["Body"].read() == b"r" * 300
-    plan = json.loads(faceops("job", "submit", str(train_spec), "--set", f"inputs.train={data}", "--dry-run", "--json").output)["plan"]
+    submitted = runner("job", "submit", train_spec, "--set", f"inputs.train={data}", "--dry-run", "--json")
+    plan = json.loads(submitted.output)["plan"]
     assert {"from": str(data), "to": staged, "skipped_when_present": True} in plan["uploads"]
 
-    result = faceops("job", "submit", str(train_spec), "--set", f"outputs.model={tmp_path / 'out'}", "--dry-run")
+    result = runner("job", "submit", train_spec, "--set", f"outputs.model={tmp_path / 'out'}", "--dry-run")
     assert result.exit_code == 2 and "outputs.model" in result.output and "cannot write" in result.output
 
 
-def test_rejected_instance_type_passes_the_service_message_on(sagemaker, train_spec):
-    result = faceops("job", "submit", str(train_spec), "--set", "resources.instance_type=ml.p99.huge", "--detach")
+def test_rejected_instance_type_passes_the_service_message_on(runner, sagemaker, train_spec):
+    result = runner("job", "submit", train_spec, "--set", "resources.instance_type=ml.p99.huge", "--detach")
     assert result.exit_code == 2
     assert "Value 'ml.p99.huge' at 'resourceConfig.instanceType' failed to satisfy constraint" in result.output
     record = Store().get("recog-cloud", 1)
     assert record["status"] == "failed" and "ml.p99.huge" in record["failure_reason"]
 
 
-def test_quota_error(sagemaker, train_spec):
+def test_quota_error(runner, sagemaker, train_spec):
     sagemaker.extras.quota_types.add("ml.p4d.24xlarge")
-    result = faceops("job", "submit", str(train_spec), "--set", "resources.instance_type=ml.p4d.24xlarge", "--detach")
+    result = runner("job", "submit", train_spec, "--set", "resources.instance_type=ml.p4d.24xlarge", "--detach")
     assert result.exit_code == 2
     assert "SageMaker quota reached" in result.output and "Service Quotas" in result.output
 
 
-def test_throttling_backs_off_then_gives_up(sagemaker, train_spec, monkeypatch):
+def test_throttling_backs_off_then_gives_up(runner, sagemaker, train_spec, monkeypatch):
     sagemaker.extras.throttle = 2
-    assert faceops("job", "submit", str(train_spec), "--detach").exit_code == 0
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
     creates = [r for r in sagemaker.extras.requests if r[0] == "CreateTrainingJob"]
     assert len(creates) == 3 and Store().get("recog-cloud", 1)["backend_info"]["arn"]
 
     monkeypatch.setenv("FACEOPS_CLOUD_MAX_ATTEMPTS", "3")
     sagemaker.extras.throttle = 10
-    result = faceops("job", "submit", str(train_spec), "--set", "lr=0.2", "--detach")
+    result = runner("job", "submit", train_spec, "--set", "lr=0.2", "--detach")
     assert result.exit_code == 2 and "still throttling after 3 tries" in result.output
 
 
-def test_name_collision_is_explained(sagemaker, train_spec):
-    plan = json.loads(faceops("job", "submit", str(train_spec), "--dry-run", "--json").output)["plan"]["request"]
+def test_name_collision_is_explained(runner, sagemaker, train_spec):
+    plan = json.loads(runner("job", "submit", train_spec, "--dry-run", "--json").output)["plan"]["request"]
     boto("sagemaker", sagemaker).create_training_job(**{**plan, "HyperParameters": {}})
-    result = faceops("job", "submit", str(train_spec), "--detach")
+    result = runner("job", "submit", train_spec, "--detach")
     assert result.exit_code == 2
     assert "already exists" in result.output and "faceops job list" in result.output
 

@@ -10,7 +10,7 @@ import pytest
 
 from jobs.core import storage
 from jobs.core.errors import NotFoundError, StorageError
-from tests.conftest import LoopbackProxy
+from tests.harness.net import LoopbackProxy
 
 MIB = 1024 * 1024
 

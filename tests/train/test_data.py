@@ -5,25 +5,23 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from mxnet import gluon
 
-from cli import main
 from jobs.core import storage
 from train.data import RecognitionDataset
 
 
 @pytest.fixture(scope="module")
-def local_pack(lfw10, tmp_path_factory):
+def local_pack(runner, lfw10, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "rec"
-    result = CliRunner().invoke(main, ["data", "pack-recognition", str(lfw10), str(out), "--resize", "112"])
+    result = runner("data", "pack-recognition", lfw10, out, "--resize", "112")
     assert result.exit_code == 0, result.output
     return out
 
 
-def test_streaming_from_s3_gives_the_same_samples_as_the_local_file(lfw10, local_pack, s3_bucket):
+def test_streaming_from_s3_gives_the_same_samples_as_the_local_file(runner, lfw10, local_pack, s3_bucket):
     uri = f"s3://{s3_bucket}/faces/recognition_train_data"
-    result = CliRunner().invoke(main, ["data", "pack-recognition", str(lfw10), uri, "--resize", "112"])
+    result = runner("data", "pack-recognition", lfw10, uri, "--resize", "112")
     assert result.exit_code == 0, result.output
     assert storage.exists(f"{uri}/_manifest.json")
     local = RecognitionDataset(local_pack)
@@ -46,10 +44,10 @@ def test_streaming_from_s3_gives_the_same_samples_as_the_local_file(lfw10, local
     assert not remote._stash, "every streamed record was consumed"
 
 
-def test_inspect_works_on_an_s3_prefix(local_pack, s3_bucket):
+def test_inspect_works_on_an_s3_prefix(runner, local_pack, s3_bucket):
     uri = f"s3://{s3_bucket}/copy/"
     storage.upload(local_pack, uri, progress=False)
-    result = CliRunner().invoke(main, ["data", "inspect", uri, "--json"])
+    result = runner("data", "inspect", uri, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert (report["kind"], report["images"], report["identities"], report["image_size"]) == ("recognition", 100, 10, [112, 112])

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 mx = pytest.importorskip("mxnet")
 
-from cli import main  # noqa: E402
 from jobs.store import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,11 +56,7 @@ def teacher_set(lfw10, tmp_path_factory) -> Path:
     return root
 
 
-def faceops(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def test_detection_job_learns_and_exports_an_insightface_detector(teacher_set, tmp_path):
+def test_detection_job_learns_and_exports_an_insightface_detector(runner, teacher_set, tmp_path):
     from insightface.model_zoo import get_model
 
     from inference.models import model_role
@@ -83,7 +77,7 @@ def test_detection_job_learns_and_exports_an_insightface_detector(teacher_set, t
           model: {tmp_path / 'model'}
         hyperparameters: {json.dumps(HYPERPARAMETERS)}
         """))
-    result = faceops("job", "submit", spec)
+    result = runner("job", "submit", spec)
     record = Store().get("det-learn")
     assert result.exit_code == 0 and record["status"] == "done", (result.output, record.get("failure_reason"))
     metrics = record["metrics"]
@@ -111,12 +105,12 @@ def test_detection_job_learns_and_exports_an_insightface_detector(teacher_set, t
     assert compared > 0
 
 
-def test_detection_hyperparameters_are_typed_on_submit(tmp_path):
+def test_detection_hyperparameters_are_typed_on_submit(runner, tmp_path):
     spec = tmp_path / "detection.yaml"
     spec.write_text(f"name: det-typed\ntask: detection\ninputs:\n  train: {tmp_path}\n")
-    result = faceops("job", "submit", spec, "--dry-run", "--set", "cls_loss=softmax")
+    result = runner("job", "submit", spec, "--dry-run", "--set", "cls_loss=softmax")
     assert result.exit_code == 2 and "hyperparameters.cls_loss: expected one of ohem, focal, got 'softmax'" in result.output
-    result = faceops("job", "submit", spec, "--dry-run", "--set", "network=resnet50", "--set", "epochs=3")
+    result = runner("job", "submit", spec, "--dry-run", "--set", "network=resnet50", "--set", "epochs=3")
     assert result.exit_code == 0, result.output
 
 

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 mx = pytest.importorskip("mxnet")
 
-from cli import main  # noqa: E402
 from jobs.store import Store, workdir  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.harness.net import free_port  # noqa: E402
 from train.recordio import encode_image, load_aligner, pack_recognition  # noqa: E402
 from train.verification import write_bin  # noqa: E402
 
@@ -80,7 +78,7 @@ def gluon_embed(model: Path, images: list[np.ndarray], tmp_path: Path) -> np.nda
     return np.load(tmp_path / "out.npy")
 
 
-def test_example_job_learns_and_exports_for_insightface(lfw_split, aligner, tmp_path):
+def test_example_job_learns_and_exports_for_insightface(runner, lfw_split, aligner, tmp_path):
     packed, held_out = lfw_split
     people = sorted(held_out)
     # Verification pairs from held-out photos: each person with themself, and with the next person.
@@ -93,9 +91,8 @@ def test_example_job_learns_and_exports_for_insightface(lfw_split, aligner, tmp_
     val.mkdir()
     write_bin([encode_image(p, align=aligner[1])[0] for p in images], same, val / "lfw10.bin")
 
-    result = CliRunner().invoke(main, ["job", "submit", str(EXAMPLE), "--set", f"inputs.train={packed}",
-                                       "--set", f"inputs.val={val}", "--set", "batch_size=14"],
-                                catch_exceptions=False)
+    result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", f"inputs.val={val}",
+                    "--set", "batch_size=14")
     assert result.exit_code == 0, result.output
     record = Store().get("recog-mbf", 1)
     assert record["status"] == "done", record.get("reason")
@@ -219,13 +216,12 @@ def test_dist_sync_two_workers_one_server(lfw_split, tmp_path):
     assert (tmp_path / chief / "model" / "model.onnx").exists()
 
 
-def test_instance_count_two_runs_dist_sync_on_the_local_backend(lfw_split):
+def test_instance_count_two_runs_dist_sync_on_the_local_backend(runner, lfw_split):
     """`resources.instance_count: 2` on the local backend: the supervisor starts MXNet's scheduler,
     a server and two workers; rank 0 reports metrics and exports the model."""
     packed, _ = lfw_split
-    result = CliRunner().invoke(main, ["job", "submit", str(EXAMPLE), "--set", f"inputs.train={packed}",
-                                       "--set", "resources.instance_count=2", "--set", "batch_size=7",
-                                       "--set", "max_steps=3", "--set", "workers=0"], catch_exceptions=False)
+    result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", "resources.instance_count=2",
+                    "--set", "batch_size=7", "--set", "max_steps=3", "--set", "workers=0")
     assert result.exit_code == 0, result.output
     assert "worker 0 of 2" in result.output and "worker 1 of 2" in result.output
     record = Store().get("recog-mbf")

@@ -9,9 +9,7 @@ import cv2
 import mxnet as mx
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from jobs.core.errors import DataError
 from train import recordio
 
@@ -61,12 +59,12 @@ def test_record_file_matches_mxnet_reader(packed):
     assert list(file.read_many(reversed(file.keys))) == [(k, reader.read_idx(k)) for k in reversed(reader.keys)]
 
 
-def test_resize_pack_and_inspect_through_the_cli(lfw10, tmp_path):
+def test_resize_pack_and_inspect_through_the_cli(runner, lfw10, tmp_path):
     out = tmp_path / "r112"
-    result = CliRunner().invoke(main, ["data", "pack-recognition", str(lfw10), str(out), "--resize", "112"])
+    result = runner("data", "pack-recognition", lfw10, out, "--resize", "112")
     assert result.exit_code == 0, result.output
     assert "packed 100 images of 10 identities" in result.output
-    result = CliRunner().invoke(main, ["data", "inspect", str(out), "--json"])
+    result = runner("data", "inspect", out, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["kind"] == "recognition"
@@ -80,14 +78,14 @@ def test_resize_pack_and_inspect_through_the_cli(lfw10, tmp_path):
     assert np.abs(img.astype(float) - expected).mean() < 3
 
 
-def test_bad_photos_and_empty_folders_are_skipped_and_listed(lfw10, tmp_path):
+def test_bad_photos_and_empty_folders_are_skipped_and_listed(runner, lfw10, tmp_path):
     src = tmp_path / "src"
     people = sorted(lfw10.iterdir())[:2]
     for person in people:
         shutil.copytree(person, src / person.name)
     (src / people[0].name / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (src / "Empty_Person").mkdir()
-    result = CliRunner().invoke(main, ["data", "pack-recognition", str(src), str(tmp_path / "out")])
+    result = runner("data", "pack-recognition", src, tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "zz_broken.jpg: not a readable image" in result.output
     assert "Empty_Person: empty identity folder" in result.output
@@ -95,10 +93,10 @@ def test_bad_photos_and_empty_folders_are_skipped_and_listed(lfw10, tmp_path):
     assert (report["images"], report["identities"]) == (20, 2)
 
 
-def test_pack_of_nothing_readable_is_an_error(tmp_path):
+def test_pack_of_nothing_readable_is_an_error(runner, tmp_path):
     (tmp_path / "src" / "A").mkdir(parents=True)
     (tmp_path / "src" / "A" / "x.jpg").write_bytes(b"junk")
-    result = CliRunner().invoke(main, ["data", "pack-recognition", str(tmp_path / "src"), str(tmp_path / "out")])
+    result = runner("data", "pack-recognition", tmp_path / "src", tmp_path / "out")
     assert result.exit_code == 2
     assert "no readable photos" in result.output and "x.jpg: not a readable image" in result.output
     assert not (tmp_path / "out").exists()
@@ -150,12 +148,12 @@ def write_detection_set(root: Path, photos: list[Path]) -> str:
     return text
 
 
-def test_detection_pack_round_trips_exactly(lfw10, tmp_path):
+def test_detection_pack_round_trips_exactly(runner, lfw10, tmp_path):
     from train.data import DetectionDataset
 
     photos = sorted(next(lfw10.iterdir()).iterdir())[:4]
     write_detection_set(tmp_path / "det", photos)
-    result = CliRunner().invoke(main, ["data", "pack-detection", str(tmp_path / "det"), str(tmp_path / "out")])
+    result = runner("data", "pack-detection", tmp_path / "det", tmp_path / "out")
     assert result.exit_code == 0, result.output
     expected = recordio.parse_label_txt(tmp_path / "det" / "label.txt")
     assert [len(faces) for _, faces in expected] == [0, 1, 4, 3]
@@ -169,16 +167,16 @@ def test_detection_pack_round_trips_exactly(lfw10, tmp_path):
         _, raw = recordio.unpack(file.read_idx(dataset.keys[i]))
         assert raw == photo.read_bytes()
         assert np.array_equal(img.asnumpy(), cv2.imread(str(photo))[:, :, ::-1])
-    report = json.loads(CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "out"), "--scan", "--json"]).stdout)
+    report = json.loads(runner("data", "inspect", tmp_path / "out", "--scan", "--json").stdout)
     assert (report["kind"], report["images"], report["faces"], report["image_size"]) == ("detection", 4, 8, [250, 250])
 
 
-def test_label_txt_with_wrong_field_count_names_file_and_line(lfw10, tmp_path):
+def test_label_txt_with_wrong_field_count_names_file_and_line(runner, lfw10, tmp_path):
     photo = sorted(next(lfw10.iterdir()).iterdir())[0]
     write_detection_set(tmp_path / "det", [photo])
     label = tmp_path / "det" / "label.txt"
     label.write_text(label.read_text() + "1 2 3 4 5\n")
-    result = CliRunner().invoke(main, ["data", "pack-detection", str(tmp_path / "det"), str(tmp_path / "out")])
+    result = runner("data", "pack-detection", tmp_path / "det", tmp_path / "out")
     assert result.exit_code == 2
     assert f"{label}:2: expected 20 fields" in result.output and "got 5" in result.output
 
@@ -198,13 +196,13 @@ def copy_pack(packed: Path, dest: Path) -> Path:
     return dest
 
 
-def test_truncated_rec_is_reported_naming_the_record(packed, tmp_path):
+def test_truncated_rec_is_reported_naming_the_record(runner, packed, tmp_path):
     data = copy_pack(packed, tmp_path / "cut")
     reader = mx_reader(packed)
     rec = data / "train.rec"
     cut = reader.idx[50] + 100
     rec.write_bytes(rec.read_bytes()[:cut])
-    result = CliRunner().invoke(main, ["data", "inspect", str(data), "--json"])
+    result = runner("data", "inspect", data, "--json")
     assert result.exit_code == 2
     bad = json.loads(result.stdout)["first_corrupt"]
     assert bad["key"] == 50 and "record 50 is truncated" in bad["error"]

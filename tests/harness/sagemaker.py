@@ -22,6 +22,8 @@ from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
 
+from tests.harness.net import ServerThread
+
 REGION = "us-east-1"
 
 
@@ -122,7 +124,7 @@ def backend():
     return sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION]
 
 
-class SageMakerServer:
+class SageMakerServer(ServerThread):
     """moto's app plus :class:`ExtrasMiddleware` on a free loopback port, in a thread."""
 
     def __init__(self) -> None:
@@ -131,17 +133,7 @@ class SageMakerServer:
 
         self.extras = Extras()
         app = ExtrasMiddleware(DomainDispatcherApplication(create_backend_app), self.extras)
-        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "SageMakerServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.thread.join()
+        super().__init__(make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler))
 
     def set_training(self, name: str, status: str, secondary: str, **fields: Any) -> None:
         """Move a training job as the running service would (moto's jobs start Completed)."""

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, parse_qsl
+
+from tests.harness.net import ServerThread
 
 AUTH_RE = re.compile(r"^SDK-HMAC-SHA256 Access=([^,]+), SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -160,23 +161,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class ModelArtsServer:
-    """The server on a free loopback port, in a thread, with random AK/SK and project id."""
+class ModelArtsServer(ServerThread):
+    """The server on a free loopback port, in a thread, with the given AK/SK and project id."""
 
     def __init__(self, access_key: str, secret_key: str, project_id: str) -> None:
         self.state = State(access_key, secret_key, project_id)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "ModelArtsServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.thread.join()
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), handler))
 
     def set_phase(self, job_id: str, phase: str, **status: Any) -> None:
         """Move a job as the running service would."""
