@@ -6,13 +6,13 @@ Run: .venv/bin/python benchmarks/cli_startup.py [--runs N]
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import parse_args, report
 
 
 def best_of(argv: list[str], runs: int) -> tuple[float, float]:
@@ -27,17 +27,16 @@ def best_of(argv: list[str], runs: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(__doc__, {
+        "--runs": {"type": int, "default": 20},
+    })
     faceops = str(Path(sys.executable).with_name("faceops"))
     base_median, base_best = best_of([sys.executable, "-c", "pass"], args.runs)
     ours_median, ours_best = best_of([faceops, "--help"], args.runs)
     print(f"python -c pass : median {base_median * 1000:.1f} ms, best {base_best * 1000:.1f} ms")
     print(f"faceops --help : median {ours_median * 1000:.1f} ms, best {ours_best * 1000:.1f} ms")
-    print(json.dumps({"benchmark": "cli_startup", "ratio": round(base_median / ours_median, 3), "goal": 0.25,
-                      "faceops_help_ms": round(ours_median * 1000, 1), "python_pass_ms": round(base_median * 1000, 1),
-                      "runs": args.runs}))
+    report("cli_startup", round(base_median / ours_median, 3), 0.25, faceops_help_ms=round(ours_median * 1000, 1),
+           python_pass_ms=round(base_median * 1000, 1), runs=args.runs)
 
 
 if __name__ == "__main__":

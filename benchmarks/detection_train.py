@@ -12,13 +12,13 @@ same session options. The last line is the JSON summary; ``ratio`` is the traini
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import parse_args, report
 
 
 def make_split(photos: Path, models: Path, folder: Path, size: int, count: int) -> Path:
@@ -95,14 +95,14 @@ def onnx_images_per_s(path: Path, runs: int, size: int = 640) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=Path, required=True, help="face photos, one folder per person")
-    parser.add_argument("--models", type=Path, default=None, help="folder with scrfd_500m_bnkps.onnx")
-    parser.add_argument("--size", type=int, default=320, help="training input side")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--runs", type=int, default=20, help="inference runs per model")
-    args = parser.parse_args()
+    args = parse_args(__doc__, {
+        "--photos": {"type": Path, "required": True, "help": "face photos, one folder per person"},
+        "--models": {"type": Path, "default": None, "help": "folder with scrfd_500m_bnkps.onnx"},
+        "--size": {"type": int, "default": 320, "help": "training input side"},
+        "--batch-size": {"type": int, "default": 4},
+        "--steps": {"type": int, "default": 12},
+        "--runs": {"type": int, "default": 20, "help": "inference runs per model"},
+    })
 
     from inference.models import default_model_dir
     from train.detection_config import DETECTION
@@ -126,11 +126,10 @@ def main() -> None:
         scrfd_ips = onnx_images_per_s(models / "scrfd_500m_bnkps.onnx", args.runs)
         print(f"inference at 640x640 (onnxruntime CPU, {args.runs} runs): exported RetinaFace-mnet0.25 "
               f"{ours_ips:.2f} img/s, pretrained SCRFD-500M {scrfd_ips:.2f} img/s")
-    print(json.dumps({"benchmark": "detection_train", "ratio": round(our_rate / bare_rate, 3), "goal": 1.0,
-                      "train_samples_per_s": round(our_rate, 2), "bare_samples_per_s": round(bare_rate, 2),
-                      "train_size": args.size, "batch_size": args.batch_size, "steps": args.steps,
-                      "inference_ratio": round(ours_ips / scrfd_ips, 3), "inference_goal": 0.5,
-                      "onnx_img_per_s": round(ours_ips, 2), "scrfd_500m_img_per_s": round(scrfd_ips, 2)}))
+    report("detection_train", round(our_rate / bare_rate, 3), 1.0, train_samples_per_s=round(our_rate, 2),
+           bare_samples_per_s=round(bare_rate, 2), train_size=args.size, batch_size=args.batch_size, steps=args.steps,
+           inference_ratio=round(ours_ips / scrfd_ips, 3), inference_goal=0.5, onnx_img_per_s=round(ours_ips, 2),
+           scrfd_500m_img_per_s=round(scrfd_ips, 2))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ Run: .venv/bin/python benchmarks/gallery_search.py [--sizes 10000,100000,1000000
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
+
+from common import parse_args, report
 
 DIM = 512
 TOP_K = 5
@@ -51,11 +51,11 @@ def synthetic(size: int, queries: int, rng: np.random.Generator) -> tuple[np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--numpy-queries", type=int, default=50, help="queries timed for the numpy scan")
-    args = parser.parse_args()
+    args = parse_args(__doc__, {
+        "--sizes": {"default": "10000,100000,1000000"},
+        "--queries": {"type": int, "default": 1000},
+        "--numpy-queries": {"type": int, "default": 50, "help": "queries timed for the numpy scan"},
+    })
 
     import faiss
 
@@ -90,10 +90,8 @@ def main() -> None:
             del hnsw
         del gallery, bare
     last = results[size]
-    print(json.dumps({"benchmark": "gallery_search", "ratio": last["ours_vs_faiss"], "goal": round(1 / 1.2, 3),
-                      "size": size, "queries": args.queries, "ours_vs_numpy": last["ours_vs_numpy"],
-                      "hnsw": hnsw_result,
-                      "sizes": {str(k): v for k, v in results.items()}}))
+    report("gallery_search", last["ours_vs_faiss"], round(1 / 1.2, 3), size=size, queries=args.queries,
+           ours_vs_numpy=last["ours_vs_numpy"], hnsw=hnsw_result, sizes={str(k): v for k, v in results.items()})
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ Run: .venv/bin/python benchmarks/identify.py [--photos DIR] [--repeat N] [--roun
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-LFW10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw10"
+from common import parse_args, report
+from tests.harness import LFW10
 
 
 def baseline_app(model_dir: Path, det: Path, rec: Path, workdir: Path):
@@ -64,12 +63,12 @@ def run_ours(listing: Path, db: Path, out: Path, models, top_k: int) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=Path, default=LFW10, help="folder of per-person photo folders")
-    parser.add_argument("--repeat", type=int, default=2, help="pass over the photos this many times per round")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--top-k", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(__doc__, {
+        "--photos": {"type": Path, "default": LFW10, "help": "folder of per-person photo folders"},
+        "--repeat": {"type": int, "default": 2, "help": "pass over the photos this many times per round"},
+        "--rounds": {"type": int, "default": 2},
+        "--top-k": {"type": int, "default": 5},
+    })
 
     from inference.gallery import build_gallery, load
     from inference.models import load_models, resolve
@@ -100,10 +99,9 @@ def main() -> None:
     base_fps, ours_fps = base_faces / base_s, ours_faces / ours_s
     print(f"baseline FaceAnalysis loop: {base_faces} faces in {base_s:.2f} s = {base_fps:.1f} faces/s")
     print(f"faceops identify          : {ours_faces} faces in {ours_s:.2f} s = {ours_fps:.1f} faces/s")
-    print(json.dumps({"benchmark": "identify", "ratio": round(ours_fps / base_fps, 3), "goal": 2.0,
-                      "faces_per_s": round(ours_fps, 1), "baseline_faces_per_s": round(base_fps, 1),
-                      "faces": ours_faces, "baseline_faces": base_faces, "photos": len(photos),
-                      "rounds": args.rounds}))
+    report("identify", round(ours_fps / base_fps, 3), 2.0, faces_per_s=round(ours_fps, 1),
+           baseline_faces_per_s=round(base_fps, 1), faces=ours_faces, baseline_faces=base_faces, photos=len(photos),
+           rounds=args.rounds)
 
 
 if __name__ == "__main__":

@@ -17,28 +17,25 @@ Run: .venv/bin/python benchmarks/image_push.py [--deps mxnet numpy]
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import http.server
-import json
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from images import login, push  # noqa: E402
-from images.build import build  # noqa: E402
-from jobs.core.bundle import FACEOPS_CODE, build_bundle, extract_bundle  # noqa: E402
-from tests.conftest import busybox_rootfs, import_image, running_docker_engine, running_registry  # noqa: E402
+from common import ROOT, parse_args, report  # first: it puts this checkout on sys.path
+from images import login, push
+from images.build import build
+from jobs.core.bundle import FACEOPS_CODE, build_bundle, extract_bundle
+from tests.harness.docker import busybox_rootfs, import_image, running_docker_engine
+from tests.harness.net import ServerThread
+from tests.harness.registry import running_registry
 
 CHANGED_FILE = "jobs/core/contract.py"
 LAYOUTS = {
@@ -67,12 +64,10 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         """Requests are not news here."""
 
 
-def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
+def serve(folder: Path) -> ServerThread:
     """A loopback HTTP server for ``folder`` (the package index stand-in the RUN step fetches from)."""
     handler = functools.partial(QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
+    return ServerThread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
 
 
 def folder_bytes(folder: Path) -> int:
@@ -119,16 +114,14 @@ def bundle_round(work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--deps", nargs="+", default=["mxnet", "numpy"],
-                        help="installed distributions that make up the image's dependency layer")
-    args = parser.parse_args()
+    args = parse_args(__doc__, {
+        "--deps": {"nargs": "+", "default": ["mxnet", "numpy"],
+                   "help": "installed distributions that make up the image's dependency layer"},
+    })
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="faceops-bench-")))
-        engine_root = Path(tempfile.mkdtemp(prefix="faceops-docker-"))  # short: socket paths are limited
-        stack.callback(shutil.rmtree, engine_root, True)
-        engine = stack.enter_context(running_docker_engine(engine_root))
+        engine = stack.enter_context(running_docker_engine())
         (work / "registry").mkdir()
         registry = stack.enter_context(running_registry(work / "registry"))
         os.environ.update(DOCKER_HOST=engine.host, DOCKER_CONFIG=str(work / "docker-config"))
@@ -136,9 +129,7 @@ def main() -> None:
         base = import_image(engine, busybox_rootfs(), "faceops-bench/busybox:latest")
         (work / "index").mkdir()
         deps_size = dependency_tar(args.deps, work / "index" / "deps.tar")
-        server, port = serve(work / "index")
-        stack.callback(server.shutdown)
-        deps_url = f"http://127.0.0.1:{port}/deps.tar"
+        deps_url = f"{stack.enter_context(serve(work / 'index')).endpoint}/deps.tar"
         print(f"dependency layer: {', '.join(args.deps)} = {deps_size / 1e6:.1f} MB installed", file=sys.stderr)
         ours = bundle_round(work)
         images = {layout: image_round(layout, work, base, deps_url, registry, say) for layout in LAYOUTS}
@@ -147,14 +138,12 @@ def main() -> None:
         print(f"image {layout:<9} : {row['bytes'] / 1e3:9.1f} kB  {row['seconds']:7.2f} s  "
               f"(build {row['build_s']} s, push {row['push_s']} s, {row['layers_pushed']} layers pushed, "
               f"{row['layers_skipped']} skipped; image {row['image_bytes'] / 1e6:.0f} MB)")
-    print(json.dumps({
-        "benchmark": "image_push", "ratio": round(images["naive"]["bytes"] / ours["bytes"], 1), "goal": 100,
-        "ratio_layered": round(images["layered"]["bytes"] / ours["bytes"], 2),
-        "seconds_ratio": round(images["naive"]["seconds"] / max(ours["seconds"], 1e-3), 1),
-        "seconds_ratio_layered": round(images["layered"]["seconds"] / max(ours["seconds"], 1e-3), 1),
-        "bundle_bytes": ours["bytes"], "image_bytes_naive": images["naive"]["bytes"],
-        "image_bytes_layered": images["layered"]["bytes"], "deps": args.deps,
-    }))
+    report("image_push", round(images["naive"]["bytes"] / ours["bytes"], 1), 100,
+           ratio_layered=round(images["layered"]["bytes"] / ours["bytes"], 2),
+           seconds_ratio=round(images["naive"]["seconds"] / max(ours["seconds"], 1e-3), 1),
+           seconds_ratio_layered=round(images["layered"]["seconds"] / max(ours["seconds"], 1e-3), 1),
+           bundle_bytes=ours["bytes"], image_bytes_naive=images["naive"]["bytes"],
+           image_bytes_layered=images["layered"]["bytes"], deps=args.deps)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Run: .venv/bin/python benchmarks/recognition_train.py [--network mbf_s1] [--batc
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-LFW10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw10"
+from common import parse_args, report
+from tests.harness import LFW10
 
 
 def ours(packed: Path, work: Path, network: str, batch: int, steps: int) -> float:
@@ -73,11 +73,11 @@ def bare(images: np.ndarray, labels: np.ndarray, num_classes: int, network: str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="mbf_s1")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=8, help="steps per measured window")
-    args = parser.parse_args()
+    args = parse_args(__doc__, {
+        "--network": {"default": "mbf_s1"},
+        "--batch": {"type": int, "default": 16},
+        "--steps": {"type": int, "default": 8, "help": "steps per measured window"},
+    })
     import cv2
 
     from train.recordio import pack_recognition
@@ -94,9 +94,8 @@ def main() -> None:
         ours_rate = ours(work / "packed", work / "job", args.network, args.batch, args.steps)
     print(f"bare Gluon loop, data in memory : {baseline:.1f} samples/s")
     print(f"faceops loop, RecordIO + metrics: {ours_rate:.1f} samples/s")
-    print(json.dumps({"benchmark": "recognition_train", "ratio": round(ours_rate / baseline, 3), "goal": 0.95,
-                      "ours_samples_per_sec": round(ours_rate, 2), "bare_samples_per_sec": round(baseline, 2),
-                      "network": args.network, "batch": args.batch, "steps": args.steps}))
+    report("recognition_train", round(ours_rate / baseline, 3), 0.95, ours_samples_per_sec=round(ours_rate, 2),
+           bare_samples_per_sec=round(baseline, 2), network=args.network, batch=args.batch, steps=args.steps)
 
 
 if __name__ == "__main__":

