@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
@@ -12,6 +13,19 @@ from tests.harness import LFW10
 from tests.harness.docker import DockerEngine, busybox_rootfs, import_image, running_docker_engine
 from tests.harness.registry import Registry, running_registry
 from tests.harness.s3 import S3Server, running_s3
+
+
+T = TypeVar("T")
+
+
+def serving(service: AbstractContextManager[T], what: str) -> Iterator[T]:
+    """For a fixture to ``yield from``: what ``service`` starts, stopped afterwards; the tests
+    that need it skip with the reason when it cannot start (the harness raises RuntimeError)."""
+    try:
+        with service as started:
+            yield started
+    except RuntimeError as exc:
+        pytest.skip(f"{what} cannot start: {exc}")
 
 
 @pytest.fixture(autouse=True)
@@ -50,11 +64,7 @@ def lfw10() -> Path:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """A real SeaweedFS S3 server on loopback with a random access/secret key, for the session."""
-    try:
-        with running_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
-            yield server
-    except RuntimeError as exc:
-        pytest.skip(f"SeaweedFS cannot start: {exc}")
+    yield from serving(running_s3(tmp_path_factory.mktemp("seaweedfs")), "SeaweedFS")
 
 
 @pytest.fixture
@@ -77,22 +87,14 @@ def s3_bucket(s3_env) -> str:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[DockerEngine]:
-    """A real Docker engine for the session (skips with the reason when it cannot start)."""
-    try:
-        with running_docker_engine() as engine:
-            yield engine
-    except RuntimeError as exc:
-        pytest.skip(f"Docker engine cannot start: {exc}")
+    """A real Docker engine for the session."""
+    yield from serving(running_docker_engine(), "Docker engine")
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory) -> Iterator[Registry]:
     """A real registry with htpasswd auth on a free loopback port, for the session."""
-    try:
-        with running_registry(tmp_path_factory.mktemp("registry")) as server:
-            yield server
-    except RuntimeError as exc:
-        pytest.skip(f"registry cannot start: {exc}")
+    yield from serving(running_registry(tmp_path_factory.mktemp("registry")), "registry")
 
 
 @pytest.fixture(scope="session")

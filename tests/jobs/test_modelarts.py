@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import secrets
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -16,10 +13,10 @@ import pytest
 
 from jobs.store import Store
 from tests.harness.modelarts import ModelArtsServer
+from tests.jobs.cloud import REPO, pushed_job, refused, run_bootstrap, stage_bundle, training_code
 
 SWR = "swr.cn-north-4.myhuaweicloud.com"
 DIGEST = "sha256:" + "cd" * 32
-BOOTSTRAP = Path(__file__).resolve().parents[2] / "images" / "bin" / "faceops-cloud-bootstrap"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +26,7 @@ def modelarts_server():
 
 
 @pytest.fixture
-def modelarts(modelarts_server, s3_env, monkeypatch) -> ModelArtsServer:
+def modelarts(modelarts_server, s3_env, fast_cloud, monkeypatch) -> ModelArtsServer:
     state = modelarts_server.state
     state.jobs.clear(), state.logs.clear(), state.requests.clear(), state.quota_flavors.clear()
     state.images = {"faceops/train:gpu"}
@@ -39,24 +36,15 @@ def modelarts(modelarts_server, s3_env, monkeypatch) -> ModelArtsServer:
     monkeypatch.setenv("HUAWEICLOUD_SDK_PROJECT_ID", state.project_id)
     monkeypatch.setenv("HUAWEICLOUD_SDK_REGION", "cn-north-4")
     monkeypatch.setenv("FACEOPS_MODELARTS_ENDPOINT", modelarts_server.endpoint)
-    monkeypatch.setenv("FACEOPS_CLOUD_POLL_SECONDS", "0.05")
-    monkeypatch.setenv("FACEOPS_CLOUD_BACKOFF", "0.01")
-    monkeypatch.setenv("FACEOPS_CLOUD_MIN_POLL_SECONDS", "0")
     return modelarts_server
 
 
 @pytest.fixture
 def spec(tmp_path, s3_env, s3_bucket) -> Path:
     """The seed tutorial's recognition job as a spec: RecordIO on OBS, an SWR image, a GPU flavor."""
-    from images.digests import record
-
     s3_env.client().put_object(Bucket=s3_bucket, Key="recognition_train_data/cele.rec", Body=b"r" * 500)
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print('training')\n")
-    record(f"{SWR}/faceops/train:gpu", DIGEST)
-    path = tmp_path / "job.yaml"
-    path.write_text(f"""\
+    training_code(tmp_path)
+    return pushed_job(tmp_path, f"{SWR}/faceops/train:gpu", DIGEST, f"""\
 name: face-recognition
 task: custom
 backend: modelarts
@@ -70,7 +58,6 @@ outputs:
 hyperparameters: {{lr: 0.1, epochs: 20, network: r50, flip: true}}
 resources: {{instance_type: modelarts.p3.large.public, instance_count: 2, max_runtime: 90m, retries: 2}}
 """)
-    return path
 
 
 def test_dry_run_shows_the_request_without_keys(runner, modelarts, spec, s3_bucket):
@@ -174,44 +161,42 @@ def test_stop_terminates_the_job(runner, modelarts, spec):
 ])
 def test_missing_credentials_name_the_setting(runner, modelarts, spec, monkeypatch, variable, expected):
     monkeypatch.delenv(variable)
-    result = runner("job", "submit", spec, "--detach")
-    assert result.exit_code == 2 and expected in result.output, result.output
+    output = refused(runner, spec, "--detach")
+    assert expected in output, output
     assert modelarts.state.requests == []
 
 
 def test_missing_region_without_endpoint(runner, modelarts, spec, monkeypatch):
     monkeypatch.delenv("HUAWEICLOUD_SDK_REGION")
     monkeypatch.delenv("FACEOPS_MODELARTS_ENDPOINT")
-    result = runner("job", "submit", spec, "--dry-run")
-    assert result.exit_code == 2 and "no region, like cn-north-4; set HUAWEICLOUD_SDK_REGION" in result.output
+    output = refused(runner, spec, "--dry-run")
+    assert "no region, like cn-north-4; set HUAWEICLOUD_SDK_REGION" in output
 
 
 def test_wrong_secret_key_is_refused_by_the_signature_check(runner, modelarts, spec, monkeypatch):
     monkeypatch.setenv("HUAWEICLOUD_SDK_SK", "not-the-secret")
-    result = runner("job", "submit", spec, "--detach")
-    assert result.exit_code == 2
-    assert "refused the credentials" in result.output and "verify aksk signature fail" in result.output
-    assert "not-the-secret" not in result.output
+    output = refused(runner, spec, "--detach")
+    assert "refused the credentials" in output and "verify aksk signature fail" in output
+    assert "not-the-secret" not in output
 
 
 def test_image_outside_swr(runner, modelarts, spec):
-    result = runner("job", "submit", spec, "--set", "image=ghcr.io/team/train:gpu", "--dry-run")
-    assert result.exit_code == 2 and "not in SWR" in result.output and "faceops image push" in result.output
+    output = refused(runner, spec, "--set", "image=ghcr.io/team/train:gpu", "--dry-run")
+    assert "not in SWR" in output and "faceops image push" in output
 
 
 def test_image_missing_from_swr_passes_the_service_message_on(runner, modelarts, spec):
-    result = runner("job", "submit", spec, "--set", f"image={SWR}/faceops/train:never-pushed", "--detach")
-    assert result.exit_code == 2
-    assert "Image faceops/train:never-pushed does not exist in SWR" in result.output
+    output = refused(runner, spec, "--set", f"image={SWR}/faceops/train:never-pushed", "--detach")
+    assert "Image faceops/train:never-pushed does not exist in SWR" in output
     assert Store().get("face-recognition", 1)["status"] == "failed"
 
 
 def test_flavor_rejected_and_quota(runner, modelarts, spec):
-    result = runner("job", "submit", spec, "--set", "resources.instance_type=modelarts.p9.huge", "--detach")
-    assert result.exit_code == 2 and "Flavor modelarts.p9.huge is not supported" in result.output
+    output = refused(runner, spec, "--set", "resources.instance_type=modelarts.p9.huge", "--detach")
+    assert "Flavor modelarts.p9.huge is not supported" in output
     modelarts.state.quota_flavors.add("modelarts.p3.large.public")
-    result = runner("job", "submit", spec, "--detach")
-    assert result.exit_code == 2 and "ModelArts quota reached" in result.output and "Insufficient quota" in result.output
+    output = refused(runner, spec, "--detach")
+    assert "ModelArts quota reached" in output and "Insufficient quota" in output
 
 
 def test_throttling_backs_off(runner, modelarts, spec, monkeypatch):
@@ -220,23 +205,20 @@ def test_throttling_backs_off(runner, modelarts, spec, monkeypatch):
     assert len(modelarts.state.jobs) == 1 and len(modelarts.state.requests) == 3
     monkeypatch.setenv("FACEOPS_CLOUD_MAX_ATTEMPTS", "2")
     modelarts.state.throttle = 5
-    result = runner("job", "submit", spec, "--set", "lr=0.05", "--detach")
-    assert result.exit_code == 2 and "still throttling after 2 tries" in result.output
+    output = refused(runner, spec, "--set", "lr=0.05", "--detach")
+    assert "still throttling after 2 tries" in output
 
 
 def test_name_collision_names_the_existing_job(runner, modelarts, spec):
     planned = json.loads(runner("job", "submit", spec, "--dry-run", "--json").output)["plan"]["request"]
     modelarts.state.jobs["existing-id"] = {**planned, "metadata": {**planned["metadata"], "id": "existing-id"},
                                            "status": {"phase": "Running"}}
-    result = runner("job", "submit", spec, "--detach")
-    assert result.exit_code == 2
-    assert "already exists" in result.output and "job id existing-id, Running" in result.output
+    output = refused(runner, spec, "--detach")
+    assert "already exists" in output and "job id existing-id, Running" in output
 
 
 def test_bootstrap_reads_modelarts_parameters(tmp_path):
     """The container side on ModelArts' layout: parameters appended as --name=value."""
-    from jobs.core.bundle import build_bundle
-
     code = tmp_path / "src"
     code.mkdir()
     (code / "show.py").write_text(
@@ -244,14 +226,11 @@ def test_bootstrap_reads_modelarts_parameters(tmp_path):
         "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters, 'argv': sys.argv[1:],\n"
         "    'train': str(job.channel('train'))}))\n")
     root = tmp_path / "opt-ml"
-    (root / "input" / "data" / "faceops-code").mkdir(parents=True)
-    (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(build_bundle(code, store=False).path.read_bytes())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEOPS_")}
-    env.update(FACEOPS_OPT_ML=str(root), FACEOPS_CHANNELS="train", FACEOPS_OUTPUTS="model",
-               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    done = subprocess.run([sys.executable, str(BOOTSTRAP), "modelarts", "python", "show.py", "--log-every", "10",
-                           "--faceops-parameters", "--lr=0.1", "--network=\"r50\"", "--flip=true", "--epochs=20"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    stage_bundle(root / "input" / "data" / "faceops-code", code)
+    done = run_bootstrap(["modelarts", "python", "show.py", "--log-every", "10",
+                          "--faceops-parameters", "--lr=0.1", "--network=\"r50\"", "--flip=true", "--epochs=20"],
+                         env={"FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model",
+                              "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     seen = json.loads((root / "model" / "seen.json").read_text())
     assert seen == {"hp": {"lr": 0.1, "network": "r50", "flip": True, "epochs": 20}, "argv": ["--log-every", "10"],

