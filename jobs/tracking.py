@@ -63,7 +63,7 @@ def _read_state(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return {"run_id": None, "offset": 0, "rows": 0, "finished": None}
+        return {"run_id": None, "offset": 0, "rows": 0, "finished": None, "parent_linked": False}
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -150,10 +150,6 @@ class MlflowStore:
         if existing:
             return existing
         tags = run_tags(record)
-        if record.get("parent") is not None:
-            parent = self.find_run(experiment, record["name"], record["parent"])
-            if parent:
-                tags["mlflow.parentRunId"] = parent
         started = (record.get("status_history") or [{}])[0].get("at") or record.get("created") or time.time()
         run = self.client.create_run(experiment, start_time=int(started * 1000), tags=tags,
                                      run_name=f"{record['name']}:{record['version']}")
@@ -161,6 +157,17 @@ class MlflowStore:
         for i in range(0, len(params), PARAM_BATCH):
             self.client.log_batch(run.info.run_id, params=params[i:i + PARAM_BATCH])
         return run.info.run_id
+
+    def link_parent(self, run_id: str, record: dict[str, Any]) -> bool:
+        """Make the run a child of its parent version's run once that one is logged (it may
+        still be on its way when this version starts); True when linked or there is no parent."""
+        if record.get("parent") is None:
+            return True
+        run = self.client.get_run(run_id)
+        parent = self.find_run(run.info.experiment_id, record["name"], record["parent"])
+        if parent:
+            self.client.set_tag(run_id, "mlflow.parentRunId", parent)
+        return parent is not None
 
     def log_rows(self, run_id: str, rows: list[dict[str, Any]], first_index: int, default_ms: int) -> None:
         """Every numeric value of every row as a metric at the row's step (its ``step``, else its
@@ -195,6 +202,9 @@ def sync(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> 
     store = store or MlflowStore(uri)
     if not state["run_id"]:
         state["run_id"] = store.create_run(record)
+        _write_state(path, state)
+    if not state.get("parent_linked") and store.link_parent(state["run_id"], record):
+        state["parent_linked"] = True
         _write_state(path, state)
     source = metrics_file(record)
     if source.exists():
@@ -263,8 +273,10 @@ class Tracker:
             self.down = message
 
     def _loop(self) -> None:
-        while not self.done.wait(INTERVAL if not self.down else 3 * INTERVAL):
+        while True:
             self._attempt(self.record)
+            if self.done.wait(INTERVAL if not self.down else 3 * INTERVAL):
+                return
 
     def finish(self, status: str) -> None:
         """Stop the background loop, deliver the last rows and end the run. While the store is

@@ -19,15 +19,21 @@ from jobs.store import Store
 
 ROWS = 50
 
+# 50 rows of a falling loss (with a bump at steps 25 and 50, so the best is not the last). With
+# hyperparameter pause_at, the job stops after that step until the file go_file exists.
 TRAIN = textwrap.dedent("""
     import json, math, os, time
     hp = json.load(open(os.environ["FACEOPS_HYPERPARAMETERS"]))
-    lr = hp["lr"]
+    lr, pause = hp["lr"], hp.get("pause_at", 0)
     with open(os.environ["FACEOPS_METRICS_FILE"], "a") as fh:
         for step in range(1, %d + 1):
             loss = 2.0 * math.exp(-lr * step) + 0.05 * (step %% 25 == 0)
             acc = 1.0 - loss / 2.5
             fh.write(json.dumps({"time": time.time(), "step": step, "epoch": 1 + step // 10, "loss": loss, "acc": acc}) + "\\n")
+            fh.flush()
+            deadline = time.time() + 120
+            while step == pause and not os.path.exists(hp["go_file"]) and time.time() < deadline:
+                time.sleep(0.1)
 """ % ROWS)
 
 SPEC = textwrap.dedent("""
