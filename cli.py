@@ -598,11 +598,13 @@ def gallery_calibrate(database: str, far: float, as_json: bool) -> None:
 @click.option("--truth", type=click.Path(dir_okay=False), help="Ground truth CSV (path,person) for rank-1, TAR@FAR and unknown rejection.")
 @click.option("--truth-from-folders", is_flag=True, help="Ground truth = each image's first folder name.")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write images with boxes and names here.")
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Write a contact sheet (.jpg/.png) of the unknown faces and the lowest-margin matches, most doubtful first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (and metrics) as JSON.")
 def identify(images: str, database: str, out: str, models_dir: str | None, det_model: str | None,
              rec_model: str | None, det_size: int, det_thresh: float, batch_size: int, workers: int,
              threshold: float | None, top_k: int, truth: str | None, truth_from_folders: bool,
-             annotate_dir: str | None, as_json: bool) -> None:
+             annotate_dir: str | None, sheet: str | None, as_json: bool) -> None:
     """Identify every face in IMAGES (a folder, s3:// prefix, .txt list of paths or .csv) against a
     gallery: box, landmarks, detection score and the top-k people with cosine similarity, or
     'unknown' below the threshold. One row per face (and per image without a face) in
@@ -612,7 +614,7 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
     _echo_summary(run_identify(images, database, out, models_dir, det=det_model, rec=rec_model, threshold=threshold,
                                top_k=top_k, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,
                                workers=workers, truth=truth, truth_from_folders=truth_from_folders,
-                               annotate_dir=annotate_dir, progress=not as_json), as_json)
+                               annotate_dir=annotate_dir, sheet=sheet, progress=not as_json), as_json)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def test_submit_rerun_versions_diff(line_fit):
 
     result = faceops("job", "diff", "line-fit:1", "line-fit:2", "--json")
     changed = {row["key"] for row in json.loads(result.output)}
-    assert changed - {k for k in changed if k.startswith("metrics.")} == {"hyperparameters.lr"}
-    assert "metrics.loss" in changed
+    assert changed - {k for k in changed if k.startswith(("metrics.", "best."))} == {"hyperparameters.lr"}
+    assert "metrics.loss" in changed and "best.loss (min)" in changed
     assert "hyperparameters.lr  0.05" in faceops("job", "diff", "line-fit:1", "line-fit:2").output
     everything = {row["key"] for row in json.loads(faceops("job", "diff", "line-fit:1", "line-fit:2", "--all", "--json").output)}
     assert {"hyperparameters.epochs", "code.hash", "inputs.train.etag", "status"} <= everything
