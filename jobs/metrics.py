@@ -64,11 +64,11 @@ def remote_source(record: dict[str, Any]) -> tuple[str, str | None] | None:
     its backend says; None for a local job or one the service has not accepted yet."""
     if record["backend"] == "local" or not (record.get("backend_info") or {}).get("remote_name"):
         return None
+    from importlib import import_module
+
     from jobs.backends import BACKENDS
 
     module, _ = BACKENDS[record["backend"]].split(":")
-    from importlib import import_module
-
     return import_module(module).metrics_source(record)
 
 

@@ -143,7 +143,7 @@ class MlflowStore:
 
     def create_run(self, record: dict[str, Any]) -> str:
         """A run for the version with its tags and parameters (and its parent run, if logged)."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         experiment = self.experiment_id(record["name"])
         existing = self.find_run(experiment, record["name"], record["version"])
