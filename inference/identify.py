@@ -18,6 +18,7 @@ import numpy as np
 from inference import faces as facelib
 from inference import gallery as gallerylib
 from inference.models import Models, load_models
+from inference.sheet import DoubtfulFaces
 from inference.sources import ImageItem, list_images, local, read_truth
 from jobs.core.errors import DataError
 
@@ -142,12 +143,14 @@ def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: 
              rec: str | Path | None = None, threshold: float | None = None, top_k: int = 5,
              det_size: int = 640, det_thresh: float = 0.5, batch_size: int = 16, workers: int = 2,
              truth: str | Path | None = None, truth_from_folders: bool = False,
-             annotate_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+             annotate_dir: str | Path | None = None, progress: bool = False,
+             sheet: str | Path | None = None) -> dict[str, Any]:
     """Identify every face in ``images`` (folder, list, CSV or object-storage prefix) against
     ``gallery`` and write the report to the folder ``out``.
 
     Ground truth comes from a ``path,person`` CSV (``truth``) or from each image's first folder
-    (``truth_from_folders``); with it the summary carries rank-1, TAR@FAR and unknown rejection."""
+    (``truth_from_folders``); with it the summary carries rank-1, TAR@FAR and unknown rejection.
+    ``sheet`` names a contact sheet image of the doubtful faces (see inference.sheet)."""
     from tqdm import tqdm
 
     db = gallery if isinstance(gallery, gallerylib.Gallery) else gallerylib.load(gallery)
@@ -162,6 +165,7 @@ def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: 
     probes: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     start = time.perf_counter()
+    doubtful = DoubtfulFaces(threshold) if sheet else None
     with local(images) as folder:
         listing = list_images(folder)
         items = listing.items
@@ -180,6 +184,8 @@ def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: 
                     jsonl_fh.write(json.dumps(row) + "\n")
                 if annotate_dir and result.faces:
                     annotate(result.item.path, image_rows, Path(annotate_dir) / _inside(result.item.name))
+                if doubtful:
+                    doubtful.add(result.item.path, image_rows)
                 counts.update(r["status"] for r in image_rows)
                 counts["unknown"] += sum(r.get("person") == UNKNOWN for r in image_rows)
                 probes.extend(r for r in image_rows if r["truth"])
@@ -191,6 +197,8 @@ def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: 
         "seconds": round(seconds, 3), "faces_per_s": round(faces / seconds, 2) if seconds else None,
         "report": str(out / "report.csv"),
     }
+    if doubtful:
+        summary["sheet"] = str(doubtful.write(sheet))
     if labels or truth_from_folders:
         summary["metrics"] = metrics(probes, set(db.names), threshold)
         (out / "metrics.json").write_text(json.dumps(summary["metrics"], indent=2) + "\n")

@@ -7,7 +7,7 @@ Outputs: ``database`` (gallery) and ``report`` (identify). Imports nothing heavy
 """
 from __future__ import annotations
 
-from jobs.core.tasks import Param, Task
+from jobs.core.tasks import Metric, Param, Task
 
 DETECTION = {
     "det_size": Param("int", 640, "largest detector input side; smaller photos are not upscaled", min=32, max=4096),
@@ -26,6 +26,7 @@ GALLERY = Task(
         "far": Param("float", 1e-3, "target false-accept rate for the calibrated threshold", min=1e-9, max=0.5),
         "index": Param("str", "flat", "faiss index: flat (exact) or an approximate one", choices=("flat", "hnsw", "ivf")),
     },
+    metrics={"tar": Metric("max"), "far": Metric("min")},
     help="Build a gallery database from one folder of photos per person (channel images) into output database.",
 )
 
@@ -40,5 +41,7 @@ IDENTIFY = Task(
         "truth_from_folders": Param("bool", False, "each image's first folder is its person (for metrics)"),
         "annotate": Param("bool", False, "also write images with boxes and names to output report/annotated"),
     },
+    metrics={"faces_per_s": Metric("max", "faces/s"), "rank1": Metric("max"), "tar_at_far": Metric("max"),
+             "unknown_rejection": Metric("max")},
     help="Identify every face in channel images against channel gallery; report CSV/JSONL and metrics to output report.",
 )

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 # What `job diff` compares, in this order. `status` and timings are shown by --all only, since two
 # versions almost always differ there and it hides what was changed on purpose.
 DIFF_SECTIONS = ("task", "backend", "runtime", "entrypoint", "hyperparameters", "image", "code", "inputs",
-                 "outputs", "resources", "metrics")
+                 "outputs", "resources", "metrics", "best")
 # The parts of a spec a user changes on purpose; `job versions` lists these against the parent.
 CHANGE_SECTIONS = ("hyperparameters", "resources", "inputs", "outputs", "image", "runtime", "entrypoint")
 
@@ -43,7 +43,22 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
         "resources": spec["resources"],
         "metrics": record.get("metrics") or {},
     }
-    return flatten(view)
+    flat = flatten(view)
+    flat.update({f"best.{name} ({entry['direction']})": entry["best"] for name, entry in best_values(record)})
+    return flat
+
+
+def best_values(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(metric, summary)`` for each metric with a declared direction, from the per-step summary
+    views attach as ``metric_summary`` (see jobs.metrics.with_summary); [] without one."""
+    return [(name, entry) for name, entry in (record.get("metric_summary") or {}).items() if "best" in entry]
+
+
+def best_summary(record: dict[str, Any], limit: int = 4) -> str:
+    """``loss 0.1 (min @40)``: the best value of each declared metric, its direction and the step
+    (or epoch) it was reached at."""
+    items = best_values(record)[:limit]
+    return ", ".join(f"{name} {fmt(e['best'])} ({e['direction']} @{fmt(e['best_at'])})" for name, e in items) or "-"
 
 
 def diff(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> list[tuple[str, Any, Any]]:
@@ -56,14 +71,19 @@ def diff(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> list[t
     return [(k, left.get(k), right.get(k)) for k in keys if show_all or left.get(k) != right.get(k)]
 
 
+def changed_settings(parent: dict[str, Any], child: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for the settings ``child`` changed on purpose relative to ``parent``;
+    hyperparameters are named without their section (``lr``, not ``hyperparameters.lr``)."""
+    return [(key.split(".", 1)[-1] if key.startswith("hyperparameters.") else key, old, new)
+            for key, old, new in diff(parent, child) if key.split(".")[0] in CHANGE_SECTIONS
+            and not key.endswith((".size", ".etag", ".digest"))]
+
+
 def changes(parent: dict[str, Any] | None, child: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for the settings ``child`` changed relative to ``parent``."""
     if parent is None:
         return []
-    rows = diff(parent, child)
-    return [f"{key.split('.', 1)[-1] if key.startswith('hyperparameters.') else key}: {fmt(old)} -> {fmt(new)}"
-            for key, old, new in rows if key.split(".")[0] in CHANGE_SECTIONS
-            and not key.endswith((".size", ".etag", ".digest"))]
+    return [f"{key}: {fmt(old)} -> {fmt(new)}" for key, old, new in changed_settings(parent, child)]
 
 
 def duration(record: dict[str, Any]) -> float | None:
@@ -117,14 +137,16 @@ def table(headers: list[str], rows: Iterable[list[Any]]) -> str:
 
 
 def versions_table(records: list[dict[str, Any]]) -> str:
-    """`job versions`: version, parent, status, start, duration, changes vs parent, metrics."""
+    """`job versions`: version, parent, status, start, duration, changes vs parent, last metrics
+    and, when the records carry a ``metric_summary``, the best value of each declared metric."""
     by_version = {r["version"]: r for r in records}
     rows = []
     for record in records:
         changed = changes(by_version.get(record["parent"]), record)
         rows.append([record["version"], record["parent"], record["status"], started(record),
-                     fmt_duration(duration(record)), ", ".join(changed) or "-", metrics_summary(record)])
-    return table(["VERSION", "PARENT", "STATUS", "STARTED", "DURATION", "CHANGED", "METRICS"], rows)
+                     fmt_duration(duration(record)), ", ".join(changed) or "-", metrics_summary(record),
+                     best_summary(record)])
+    return table(["VERSION", "PARENT", "STATUS", "STARTED", "DURATION", "CHANGED", "METRICS (LAST)", "BEST"], rows)
 
 
 def list_table(records: list[dict[str, Any]]) -> str:
@@ -164,6 +186,7 @@ def show_text(record: dict[str, Any]) -> str:
         ("backend", {k: v for k, v in (record.get("backend_info") or {}).items() if v not in (None, "")}),
         ("timings (s)", record.get("timings") or {}),
         ("metrics", record.get("metrics") or {}),
+        ("best", {f"{name} ({e['direction']})": f"{fmt(e['best'])} at {fmt(e['best_at'])}" for name, e in best_values(record)}),
     ]
     for title, values in sections:
         if values:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import SpecError
-from jobs.core.tasks import Param, Task, get_task, parse_untyped, unknown_key_message
+from jobs.core.tasks import Param, Task, get_task, parse_metric, parse_untyped, unknown_key_message
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 TOP_LEVEL = ("name", "task", "description", "backend", "runtime", "image", "entrypoint", "code",
-             "inputs", "outputs", "hyperparameters", "resources")
+             "inputs", "outputs", "hyperparameters", "resources", "metrics")
 RUNTIMES = ("process", "docker")
 RESOURCES = {
     "instance_type": Param("str", help="machine type on a cloud backend, e.g. ml.p3.2xlarge"),
@@ -57,6 +57,9 @@ class JobSpec:
     outputs: dict[str, str] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
+    # Metric name (or glob pattern) -> {"direction": "min"|"max", "unit": ...}; adds to (and
+    # overrides) the task's own schema, so custom jobs can say which way is better.
+    metrics: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (what a version record stores and ``rerun`` reloads)."""
@@ -204,6 +207,7 @@ def _build(raw: dict[str, Any], task: Task, source: _Source) -> JobSpec:
         outputs=_uri_map(raw.get("outputs"), "outputs", source),
         hyperparameters=_hyperparameters(raw.get("hyperparameters"), task, source),
         resources=_resources(raw.get("resources"), source),
+        metrics=_metrics(raw.get("metrics"), source),
     )
 
 
@@ -269,6 +273,22 @@ def _resources(value: Any, source: _Source) -> Resources:
         except ValueError as exc:
             raise source.error(path, str(exc)) from None
     return Resources(**checked)
+
+
+def _metrics(value: Any, source: _Source) -> dict[str, dict[str, str]]:
+    """``metrics: {loss: min, acc: {direction: max, unit: "%"}}`` -> typed declarations."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise source.error("metrics", "expected a mapping of metric name -> min, max or {direction, unit}")
+    out = {}
+    for name, item in value.items():
+        try:
+            metric = parse_metric(item)
+        except ValueError as exc:
+            raise source.error(f"metrics.{name}", str(exc)) from None
+        out[str(name)] = {"direction": metric.direction, "unit": metric.unit}
+    return out
 
 
 def parse_duration(value: Any) -> int | None:

@@ -57,8 +57,8 @@ def test_submit_rerun_versions_diff(runner, line_fit):
 
     result = runner("job", "diff", "line-fit:1", "line-fit:2", "--json")
     changed = {row["key"] for row in json.loads(result.output)}
-    assert changed - {k for k in changed if k.startswith("metrics.")} == {"hyperparameters.lr"}
-    assert "metrics.loss" in changed
+    assert changed - {k for k in changed if k.startswith(("metrics.", "best."))} == {"hyperparameters.lr"}
+    assert "metrics.loss" in changed and "best.loss (min)" in changed
     assert "hyperparameters.lr  0.05" in runner("job", "diff", "line-fit:1", "line-fit:2").output
     diff = json.loads(runner("job", "diff", "line-fit:1", "line-fit:2", "--all", "--json").output)
     everything = {row["key"] for row in diff}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.core.tasks import Param, Task
+from jobs.core.tasks import Metric, Param, Task
 
 NETWORKS = ("r18", "r34", "r50", "r100", "mbf", "mbf_s1")
 LOSSES = ("arcface", "cosface", "combined")
@@ -45,6 +45,8 @@ RECOGNITION = Task(
     name="recognition",
     entrypoint=("python", "-m", "train.recognition"),
     params=PARAMS,
+    metrics={"loss": Metric("min"), "acc": Metric("max"), "epoch_loss": Metric("min"), "epoch_acc": Metric("max"),
+             "samples_per_sec": Metric("max", "samples/s"), "val_*_acc": Metric("max"), "val_*_std": Metric("min")},
     help="Train an ArcFace recognizer on insightface RecordIO (channel train, optional val with .bin "
          "verification sets); output model gets Gluon symbol+params and model.onnx for insightface.",
 )

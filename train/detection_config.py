@@ -7,7 +7,7 @@ Output ``model``: ``model.onnx`` (insightface detector contract), the Gluon symb
 """
 from __future__ import annotations
 
-from jobs.core.tasks import Param, Task
+from jobs.core.tasks import Metric, Param, Task
 
 DETECTION = Task(
     name="detection",
@@ -37,5 +37,6 @@ DETECTION = Task(
         "workers": Param("int", 2, "threads preparing batches", min=0, max=64),
         "seed": Param("int", 0, "random seed", min=0),
     },
+    metrics={"val_ap50": Metric("max"), "train_samples_per_s": Metric("max", "samples/s"), "train_*": Metric("min")},
     help="Train a RetinaFace detector (Gluon) from channel train; exports model.onnx for insightface to output model.",
 )

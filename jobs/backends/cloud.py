@@ -271,25 +271,35 @@ def follow(backend: Any, record: dict[str, Any], read: Callable[[Any], tuple[lis
         time.sleep(next(intervals))
 
 
-def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
-    """Final metrics from a job's ``metrics.jsonl`` on object storage, or from the file
-    ``member`` inside the tarball at ``uri`` (SageMaker packs ``/opt/ml/output/data`` as
-    ``output.tar.gz``); {} when the job wrote none."""
+def fetch_metrics(uri: str, member: str | None = None) -> bytes | None:
+    """The bytes of a job's ``metrics.jsonl`` on object storage, or of the file ``member`` inside
+    the tarball at ``uri`` (SageMaker packs ``/opt/ml/output/data`` as ``output.tar.gz``); None
+    when the job wrote none (or the service has not uploaded it yet)."""
     import io
     import tarfile
 
     from jobs.core import storage
-    from jobs.core.contract import final_metrics
 
     if not storage.exists(uri):
-        return {}
+        return None
     data = storage.read_bytes(uri)
     if member:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             names = [m for m in tar.getnames() if m.lstrip("./") == member]
             if not names:
-                return {}
+                return None
             data = tar.extractfile(names[0]).read()
+    return data
+
+
+def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
+    """Final metrics (the last value of each key) from the metrics file :func:`fetch_metrics`
+    finds; {} when the job wrote none."""
+    from jobs.core.contract import final_metrics
+
+    data = fetch_metrics(uri, member)
+    if data is None:
+        return {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "metrics.jsonl"
         path.write_bytes(data)

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+from jobs import tracking
 from jobs.backends import Backend, ContainerJob, Launch, Runtime, get_runtime
 from jobs.core.contract import Contract, final_metrics
 from jobs.store import TERMINAL, Store, workdir
@@ -237,6 +238,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / LOG_NAME, "ab", buffering=0) as self.log:
+            self.tracker = tracking.start(self.record, self._say)
             try:
                 self._advance("staging", backend_info={**self.record["backend_info"], "supervisor_pid": os.getpid()})
                 self._stage()
@@ -269,6 +271,7 @@ class Supervisor:
             self.store.update(self.record["name"], self.record["version"], status=status, reason=reason, metrics=metrics)
         except RecordFrozen:
             pass  # stopped before it started: the CLI already closed the record
+        self.tracker.finish(status)
 
     def _stage(self) -> None:
         from jobs.core import storage

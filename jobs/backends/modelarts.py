@@ -222,7 +222,7 @@ class ModelArtsBackend(Backend):
         if phase != info.get("remote_status") or tasks != info.get("tasks", []):
             fields["backend_info"] = {**info, "remote_status": phase, "tasks": tasks}
         if status in TERMINAL:
-            fields["metrics"] = cloud.metrics_from(_job_folder(info["staging"], info["remote_name"]) + "output/metrics.jsonl")
+            fields["metrics"] = cloud.metrics_from(*metrics_source(record))
         cloud.set_status(record, status, reason=_reason(job, phase, status), **fields)
 
     def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
@@ -240,6 +240,12 @@ class ModelArtsBackend(Backend):
         if not info.get("job_id"):
             return iter(())
         return cloud.follow(self, record, lambda seen: _read_logs(record, seen or {}), follow)
+
+
+def metrics_source(record: dict[str, Any]) -> tuple[str, None]:
+    """Where the version's metrics file is: the faceops output channel, which ModelArts uploads."""
+    info = record["backend_info"]
+    return _job_folder(info["staging"], info["remote_name"]) + "output/metrics.jsonl", None
 
 
 def _find(name: str) -> Any:

@@ -331,13 +331,24 @@ def _final_metrics(job: dict[str, Any], info: dict[str, Any], training: bool) ->
     """SageMaker's own final metrics plus what the entry point logged (metrics.jsonl, which the
     bootstrap writes where the service uploads it)."""
     metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}
+    output_path = job["OutputDataConfig"]["S3OutputPath"] if training else None
+    metrics.update(cloud.metrics_from(*_metrics_location(info, training, output_path)))
+    return metrics
+
+
+def _metrics_location(info: dict[str, Any], training: bool, output_path: str | None) -> tuple[str, str | None]:
+    """A training job's metrics file is inside ``output.tar.gz`` under its output path; a
+    processing job's is uploaded to its folder under staging."""
     name = info["remote_name"]
     if training:
-        output = f"{job['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{name}/output/output.tar.gz"
-        metrics.update(cloud.metrics_from(output, "metrics.jsonl"))
-    else:
-        metrics.update(cloud.metrics_from(_job_folder(info["staging"], name) + "output/metrics.jsonl"))
-    return metrics
+        return f"{str(output_path).rstrip('/')}/{name}/output/output.tar.gz", "metrics.jsonl"
+    return _job_folder(info["staging"], name) + "output/metrics.jsonl", None
+
+
+def metrics_source(record: dict[str, Any]) -> tuple[str, str | None]:
+    """Where the version's metrics file is once SageMaker has uploaded it (at the job's end)."""
+    info = record["backend_info"]
+    return _metrics_location(info, info["kind"] == "training", record["spec"]["outputs"].get("model"))
 
 
 def _reason(job: dict[str, Any], remote: str, status: str) -> str | None:

@@ -8,12 +8,14 @@ this module never imports MXNet or onnxruntime and adding a task never touches t
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
 TYPES = ("int", "float", "str", "bool")
+DIRECTIONS = ("min", "max")
 
 
 @dataclass(frozen=True)
@@ -41,16 +43,56 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """How to read one logged metric: whether lower (``min``) or higher (``max``) is better, so
+    views can show the best value beside the last one, and its unit for axis labels."""
+
+    direction: str
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"expected direction min or max, got {self.direction!r}")
+
+    def best(self, a: float, b: float) -> bool:
+        """True when ``a`` is strictly better than ``b``."""
+        return a < b if self.direction == "min" else a > b
+
+
+def parse_metric(value: Any) -> Metric:
+    """A metric declaration from a spec: ``min``, ``max`` or ``{direction: max, unit: "%"}``;
+    ``ValueError`` saying what was expected otherwise."""
+    if isinstance(value, str):
+        return Metric(value.strip().lower())
+    if isinstance(value, dict):
+        unknown = set(value) - {"direction", "unit"}
+        if unknown:
+            raise ValueError(unknown_key_message(sorted(unknown)[0], ("direction", "unit")))
+        return Metric(str(value.get("direction", "")).strip().lower(), str(value.get("unit") or ""))
+    raise ValueError(f"expected min, max or {{direction: min|max, unit: ...}}, got {value!r}")
+
+
+def find_metric(schema: dict[str, Metric], name: str) -> Metric | None:
+    """The declaration of metric ``name``: an exact key first, then the first matching glob
+    pattern (``val_*_acc`` covers every verification set)."""
+    if name in schema:
+        return schema[name]
+    return next((m for pattern, m in schema.items() if fnmatch.fnmatchcase(name, pattern)), None)
+
+
+@dataclass(frozen=True)
 class Task:
     """A kind of job. ``entrypoint`` is the argv run inside the container contract;
     ``params`` is None for schema-less tasks (``custom``), whose values pass through as typed JSON.
-    ``kind`` tells cloud backends whether it is a training or a processing (batch) job."""
+    ``kind`` tells cloud backends whether it is a training or a processing (batch) job;
+    ``metrics`` declares what the entry point logs (name or glob pattern -> :class:`Metric`)."""
 
     name: str
     entrypoint: tuple[str, ...]
     params: dict[str, Param] | None = field(default_factory=dict)
     kind: str = "training"
     help: str = ""
+    metrics: dict[str, Metric] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         """The schema's default values (parameters without a default are left out)."""
