@@ -261,7 +261,7 @@ def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align:
 
     Photos are stored untouched unless --align/--resize. Unreadable photos are skipped and listed
     at the end. OUT_URI is replaced in one step once everything is written."""
-    from train.recordio import pack_recognition
+    from train.pack import pack_recognition
 
     _packed(pack_recognition(src_dir, out_uri, resize=resize, align=align, workers=workers, quality=quality))
 
@@ -276,7 +276,7 @@ def data_pack_detection(src_dir: str, out_uri: str, workers: int | None) -> None
 
     A label.txt line with the wrong number of fields stops the pack naming file:line; missing or
     unreadable images are skipped and listed at the end."""
-    from train.recordio import pack_detection
+    from train.pack import pack_detection
 
     _packed(pack_detection(src_dir, out_uri, workers=workers))
 
@@ -293,7 +293,7 @@ def data_inspect(uri: str, scan: bool, as_json: bool) -> None:
     corrupt record or a disagreeing property is found."""
     import json
 
-    from train.recordio import format_report, inspect
+    from train.inspection import format_report, inspect
 
     report = inspect(uri, scan=scan)
     click.echo(json.dumps(report) if as_json else format_report(report))

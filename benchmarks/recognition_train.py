@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     import cv2
 
-    from train.recordio import pack_recognition
+    from train.pack import pack_recognition
 
     with tempfile.TemporaryDirectory(prefix="faceops-bench-") as tmp:
         work = Path(tmp)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from jobs.core import storage  # noqa: E402
 from tests.conftest import (LFW10, LoopbackProxy, S3Server, free_port, remove_grpc_sockets, stop, wait_until_writable,  # noqa: E402
                             weed_binary, weed_command)
-from train.recordio import Sample, write_recognition  # noqa: E402
+from train.pack import Sample, write_recognition  # noqa: E402
 
 PER_IDENTITY = 50
 

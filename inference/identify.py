@@ -123,7 +123,7 @@ def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
     """Write a copy of the image with each face's box and name (green known, red unknown)."""
     import cv2
 
-    image = facelib.decode(image_path.read_bytes())
+    image = facelib.read_image(image_path)
     for row in rows:
         if row["status"] != "ok":
             continue
