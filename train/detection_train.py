@@ -141,7 +141,8 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
         hp: dict[str, Any], metrics_file: Path | None = None, log: Callable[[str], None] = print,
         progress: bool = False) -> dict[str, Any]:
     """Train on ``train``, evaluate on ``val`` (when given), export to ``model_dir``; resume from
-    the newest checkpoint in ``checkpoint_dir``. Returns the final metrics (also logged)."""
+    the newest checkpoint in ``checkpoint_dir``. Each epoch's metrics go to ``metrics_file``; the
+    final ones are returned (the entry point logs them)."""
     import mxnet as mx
 
     from train.checkpoint import Checkpointer
@@ -188,7 +189,6 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
         final.update({**val_metrics(net, val, eval_cfg, log), **clean_metrics(val, "val")})
         log(val.report.summary(val.name))
     export(net, model_dir, hp, final)
-    log_metrics(metrics_file, **{k: v for k, v in final.items() if v is not None})
     return final
 
 
