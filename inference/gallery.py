@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from inference import faces as facelib
 from inference.models import Models, load_models
 from inference.sources import ImageItem, list_images, local
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.files import atomic_write
 
 FORMAT = "faceops-gallery"
 FORMAT_VERSION = 1
@@ -237,27 +237,20 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
-def _write(path: Path, writer: Callable[[Path], None]) -> None:
-    """Write through a temporary name and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer(tmp)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, fields: list[str], rows: Iterable[dict[str, Any]]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             out = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             out.writeheader()
             out.writerows(rows)
-    _write(path, write)
+    atomic_write(path, write)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
-    _write(path, write)
+    atomic_write(path, write)
 
 
 def save(gallery: Gallery, path: str | Path) -> Path:
@@ -271,11 +264,11 @@ def save(gallery: Gallery, path: str | Path) -> Path:
     _write_csv(folder / "entries.csv", ENTRY_FIELDS, gallery.entries)
     _write_csv(folder / "issues.csv", ISSUE_FIELDS, gallery.issues)
     if gallery.entries:
-        _write(folder / "index.faiss", lambda tmp: faiss.write_index(gallery.index(), str(tmp)))
+        atomic_write(folder / "index.faiss", lambda tmp: faiss.write_index(gallery.index(), str(tmp)))
     else:
         (folder / "index.faiss").unlink(missing_ok=True)
     gallery.manifest["count"] = len(gallery.entries)
-    _write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(gallery.manifest, indent=2) + "\n"))
+    atomic_write(folder / MANIFEST, json.dumps(gallery.manifest, indent=2) + "\n")
     return folder
 
 
