@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from inference.index import INDEX_KINDS
 from jobs.core.errors import FaceopsError
 
 __version__ = "0.1.0"
@@ -459,7 +460,7 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
 @_detection_options
 @click.option("--strict", is_flag=True, help="Skip photos with several faces instead of using the largest one.")
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate for the calibrated threshold.")
-@click.option("--index", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True,
+@click.option("--index", type=click.Choice(INDEX_KINDS), default="flat", show_default=True,
               help="faiss index: flat is exact; hnsw/ivf are approximate (recall is measured and stored).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,

@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args()
 
-    from inference.gallery import build_gallery, load
+    from inference.gallery import build_gallery
+    from inference.gallery_store import load
     from inference.models import load_models, resolve
 
     det, rec = resolve()
