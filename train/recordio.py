@@ -203,6 +203,7 @@ class RecordFile:
         the storage layer before it raises. The read-ahead grows with what was consumed (up to
         ``buffer_bytes``) so a burst of background reads does not slow the first batch down."""
         plan = self._plan(keys)
+        # Not jobs.core.parallel.bounded_map: this window is counted in bytes and grows with what was read.
         pending: deque = deque()
         ahead = consumed = 0
         with ThreadPoolExecutor(self.readers, thread_name_prefix="recordio-read") as pool:

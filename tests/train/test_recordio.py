@@ -100,6 +100,20 @@ def test_bad_photos_and_empty_folders_are_skipped_and_listed(lfw10, tmp_path):
     assert (report["images"], report["identities"]) == (20, 2)
 
 
+def test_pack_takes_the_images_a_gallery_takes(lfw10, tmp_path):
+    """One image listing for packs and galleries: a .tif is packed, a note is listed as skipped."""
+    person = sorted(lfw10.iterdir())[0]
+    src = tmp_path / "src" / person.name
+    src.mkdir(parents=True)
+    photo = sorted(person.iterdir())[0]
+    cv2.imwrite(str(src / "photo.tif"), cv2.imread(str(photo)))
+    shutil.copy(photo, src)
+    (src / "notes.txt").write_text("not a photo")
+    report = pack_recognition(tmp_path / "src", str(tmp_path / "out"), progress=False)
+    assert (report.images, report.identities) == (2, 1)
+    assert report.skipped == [f"{tmp_path / 'src' / person.name / 'notes.txt'}: not an image in an identity folder, skipped"]
+
+
 def test_pack_of_nothing_readable_is_an_error(tmp_path):
     (tmp_path / "src" / "A").mkdir(parents=True)
     (tmp_path / "src" / "A" / "x.jpg").write_bytes(b"junk")
