@@ -44,8 +44,9 @@ class Recognizer(gluon.HybridBlock):
 
     def __init__(self, config: dict[str, Any], num_classes: int):
         super().__init__()
-        margin = get_margin(config["loss"], config["margin_s"], config["margin_m1"], config["margin_m2"],
-                            config["margin_m3"])
+        # Parameters without a default are absent unless set (jobs.core.entry.checked).
+        margin = get_margin(config["loss"], config.get("margin_s"), config.get("margin_m1"), config.get("margin_m2"),
+                            config.get("margin_m3"))
         with self.name_scope():
             self.backbone = get_model(config["network"], config["embedding_size"])
             self.head = MarginHead(num_classes, config["embedding_size"], margin)
@@ -97,7 +98,7 @@ def open_training_data(folder: Path, config: dict[str, Any]) -> RecognitionDatas
     if tuple(data.image_size) != IMAGE_SIZE:
         raise DataError(f"{data.files.rec}: images are {data.image_size[0]}x{data.image_size[1]}, the backbones take "
                         f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (pack with --resize 112 or --align)")
-    expected = config["num_classes"]
+    expected = config.get("num_classes")
     if expected is not None and expected != data.num_classes:
         raise DataError(f"hyperparameters.num_classes is {expected} but {data.files.rec} holds {data.num_classes} identities")
     return data
