@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from inference.index import INDEX_KINDS
 from jobs.core.errors import FaceopsError
 
 __version__ = "0.1.0"
@@ -330,7 +331,7 @@ def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align:
 
     Photos are stored untouched unless --align/--resize. Unreadable photos are skipped and listed
     at the end. OUT_URI is replaced in one step once everything is written."""
-    from train.recordio import pack_recognition
+    from train.pack import pack_recognition
 
     _packed(pack_recognition(src_dir, out_uri, resize=resize, align=align, workers=workers, quality=quality))
 
@@ -345,7 +346,7 @@ def data_pack_detection(src_dir: str, out_uri: str, workers: int | None) -> None
 
     A label.txt line with the wrong number of fields stops the pack naming file:line; missing or
     unreadable images are skipped and listed at the end."""
-    from train.recordio import pack_detection
+    from train.pack import pack_detection
 
     _packed(pack_detection(src_dir, out_uri, workers=workers))
 
@@ -362,7 +363,7 @@ def data_inspect(uri: str, scan: bool, as_json: bool) -> None:
     corrupt record or a disagreeing property is found."""
     import json
 
-    from train.recordio import format_report, inspect
+    from train.inspection import format_report, inspect
 
     report = inspect(uri, scan=scan)
     click.echo(json.dumps(report) if as_json else format_report(report))
@@ -528,7 +529,7 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
 @_detection_options
 @click.option("--strict", is_flag=True, help="Skip photos with several faces instead of using the largest one.")
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate for the calibrated threshold.")
-@click.option("--index", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True,
+@click.option("--index", type=click.Choice(INDEX_KINDS), default="flat", show_default=True,
               help="faiss index: flat is exact; hnsw/ivf are approximate (recall is measured and stored).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,

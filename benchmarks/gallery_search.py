@@ -59,7 +59,8 @@ def main() -> None:
 
     import faiss
 
-    from inference.gallery import from_embeddings, index_recall, make_index
+    from inference.gallery import from_embeddings
+    from inference.index import index_recall, make_index
 
     identity = {"detector": {"file": "synthetic", "sha256": ""}, "recognizer": {"file": "synthetic", "sha256": "", "dim": DIM}}
     rng = np.random.default_rng(0)

@@ -70,7 +70,8 @@ def main() -> None:
         "--top-k": {"type": int, "default": 5},
     })
 
-    from inference.gallery import build_gallery, load
+    from inference.gallery import build_gallery
+    from inference.gallery_store import load
     from inference.models import load_models, resolve
 
     det, rec = resolve()

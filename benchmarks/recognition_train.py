@@ -43,10 +43,11 @@ def bare(images: np.ndarray, labels: np.ndarray, num_classes: int, network: str,
     import mxnet as mx
     from mxnet import autograd, gluon
 
+    from jobs.core.devices import mx_contexts
     from train.config import resolve
     from train.recognition_loop import Recognizer
 
-    ctx = [mx.gpu(0)] if mx.context.num_gpus() else [mx.cpu()]
+    ctx = mx_contexts()[:1]  # the first GPU (else the CPU): the plain loop feeds one device
     model = Recognizer(resolve({"network": network}), num_classes)
     model.initialize(mx.init.Xavier(), ctx=ctx)
     model.hybridize(static_alloc=True, static_shape=True)
@@ -80,7 +81,7 @@ def main() -> None:
     })
     import cv2
 
-    from train.recordio import pack_recognition
+    from train.pack import pack_recognition
 
     with tempfile.TemporaryDirectory(prefix="faceops-bench-") as tmp:
         work = Path(tmp)

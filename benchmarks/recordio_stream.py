@@ -35,7 +35,7 @@ from jobs.core import storage
 from tests.harness import LFW10
 from tests.harness.net import LoopbackProxy
 from tests.harness.s3 import S3Server, running_s3
-from train.recordio import Sample, write_recognition
+from train.pack import Sample, write_recognition
 
 PER_IDENTITY = 50
 

@@ -1,23 +1,27 @@
-"""Decode, detect, align and embed faces, fast on a CPU.
+"""The face toolkit's image work: decode an image, detect faces, align them, embed them, fast on a CPU.
 
-Why it is faster than a plain ``FaceAnalysis.get()`` loop: a thread pool decodes, detects and
-aligns several images at once (OpenCV and onnxruntime release the GIL), the detector runs at the
-image's own size (up to ``det_size``) instead of upscaling every photo to 640x640, and aligned
-crops are embedded in batches by the recognizer while the pool works on the next images.
+It serves every part of faceops that touches faces: galleries and identify, the packer's
+``--align``, the detection teacher and the demo (models come from :mod:`inference.models`, image
+lists from :mod:`inference.sources`). Why :func:`analyse` is faster than a plain
+``FaceAnalysis.get()`` loop: a thread pool decodes, detects and aligns several images at once
+(OpenCV and onnxruntime release the GIL), the detector runs at the image's own size (up to
+``det_size``) instead of upscaling every photo to 640x640, and aligned crops are embedded in
+batches by the recognizer while the threads work on the next images.
 """
 from __future__ import annotations
 
 import math
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from inference.models import Models
 from inference.sources import ImageItem
+from jobs.core.errors import DataError
+from jobs.core.parallel import bounded_map
 
 STRIDE = 32  # SCRFD's coarsest feature stride: detector inputs are multiples of it
 
@@ -46,15 +50,35 @@ class ImageResult:
     size: tuple[int, int] | None = None  # (width, height)
 
 
-def decode(data: bytes) -> np.ndarray:
-    """BGR uint8 image from file bytes. Grey, CMYK, 16-bit and alpha images become 3-channel BGR.
-    ``ValueError`` says why a file is not an image."""
+def decode_image(data: bytes, source: str | Path) -> np.ndarray:
+    """BGR uint8 image from encoded bytes: the one image decoder of faceops. Grey, CMYK, 16-bit and
+    alpha images become 3-channel BGR. :class:`DataError` names ``source`` (a file or a record) and
+    says why it is not an image."""
     if not data:
-        raise ValueError("empty file (0 bytes)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        raise DataError(f"{source}: empty file (0 bytes)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None or image.size == 0:
-        raise ValueError("not a decodable image")
+        raise DataError(f"{source}: not a decodable image")
     return image
+
+
+def read_file(path: Path, name: str | Path | None = None) -> bytes:
+    """The bytes of an image file; a missing or unreadable file is a :class:`DataError` naming it
+    (as ``name`` when given, e.g. the name a report uses)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{name or path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{name or path}: {exc.strerror or exc}") from None
+
+
+def read_image(path: Path, name: str | Path | None = None) -> np.ndarray:
+    """The image file ``path`` read and decoded (:func:`read_file`, :func:`decode_image`)."""
+    return decode_image(read_file(path, name), name or path)
 
 
 def detector_size(width: int, height: int, det_size: int) -> tuple[int, int]:
@@ -66,22 +90,36 @@ def detector_size(width: int, height: int, det_size: int) -> tuple[int, int]:
             max(STRIDE, math.ceil(height * scale / STRIDE) * STRIDE))
 
 
-def detect(models: Models, image: np.ndarray, det_size: int = 640, det_thresh: float = 0.5) -> list[Face]:
-    """Faces in ``image``, largest first, with boxes and landmarks in image pixels."""
+def detect(detector: Any, image: np.ndarray, det_size: int = 640, det_thresh: float = 0.5,
+           upscale: bool = False) -> list[Face]:
+    """Faces in ``image``, largest first, with boxes and landmarks in image pixels.
+
+    ``detector`` is an insightface detector (:func:`inference.models.load_detector`, or
+    ``Models.detector``). By default it runs at :func:`detector_size`; ``upscale`` letterboxes every
+    image into ``det_size`` x ``det_size`` instead (insightface's own way, which enlarges small
+    photos: the detection teacher, the packer's aligner and the demo label faces that way)."""
     height, width = image.shape[:2]
-    boxes, kps = models.detector.detect(image, input_size=detector_size(width, height, det_size),
-                                        det_thresh=det_thresh)
+    size = (det_size, det_size) if upscale else detector_size(width, height, det_size)
+    boxes, kps = detector.detect(image, input_size=size, det_thresh=det_thresh)
     faces = [Face(boxes[i, :4].astype(np.float32), float(boxes[i, 4]), kps[i].astype(np.float32))
              for i in range(boxes.shape[0])]
     return sorted(faces, key=lambda f: -f.area)
 
 
-def align(models: Models, image: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
-    """The recognizer's input crops (5-point similarity transform, insightface's ArcFace template)."""
+def align(image: np.ndarray, landmarks: np.ndarray, side: int = 112) -> np.ndarray:
+    """The ``side`` x ``side`` crop of the face with 5 ``landmarks``, similarity-transformed onto
+    insightface's ArcFace template (what recognizers are trained and run on)."""
     from insightface.utils import face_align
 
-    side = models.recognizer.input_size[0]
-    return [face_align.norm_crop(image, landmark=f.landmarks, image_size=side) for f in faces]
+    return face_align.norm_crop(image, landmark=landmarks, image_size=side)
+
+
+def align_main_face(detector: Any, image: np.ndarray, side: int = 112) -> np.ndarray:
+    """The largest face of ``image`` aligned to ``side`` x ``side``; :class:`DataError` when there is none."""
+    faces = detect(detector, image, upscale=True)
+    if not faces:
+        raise DataError("no face found")
+    return align(image, faces[0].landmarks, side)
 
 
 def embed(models: Models, crops: list[np.ndarray]) -> np.ndarray:
@@ -95,42 +133,37 @@ def _prepare(models: Models, item: ImageItem, det_size: int,
     """Read, decode, detect and align one image (runs in a pool thread). Any failure becomes the
     image's ``error`` so one bad file never stops a run."""
     try:
-        image = decode(item.path.read_bytes())
-    except (OSError, ValueError, cv2.error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return ImageResult(item, error=reason), []
-    faces = detect(models, image, det_size, det_thresh)
-    return ImageResult(item, faces, size=(image.shape[1], image.shape[0])), align(models, image, faces)
+        image = read_image(item.path, item.name)
+    except DataError as exc:
+        return ImageResult(item, error=str(exc)), []
+    faces = detect(models.detector, image, det_size, det_thresh)
+    side = models.recognizer.input_size[0]
+    return ImageResult(item, faces, size=(image.shape[1], image.shape[0])), [align(image, f.landmarks, side) for f in faces]
 
 
 def analyse(models: Models, items: Iterable[ImageItem], det_size: int = 640, det_thresh: float = 0.5,
             batch_size: int = 16, workers: int = 2) -> Iterator[ImageResult]:
     """Yield one :class:`ImageResult` per item, in input order, with embeddings filled in.
 
-    A pool of ``workers`` threads prepares images ahead (bounded, so memory stays flat on millions
-    of images) while this thread embeds their crops ``batch_size`` at a time."""
-    pending: deque[Future] = deque()
-    items = iter(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="faces") as pool:
-        def fill() -> None:
-            while len(pending) < 4 * max(1, workers):
-                item = next(items, None)
-                if item is None:
-                    return
-                pending.append(pool.submit(_prepare, models, item, det_size, det_thresh))
+    ``workers`` threads prepare images ahead (bounded, so memory stays flat on millions of images)
+    while this thread embeds their crops ``batch_size`` at a time."""
+    ready: list[ImageResult] = []
+    crops: list[np.ndarray] = []
+    for result, image_crops in bounded_map(lambda item: _prepare(models, item, det_size, det_thresh), items,
+                                           workers, ahead=4 * max(1, workers), name="faces"):
+        ready.append(result)
+        crops.extend(image_crops)
+        if len(crops) >= batch_size:
+            yield from _embedded(models, ready, crops)
+            ready, crops = [], []
+    yield from _embedded(models, ready, crops)
 
-        fill()
-        while pending:
-            ready: list[ImageResult] = []
-            crops: list[np.ndarray] = []
-            while pending and len(crops) < batch_size:
-                result, image_crops = pending.popleft().result()
-                ready.append(result)
-                crops.extend(image_crops)
-                fill()
-            if crops:
-                embeddings = iter(embed(models, crops))
-                for result in ready:
-                    for face in result.faces:
-                        face.embedding = next(embeddings)
-            yield from ready
+
+def _embedded(models: Models, ready: list[ImageResult], crops: list[np.ndarray]) -> list[ImageResult]:
+    """``ready`` with the embeddings of ``crops`` (their faces' crops, in order) filled in."""
+    if crops:
+        embeddings = iter(embed(models, crops))
+        for result in ready:
+            for face in result.faces:
+                face.embedding = next(embeddings)
+    return ready

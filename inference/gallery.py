@@ -1,337 +1,33 @@
-"""The gallery database: embeddings of known people, built from photos and searched by identify.
-
-A gallery is a folder, written file by file with the manifest last (so a reader never sees half a
-revision):
-
-``gallery.json``   format, revision and history, the models' identities (file SHA-256 + dim), the
-                   people (id, name), index type, calibration (threshold for a target FAR)
-``embeddings.npy`` float32 (N, D), L2-normalised, one per gallery image
-``entries.csv``    per embedding: person id and name, source image, box, detection score
-``templates.npy``  float32 (P, D), each person's normalised mean embedding
-``index.faiss``    faiss inner-product index over the embeddings (exact ``flat`` by default)
-``issues.csv``     images that gave no face, several faces, or could not be read
-
-``build``/``add``/``remove``/``calibrate`` bump the revision; ``search`` returns top-k *people*.
+"""Gallery operations: build a gallery from photos, add people or photos, remove people,
+recalibrate; each bumps the revision and records it in the history. The database itself (model,
+on-disk format, search) is :mod:`inference.gallery_store`, the index kinds :mod:`inference.index`,
+the threshold :mod:`inference.calibration`.
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from inference import faces as facelib
+from inference.calibration import DEFAULT_FAR, calibrate
+from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
+from inference.index import check_kind, index_recall
 from inference.models import Models, load_models
 from inference.sources import ImageItem, list_images, local
 from jobs.core.errors import DataError, NotFoundError
 
-FORMAT = "faceops-gallery"
-FORMAT_VERSION = 1
-MANIFEST = "gallery.json"
-ENTRY_FIELDS = ["person_id", "person", "image", "x1", "y1", "x2", "y2", "det_score"]
-ISSUE_FIELDS = ["image", "issue", "detail"]
-DEFAULT_FAR = 1e-3
-# Used only when a gallery cannot be calibrated (fewer than two people); typical for ArcFace cosines.
-DEFAULT_THRESHOLD = 0.3
 DEFAULT_DET_SIZE = 640
 DEFAULT_DET_THRESH = 0.5
-CALIBRATION_SAMPLE = 4000  # embeddings used for genuine/impostor pairs (4000^2/2 = 8M pairs)
 
 
-def _flat(dim: int, vectors: np.ndarray) -> Any:
-    import faiss
-
-    index = faiss.IndexFlatIP(dim)
-    index.add(vectors)
-    return index
-
-
-def _hnsw(dim: int, vectors: np.ndarray) -> Any:
-    import faiss
-
-    index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efSearch = 128
-    index.add(vectors)
-    return index
-
-
-def _ivf(dim: int, vectors: np.ndarray) -> Any:
-    import faiss
-
-    nlist = max(1, min(4096, int(4 * np.sqrt(len(vectors)))))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(vectors)
-    index.nprobe = max(1, nlist // 16)
-    index.add(vectors)
-    return index
-
-
-INDEXES: dict[str, Callable[[int, np.ndarray], Any]] = {"flat": _flat, "hnsw": _hnsw, "ivf": _ivf}
-
-
-def make_index(kind: str, vectors: np.ndarray) -> Any:
-    """A faiss inner-product index of ``kind`` (flat = exact; hnsw, ivf = approximate) over ``vectors``."""
-    if kind not in INDEXES:
-        raise DataError(f"unknown index type '{kind}'; expected one of {', '.join(INDEXES)}")
-    return INDEXES[kind](vectors.shape[1], np.ascontiguousarray(vectors, dtype=np.float32))
-
-
-def index_recall(index: Any, vectors: np.ndarray, queries: int = 1000, seed: int = 0) -> float:
-    """Recall@1 of ``index`` against exact search, for noisy copies of up to ``queries`` stored
-    vectors (a stored vector would trivially find itself)."""
-    rng = np.random.default_rng(seed)
-    picked = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
-    probe = picked + rng.normal(0, 0.5 / np.sqrt(vectors.shape[1]), picked.shape).astype(np.float32)
-    probe /= np.linalg.norm(probe, axis=1, keepdims=True)
-    exact = (probe @ vectors.T).argmax(axis=1)
-    _, found = index.search(probe, 1)
-    return float(np.mean(found[:, 0] == exact))
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-@dataclass
-class Gallery:
-    """A gallery in memory. ``entries[i]`` describes ``embeddings[i]``."""
-
-    manifest: dict[str, Any]
-    embeddings: np.ndarray
-    entries: list[dict[str, Any]]
-    issues: list[dict[str, Any]] = field(default_factory=list)
-    _index: Any = None
-    _labels: np.ndarray | None = None
-
-    @property
-    def people(self) -> list[dict[str, Any]]:
-        return self.manifest["people"]
-
-    @property
-    def names(self) -> list[str]:
-        return [p["name"] for p in self.people]
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["models"]["recognizer"]["dim"])
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Row in ``people`` of each embedding's person (cached: search needs it per call)."""
-        if self._labels is None:
-            row = {p["id"]: i for i, p in enumerate(self.people)}
-            self._labels = np.array([row[int(e["person_id"])] for e in self.entries], dtype=np.int64)
-        return self._labels
-
-    def changed(self) -> None:
-        """Forget the index and labels after entries or people change."""
-        self._index = None
-        self._labels = None
-
-    @property
-    def threshold(self) -> float:
-        """The calibrated similarity threshold, or :data:`DEFAULT_THRESHOLD` when uncalibrated."""
-        calibration = self.manifest.get("calibration") or {}
-        return float(calibration.get("threshold", DEFAULT_THRESHOLD))
-
-    def templates(self) -> np.ndarray:
-        """Each person's normalised mean embedding, in ``people`` order."""
-        labels = self.labels
-        sums = np.zeros((len(self.people), self.embeddings.shape[1]), np.float32)
-        np.add.at(sums, labels, self.embeddings)
-        return _normalise(sums)
-
-    def index(self) -> Any:
-        if self._index is None:
-            self._index = make_index(self.manifest["index"]["type"], self.embeddings)
-        return self._index
-
-    def check_models(self, models: Models, where: Path | str = "gallery") -> None:
-        """Refuse to compare embeddings from a recognizer other than the gallery's."""
-        have = self.manifest["models"]["recognizer"]
-        mine = models.identity()["recognizer"]
-        if have["dim"] != mine["dim"]:
-            raise DataError(f"{where}: gallery embeddings have {have['dim']} dimensions but recognizer "
-                            f"{mine['file']} gives {mine['dim']}; use the models the gallery was built with")
-        if have["sha256"] != mine["sha256"]:
-            raise DataError(f"{where}: gallery was built with recognizer {have['file']} (sha256 {have['sha256'][:12]}) "
-                            f"but this run uses {mine['file']} (sha256 {mine['sha256'][:12]}); embeddings of "
-                            "different models are not comparable: rebuild the gallery or pass its models")
-
-    def search(self, queries: np.ndarray, top_k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k people for each query: (rows in ``people`` (Q, k), cosine similarities (Q, k)),
-        best first, -1 / -inf where the gallery has fewer people.
-
-        Exact at the person level: a person's score is their best embedding, and the k best people
-        always appear within the first (k-1)*M+1 hits when nobody has more than M embeddings."""
-        if not self.entries:
-            raise DataError("the gallery is empty: add people with `faceops gallery add`")
-        labels = self.labels
-        top_k = max(1, min(top_k, len(self.people)))
-        per_person = int(np.bincount(labels).max())
-        hits = min(len(labels), (top_k - 1) * per_person + 1)
-        sims, rows = self.index().search(np.ascontiguousarray(queries, dtype=np.float32), hits)
-        if per_person == 1:
-            people = np.where(rows >= 0, labels[rows], -1)[:, :top_k]
-            return people, np.where(people >= 0, sims[:, :top_k], -np.inf)
-        return _best_people(labels, rows, sims, top_k)
-
-
-def _best_people(labels: np.ndarray, rows: np.ndarray, sims: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reduce embedding hits (sorted best first) to the first ``top_k`` distinct people per query."""
-    people = np.full((len(rows), top_k), -1, np.int64)
-    scores = np.full((len(rows), top_k), -np.inf, np.float32)
-    for q in range(len(rows)):
-        valid = rows[q] >= 0
-        hit_people = labels[rows[q][valid]]
-        _, first = np.unique(hit_people, return_index=True)
-        first = np.sort(first)[:top_k]
-        people[q, :len(first)] = hit_people[first]
-        scores[q, :len(first)] = sims[q][valid][first]
-    return people, scores
-
-
-def is_gallery(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
-
-
-def load(path: str | Path) -> Gallery:
-    """Read a gallery folder (or an object-storage prefix holding one)."""
-    with local(path) as folder:
-        manifest_file = folder / MANIFEST
-        if not manifest_file.is_file():
-            raise DataError(f"{path} is not a faceops gallery (no {MANIFEST}); build one with `faceops gallery build`")
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{manifest_file}: not valid JSON ({exc})") from None
-        if manifest.get("format") != FORMAT:
-            raise DataError(f"{manifest_file}: not a faceops gallery manifest (format {manifest.get('format')!r})")
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise DataError(f"{manifest_file}: gallery format {manifest['format_version']} is newer than this faceops reads")
-        entries = _read_csv(folder / "entries.csv")
-        embeddings = np.load(folder / "embeddings.npy") if entries else np.zeros((0, manifest["models"]["recognizer"]["dim"]), np.float32)
-        if embeddings.shape != (len(entries), manifest["models"]["recognizer"]["dim"]):
-            raise DataError(f"{path}: embeddings.npy has shape {embeddings.shape}, expected "
-                            f"({len(entries)}, {manifest['models']['recognizer']['dim']}) from entries.csv and {MANIFEST}")
-        gallery = Gallery(manifest, embeddings.astype(np.float32), entries, _read_csv(folder / "issues.csv"))
-        if entries and (folder / "index.faiss").is_file():
-            import faiss
-
-            gallery._index = faiss.read_index(str(folder / "index.faiss"))
-            if gallery._index.ntotal != len(entries):
-                raise DataError(f"{path}: index.faiss holds {gallery._index.ntotal} vectors but entries.csv has {len(entries)}")
-        return gallery
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write(path: Path, writer: Callable[[Path], None]) -> None:
-    """Write through a temporary name and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer(tmp)
-    os.replace(tmp, path)
-
-
-def _write_csv(path: Path, fields: list[str], rows: Iterable[dict[str, Any]]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            out = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            out.writeheader()
-            out.writerows(rows)
-    _write(path, write)
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-    _write(path, write)
-
-
-def save(gallery: Gallery, path: str | Path) -> Path:
-    """Write ``gallery`` to the folder ``path`` (created), manifest last."""
-    import faiss
-
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_npy(folder / "embeddings.npy", gallery.embeddings)
-    _write_npy(folder / "templates.npy", gallery.templates() if gallery.entries else np.zeros((0, gallery.dim), np.float32))
-    _write_csv(folder / "entries.csv", ENTRY_FIELDS, gallery.entries)
-    _write_csv(folder / "issues.csv", ISSUE_FIELDS, gallery.issues)
-    if gallery.entries:
-        _write(folder / "index.faiss", lambda tmp: faiss.write_index(gallery.index(), str(tmp)))
-    else:
-        (folder / "index.faiss").unlink(missing_ok=True)
-    gallery.manifest["count"] = len(gallery.entries)
-    _write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(gallery.manifest, indent=2) + "\n"))
-    return folder
-
-
-def publish(gallery: Gallery, out: str | Path) -> None:
-    """Save to a local folder, or to an object-storage prefix (written locally, then uploaded
-    through jobs.core.storage, whose manifest-last upload keeps readers from seeing half a gallery)."""
-    from jobs.core import storage
-
-    if not storage.is_remote(out):
-        save(gallery, storage.parse(out).path)
-        return
-    with tempfile.TemporaryDirectory(prefix="faceops-gallery-") as tmp:
-        storage.upload(save(gallery, Path(tmp) / "gallery"), out, progress=False)
-
-
-def calibrate(gallery: Gallery, far: float = DEFAULT_FAR, seed: int = 0) -> dict[str, Any] | None:
-    """Estimate the similarity threshold that accepts at most ``far`` of impostor pairs, from the
-    gallery's own genuine (same person) and impostor (different people) embedding pairs.
-
-    Stores and returns the calibration (threshold, TAR at it, measured FAR, pair counts); None
-    when there are fewer than two people. The smallest FAR that can be resolved is 1/impostors."""
-    if not 0 < far < 1:
-        raise DataError(f"target false-accept rate must be between 0 and 1, got {far}")
-    labels = gallery.labels
-    if len(np.unique(labels)) < 2:
-        gallery.manifest["calibration"] = None
-        return None
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(labels), size=min(CALIBRATION_SAMPLE, len(labels)), replace=False)
-    emb, lab = gallery.embeddings[pick], labels[pick]
-    sims = emb @ emb.T
-    upper = np.triu(np.ones_like(sims, dtype=bool), k=1)
-    same = lab[:, None] == lab[None, :]
-    genuine, impostor = sims[upper & same], np.sort(sims[upper & ~same])[::-1]
-    allowed = int(np.floor(far * len(impostor)))
-    threshold = float(np.nextafter(impostor[allowed], np.float32(np.inf))) if allowed < len(impostor) else float(impostor[-1])
-    calibration = {
-        "target_far": far,
-        "threshold": round(threshold, 6),
-        "far": float(np.mean(impostor >= threshold)),
-        "tar": float(np.mean(genuine >= threshold)) if len(genuine) else None,
-        "genuine_pairs": int(len(genuine)),
-        "impostor_pairs": int(len(impostor)),
-        "min_resolvable_far": 1.0 / len(impostor),
-    }
-    gallery.manifest["calibration"] = calibration
-    return calibration
-
-
-def _new_manifest(identity: dict[str, Any], index: str, det_size: int, det_thresh: float) -> dict[str, Any]:
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "revision": 0, "history": [],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "models": identity, "detection": {"det_size": det_size, "det_thresh": det_thresh},
-        "index": {"type": index}, "people": [], "next_person_id": 0, "calibration": None, "count": 0,
-    }
+def recalibrate(gallery: Gallery, far: float = DEFAULT_FAR) -> dict[str, Any] | None:
+    """Calibrate ``gallery``'s threshold for ``far`` (:func:`inference.calibration.calibrate`) and
+    store the result in its manifest (None when it has fewer than two people)."""
+    gallery.manifest["calibration"] = calibrate(gallery.embeddings, gallery.labels, far)
+    return gallery.manifest["calibration"]
 
 
 def _collect(models: Models, items: list[ImageItem], strict: bool, progress: bool,
@@ -368,7 +64,7 @@ def _append(gallery: Gallery, persons: list[str], embeddings: np.ndarray, detail
             gallery.manifest["next_person_id"] += 1
     rows = [{"person_id": ids[name], "person": name, **detail} for name, detail in zip(persons, details)]
     gallery.entries.extend(rows)
-    gallery.embeddings = np.concatenate([gallery.embeddings, _normalise(embeddings.reshape(len(rows), gallery.dim))])
+    gallery.embeddings = np.concatenate([gallery.embeddings, normalise(embeddings.reshape(len(rows), gallery.dim))])
     gallery.changed()
 
 
@@ -389,7 +85,7 @@ def from_embeddings(embeddings: np.ndarray, persons: list[str], identity: dict[s
     if embeddings.ndim != 2 or embeddings.shape[1] != identity["recognizer"]["dim"] or len(persons) != len(embeddings):
         raise DataError(f"expected {len(persons)} embeddings of {identity['recognizer']['dim']} dimensions, "
                         f"got an array of shape {embeddings.shape}")
-    gallery = Gallery(_new_manifest(identity, index, DEFAULT_DET_SIZE, DEFAULT_DET_THRESH), np.zeros((0, embeddings.shape[1]), np.float32), [])
+    gallery = Gallery(new_manifest(identity, index, DEFAULT_DET_SIZE, DEFAULT_DET_THRESH), np.zeros((0, embeddings.shape[1]), np.float32), [])
     _append(gallery, persons, np.asarray(embeddings, np.float32), [{} for _ in persons])
     _record(gallery, "import", added=len(persons))
     return gallery
@@ -404,7 +100,7 @@ def _record(gallery: Gallery, action: str, **detail: Any) -> None:
 
 def _finish(gallery: Gallery, far: float | None) -> dict[str, Any]:
     """Recalibrate, measure an approximate index's recall, and summarise."""
-    calibration = calibrate(gallery, far) if far is not None and gallery.entries else gallery.manifest.get("calibration")
+    calibration = recalibrate(gallery, far) if far is not None and gallery.entries else gallery.manifest.get("calibration")
     if gallery.manifest["index"]["type"] != "flat" and gallery.entries:
         gallery.manifest["index"]["recall_at_1"] = index_recall(gallery.index(), gallery.embeddings)
     return {
@@ -444,8 +140,7 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
     """Build a gallery at ``out`` from ``source`` (folder of per-person folders, ``path,person``
     CSV, or an object-storage prefix of either). Returns a summary (people, embeddings, images,
     issues, calibration)."""
-    if index not in INDEXES:
-        raise DataError(f"unknown index type '{index}'; expected one of {', '.join(INDEXES)}")
+    check_kind(index)
     models = load_models(models, det, rec)
     with local(source) as folder:
         items, skipped = _labelled(source, folder)
@@ -453,7 +148,7 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
                                 batch_size=batch_size, workers=workers)
     if not kept:
         raise DataError(f"{source}: no faces found in {len(items)} images; nothing to build")
-    gallery = Gallery(_new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
+    gallery = Gallery(new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
                       issues + _skipped(skipped))
     _add_faces(gallery, kept)
     _record(gallery, "build", source=str(source), images=len(items), added=len(kept))
@@ -509,7 +204,7 @@ def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR) -> dict[str, A
     gallery = load(path)
     if not gallery.entries:
         raise DataError(f"{path}: the gallery is empty; nothing to calibrate")
-    calibration = calibrate(gallery, far)
+    calibration = recalibrate(gallery, far)
     if calibration is None:
         raise DataError(f"{path}: calibration needs at least two people (impostor pairs); the gallery has {len(gallery.people)}")
     _record(gallery, "calibrate", target_far=far)

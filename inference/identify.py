@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from inference import faces as facelib
-from inference import gallery as gallerylib
+from inference import gallery_store
 from inference.models import Models, load_models
 from inference.sheet import DoubtfulFaces
 from inference.sources import ImageItem, list_images, local, read_truth
@@ -58,7 +58,7 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _search_chunks(gallery: gallerylib.Gallery, results: Iterator[facelib.ImageResult],
+def _search_chunks(gallery: gallery_store.Gallery, results: Iterator[facelib.ImageResult],
                    top_k: int) -> Iterator[tuple[facelib.ImageResult, np.ndarray, np.ndarray]]:
     """Search the faces of many images per faiss call (batched search is far cheaper per query)."""
     batch: list[facelib.ImageResult] = []
@@ -124,7 +124,7 @@ def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
     """Write a copy of the image with each face's box and name (green known, red unknown)."""
     import cv2
 
-    image = facelib.decode(image_path.read_bytes())
+    image = facelib.read_image(image_path)
     for row in rows:
         if row["status"] != "ok":
             continue
@@ -138,7 +138,7 @@ def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
         raise DataError(f"cannot write annotated image {out}")
 
 
-def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: str | Path,
+def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, out: str | Path,
              models: Models | str | Path | None = None, *, det: str | Path | None = None,
              rec: str | Path | None = None, threshold: float | None = None, top_k: int = 5,
              det_size: int = 640, det_thresh: float = 0.5, batch_size: int = 16, workers: int = 2,
@@ -153,11 +153,11 @@ def identify(images: str | Path, gallery: str | Path | gallerylib.Gallery, out: 
     ``sheet`` names a contact sheet image of the doubtful faces (see inference.sheet)."""
     from tqdm import tqdm
 
-    db = gallery if isinstance(gallery, gallerylib.Gallery) else gallerylib.load(gallery)
+    db = gallery if isinstance(gallery, gallery_store.Gallery) else gallery_store.load(gallery)
     if not db.entries:
         raise DataError(f"{gallery}: the gallery is empty; add people with `faceops gallery add`")
     models = load_models(models, det, rec)
-    db.check_models(models, gallery if not isinstance(gallery, gallerylib.Gallery) else "gallery")
+    db.check_models(models, gallery if not isinstance(gallery, gallery_store.Gallery) else "gallery")
     threshold = db.threshold if threshold is None else float(threshold)
     labels = read_truth(Path(truth)) if truth else {}
     out = Path(out)

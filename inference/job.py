@@ -1,18 +1,22 @@
-"""Entry point of the ``gallery`` and ``identify`` jobs: ``python -m inference.job gallery|identify``.
+"""Entry point of the ``gallery`` and ``identify`` jobs: ``python -m inference.job gallery|identify [KEY=VALUE ...]``.
 
-Reads the container contract (jobs.core.contract.from_env), runs the library function on the staged
-channel folders, writes into the output folders (the backend uploads them) and logs the summary's
-numbers as metrics, so ``faceops job diff`` compares versions by rank-1, TAR@FAR and speed.
+:func:`jobs.core.entry.run` reads the container contract, checks the hyperparameters against the
+task's schema, answers ``--help`` and applies the one exit-code policy; the library function runs
+on the staged channel folders and writes into the output folders (the backend uploads them). The
+summary's numbers are logged as metrics, so ``faceops job diff`` compares versions by rank-1,
+TAR@FAR and speed.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from jobs.core.contract import JobEnv, from_env, log_metrics, write_failure
-from jobs.core.errors import DataError, FaceopsError
+from inference.tasks import GALLERY, IDENTIFY
+from jobs.core import entry
+from jobs.core.contract import JobEnv
+from jobs.core.errors import DataError
+from jobs.core.tasks import Task
 
 DETECTION_KEYS = ("det_size", "det_thresh", "batch_size", "workers")
 
@@ -34,29 +38,16 @@ def _truth_file(env: JobEnv) -> Path | None:
     return found[0]
 
 
-def _scalars(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a summary, flattened (``calibration.tar`` -> ``calibration_tar``)."""
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_scalars(value, f"{prefix}{key}_"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def run_gallery(env: JobEnv) -> dict[str, Any]:
+def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     from inference.gallery import build_gallery
 
-    hp = env.hyperparameters
     return build_gallery(env.channel("images"), env.output("database"), env.channels.get("models"),
                          **_pick(hp, DETECTION_KEYS + ("strict", "far", "index")), progress=False)
 
 
-def run_identify(env: JobEnv) -> dict[str, Any]:
+def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     from inference.identify import identify
 
-    hp = env.hyperparameters
     out = env.output("report")
     summary = identify(env.channel("images"), env.channel("gallery"), out, env.channels.get("models"),
                        truth=_truth_file(env), annotate_dir=out / "annotated" if hp.get("annotate") else None,
@@ -66,25 +57,22 @@ def run_identify(env: JobEnv) -> dict[str, Any]:
     return {**summary, **truth_metrics}
 
 
-RUNNERS: dict[str, Callable[[JobEnv], dict[str, Any]]] = {"gallery": run_gallery, "identify": run_identify}
+RUNNERS: dict[str, tuple[Task, Callable[[dict[str, Any], JobEnv], dict[str, Any]]]] = {
+    "gallery": (GALLERY, run_gallery), "identify": (IDENTIFY, run_identify)}
+USAGE = f"usage: python -m inference.job {{{','.join(RUNNERS)}}} [KEY=VALUE ...] (--help after the task lists its parameters)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the task named in ``argv``; a user error becomes the job's failure reason (exit 1)."""
+    """Run the task named by the first argument under :func:`jobs.core.entry.run`."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in RUNNERS:
-        print(f"usage: python -m inference.job {{{','.join(RUNNERS)}}}", file=sys.stderr)
+    if argv[:1] in (["--help"], ["-h"]):
+        print(USAGE)
+        return 0
+    if not argv or argv[0] not in RUNNERS:
+        print(USAGE, file=sys.stderr)
         return 2
-    env = from_env()
-    try:
-        summary = RUNNERS[argv[0]](env)
-    except FaceopsError as exc:
-        write_failure(str(exc), env.failure_file)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2, default=str))
-    log_metrics(env.metrics_file, **_scalars(summary))
-    return 0
+    task, runner = RUNNERS[argv[0]]
+    return entry.run(task, runner, argv[1:])
 
 
 if __name__ == "__main__":

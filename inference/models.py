@@ -1,6 +1,7 @@
-"""Find and load the two ONNX models a gallery needs: a face detector (SCRFD/RetinaFace family with
+"""The face toolkit's models: find and load a face detector (SCRFD/RetinaFace family with
 keypoints) and a recognizer (ArcFace family), through insightface's model_zoo with one onnxruntime
-session per model.
+session per model. A gallery needs both; the packer's ``--align``, the detection teacher and the
+demo only the detector.
 
 Models are named by a folder (each role picked by its graph, so any insightface model folder works,
 including our own exported models) or by explicit files. Their identity is the file's SHA-256: a
@@ -142,25 +143,44 @@ def _session_options(threads: int) -> Any:
     return options
 
 
-@lru_cache(maxsize=4)
-def _load(det_path: Path, rec_path: Path, threads: int) -> Models:
+def _model(path: Path, threads: int, **options: Any) -> Any:
+    """An insightface model_zoo model on one CPU onnxruntime session; a graph onnxruntime cannot
+    load is a :class:`DataError` naming the file."""
     import onnxruntime
     from insightface.model_zoo import model_zoo
 
     onnxruntime.set_default_logger_severity(3)  # ORT warns on every batch the graph declares as 1
-    providers = ["CPUExecutionProvider"]
     try:
-        detector = model_zoo.get_model(str(det_path), providers=providers, sess_options=_session_options(threads),
-                                       static_shape_sessions=False)
-        recognizer = model_zoo.get_model(str(rec_path), providers=providers, sess_options=_session_options(threads))
+        return model_zoo.get_model(str(path), providers=["CPUExecutionProvider"],
+                                   sess_options=_session_options(threads), **options)
     except Exception as exc:  # onnxruntime reports a broken graph with its own exception types
-        raise DataError(f"cannot load models {det_path.name} / {rec_path.name}: {exc}") from None
+        raise DataError(f"cannot load model {path.name}: {exc}") from None
+
+
+@lru_cache(maxsize=4)
+def _detector(path: Path, threads: int) -> Any:
+    # Dynamic input shapes: the detector runs at each image's own size (inference.faces.detector_size).
+    detector = _model(path, threads, static_shape_sessions=False)
     if getattr(detector, "taskname", None) != "detection" or not detector.use_kps:
-        raise DataError(f"{det_path}: not a face detector with 5-point keypoints")
-    if getattr(recognizer, "taskname", None) != "recognition":
-        raise DataError(f"{rec_path}: not a face recognizer (expected input N,3,112,112 and one N,D output)")
+        raise DataError(f"{path}: not a face detector with 5-point keypoints")
+    return detector
+
+
+def load_detector(path: str | Path, threads: int = 0) -> Any:
+    """The face detector (loaded once per process) of an ONNX file, or the one detector in a model
+    folder (picked by its graph, as :func:`resolve` does). For tools that only find faces: the
+    packer's ``--align``, the detection teacher, the demo."""
+    return _detector(_pick(Path(path), "detector").resolve(), threads)
+
+
+@lru_cache(maxsize=4)
+def _load(det_path: Path, rec_path: Path, threads: int) -> Models:
     import numpy as np
 
+    detector = _detector(det_path, threads)
+    recognizer = _model(rec_path, threads)
+    if getattr(recognizer, "taskname", None) != "recognition":
+        raise DataError(f"{rec_path}: not a face recognizer (expected input N,3,112,112 and one N,D output)")
     dim = int(recognizer.get_feat([np.zeros((*recognizer.input_size[::-1], 3), np.uint8)]).shape[1])
     return Models(detector, recognizer, ModelFile(det_path, sha256(det_path)), ModelFile(rec_path, sha256(rec_path)), dim)
 

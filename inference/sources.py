@@ -1,9 +1,11 @@
-"""Where the images come from: a folder (one sub-folder per person when labels are wanted), a CSV of
+"""The face toolkit's image listing, for galleries, identify and the packer alike. Where the images
+come from: a folder (one sub-folder per person when labels are wanted), a CSV of
 ``path,person`` rows, a text list of paths, or an object-storage prefix (fetched through
 jobs.core.storage into a temporary folder first, then read like a folder).
 
 Every listed file becomes an :class:`ImageItem`; files that cannot be images by their extension
-are counted (never silently dropped) and bad images are reported later, one row each.
+(:data:`IMAGE_EXTENSIONS`, the one list) are counted (never silently dropped) and bad images are
+reported later, one row each.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ Outputs: ``database`` (gallery) and ``report`` (identify). Imports nothing heavy
 """
 from __future__ import annotations
 
+from inference.index import INDEX_KINDS
 from jobs.core.tasks import Metric, Param, Task
 
 DETECTION = {
@@ -24,7 +25,7 @@ GALLERY = Task(
         **DETECTION,
         "strict": Param("bool", False, "skip images with several faces instead of using the largest"),
         "far": Param("float", 1e-3, "target false-accept rate for the calibrated threshold", min=1e-9, max=0.5),
-        "index": Param("str", "flat", "faiss index: flat (exact) or an approximate one", choices=("flat", "hnsw", "ivf")),
+        "index": Param("str", "flat", "faiss index: flat (exact) or an approximate one", choices=INDEX_KINDS),
     },
     metrics={"tar": Metric("max"), "far": Metric("min")},
     help="Build a gallery database from one folder of photos per person (channel images) into output database.",

@@ -37,19 +37,20 @@ def make_people(out: Path, seed: int = 0) -> dict[str, int]:
     ``gallery/<person>/`` and ``probe/<person>/`` (256x256 photos). Returns counts."""
     import cv2
     import numpy as np
-    from insightface.utils import face_align
 
-    from inference.models import default_model_dir, load_models
+    from inference.faces import align, detect, read_image
+    from inference.models import default_model_dir, load_detector
 
     folder = default_model_dir()
-    models = load_models(folder)
+    detector = load_detector(folder)
     rng = np.random.default_rng(seed)
     people = 0
     counts = {"people": 0, "train": 0, "gallery": 0, "probe": 0}
     for picture in SOURCE_PICTURES:
-        image = cv2.imread(str(folder / picture))
-        boxes, landmarks = models.detector.detect(image, input_size=(640, 640))
-        for box, points in zip(boxes, landmarks):
+        image = read_image(folder / picture)
+        # People are numbered in the detector's score order, which decides who the strangers are.
+        for face in sorted(detect(detector, image, upscale=True), key=lambda f: -f.score):
+            box, points = face.box, face.landmarks
             if box[2] - box[0] < MIN_FACE:
                 continue
             people += 1
@@ -64,7 +65,7 @@ def make_people(out: Path, seed: int = 0) -> dict[str, int]:
                 for split in splits:
                     target = out / split / person / f"{view}.jpg"
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    crop = face_align.norm_crop(photo, landmark=moved, image_size=112) if split == "train" else photo
+                    crop = align(photo, moved) if split == "train" else photo
                     cv2.imwrite(str(target), crop)
                     counts[split] += 1
     counts["people"] = people

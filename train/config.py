@@ -54,14 +54,7 @@ RECOGNITION = Task(
 
 def resolve(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """The full configuration: defaults, then ``hyperparameters`` checked against the schema
-    (a job's file is already typed; this also guards direct runs of the entry point)."""
-    from jobs.core.errors import SpecError
+    (:func:`jobs.core.entry.checked`, what the entry point runs)."""
+    from jobs.core.entry import checked
 
-    config = {key: param.default for key, param in PARAMS.items()}
-    for key, value in hyperparameters.items():
-        try:
-            config[key] = RECOGNITION.check(key, value)
-        except (KeyError, ValueError) as exc:
-            message = exc.args[0] if exc.args else str(exc)
-            raise SpecError(f"hyperparameters.{key}: {message}") from None
-    return config
+    return checked(RECOGNITION, hyperparameters)

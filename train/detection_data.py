@@ -1,7 +1,7 @@
 """Detection splits as the detector sees them: images plus faces as boxes and landmarks.
 
 A split is the seed's ``images/`` + ``label.txt`` folder (read with the one label parser,
-:func:`train.recordio.parse_label_txt`) or a packed RecordIO (``train.data.DetectionDataset``),
+:func:`parse_label_txt`) or a packed RecordIO (``train.data.DetectionDataset``),
 local or on ``s3://``. Boxes reaching outside their image are clipped and counted, faces left with
 no area are dropped and counted, and images without faces stay in as negatives.
 """
@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jobs.core.errors import DataError, NotFoundError
+from train.recordio import FACE_FIELDS
 
 # RetinaFace landmark order: left eye, right eye, nose, left mouth corner, right mouth corner.
 FLIP_ORDER = (1, 0, 2, 4, 3)
@@ -127,19 +128,17 @@ class DetectionSplit:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8; a clear error naming the file when it cannot be decoded."""
+    """An image file as RGB uint8, read by the face toolkit's one decoder (its :class:`DataError`
+    names the file)."""
     import cv2
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: cannot be decoded as an image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    from inference.faces import read_image
+
+    return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 
 def open_folder(folder: Path, name: str) -> DetectionSplit:
     """``folder/images/`` + ``folder/label.txt``; images listed but missing are an error naming them."""
-    from train.recordio import parse_label_txt
-
     entries = parse_label_txt(folder / "label.txt")
     paths = [folder / "images" / rel for rel, _ in entries]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -184,3 +183,35 @@ def find_splits(root: str | Path) -> dict[str, Any]:
     train = root / "train" if (root / "train").is_dir() else root
     val = root / "val" if (root / "val").is_dir() else None
     return {"train": train, "val": val}
+
+
+def parse_label_txt(path: str | Path) -> list[tuple[str, np.ndarray]]:
+    """Read a RetinaFace/WIDER ``label.txt``: ``# relative/path.jpg`` then one line per face,
+    ``x y w h lx0 ly0 v0 ... lx4 ly4 v4 blur`` (20 numbers) or just ``x y w h`` (landmarks and blur
+    become -1). Returns ``(path, faces (n, 20) float32)`` per image."""
+    entries: list[tuple[str, list[list[float]]]] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("#"):
+                name = line[1:].strip()
+                if not name:
+                    raise DataError(f"{path}:{lineno}: '#' line without an image path")
+                entries.append((name, []))
+                continue
+            if not entries:
+                raise DataError(f"{path}:{lineno}: face line before the first '# image/path.jpg' line")
+            fields = line.split()
+            if len(fields) not in (4, FACE_FIELDS):
+                raise DataError(f"{path}:{lineno}: expected {FACE_FIELDS} fields (x y w h, 5 landmarks as lx ly v, "
+                                f"blur) or 4 (x y w h), got {len(fields)}")
+            try:
+                values = [float(v) for v in fields]
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: expected numbers, got {line!r}") from None
+            entries[-1][1].append(values + [-1.0] * (FACE_FIELDS - len(values)))
+    if not entries:
+        raise DataError(f"{path}: no '# image/path.jpg' lines")
+    return [(name, np.asarray(faces, np.float32).reshape(-1, FACE_FIELDS)) for name, faces in entries]

@@ -13,24 +13,27 @@ from typing import Sequence
 
 import numpy as np
 
-from train.detection_data import Faces
+from jobs.core.errors import DataError
+from train.detection_data import Faces, read_rgb
 
 
 def teacher_faces(detector_path: Path, photos: Sequence[Path], threshold: float = 0.5) -> dict[Path, Faces]:
-    """Faces the teacher finds in each photo (photos without any are left out)."""
-    import cv2
-    from insightface.model_zoo import get_model
+    """Faces the teacher finds in each photo (photos without any, or unreadable, are left out),
+    found with the face toolkit at a 640x640 detector input."""
+    from inference.faces import detect, read_image
+    from inference.models import load_detector
 
-    teacher = get_model(str(detector_path))
-    teacher.prepare(ctx_id=-1, input_size=(640, 640), det_thresh=threshold)
+    teacher = load_detector(detector_path)
     found = {}
     for photo in photos:
-        img = cv2.imread(str(photo))
-        if img is None:
+        try:
+            img = read_image(photo)
+        except DataError:
             continue
-        dets, kps = teacher.detect(img, input_size=(640, 640))
-        if len(dets):
-            found[photo] = Faces(dets[:, :4].astype(np.float32), kps.astype(np.float32), np.ones(len(dets), np.float32))
+        faces = detect(teacher, img, 640, threshold, upscale=True)
+        if faces:
+            found[photo] = Faces(np.stack([f.box for f in faces]), np.stack([f.landmarks for f in faces]),
+                                 np.ones(len(faces), np.float32))
     return found
 
 
@@ -57,7 +60,7 @@ def paste_canvas(labelled: dict[Path, Faces], size: int, per_canvas: int, rng: n
     boxes, points, valid = [], [], []
     for _ in range(per_canvas):
         photo = photos[int(rng.integers(len(photos)))]
-        img = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+        img = read_rgb(photo)
         side = int(rng.uniform(*scale) * size)
         factor = side / max(img.shape[:2])
         w, h = int(img.shape[1] * factor), int(img.shape[0] * factor)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jobs.core.contract import log_metrics
+from jobs.core.devices import mx_contexts
 from train.anchors import anchors_for, assign
 from train.augment import augment
 from train.detection_data import DetectionSplit
@@ -69,14 +70,6 @@ def lr_at(epoch: int, hp: dict[str, Any]) -> float:
     """Step schedule: the base lr divided by 10 at every epoch listed in ``lr_steps``."""
     steps = [int(s) for s in str(hp.get("lr_steps") or "").split(",") if s.strip()]
     return hp["lr"] * 0.1 ** sum(epoch >= s for s in steps)
-
-
-def devices() -> list[Any]:
-    """Every local GPU, else the CPU: batches are split across them (data parallel)."""
-    import mxnet as mx
-
-    gpus = mx.context.num_gpus()
-    return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
 
 
 def build_net(hp: dict[str, Any], ctx: list[Any] | None = None) -> Any:
@@ -141,7 +134,8 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
         hp: dict[str, Any], metrics_file: Path | None = None, log: Callable[[str], None] = print,
         progress: bool = False) -> dict[str, Any]:
     """Train on ``train``, evaluate on ``val`` (when given), export to ``model_dir``; resume from
-    the newest checkpoint in ``checkpoint_dir``. Returns the final metrics (also logged)."""
+    the newest checkpoint in ``checkpoint_dir``. Each epoch's metrics go to ``metrics_file``; the
+    final ones are returned (the entry point logs them)."""
     import mxnet as mx
 
     from train.checkpoint import Checkpointer
@@ -153,7 +147,7 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
     mx.random.seed(hp["seed"])
     if val is None:
         log(f"{train.name}: no val split found: training only, no val_ap50 will be reported")
-    ctx = devices()
+    ctx = mx_contexts()
     net = build_net(hp, ctx)
     trainer = make_trainer(net, hp)
     ckpt = Checkpointer(checkpoint_dir, every=hp["checkpoint_every"])
@@ -188,7 +182,6 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
         final.update({**val_metrics(net, val, eval_cfg, log), **clean_metrics(val, "val")})
         log(val.report.summary(val.name))
     export(net, model_dir, hp, final)
-    log_metrics(metrics_file, **{k: v for k, v in final.items() if v is not None})
     return final
 
 

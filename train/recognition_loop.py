@@ -23,7 +23,9 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from jobs.core import storage
+from jobs.core.bundle import faceops_root
 from jobs.core.contract import JobEnv, log_metrics
+from jobs.core.devices import mx_contexts
 from jobs.core.errors import DataError, JobFailed
 from train.backbones import get_model
 from train.checkpoint import Checkpointer
@@ -42,8 +44,9 @@ class Recognizer(gluon.HybridBlock):
 
     def __init__(self, config: dict[str, Any], num_classes: int):
         super().__init__()
-        margin = get_margin(config["loss"], config["margin_s"], config["margin_m1"], config["margin_m2"],
-                            config["margin_m3"])
+        # Parameters without a default are absent unless set (jobs.core.entry.checked).
+        margin = get_margin(config["loss"], config.get("margin_s"), config.get("margin_m1"), config.get("margin_m2"),
+                            config.get("margin_m3"))
         with self.name_scope():
             self.backbone = get_model(config["network"], config["embedding_size"])
             self.head = MarginHead(num_classes, config["embedding_size"], margin)
@@ -70,8 +73,7 @@ class Cluster:
 def cluster() -> Cluster:
     """All local GPUs (else the CPU); ``dist_sync`` when the backend started us as one of several
     DMLC workers (roles and hosts come from the ``DMLC_*`` variables)."""
-    gpus = mx.context.num_gpus()
-    ctx = [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
+    ctx = mx_contexts()
     if os.environ.get("DMLC_ROLE") == "worker" and int(os.environ.get("DMLC_NUM_WORKER", "1")) > 1:
         kv = mx.kv.create("dist_sync")
         return Cluster(ctx, kv, kv.rank, kv.num_workers)
@@ -96,7 +98,7 @@ def open_training_data(folder: Path, config: dict[str, Any]) -> RecognitionDatas
     if tuple(data.image_size) != IMAGE_SIZE:
         raise DataError(f"{data.files.rec}: images are {data.image_size[0]}x{data.image_size[1]}, the backbones take "
                         f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (pack with --resize 112 or --align)")
-    expected = config["num_classes"]
+    expected = config.get("num_classes")
     if expected is not None and expected != data.num_classes:
         raise DataError(f"hyperparameters.num_classes is {expected} but {data.files.rec} holds {data.num_classes} identities")
     return data
@@ -266,7 +268,7 @@ def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv) -> 
     # A fresh process exports and evaluates: AMP rewrites this process's operators (amp_cast, which
     # ONNX cannot express), and MXNet 1.9.1 segfaults on MobileFaceNet's grouped-conv weights once
     # oneDNN has reordered them for inference, so that process runs with oneDNN off.
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(faceops_root())
     val = [str(env.channels["val"])] if "val" in env.channels else []
     subprocess.run([sys.executable, "-m", "train.recognition", "export", str(params), config["network"],
                     str(config["embedding_size"]), str(model_dir), *val], check=True,

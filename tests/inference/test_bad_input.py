@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from inference import gallery as gallerylib
+from inference import gallery_store
 from inference.identify import identify
 from inference.models import load_models, model_role, resolve
 from jobs.core.errors import DataError, NotFoundError
@@ -51,9 +52,9 @@ def test_odd_images_are_identified_and_bad_files_reported(odd_images, built, mod
 
 
 def test_empty_gallery_is_refused(gallery_copy, split, models, tmp_path):
-    db = gallerylib.load(gallery_copy)
+    db = gallery_store.load(gallery_copy)
     gallerylib.remove_from_gallery(gallery_copy, db.names)
-    assert gallerylib.load(gallery_copy).entries == []
+    assert gallery_store.load(gallery_copy).entries == []
     with pytest.raises(DataError, match="empty"):
         identify(split / "probe" / "Colin_Powell", gallery_copy, tmp_path / "out", models)
     with pytest.raises(DataError, match="empty"):

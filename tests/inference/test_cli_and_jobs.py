@@ -111,7 +111,8 @@ def test_identify_job_fails_with_a_reason_on_a_non_gallery(runner, split, model_
 
 
 def test_gallery_from_and_to_object_storage(split, models, s3_bucket, tmp_path):
-    from inference.gallery import build_gallery, load
+    from inference.gallery import build_gallery
+    from inference.gallery_store import load
     from inference.identify import identify
     from jobs.core import storage
 

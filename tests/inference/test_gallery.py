@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from inference import gallery as gallerylib
+from inference import gallery_store
+from inference import index as indexlib
 from jobs.core.errors import DataError, NotFoundError
 
 
 def test_build_keeps_one_normalised_embedding_per_photo(built, models):
     path, summary = built
-    db = gallerylib.load(path)
+    db = gallery_store.load(path)
     assert summary["people"] == 8 and summary["images"] == 40
     # Every LFW photo has a face; photos with several faces use the largest, and are reported.
     assert summary["embeddings"] == len(db.entries) == 40
@@ -40,7 +42,7 @@ def test_calibration_separates_people(built):
 
 
 def test_search_is_exact_per_person(built):
-    db = gallerylib.load(built[0])
+    db = gallery_store.load(built[0])
     rng = np.random.default_rng(1)
     queries = db.embeddings[rng.choice(40, 10, replace=False)] + rng.normal(0, 0.03, (10, db.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -56,14 +58,14 @@ def test_search_is_exact_per_person(built):
 
 
 def test_template_of_each_person_finds_that_person(built):
-    db = gallerylib.load(built[0])
+    db = gallery_store.load(built[0])
     people, _ = db.search(db.templates(), top_k=1)
     assert people[:, 0].tolist() == list(range(len(db.people)))
 
 
 def test_remove_then_add_back_without_rebuilding(gallery_copy, split, models, tmp_path):
     summary = gallerylib.remove_from_gallery(gallery_copy, ["Colin_Powell"])
-    db = gallerylib.load(gallery_copy)
+    db = gallery_store.load(gallery_copy)
     assert summary["removed"] == 5 and "Colin_Powell" not in db.names and len(db.entries) == 35
     assert db.manifest["revision"] == 2 and db.index().ntotal == 35
     people, _ = db.search(db.embeddings, top_k=7)
@@ -76,7 +78,7 @@ def test_remove_then_add_back_without_rebuilding(gallery_copy, split, models, tm
     for photo in (split / "gal" / "Colin_Powell").iterdir():
         (source / "Colin_Powell" / photo.name).symlink_to(photo.resolve())
     added = gallerylib.add_to_gallery(gallery_copy, source, models)
-    db = gallerylib.load(gallery_copy)
+    db = gallery_store.load(gallery_copy)
     assert added["added"] == 5 and "Colin_Powell" in db.names and len(db.entries) == 40
     assert [h["action"] for h in db.manifest["history"]] == ["build", "remove", "add"]
 
@@ -95,26 +97,26 @@ def test_calibrate_for_a_looser_far_lowers_the_threshold(gallery_copy, built):
 
 
 def test_approximate_index_reports_its_recall(built):
-    db = gallerylib.load(built[0])
+    db = gallery_store.load(built[0])
     for kind in ("hnsw", "ivf"):
-        index = gallerylib.make_index(kind, db.embeddings)
-        assert 0.8 <= gallerylib.index_recall(index, db.embeddings) <= 1.0
+        index = indexlib.make_index(kind, db.embeddings)
+        assert 0.8 <= indexlib.index_recall(index, db.embeddings) <= 1.0
     with pytest.raises(DataError, match="unknown index type"):
-        gallerylib.make_index("annoy", db.embeddings)
+        indexlib.make_index("annoy", db.embeddings)
 
 
 def test_not_a_gallery(tmp_path):
     with pytest.raises(DataError, match="not a faceops gallery"):
-        gallerylib.load(tmp_path)
+        gallery_store.load(tmp_path)
     (tmp_path / "gallery.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
-        gallerylib.load(tmp_path)
+        gallery_store.load(tmp_path)
 
 
 def test_truncated_embeddings_are_refused(gallery_copy):
     np.save(gallery_copy / "embeddings.npy", np.zeros((3, 512), np.float32))
     with pytest.raises(DataError, match="embeddings.npy has shape"):
-        gallerylib.load(gallery_copy)
+        gallery_store.load(gallery_copy)
 
 
 def test_strict_skips_photos_with_several_faces(split, models, tmp_path, built):
@@ -133,11 +135,11 @@ def test_source_without_faces_builds_nothing(tmp_path, models):
 
 
 def test_gallery_from_embeddings_computed_elsewhere(built, tmp_path):
-    db = gallerylib.load(built[0])
+    db = gallery_store.load(built[0])
     imported = gallerylib.from_embeddings(db.embeddings * 3.0, [e["person"] for e in db.entries], db.manifest["models"])
     assert np.allclose(imported.embeddings, db.embeddings, atol=1e-6)
-    gallerylib.save(imported, tmp_path / "imported")
-    again = gallerylib.load(tmp_path / "imported")
+    gallery_store.save(imported, tmp_path / "imported")
+    again = gallery_store.load(tmp_path / "imported")
     assert again.names == db.names
     assert (again.search(db.templates(), 1)[0][:, 0] == np.arange(len(db.people))).all()
     with pytest.raises(DataError, match="512 dimensions"):
@@ -150,7 +152,7 @@ def test_build_from_a_path_person_csv(split, models, tmp_path):
     listing.write_text("path,person\n" + "".join(f"{p},{p.parent.name}\n" for p in photos))
     summary = gallerylib.build_gallery(listing, tmp_path / "db", models)
     assert summary["people"] == 2 and summary["embeddings"] == 4
-    assert gallerylib.load(tmp_path / "db").names == ["Hugo_Chavez", "Jacques_Chirac"]
+    assert gallery_store.load(tmp_path / "db").names == ["Hugo_Chavez", "Jacques_Chirac"]
     listing.write_text(f"path,person\n{photos[0]},Hugo_Chavez\n{photos[1]}\n")
     with pytest.raises(DataError, match=r"people.csv:3: expected 'path,person'"):
         gallerylib.build_gallery(listing, tmp_path / "db2", models)

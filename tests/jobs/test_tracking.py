@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobs.store import Store, workdir
-from tests.jobs.test_metrics import ROWS, SPEC, TRAIN, faceops
+from tests.jobs.test_metrics import ROWS, SPEC, TRAIN
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -57,7 +57,9 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def job_rows(name: str, version: int) -> list[dict]:
-    return json.loads(faceops("job", "metrics", f"{name}:{version}", "--json").output)
+    from jobs import metrics
+
+    return metrics.rows(Store().get(name, version))
 
 
 def check_run(uri: str, name: str, version: int) -> None:
@@ -88,13 +90,13 @@ def job_folder(tmp_path) -> Path:
     return folder
 
 
-def test_versions_log_live_to_a_tracking_server_with_lineage(job_folder, tmp_path, monkeypatch):
+def test_versions_log_live_to_a_tracking_server_with_lineage(runner, job_folder, tmp_path, monkeypatch):
     with mlflow_server(tmp_path / "server-a") as server:
         monkeypatch.setenv("FACEOPS_MLFLOW_URI", server.uri)
-        assert faceops("job", "submit", str(job_folder / "job.yaml")).exit_code == 0
+        assert runner("job", "submit", str(job_folder / "job.yaml")).exit_code == 0
         supervisor = Store().get("curves", 1)["backend_info"]["supervisor_pid"]
         wait_for(lambda: not alive(supervisor), 60, "the supervisor delivers and exits")
-        assert faceops("job", "rerun", "curves:1", "--set", "lr=0.1").exit_code == 0
+        assert runner("job", "rerun", "curves:1", "--set", "lr=0.1").exit_code == 0
         supervisor = Store().get("curves", 2)["backend_info"]["supervisor_pid"]
         wait_for(lambda: not alive(supervisor), 60, "the supervisor delivers and exits")
         for version in (1, 2):
@@ -104,12 +106,12 @@ def test_versions_log_live_to_a_tracking_server_with_lineage(job_folder, tmp_pat
         assert "mlflow.parentRunId" not in first.data.tags
 
 
-def test_server_down_mid_job_never_fails_it_and_rows_arrive_later(job_folder, tmp_path, monkeypatch):
+def test_server_down_mid_job_never_fails_it_and_rows_arrive_later(runner, job_folder, tmp_path, monkeypatch):
     go = tmp_path / "go"
     with mlflow_server(tmp_path / "server-b") as server:
         monkeypatch.setenv("FACEOPS_MLFLOW_URI", server.uri)
         monkeypatch.setenv("FACEOPS_TRACKING_RETRY_SECONDS", "300")
-        result = faceops("job", "submit", str(job_folder / "job.yaml"), "--detach", "--set", "pause_at=20",
+        result = runner("job", "submit", str(job_folder / "job.yaml"), "--detach", "--set", "pause_at=20",
                          "--set", f"go_file={go}")
         assert result.exit_code == 0, result.output
         wait_for(lambda: (run := run_of(server.uri, "curves", 1)) and len(history(server.uri, run.info.run_id, "loss")) == 20,
@@ -129,21 +131,21 @@ def test_server_down_mid_job_never_fails_it_and_rows_arrive_later(job_folder, tm
         assert "reachable again; 50 rows delivered" in (workdir(record) / "job.log").read_text()
 
 
-def test_export_versions_that_already_ran_to_a_sqlite_store(job_folder, tmp_path):
-    assert faceops("job", "submit", str(job_folder / "job.yaml")).exit_code == 0
-    assert faceops("job", "rerun", "curves:1", "--set", "lr=0.1").exit_code == 0
+def test_export_versions_that_already_ran_to_a_sqlite_store(runner, job_folder, tmp_path):
+    assert runner("job", "submit", str(job_folder / "job.yaml")).exit_code == 0
+    assert runner("job", "rerun", "curves:1", "--set", "lr=0.1").exit_code == 0
     uri = f"sqlite:///{tmp_path / 'tracking.db'}"
-    result = faceops("job", "export", "curves:1..2", "--mlflow", uri)
+    result = runner("job", "export", "curves:1..2", "--mlflow", uri)
     assert result.exit_code == 0, result.output
     assert f"curves:2 -> run {run_of(uri, 'curves', 2).info.run_id} ({ROWS} rows)" in result.output
     for version in (1, 2):
         check_run(uri, "curves", version)
     assert run_of(uri, "curves", 2).data.tags["mlflow.parentRunId"] == run_of(uri, "curves", 1).info.run_id
-    assert faceops("job", "export", "curves", "--mlflow", uri).exit_code == 0  # again: nothing doubles
+    assert runner("job", "export", "curves", "--mlflow", uri).exit_code == 0  # again: nothing doubles
     check_run(uri, "curves", 1)
     assert len(client(uri).search_runs([client(uri).get_experiment_by_name("curves").experiment_id])) == 2
 
 
-def test_no_uri_is_a_usage_error():
-    result = faceops("job", "export", "curves", "--mlflow", "")
+def test_no_uri_is_a_usage_error(runner):
+    result = runner("job", "export", "curves", "--mlflow", "")
     assert result.exit_code == 2 and "no MLflow URI" in result.output

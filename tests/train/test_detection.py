@@ -134,11 +134,11 @@ def test_seed_script_trains_without_val_and_says_so(teacher_set, tmp_path):
     proc = run_entry(["sh", str(REPO / "images" / "bin" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
                       "epochs=1", "image_size=100"], {"PYTHON": sys.executable})
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "multiples of 32" in (out / "failure").read_text()
+    assert proc.returncode == 2 and "multiples of 32" in (out / "failure").read_text()
     proc = run_entry(["sh", str(REPO / "images" / "bin" / "run_face_detection_train.sh"), str(teacher_set / "train"), str(out),
                       "epoch=1"], {"PYTHON": sys.executable})
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "hyperparameters.epoch: unknown key 'epoch' (did you mean 'epochs'?)" in output
+    assert proc.returncode == 2 and "hyperparameters.epoch: unknown key 'epoch' (did you mean 'epochs'?)" in output
 
 
 def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(teacher_set, tmp_path):

@@ -186,7 +186,7 @@ def test_boxes_outside_are_clipped_and_counted_and_empty_images_kept(tmp_path):
 
 
 def test_packed_recordio_reads_like_the_folder(tmp_path):
-    from train.recordio import pack_detection
+    from train.pack import pack_detection
 
     folder = write_split(tmp_path / "split", [
         "# a.jpg", "-10 5 30 20 5 10 0 15 10 0 10 15 0 6 18 0 14 18 0 0.5", "# b.jpg",
@@ -215,7 +215,7 @@ def test_resnet50_backbone_gives_the_same_heads_and_unknown_names_are_refused():
 
 
 def test_packed_split_streams_from_object_storage(tmp_path, s3_bucket):
-    from train.recordio import pack_detection
+    from train.pack import pack_detection
 
     folder = write_split(tmp_path / "split", ["# a.jpg", "4 4 20 20 " + LANDMARKS + " 0", "# b.jpg"],
                          {"a.jpg": (40, 40), "b.jpg": (32, 48)})

@@ -18,7 +18,7 @@ from train import recognition  # noqa: E402
 from train.backbones import BACKBONES, get_model  # noqa: E402
 from train.config import NETWORKS, resolve  # noqa: E402
 from train.heads import MarginHead, get_margin  # noqa: E402
-from train.recordio import encode_image, pack_recognition  # noqa: E402
+from train.pack import encode_image, pack_recognition  # noqa: E402
 from train.verification import accuracy, load_bin, write_bin  # noqa: E402
 
 

