@@ -71,7 +71,29 @@ def debian_base(image_engine) -> str:
         pytest.skip("debootstrap not found (Debian package debootstrap; scripts/setup-dev.sh installs it)")
     ca = Path(HOST_CA) if HOST_CA else None
     tarball = rootfs(CACHE, "bookworm", ("python3.11",), host_mirror("bookworm"), ca)
-    return import_rootfs(image_engine.client(), tarball, f"faceops-test/debian:{tarball.stem}")
+    ref, saved = f"faceops-test/debian:{tarball.stem}", tarball.with_name(f"{tarball.stem}-image.tar")
+    # Imported once and then saved: an import is stamped with its time, and a build reuses the
+    # layers of a cached image only on the very same base.
+    if saved.exists():
+        load(image_engine.client(), saved)
+    else:
+        save(image_engine.client(), import_rootfs(image_engine.client(), tarball, ref), saved)
+    return ref
+
+
+def load(client, path: Path) -> list[str]:
+    """``docker load``; returns the tags loaded."""
+    with path.open("rb") as fh:
+        return [tag for image in client.images.load(fh) for tag in image.tags]
+
+
+def save(client, ref: str, path: Path) -> None:
+    """``docker save`` to ``path``, replaced whole only once written."""
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as fh:
+        for chunk in client.api.get_image(ref):
+            fh.write(chunk)
+    partial.replace(path)
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +101,12 @@ def cpu_image(image_engine, debian_base, monkeypatch_module) -> str:
     """``faceops/train:cpu-<hash>`` built on the Debian base, or loaded from the cache."""
     monkeypatch_module.setenv("DOCKER_HOST", image_engine.host)
     client = image_engine.client()
-    cached = []
-    if SAVED_IMAGE.exists():
-        with SAVED_IMAGE.open("rb") as fh:
-            cached = [tag for image in client.images.load(fh) for tag in image.tags]
+    cached = load(client, SAVED_IMAGE) if SAVED_IMAGE.exists() else []
     args = {"PIP_OPTIONS": f"--cert {BUILD_CA}"} if HOST_CA else {}
     result = build(target="cpu", base=debian_base, build_args=args, cache_from=cached,
                    echo=lambda line: print(line, file=sys.stderr))
     if result.built:
-        partial = SAVED_IMAGE.with_suffix(".partial")
-        with partial.open("wb") as fh:
-            for chunk in client.api.get_image(result.ref):
-                fh.write(chunk)
-        partial.replace(SAVED_IMAGE)
+        save(client, result.ref, SAVED_IMAGE)
     return result.ref
 
 
