@@ -20,8 +20,10 @@ from jobs.core.errors import FaceopsError
 
 IMAGES_DIR = Path(__file__).resolve().parent
 TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
-# What a target's build context holds: the code is shipped as a bundle, never baked in.
-TARGET_CONTEXT = ("requirements.txt", "bin")
+# What a target's build context holds (what its Dockerfile copies, so that nothing else changes
+# its content hash): the code is shipped as a bundle, never baked in.
+SHARED_CONTEXT = ("install-deps.sh", "requirements.txt", "requirements-nodeps.txt", "bin")
+TARGET_CONTEXT = {"gpu": (*SHARED_CONTEXT, "requirements-cuda11.txt"), "cpu": SHARED_CONTEXT}
 DEFAULT_REPO = "faceops/train"
 HASH_LABEL = "org.faceops.content-hash"
 STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
@@ -46,16 +48,18 @@ class BuildResult:
 
 def build(target: str | None = None, dockerfile: Path | None = None, tag: str | None = None,
           base: str | None = None, build_args: dict[str, str] | None = None,
-          echo: Callable[[str], None] = print, verbose: bool = False) -> BuildResult:
+          echo: Callable[[str], None] = print, verbose: bool = False,
+          cache_from: list[str] | None = None) -> BuildResult:
     """Build the faceops ``target`` (``gpu`` or ``cpu``) or a user's ``dockerfile`` (its folder is
-    the context). ``base`` overrides the ``BASE`` build argument (the image to build FROM)."""
+    the context). ``base`` overrides the ``BASE`` build argument (the image to build FROM);
+    ``cache_from`` names images (pulled or loaded) whose layers the build may reuse."""
     from jobs.core.bundle import build_bundle
 
     from images.engine import client as engine
 
     context, name, kind = _context(target, dockerfile)
     args = {**(build_args or {}), **({"BASE": base} if base else {})}
-    bundle = build_bundle(context, [name, *TARGET_CONTEXT] if target else None, store=False)
+    bundle = build_bundle(context, [name, *TARGET_CONTEXT[target]] if target else None, store=False)
     try:
         digest = content_hash(bundle.sha256, name, args)
         ref = tag or f"{DEFAULT_REPO if target else _repo_for(context)}:{kind}-{digest[:12]}"
@@ -66,7 +70,7 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
             return BuildResult(ref, found["Id"], found["Size"], digest, built=False)
         echo(f"building {ref} from {name} (content {digest[:12]})")
         with open(bundle.path, "rb") as fh:
-            image_id = _stream(docker, fh, name, ref, args, {HASH_LABEL: digest}, echo, verbose)
+            image_id = _stream(docker, fh, name, ref, args, {HASH_LABEL: digest}, echo, verbose, cache_from)
         size = docker.api.inspect_image(image_id)["Size"]
         return BuildResult(ref, image_id, size, digest, built=True)
     finally:
@@ -111,7 +115,7 @@ def _existing(docker, ref: str, digest: str) -> dict | None:
 
 
 def _stream(docker, context, dockerfile: str, ref: str, args: dict[str, str], labels: dict[str, str],
-            echo: Callable[[str], None], verbose: bool) -> str:
+            echo: Callable[[str], None], verbose: bool, cache_from: list[str] | None = None) -> str:
     """Run the build, echoing one line per step; raise :class:`BuildError` with the failing step
     and its output. Returns the image id."""
     import docker as sdk
@@ -120,7 +124,7 @@ def _stream(docker, context, dockerfile: str, ref: str, args: dict[str, str], la
     try:
         events = docker.api.build(fileobj=context, custom_context=True, encoding="gzip", dockerfile=dockerfile,
                                   tag=ref, buildargs=args, labels=labels, network_mode="host", rm=True,
-                                  forcerm=True, decode=True)
+                                  forcerm=True, decode=True, cache_from=cache_from)
         for event in events:
             if "error" in event:
                 detail = (event.get("errorDetail") or {}).get("message") or event["error"]
