@@ -152,7 +152,8 @@ def job_list(name: str | None, status: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The whole version record as JSON.")
 def job_show(ref: str, as_json: bool) -> None:
     """Show one version (the latest when V is left out): resolved spec, image digest, code hash,
-    inputs with sizes and ETags, status, phase timings and metrics."""
+    inputs with sizes and ETags, where each output is (local folder and remote URI), status,
+    phase timings and metrics."""
     import json
 
     from jobs import report, submit
@@ -161,7 +162,10 @@ def job_show(ref: str, as_json: bool) -> None:
     from jobs.metrics import with_summary
 
     record = with_summary(submit.refreshed(Store().resolve(ref)))
-    click.echo(json.dumps(record, indent=2, default=str) if as_json else report.show_text(record))
+    if as_json:
+        click.echo(json.dumps({**record, "locations": report.locations(record)}, indent=2, default=str))
+    else:
+        click.echo(report.show_text(record))
 
 
 @job.command("versions")

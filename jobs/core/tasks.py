@@ -81,11 +81,20 @@ def find_metric(schema: dict[str, Metric], name: str) -> Metric | None:
 
 
 @dataclass(frozen=True)
+class Slot:
+    """One input channel or output a task takes: what goes there, and whether a job must give it."""
+
+    help: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class Task:
     """A kind of job. ``entrypoint`` is the argv run inside the container contract;
     ``params`` is None for schema-less tasks (``custom``), whose values pass through as typed JSON.
     ``kind`` tells cloud backends whether it is a training or a processing (batch) job;
-    ``metrics`` declares what the entry point logs (name or glob pattern -> :class:`Metric`)."""
+    ``metrics`` declares what the entry point logs (name or glob pattern -> :class:`Metric`);
+    ``inputs``/``outputs`` the channels and outputs it reads and writes (None: any, for ``custom``)."""
 
     name: str
     entrypoint: tuple[str, ...]
@@ -93,6 +102,8 @@ class Task:
     kind: str = "training"
     help: str = ""
     metrics: dict[str, Metric] = field(default_factory=dict)
+    inputs: dict[str, Slot] | None = None
+    outputs: dict[str, Slot] | None = None
 
     def defaults(self) -> dict[str, Any]:
         """The schema's default values (parameters without a default are left out)."""

@@ -1,0 +1,107 @@
+"""The README's workflow as a new user follows it, end to end on the shared photos: pack the
+photos, train a recognizer as a job, build a gallery with that version's model as the job's
+``recognizer`` input (the pretrained detector finds the faces), identify held-out photos against
+it, and read the metrics from the version records. Plus the checks that must fail early, before
+any work is done, and the task reference a user reads to write a spec."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from jobs.store import Store
+
+pytest.importorskip("mxnet")
+
+from tests.train.test_recognition_train import EXAMPLE, TRAIN_PER_PERSON, aligner  # noqa: E402,F401
+
+
+def _spec(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(lfw10, tmp_path_factory) -> tuple[Path, Path]:
+    """``enrol/<person>/`` with each person's first photos and ``probe/<person>/`` with the rest
+    (links to the shared photos, never copies)."""
+    root = tmp_path_factory.mktemp("workflow-photos")
+    for person in sorted(p.name for p in lfw10.iterdir() if p.is_dir()):
+        for n, photo in enumerate(sorted((lfw10 / person).glob("*.jpg"))):
+            link = root / ("enrol" if n < TRAIN_PER_PERSON else "probe") / person / photo.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(photo)
+    return root / "enrol", root / "probe"
+
+
+def test_trained_recognizer_builds_a_gallery_and_identifies(runner, photos, aligner, tmp_path):  # noqa: F811
+    enrol, probe = photos
+    packed = tmp_path / "packed"
+    result = runner("data", "pack-recognition", enrol, packed, "--align", aligner[0])
+    assert result.exit_code == 0, result.output
+
+    result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", "max_steps=4",
+                    "--set", "batch_size=14")
+    assert result.exit_code == 0, result.output
+    trained = Store().get("recog-mbf", 1)
+    assert trained["status"] == "done", trained.get("reason")
+    shown = json.loads(runner("job", "show", "recog-mbf:1", "--json").output)
+    model = Path(shown["locations"]["model"]["local"])
+    assert (model / "model.onnx").exists()
+
+    database = tmp_path / "db"
+    spec = _spec(tmp_path / "gallery.yaml", f"""\
+        name: staff-gallery
+        task: gallery
+        inputs:
+          images: {enrol}
+          recognizer: {model}
+        outputs:
+          database: {database}
+        hyperparameters:
+          det_size: 320
+        """)
+    result = runner("job", "submit", spec)
+    assert result.exit_code == 0, result.output
+    gallery = Store().get("staff-gallery", 1)
+    assert gallery["status"] == "done", gallery.get("reason")
+    assert gallery["metrics"]["people"] == 10 and gallery["metrics"]["embeddings"] >= 60
+    manifest = json.loads((database / "gallery.json").read_text())
+    from inference.models import sha256
+
+    assert manifest["models"]["recognizer"]["sha256"] == sha256(model / "model.onnx")
+
+    spec = _spec(tmp_path / "identify.yaml", f"""\
+        name: staff-identify
+        task: identify
+        inputs:
+          images: {probe}
+          gallery: {database}
+          recognizer: {model}
+        outputs:
+          report: {tmp_path / 'report'}
+        hyperparameters:
+          det_size: 320
+          truth_from_folders: true
+        """)
+    result = runner("job", "submit", spec)
+    assert result.exit_code == 0, result.output
+    identified = Store().get("staff-identify", 1)
+    assert identified["status"] == "done", identified.get("reason")
+    assert identified["metrics"]["faces"] >= 25 and 0.0 <= identified["metrics"]["rank1"] <= 1.0
+    assert "faces_per_s" in identified["metrics"]
+
+
+def test_a_misspelt_model_input_is_refused(runner, tmp_path):
+    spec = _spec(tmp_path / "gallery.yaml", f"""\
+        name: staff-gallery
+        task: gallery
+        inputs:
+          images: {tmp_path}
+          recogniser: {tmp_path}
+        """)
+    result = runner("job", "submit", spec, "--dry-run")
+    assert result.exit_code == 2
+    assert "inputs.recogniser: unknown input 'recogniser' (did you mean 'recognizer'?)" in result.output
