@@ -308,6 +308,38 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
 
 
 @main.group(cls=FaceopsGroup)
+def task() -> None:
+    """What each job task does and takes: inputs, outputs, hyperparameters and metrics."""
+
+
+@task.command("list")
+def task_list() -> None:
+    """Every task a spec's `task:` may name, with its kind and what it does."""
+    from jobs.core.tasks import registry
+
+    for name, found in sorted(registry().items()):
+        click.echo(f"{name:<12} {found.kind:<11} {found.help}")
+
+
+@task.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The reference as JSON.")
+def task_show(name: str, as_json: bool) -> None:
+    """One task's inputs and outputs, each hyperparameter (type, default, range, help) and the
+    metrics it writes: what a spec may set."""
+    import json
+
+    from jobs.core.errors import NotFoundError
+    from jobs.core.tasks import describe, get_task, reference
+
+    try:
+        found = get_task(name)
+    except KeyError as exc:
+        raise NotFoundError(exc.args[0]) from None
+    click.echo(json.dumps(describe(found), indent=2) if as_json else "\n".join([f"task {found.name}", "", *reference(found)]))
+
+
+@main.group(cls=FaceopsGroup)
 def data() -> None:
     """Pack, inspect and stream RecordIO face datasets."""
 

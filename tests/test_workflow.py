@@ -105,3 +105,27 @@ def test_a_misspelt_model_input_is_refused(runner, tmp_path):
     result = runner("job", "submit", spec, "--dry-run")
     assert result.exit_code == 2
     assert "inputs.recogniser: unknown input 'recogniser' (did you mean 'recognizer'?)" in result.output
+
+
+def test_task_show_tells_what_a_spec_may_set(runner):
+    listed = runner("task", "list")
+    assert listed.exit_code == 0
+    assert [line.split()[0] for line in listed.output.splitlines()] == ["custom", "detection", "gallery", "identify", "recognition"]
+
+    shown = runner("task", "show", "recognition")
+    assert shown.exit_code == 0, shown.output
+    text = shown.output
+    assert "  lr (float; default 0.1, min 0)\n      learning rate for a global batch of 512" in text
+    assert "  network (str; default 'r50', one of r18, r34, r50, r100, mbf, mbf_s1)" in text
+    assert "inputs:\n  train: insightface RecordIO" in text and "  val (optional): " in text
+    assert "outputs:\n  model: model.onnx" in text
+    assert "  val_*_acc: higher" in text and "  loss: lower" in text
+
+    data = json.loads(runner("task", "show", "gallery", "--json").output)
+    assert data["inputs"]["recognizer"]["required"] is False and data["inputs"]["images"]["required"] is True
+    assert data["hyperparameters"]["far"] == {"type": "float", "default": 0.001, "min": 1e-9, "max": 0.5,
+                                              "choices": None, "help": "target false-accept rate for the calibrated threshold"}
+    assert data["metrics"]["tar"] == {"direction": "max", "unit": ""}
+
+    unknown = runner("task", "show", "recogniton")
+    assert unknown.exit_code == 2 and "unknown task 'recogniton' (did you mean 'recognition'?)" in unknown.output

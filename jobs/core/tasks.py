@@ -118,6 +118,52 @@ class Task:
         return self.params[key].check(value)
 
 
+def param_line(key: str, param: Param) -> list[str]:
+    """``lr (float; default 0.1, min 0)`` and its help line, as ``--help`` and ``task show`` print it."""
+    limits = ", ".join(part for part in (
+        f"default {param.default!r}" if param.default is not None else "",
+        f"min {param.min:g}" if param.min is not None else "",
+        f"max {param.max:g}" if param.max is not None else "",
+        f"one of {', '.join(map(str, param.choices))}" if param.choices else "") if part)
+    return [f"  {key} ({param.type}{'; ' + limits if limits else ''})"] + ([f"      {param.help}"] if param.help else [])
+
+
+def reference(task: Task) -> list[str]:
+    """The task's reference as text lines: what it does, the inputs and outputs it takes, each
+    hyperparameter (type, default, range, help) and the metrics it writes. One text for the entry
+    point's ``--help`` and ``faceops task show``."""
+    lines = [task.help or f"The {task.name} task.", "", f"kind: {task.kind}",
+             f"entry point: {' '.join(task.entrypoint) or '(the spec entrypoint)'}"]
+    for title, slots in (("inputs", task.inputs), ("outputs", task.outputs)):
+        if slots:
+            lines += ["", f"{title}:"] + [f"  {name}{'' if slot.required else ' (optional)'}: {slot.help}"
+                                          for name, slot in slots.items()]
+    lines += ["", "hyperparameters:"]
+    if task.params is None:
+        lines.append("  any (passed through as typed JSON)")
+    for key, param in sorted((task.params or {}).items()):
+        lines += param_line(key, param)
+    if task.metrics:
+        lines += ["", "metrics (name: better when):"]
+        lines += [f"  {name}: {'lower' if m.direction == 'min' else 'higher'}{f' ({m.unit})' if m.unit else ''}"
+                  for name, m in task.metrics.items()]
+    return lines
+
+
+def _slots(slots: dict[str, Slot] | None) -> dict[str, dict[str, Any]] | None:
+    return None if slots is None else {n: {"help": s.help, "required": s.required} for n, s in slots.items()}
+
+
+def describe(task: Task) -> dict[str, Any]:
+    """The same reference as data (``faceops task show --json``)."""
+    return {"name": task.name, "kind": task.kind, "entrypoint": list(task.entrypoint), "help": task.help,
+            "inputs": _slots(task.inputs), "outputs": _slots(task.outputs),
+            "hyperparameters": None if task.params is None else {
+                k: {"type": p.type, "default": p.default, "min": p.min, "max": p.max,
+                    "choices": list(p.choices) if p.choices else None, "help": p.help} for k, p in sorted(task.params.items())},
+            "metrics": {n: {"direction": m.direction, "unit": m.unit} for n, m in task.metrics.items()}}
+
+
 def unknown_key_message(key: str, allowed: Any) -> str:
     """'unknown key 'lr_rate' (did you mean 'lr'?); allowed: ...' for any key set."""
     allowed = sorted(allowed)
