@@ -1,7 +1,7 @@
 """Submitting versions: freeze a spec into a version record and hand it to its backend.
 
 ``submit`` and ``rerun`` share one path (:func:`launch`): check the inputs exist and note their
-sizes/ETags, pack or reuse the code bundle, resolve the image digest, then either describe what
+sizes/ETags, check every output can be written (:mod:`jobs.preflight`), pack or reuse the code bundle, resolve the image digest, then either describe what
 would happen (``dry_run``, which writes nothing) or store the record and start the backend.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from jobs import preflight
 from jobs.backends import Launch, get_backend
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, stored_bundle
 from jobs.core.errors import NotFoundError
@@ -42,6 +43,7 @@ def launch(spec: JobSpec, *, parent: int | None, code_hash: str | None = None,
     ``{"record": ..., "plan": ...}`` describing the version that would be created."""
     backend = get_backend(spec.backend)
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
+    preflight.check_outputs(spec.outputs)
     bundle, code = _code(spec, code_hash, store=not dry_run)
     record = new_record(spec.to_dict(), parent=parent, code=code, inputs=inputs, image=_image(spec.image))
     store = Store()

@@ -129,3 +129,39 @@ def test_task_show_tells_what_a_spec_may_set(runner):
 
     unknown = runner("task", "show", "recogniton")
     assert unknown.exit_code == 2 and "unknown task 'recogniton' (did you mean 'recognition'?)" in unknown.output
+
+
+def _line_fit(tmp_path: Path, output: str) -> Path:
+    """A custom job whose only output is ``output``."""
+    return _spec(tmp_path / "job.yaml", f"""\
+        name: early
+        task: custom
+        entrypoint: [python, -c, "print('trained')"]
+        outputs:
+          model: {output}
+        """)
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "submit"])
+def test_an_unwritable_output_fails_before_the_job_starts(runner, s3_env, s3_bucket, tmp_path, monkeypatch, dry_run):
+    flags = ["--dry-run"] if dry_run else []
+    result = runner("job", "submit", _line_fit(tmp_path, f"s3://{s3_bucket}-missing/models/"), *flags)
+    assert result.exit_code == 2 and f"outputs.model: s3://{s3_bucket}-missing/models/" in result.output
+    assert "does not exist" in result.output
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    result = runner("job", "submit", _line_fit(tmp_path, f"s3://{s3_bucket}/models/"), *flags)
+    assert result.exit_code == 2 and "outputs.model: " in result.output and "access denied" in result.output
+    assert "not-the-secret" not in result.output
+
+    (tmp_path / "a-file").write_text("")
+    result = runner("job", "submit", _line_fit(tmp_path, str(tmp_path / "a-file" / "model")), *flags)
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert runner("job", "list").output.strip() == "no jobs yet"  # nothing was created
+    assert list(s3_env.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])) == []
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.env()["AWS_SECRET_ACCESS_KEY"])
+    result = runner("job", "submit", _line_fit(tmp_path, f"s3://{s3_bucket}/models/"), *flags)
+    assert result.exit_code == 0, result.output
+    probes = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert not [k for k in probes if "write-check" in k]
