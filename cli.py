@@ -567,19 +567,21 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate for the calibrated threshold.")
 @click.option("--index", type=click.Choice(INDEX_KINDS), default="flat", show_default=True,
               help="faiss index: flat is exact; hnsw/ivf are approximate (recall is measured and stored).")
+@click.option("--force", is_flag=True, help="Rebuild a gallery already at OUT, as its next revision (history kept).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
                   det_size: int, det_thresh: float, batch_size: int, workers: int, strict: bool, far: float,
-                  index: str, as_json: bool) -> None:
+                  index: str, force: bool, as_json: bool) -> None:
     """Build a gallery database OUT from SOURCE: a folder (or s3:// prefix) with one sub-folder of
     photos per person, or a CSV of path,person rows. One embedding per photo (largest face),
-    per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face
-    or several faces are listed in OUT/issues.csv."""
+    per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face,
+    several faces or the same content as another are listed in OUT/issues.csv. An existing
+    gallery at OUT is refused without --force."""
     from inference.gallery import build_gallery
 
     _echo_summary(build_gallery(source, out, models_dir, det=det_model, rec=rec_model, det_size=det_size,
                                 det_thresh=det_thresh, batch_size=batch_size, workers=workers, strict=strict,
-                                far=far, index=index, progress=not as_json), as_json)
+                                far=far, index=index, force=force, progress=not as_json), as_json)
 
 
 @gallery.command("add")
@@ -593,7 +595,8 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
 def gallery_add(database: str, source: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
                 batch_size: int, workers: int, strict: bool, as_json: bool) -> None:
     """Add the people and photos of SOURCE (same layout as build) to DATABASE without rebuilding
-    it. The models must be the ones the gallery was built with; it is recalibrated."""
+    it. Photos it already holds (same content) are skipped and counted as duplicates. The models
+    must be the ones the gallery was built with; it is recalibrated."""
     from inference.gallery import add_to_gallery
 
     _echo_summary(add_to_gallery(database, source, models_dir, det=det_model, rec=rec_model, batch_size=batch_size,

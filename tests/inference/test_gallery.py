@@ -83,6 +83,35 @@ def test_remove_then_add_back_without_rebuilding(gallery_copy, split, models, tm
     assert [h["action"] for h in db.manifest["history"]] == ["build", "remove", "add"]
 
 
+def test_adding_photos_the_gallery_holds_skips_them(gallery_copy, split, models, tmp_path, runner):
+    source = tmp_path / "again"
+    (source / "Colin_Powell").mkdir(parents=True)
+    photos = sorted((split / "gal" / "Colin_Powell").iterdir())
+    for photo in photos:  # the same photos under new names: duplicates by content, not by name
+        (source / "Colin_Powell" / f"copy-{photo.name}").symlink_to(photo.resolve())
+    (source / "Colin_Powell" / "twice.jpg").symlink_to(photos[0].resolve())
+    result = runner("gallery", "add", gallery_copy, source, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert (summary["added"], summary["duplicates"], summary["embeddings"]) == (0, 6, 40)
+    assert summary["issues"] == {"duplicate": 6}
+    db = gallery_store.load(gallery_copy)
+    assert len(db.entries) == 40 and db.manifest["history"][-1]["duplicates"] == 6
+    dup = [i for i in db.issues if i["issue"] == "duplicate"]
+    assert dup[0]["detail"] == f"same photo as Colin_Powell/{photos[0].name}; skipped"
+
+
+def test_build_onto_a_gallery_needs_force_and_keeps_its_history(gallery_copy, split, models, runner):
+    before = gallery_store.load(gallery_copy).manifest
+    result = runner("gallery", "build", split / "gal", gallery_copy)
+    assert result.exit_code == 2 and f"{gallery_copy} already holds a gallery (revision 1, 8 people)" in result.output
+    assert "--force" in result.output and gallery_store.load(gallery_copy).manifest == before
+    summary = gallerylib.build_gallery(split / "gal", gallery_copy, models, force=True)
+    history = gallery_store.load(gallery_copy).manifest["history"]
+    assert summary["revision"] == 2 and [h["action"] for h in history] == ["build", "build"]
+    assert history[-1]["replaced_revision"] == 1
+
+
 def test_remove_unknown_person_suggests_a_name(gallery_copy):
     with pytest.raises(NotFoundError, match="did you mean 'Colin_Powell'"):
         gallerylib.remove_from_gallery(gallery_copy, ["Colin_Powel"])
