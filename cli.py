@@ -546,16 +546,20 @@ def _detection_options(command):
 
 
 def _echo_summary(summary: dict, as_json: bool) -> None:
-    """The summary as JSON (for scripts), or one 'key: value' line per entry."""
+    """The summary as JSON (for scripts), or one 'key: value' line per entry and its warnings on stderr."""
     import json
 
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     for key, value in summary.items():
+        if key == "warnings":
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()) or "-"
         click.echo(f"{key}: {value}")
+    for warning in summary.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @gallery.command("build")

@@ -13,6 +13,7 @@ import numpy as np
 
 from inference import faces as facelib
 from inference.calibration import DEFAULT_FAR, calibrate
+from inference.calibration import warnings as calibration_warnings
 from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
 from inference.models import Models, load_models, sha256
@@ -107,6 +108,7 @@ def _finish(gallery: Gallery, far: float | None) -> dict[str, Any]:
     return {
         "revision": gallery.manifest["revision"], "people": len(gallery.people), "embeddings": len(gallery.entries),
         "threshold": gallery.threshold, "calibration": calibration, "index": gallery.manifest["index"],
+        "warnings": calibration_warnings(calibration, gallery.labels) if gallery.entries else [],
     }
 
 
@@ -251,4 +253,5 @@ def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR) -> dict[str, A
         raise DataError(f"{path}: calibration needs at least two people (impostor pairs); the gallery has {len(gallery.people)}")
     _record(gallery, "calibrate", target_far=far)
     save(gallery, path)
-    return {"gallery": str(path), "revision": gallery.manifest["revision"], **calibration}
+    return {"gallery": str(path), "revision": gallery.manifest["revision"], **calibration,
+            "warnings": calibration_warnings(calibration, gallery.labels)}
