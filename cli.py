@@ -58,6 +58,7 @@ def job() -> None:
 
 
 SET_HELP = "Override a setting: lr=0.05 (hyperparameter), resources.spot=true, inputs.train=s3://b/p. Repeatable."
+PRETRAINED = "pretrained"  # --align given without a detector
 
 
 def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> None:
@@ -355,9 +356,9 @@ def _packed(report) -> None:
 @click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_uri")
 @click.option("--resize", metavar="SIZE|HxW", help="Resize every photo (e.g. 112 or 112x112) and store it as JPEG.")
-@click.option("--align", metavar="DETECTOR", type=click.Path(exists=True),
-              help="Detect the main face with this ONNX detector (file or model folder, e.g. SCRFD) and "
-                   "5-point align it to 112x112; photos without a face are skipped.")
+@click.option("--align", metavar="[DETECTOR]", is_flag=False, flag_value=PRETRAINED,
+              help="Detect the main face and 5-point align it to 112x112; photos without a face are skipped. "
+                   "DETECTOR: an ONNX file or model folder (e.g. SCRFD); --align alone uses the pretrained one.")
 @click.option("--workers", type=int, help="Encoding threads (default: one per CPU).")
 @click.option("--quality", default=95, show_default=True, help="JPEG quality for aligned/resized photos.")
 def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align: str | None,
@@ -369,7 +370,8 @@ def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align:
     at the end. OUT_URI is replaced in one step once everything is written."""
     from train.pack import pack_recognition
 
-    _packed(pack_recognition(src_dir, out_uri, resize=resize, align=align, workers=workers, quality=quality))
+    _packed(pack_recognition(src_dir, out_uri, resize=resize, align=True if align == PRETRAINED else align,
+                             workers=workers, quality=quality))
 
 
 @data.command("pack-detection")

