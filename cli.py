@@ -17,12 +17,33 @@ class FaceopsGroup(click.Group):
     """A click group that turns :class:`FaceopsError` into a one-line message and its exit code,
     so users see what to fix instead of a traceback."""
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with its whole first sentence (wrapped), where click would cut it at the
+        terminal width mid-sentence."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or _first_sentence(command.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FaceopsError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    import inspect
+
+    paragraph = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[:end + 1]
 
 
 @click.group(cls=FaceopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,7 +166,13 @@ def job_list(name: str | None, status: str | None, as_json: bool) -> None:
 
     records = [submit.refreshed(r) for r in Store().list(name=name)]
     records = [r for r in records if not status or r["status"] == status]
-    click.echo(json.dumps(records, default=str) if as_json else report.list_table(records) if records else "no jobs yet")
+    if as_json or records:
+        click.echo(json.dumps(records, default=str) if as_json else report.list_table(records))
+    elif name or status:
+        asked = " and ".join(part for part in (f"of job {name}" if name else "", f"with status {status}" if status else "") if part)
+        click.echo(f"no versions {asked}")
+    else:
+        click.echo("no jobs yet")
 
 
 @job.command("show")

