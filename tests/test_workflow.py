@@ -49,6 +49,7 @@ def test_trained_recognizer_builds_a_gallery_and_identifies(runner, photos, tmp_
     result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", "max_steps=4",
                     "--set", "batch_size=14")
     assert result.exit_code == 0, result.output
+    assert "lr 0.2 per 512 images -> 0.005469 effective for a global batch of 14" in result.output
     trained = Store().get("recog-mbf", 1)
     assert trained["status"] == "done", trained.get("reason")
     shown = json.loads(runner("job", "show", "recog-mbf:1", "--json").output)
