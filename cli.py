@@ -153,6 +153,18 @@ def job_rerun(ref: str, overrides: tuple[str, ...], new_code: bool, dry_run: boo
     _start(submit.rerun(ref, overrides, new_code=new_code, dry_run=dry_run), dry_run, wait, as_json)
 
 
+@job.command("resume")
+@click.argument("ref", metavar="NAME:V")
+@click.option("--wait/--detach", default=True, show_default=True, help="Follow the log until the job ends, or return at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the version record as JSON.")
+def job_resume(ref: str, wait: bool, as_json: bool) -> None:
+    """Continue a stopped or failed version from its last checkpoint, as a new version with the
+    same settings and code (parent V). rerun starts over from step 1 instead."""
+    from jobs import submit
+
+    _start(submit.resume(ref), False, wait, as_json)
+
+
 @job.command("list")
 @click.option("--name", help="Only versions of this job.")
 @click.option("--status", type=click.Choice(["queued", "staging", "running", "uploading", "done", "failed", "stopped"]))

