@@ -17,12 +17,33 @@ class FaceopsGroup(click.Group):
     """A click group that turns :class:`FaceopsError` into a one-line message and its exit code,
     so users see what to fix instead of a traceback."""
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with its whole first sentence (wrapped), where click would cut it at the
+        terminal width mid-sentence."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or _first_sentence(command.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FaceopsError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    import inspect
+
+    paragraph = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[:end + 1]
 
 
 @click.group(cls=FaceopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +79,7 @@ def job() -> None:
 
 
 SET_HELP = "Override a setting: lr=0.05 (hyperparameter), resources.spot=true, inputs.train=s3://b/p. Repeatable."
+PRETRAINED = "pretrained"  # --align given without a detector
 
 
 def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> None:
@@ -131,6 +153,18 @@ def job_rerun(ref: str, overrides: tuple[str, ...], new_code: bool, dry_run: boo
     _start(submit.rerun(ref, overrides, new_code=new_code, dry_run=dry_run), dry_run, wait, as_json)
 
 
+@job.command("resume")
+@click.argument("ref", metavar="NAME:V")
+@click.option("--wait/--detach", default=True, show_default=True, help="Follow the log until the job ends, or return at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the version record as JSON.")
+def job_resume(ref: str, wait: bool, as_json: bool) -> None:
+    """Continue a stopped or failed version from its last checkpoint, as a new version with the
+    same settings and code (parent V). rerun starts over from step 1 instead."""
+    from jobs import submit
+
+    _start(submit.resume(ref), False, wait, as_json)
+
+
 @job.command("list")
 @click.option("--name", help="Only versions of this job.")
 @click.option("--status", type=click.Choice(["queued", "staging", "running", "uploading", "done", "failed", "stopped"]))
@@ -144,7 +178,13 @@ def job_list(name: str | None, status: str | None, as_json: bool) -> None:
 
     records = [submit.refreshed(r) for r in Store().list(name=name)]
     records = [r for r in records if not status or r["status"] == status]
-    click.echo(json.dumps(records, default=str) if as_json else report.list_table(records) if records else "no jobs yet")
+    if as_json or records:
+        click.echo(json.dumps(records, default=str) if as_json else report.list_table(records))
+    elif name or status:
+        asked = " and ".join(part for part in (f"of job {name}" if name else "", f"with status {status}" if status else "") if part)
+        click.echo(f"no versions {asked}")
+    else:
+        click.echo("no jobs yet")
 
 
 @job.command("show")
@@ -152,7 +192,8 @@ def job_list(name: str | None, status: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The whole version record as JSON.")
 def job_show(ref: str, as_json: bool) -> None:
     """Show one version (the latest when V is left out): resolved spec, image digest, code hash,
-    inputs with sizes and ETags, status, phase timings and metrics."""
+    inputs with sizes and ETags, where each output is (local folder and remote URI), status,
+    phase timings and metrics."""
     import json
 
     from jobs import report, submit
@@ -161,7 +202,10 @@ def job_show(ref: str, as_json: bool) -> None:
     from jobs.metrics import with_summary
 
     record = with_summary(submit.refreshed(Store().resolve(ref)))
-    click.echo(json.dumps(record, indent=2, default=str) if as_json else report.show_text(record))
+    if as_json:
+        click.echo(json.dumps({**record, "locations": report.locations(record)}, indent=2, default=str))
+    else:
+        click.echo(report.show_text(record))
 
 
 @job.command("versions")
@@ -304,6 +348,38 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
 
 
 @main.group(cls=FaceopsGroup)
+def task() -> None:
+    """What each job task does and takes: inputs, outputs, hyperparameters and metrics."""
+
+
+@task.command("list")
+def task_list() -> None:
+    """Every task a spec's `task:` may name, with its kind and what it does."""
+    from jobs.core.tasks import registry
+
+    for name, found in sorted(registry().items()):
+        click.echo(f"{name:<12} {found.kind:<11} {found.help}")
+
+
+@task.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The reference as JSON.")
+def task_show(name: str, as_json: bool) -> None:
+    """One task's inputs and outputs, each hyperparameter (type, default, range, help) and the
+    metrics it writes: what a spec may set."""
+    import json
+
+    from jobs.core.errors import NotFoundError
+    from jobs.core.tasks import describe, get_task, reference
+
+    try:
+        found = get_task(name)
+    except KeyError as exc:
+        raise NotFoundError(exc.args[0]) from None
+    click.echo(json.dumps(describe(found), indent=2) if as_json else "\n".join([f"task {found.name}", "", *reference(found)]))
+
+
+@main.group(cls=FaceopsGroup)
 def data() -> None:
     """Pack, inspect and stream RecordIO face datasets."""
 
@@ -319,9 +395,9 @@ def _packed(report) -> None:
 @click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_uri")
 @click.option("--resize", metavar="SIZE|HxW", help="Resize every photo (e.g. 112 or 112x112) and store it as JPEG.")
-@click.option("--align", metavar="DETECTOR", type=click.Path(exists=True),
-              help="Detect the main face with this ONNX detector (file or model folder, e.g. SCRFD) and "
-                   "5-point align it to 112x112; photos without a face are skipped.")
+@click.option("--align", metavar="[DETECTOR]", is_flag=False, flag_value=PRETRAINED,
+              help="Detect the main face and 5-point align it to 112x112; photos without a face are skipped. "
+                   "DETECTOR: an ONNX file or model folder (e.g. SCRFD); --align alone uses the pretrained one.")
 @click.option("--workers", type=int, help="Encoding threads (default: one per CPU).")
 @click.option("--quality", default=95, show_default=True, help="JPEG quality for aligned/resized photos.")
 def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align: str | None,
@@ -333,7 +409,8 @@ def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align:
     at the end. OUT_URI is replaced in one step once everything is written."""
     from train.pack import pack_recognition
 
-    _packed(pack_recognition(src_dir, out_uri, resize=resize, align=align, workers=workers, quality=quality))
+    _packed(pack_recognition(src_dir, out_uri, resize=resize, align=True if align == PRETRAINED else align,
+                             workers=workers, quality=quality))
 
 
 @data.command("pack-detection")
@@ -510,16 +587,20 @@ def _detection_options(command):
 
 
 def _echo_summary(summary: dict, as_json: bool) -> None:
-    """The summary as JSON (for scripts), or one 'key: value' line per entry."""
+    """The summary as JSON (for scripts), or one 'key: value' line per entry and its warnings on stderr."""
     import json
 
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     for key, value in summary.items():
+        if key == "warnings":
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()) or "-"
         click.echo(f"{key}: {value}")
+    for warning in summary.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @gallery.command("build")
@@ -531,19 +612,21 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate for the calibrated threshold.")
 @click.option("--index", type=click.Choice(INDEX_KINDS), default="flat", show_default=True,
               help="faiss index: flat is exact; hnsw/ivf are approximate (recall is measured and stored).")
+@click.option("--force", is_flag=True, help="Rebuild a gallery already at OUT, as its next revision (history kept).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
                   det_size: int, det_thresh: float, batch_size: int, workers: int, strict: bool, far: float,
-                  index: str, as_json: bool) -> None:
+                  index: str, force: bool, as_json: bool) -> None:
     """Build a gallery database OUT from SOURCE: a folder (or s3:// prefix) with one sub-folder of
     photos per person, or a CSV of path,person rows. One embedding per photo (largest face),
-    per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face
-    or several faces are listed in OUT/issues.csv."""
+    per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face,
+    several faces or the same content as another are listed in OUT/issues.csv. An existing
+    gallery at OUT is refused without --force."""
     from inference.gallery import build_gallery
 
     _echo_summary(build_gallery(source, out, models_dir, det=det_model, rec=rec_model, det_size=det_size,
                                 det_thresh=det_thresh, batch_size=batch_size, workers=workers, strict=strict,
-                                far=far, index=index, progress=not as_json), as_json)
+                                far=far, index=index, force=force, progress=not as_json), as_json)
 
 
 @gallery.command("add")
@@ -557,7 +640,8 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
 def gallery_add(database: str, source: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
                 batch_size: int, workers: int, strict: bool, as_json: bool) -> None:
     """Add the people and photos of SOURCE (same layout as build) to DATABASE without rebuilding
-    it. The models must be the ones the gallery was built with; it is recalibrated."""
+    it. Photos it already holds (same content) are skipped and counted as duplicates. The models
+    must be the ones the gallery was built with; it is recalibrated."""
     from inference.gallery import add_to_gallery
 
     _echo_summary(add_to_gallery(database, source, models_dir, det=det_model, rec=rec_model, batch_size=batch_size,

@@ -42,3 +42,32 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float = DEFAULT_F
         "impostor_pairs": int(len(impostor)),
         "min_resolvable_far": 1.0 / len(impostor),
     }
+
+
+LOW_TAR = 0.2  # below this most genuine photos fall under the threshold: identify says "unknown"
+
+
+def warnings(calibration: dict[str, Any] | None, labels: np.ndarray) -> list[str]:
+    """What makes a calibration unfit to trust, in words a user can act on: a TAR near 0 (the
+    recognizer does not tell these people apart at this FAR), a target FAR below what the
+    gallery's impostor pairs can resolve, and people with a single photo (no genuine pairs, so
+    the TAR rests on the others). Empty when none applies."""
+    found = []
+    _, photos = np.unique(labels, return_counts=True)
+    if calibration is None:
+        found.append(f"not calibrated: it needs at least two people; the default threshold {DEFAULT_THRESHOLD} is used")
+        return found
+    tar = calibration.get("tar")
+    if tar is None or tar < LOW_TAR:
+        found.append(f"TAR {0 if tar is None else tar:.3g} at threshold {calibration['threshold']:.6g}: almost no photo "
+                     "matches another of the same person, so identify will answer `unknown` for most faces; "
+                     "the recognizer may be undertrained, or the target FAR too strict for it")
+    if calibration["target_far"] < calibration["min_resolvable_far"]:
+        found.append(f"target FAR {calibration['target_far']:g} is below the smallest this gallery can resolve "
+                     f"({calibration['min_resolvable_far']:.3g} = 1/{calibration['impostor_pairs']} impostor pairs); the "
+                     "threshold is the highest impostor similarity. More people (or photos) make it reachable")
+    single = int(np.sum(photos == 1))
+    if single * 2 > len(photos):
+        found.append(f"{single} of {len(photos)} people have one photo: they give no genuine pairs, so the TAR rests "
+                     f"on {calibration['genuine_pairs']} pairs of the others; add a second photo per person")
+    return found

@@ -13,9 +13,10 @@ import numpy as np
 
 from inference import faces as facelib
 from inference.calibration import DEFAULT_FAR, calibrate
+from inference.calibration import warnings as calibration_warnings
 from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
-from inference.models import Models, load_models
+from inference.models import Models, load_models, sha256
 from inference.sources import ImageItem, list_images, local
 from jobs.core.errors import DataError, NotFoundError
 
@@ -68,11 +69,12 @@ def _append(gallery: Gallery, persons: list[str], embeddings: np.ndarray, detail
     gallery.changed()
 
 
-def _add_faces(gallery: Gallery, kept: list[tuple[ImageItem, facelib.Face]]) -> None:
+def _add_faces(gallery: Gallery, kept: list[tuple[ImageItem, facelib.Face]], digests: dict[str, str]) -> None:
     details = []
     for item, face in kept:
         x1, y1, x2, y2 = (round(float(v), 1) for v in face.box)
-        details.append({"image": item.name, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "det_score": round(face.score, 4)})
+        details.append({"image": item.name, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "det_score": round(face.score, 4),
+                        "sha256": digests[item.name]})
     embeddings = np.stack([face.embedding for _, face in kept]) if kept else np.zeros((0, gallery.dim), np.float32)
     _append(gallery, [item.label for item, _ in kept], embeddings, details)
 
@@ -106,6 +108,7 @@ def _finish(gallery: Gallery, far: float | None) -> dict[str, Any]:
     return {
         "revision": gallery.manifest["revision"], "people": len(gallery.people), "embeddings": len(gallery.entries),
         "threshold": gallery.threshold, "calibration": calibration, "index": gallery.manifest["index"],
+        "warnings": calibration_warnings(calibration, gallery.labels) if gallery.entries else [],
     }
 
 
@@ -119,6 +122,30 @@ def _issue_counts(issues: list[dict[str, Any]]) -> dict[str, int]:
 def _skipped(names: list[str]) -> list[dict[str, Any]]:
     """Issue rows for files that were not read: not an image by extension, or outside a person folder."""
     return [{"image": name, "issue": "not_an_image", "detail": "skipped by extension or location"} for name in names]
+
+
+def _new_photos(entries: list[dict[str, Any]], items: list[ImageItem]) -> tuple[list[ImageItem], list[dict[str, Any]], dict[str, str]]:
+    """``items`` without the photos ``entries`` already hold (or that repeat within ``items``), by
+    content hash, so adding the same folder twice never doubles anyone; an issue row per photo
+    left out, naming the copy that is kept; and each kept photo's hash (stored in its entry)."""
+    seen = {e["sha256"]: e["image"] for e in entries if e.get("sha256")}
+    fresh, duplicates, digests = [], [], {}
+    for item in items:
+        digest = sha256(item.path)
+        if digest in seen:
+            duplicates.append({"image": item.name, "issue": "duplicate", "detail": f"same photo as {seen[digest]}; skipped"})
+        else:
+            seen[digest], digests[item.name] = item.name, digest
+            fresh.append(item)
+    return fresh, duplicates, digests
+
+
+def _existing_gallery(out: str | Path) -> Gallery | None:
+    """The gallery already at ``out`` (None when there is none), so build never replaces one unasked."""
+    from inference.gallery_store import MANIFEST
+    from jobs.core import storage
+
+    return load(out) if storage.exists(storage.join(str(out), MANIFEST)) else None
 
 
 def _target_far(gallery: Gallery) -> float:
@@ -136,22 +163,36 @@ def _labelled(source: str | Path, folder: Path) -> tuple[list[ImageItem], list[s
 def build_gallery(source: str | Path, out: str | Path, models: Models | str | Path | None = None, *,
                   det: str | Path | None = None, rec: str | Path | None = None, det_size: int = DEFAULT_DET_SIZE,
                   det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int = 2, strict: bool = False,
-                  far: float = DEFAULT_FAR, index: str = "flat", progress: bool = False) -> dict[str, Any]:
+                  far: float = DEFAULT_FAR, index: str = "flat", force: bool = False,
+                  progress: bool = False) -> dict[str, Any]:
     """Build a gallery at ``out`` from ``source`` (folder of per-person folders, ``path,person``
     CSV, or an object-storage prefix of either). Returns a summary (people, embeddings, images,
-    issues, calibration)."""
+    issues, calibration).
+
+    A gallery already at ``out`` is refused unless ``force``; then the new one continues its
+    revision numbers and history (the rebuild is one more revision), so nothing is lost silently."""
     check_kind(index)
+    previous = _existing_gallery(out)
+    if previous is not None and not force:
+        raise DataError(f"{out} already holds a gallery (revision {previous.manifest['revision']}, "
+                        f"{len(previous.people)} people); add photos with `faceops gallery add`, or "
+                        "rebuild it as a new revision with --force")
     models = load_models(models, det, rec)
     with local(source) as folder:
         items, skipped = _labelled(source, folder)
-        kept, issues = _collect(models, items, strict, progress, det_size=det_size, det_thresh=det_thresh,
+        fresh, duplicates, digests = _new_photos([], items)
+        kept, issues = _collect(models, fresh, strict, progress, det_size=det_size, det_thresh=det_thresh,
                                 batch_size=batch_size, workers=workers)
+    issues += duplicates
     if not kept:
         raise DataError(f"{source}: no faces found in {len(items)} images; nothing to build")
     gallery = Gallery(new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
                       issues + _skipped(skipped))
-    _add_faces(gallery, kept)
-    _record(gallery, "build", source=str(source), images=len(items), added=len(kept))
+    if previous is not None:
+        gallery.manifest.update(revision=previous.manifest["revision"], history=previous.manifest["history"])
+    _add_faces(gallery, kept, digests)
+    _record(gallery, "build", source=str(source), images=len(items), added=len(kept),
+            **({"replaced_revision": previous.manifest["revision"]} if previous is not None else {}))
     summary = _finish(gallery, far)
     publish(gallery, out)
     return {**summary, "gallery": str(out), "images": len(items), "issues": _issue_counts(gallery.issues)}
@@ -168,14 +209,17 @@ def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | 
     settings = gallery.manifest["detection"]
     with local(source) as folder:
         items, skipped = _labelled(source, folder)
-        kept, issues = _collect(models, items, strict, progress, det_size=settings["det_size"],
+        fresh, duplicates, digests = _new_photos(gallery.entries, items)
+        kept, issues = _collect(models, fresh, strict, progress, det_size=settings["det_size"],
                                 det_thresh=settings["det_thresh"], batch_size=batch_size, workers=workers)
+    _add_faces(gallery, kept, digests)
+    issues += duplicates
     gallery.issues.extend(issues + _skipped(skipped))
-    _add_faces(gallery, kept)
-    _record(gallery, "add", source=str(source), images=len(items), added=len(kept))
+    _record(gallery, "add", source=str(source), images=len(items), added=len(kept), duplicates=len(duplicates))
     summary = _finish(gallery, _target_far(gallery))
     save(gallery, path)
-    return {**summary, "gallery": str(path), "images": len(items), "added": len(kept), "issues": _issue_counts(issues)}
+    return {**summary, "gallery": str(path), "images": len(items), "added": len(kept), "duplicates": len(duplicates),
+            "issues": _issue_counts(issues)}
 
 
 def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
@@ -209,4 +253,5 @@ def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR) -> dict[str, A
         raise DataError(f"{path}: calibration needs at least two people (impostor pairs); the gallery has {len(gallery.people)}")
     _record(gallery, "calibrate", target_far=far)
     save(gallery, path)
-    return {"gallery": str(path), "revision": gallery.manifest["revision"], **calibration}
+    return {"gallery": str(path), "revision": gallery.manifest["revision"], **calibration,
+            "warnings": calibration_warnings(calibration, gallery.labels)}

@@ -35,7 +35,7 @@ from jobs.core.files import atomic_write
 FORMAT = "faceops-gallery"
 FORMAT_VERSION = 1
 MANIFEST = "gallery.json"
-ENTRY_FIELDS = ["person_id", "person", "image", "x1", "y1", "x2", "y2", "det_score"]
+ENTRY_FIELDS = ["person_id", "person", "image", "x1", "y1", "x2", "y2", "det_score", "sha256"]
 ISSUE_FIELDS = ["image", "issue", "detail"]
 
 

@@ -120,11 +120,23 @@ def _inside(name: str) -> Path:
     return Path(*[part for part in path.parts if part not in (path.anchor, "..")])
 
 
+def label_origin(box: tuple[int, int, int, int], text: tuple[int, int], image: tuple[int, int]) -> tuple[int, int]:
+    """Bottom-left corner for a label of ``text`` (width, height) over a face ``box`` in an image of
+    ``image`` (width, height): above the box, shifted left to end inside the image and moved under
+    the box's top edge when there is no room above, so no label is cut at an edge."""
+    (x1, y1, _, _), (text_w, text_h), (width, height) = box, text, image
+    x = max(0, min(x1, width - text_w - 1))
+    y = y1 - 4 if y1 - 4 - text_h >= 0 else min(height - 2, y1 + text_h + 4)
+    return x, y
+
+
 def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
-    """Write a copy of the image with each face's box and name (green known, red unknown)."""
+    """Write a copy of the image with each face's box and name (green known, red unknown), each
+    label on a filled band kept inside the image."""
     import cv2
 
     image = facelib.read_image(image_path)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
     for row in rows:
         if row["status"] != "ok":
             continue
@@ -132,7 +144,10 @@ def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
         color = (0, 0, 255) if row["person"] == UNKNOWN else (0, 200, 0)
         cv2.rectangle(image, (x1, y1), (x2, y2), color, 2)
         label = f"{row['person']} {row['similarity']:.2f}"
-        cv2.putText(image, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+        (text_w, text_h), base = cv2.getTextSize(label, font, scale, 1)
+        x, y = label_origin((x1, y1, x2, y2), (text_w, text_h), (image.shape[1], image.shape[0]))
+        cv2.rectangle(image, (x, y - text_h - 2), (x + text_w, y + base), color, cv2.FILLED)
+        cv2.putText(image, label, (x, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out.with_suffix(".jpg")), image):
         raise DataError(f"cannot write annotated image {out}")

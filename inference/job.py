@@ -38,10 +38,16 @@ def _truth_file(env: JobEnv) -> Path | None:
     return found[0]
 
 
+def _models(env: JobEnv) -> dict[str, Path | None]:
+    """The model channels as :func:`inference.models.load_models` takes them: ``detector`` and
+    ``recognizer`` each win over the ``models`` folder; a missing one is the pretrained model."""
+    return {"models": env.channels.get("models"), "det": env.channels.get("detector"), "rec": env.channels.get("recognizer")}
+
+
 def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     from inference.gallery import build_gallery
 
-    return build_gallery(env.channel("images"), env.output("database"), env.channels.get("models"),
+    return build_gallery(env.channel("images"), env.output("database"), **_models(env),
                          **_pick(hp, DETECTION_KEYS + ("strict", "far", "index")), progress=False)
 
 
@@ -49,8 +55,8 @@ def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     from inference.identify import identify
 
     out = env.output("report")
-    summary = identify(env.channel("images"), env.channel("gallery"), out, env.channels.get("models"),
-                       truth=_truth_file(env), annotate_dir=out / "annotated" if hp.get("annotate") else None,
+    summary = identify(env.channel("images"), env.channel("gallery"), out, **_models(env), truth=_truth_file(env),
+                       annotate_dir=out / "annotated" if hp.get("annotate") else None,
                        **_pick(hp, DETECTION_KEYS + ("threshold", "top_k", "truth_from_folders")), progress=False)
     truth_metrics = summary.pop("metrics", {})
     truth_metrics.pop("confusions", None)  # kept in metrics.json; job metrics are numbers

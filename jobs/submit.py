@@ -1,7 +1,7 @@
 """Submitting versions: freeze a spec into a version record and hand it to its backend.
 
 ``submit`` and ``rerun`` share one path (:func:`launch`): check the inputs exist and note their
-sizes/ETags, pack or reuse the code bundle, resolve the image digest, then either describe what
+sizes/ETags, check every output can be written (:mod:`jobs.preflight`), pack or reuse the code bundle, resolve the image digest, then either describe what
 would happen (``dry_run``, which writes nothing) or store the record and start the backend.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from jobs import preflight
 from jobs.backends import Launch, get_backend
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, stored_bundle
 from jobs.core.errors import NotFoundError
@@ -36,12 +37,35 @@ def rerun(ref: str, overrides: list[str] | tuple[str, ...] = (), *, new_code: bo
     return launch(spec, parent=parent["version"], code_hash=code_hash, dry_run=dry_run)
 
 
+def resume(ref: str) -> dict[str, Any]:
+    """A new version that continues stopped or failed version ``ref`` from its last checkpoint:
+    the same spec and code, parent ``ref``, its checkpoints copied in before it starts (the
+    training loops restore the latest one). Local versions only: a cloud job's checkpoints stay
+    with the service, and a spot restart there already resumes."""
+    from jobs.core.contract import Contract
+    from jobs.core.errors import SpecError
+
+    parent = refreshed(Store().resolve(ref))
+    name = f"{parent['name']}:{parent['version']}"
+    if parent["status"] not in ("stopped", "failed"):
+        raise SpecError(f"{name} is {parent['status']}; only a stopped or failed version can be resumed")
+    if parent["backend"] != "local":
+        raise SpecError(f"{name} ran on {parent['backend']}; job resume continues local versions")
+    checkpoints = Contract(workdir(parent)).checkpoint_dir
+    if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
+        raise NotFoundError(f"{name} saved no checkpoint (in {checkpoints}); rerun it instead: faceops job rerun {name}")
+    spec = validate(parent["spec"])
+    return launch(spec, parent=parent["version"], code_hash=parent["code"]["hash"], checkpoints=checkpoints)
+
+
 def launch(spec: JobSpec, *, parent: int | None, code_hash: str | None = None,
-           dry_run: bool = False) -> dict[str, Any]:
+           dry_run: bool = False, checkpoints: Path | None = None) -> dict[str, Any]:
     """Freeze and start one version. Returns the stored record, or with ``dry_run`` a plan:
-    ``{"record": ..., "plan": ...}`` describing the version that would be created."""
+    ``{"record": ..., "plan": ...}`` describing the version that would be created.
+    ``checkpoints`` (a folder) seeds the new version's checkpoint folder before it starts."""
     backend = get_backend(spec.backend)
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
+    preflight.check_outputs(spec.outputs)
     bundle, code = _code(spec, code_hash, store=not dry_run)
     record = new_record(spec.to_dict(), parent=parent, code=code, inputs=inputs, image=_image(spec.image))
     store = Store()
@@ -51,6 +75,12 @@ def launch(spec: JobSpec, *, parent: int | None, code_hash: str | None = None,
     record = store.create(record)
     folder = workdir(record)
     folder.mkdir(parents=True, exist_ok=True)
+    if checkpoints is not None:
+        import shutil
+
+        from jobs.core.contract import Contract
+
+        shutil.copytree(checkpoints, Contract(folder).checkpoint_dir, dirs_exist_ok=True)
     info = backend.start(Launch(record, folder, bundle.path))
     try:
         record = store.update(record["name"], record["version"], backend_info={**record["backend_info"], **info})

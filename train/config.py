@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.core.tasks import Metric, Param, Task
+from jobs.core.tasks import Metric, Param, Slot, Task
 
 NETWORKS = ("r18", "r34", "r50", "r100", "mbf", "mbf_s1")
 LOSSES = ("arcface", "cosface", "combined")
@@ -47,6 +47,9 @@ RECOGNITION = Task(
     params=PARAMS,
     metrics={"loss": Metric("min"), "acc": Metric("max"), "epoch_loss": Metric("min"), "epoch_acc": Metric("max"),
              "samples_per_sec": Metric("max", "samples/s"), "val_*_acc": Metric("max"), "val_*_std": Metric("min")},
+    inputs={"train": Slot("insightface RecordIO: train.rec + train.idx + property (or the seed's cele.*)"),
+            "val": Slot("verification .bin sets (lfw.bin, cfp_fp.bin, ...) evaluated after training", required=False)},
+    outputs={"model": Slot("model.onnx (insightface recognizer), model-symbol.json + params, verification.json")},
     help="Train an ArcFace recognizer on insightface RecordIO (channel train, optional val with .bin "
          "verification sets); output model gets Gluon symbol+params and model.onnx for insightface.",
 )

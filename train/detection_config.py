@@ -7,7 +7,7 @@ Output ``model``: ``model.onnx`` (insightface detector contract), the Gluon symb
 """
 from __future__ import annotations
 
-from jobs.core.tasks import Metric, Param, Task
+from jobs.core.tasks import Metric, Param, Slot, Task
 
 DETECTION = Task(
     name="detection",
@@ -37,6 +37,9 @@ DETECTION = Task(
         "workers": Param("int", 2, "threads preparing batches", min=0, max=64),
         "seed": Param("int", 0, "random seed", min=0),
     },
+    inputs={"train": Slot("detection_train_data/ with train/ (and val/), or one split: images/ + label.txt or RecordIO"),
+            "val": Slot("a validation split (images/ + label.txt)", required=False)},
+    outputs={"model": Slot("model.onnx (insightface detector), Gluon symbol + params, metrics.json")},
     metrics={"val_ap50": Metric("max"), "train_samples_per_s": Metric("max", "samples/s"), "train_*": Metric("min")},
     help="Train a RetinaFace detector (Gluon) from channel train; exports model.onnx for insightface to output model.",
 )

@@ -57,14 +57,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return (size[0], size[-1])
 
 
-def face_aligner(model: str | Path, size: int = 112) -> Callable[[np.ndarray], np.ndarray]:
+def face_aligner(model: str | Path | bool, size: int = 112) -> Callable[[np.ndarray], np.ndarray]:
     """A function that returns the main face of an image 5-point aligned to ``size`` x ``size``
     (the face toolkit's :func:`inference.faces.align_main_face`). ``model`` is a detector ONNX
-    file or a model folder holding one."""
+    file or a model folder holding one; True means the pretrained detector (the models extra)."""
     from inference.faces import align_main_face
     from inference.models import load_detector
 
-    detector = load_detector(model)
+    detector = load_detector(None if model is True else model)
     return lambda img: align_main_face(detector, img, size)
 
 
@@ -189,7 +189,7 @@ def write_recognition(folder: Path, samples: Iterable[Sample]) -> tuple[int, int
     return first_identity - 1, len(ranges), shape, len(sizes)
 
 
-def pack_recognition(src_dir: str | Path, out_uri: str, resize: str | None = None, align: str | None = None,
+def pack_recognition(src_dir: str | Path, out_uri: str, resize: str | None = None, align: str | Path | bool | None = None,
                      workers: int | None = None, quality: int = 95, progress: bool = True) -> PackReport:
     """Pack one-folder-per-identity photos into insightface's recognition RecordIO at ``out_uri``
     (``train.rec``, ``train.idx``, ``train.lst``, ``property``; see :func:`write_recognition`),

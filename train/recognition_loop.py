@@ -158,6 +158,8 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     if config["max_steps"]:
         total = min(total, config["max_steps"])
     global_batch = batch * place.num_workers
+    print(f"lr {config['lr']:g} per 512 images -> {config['lr'] * global_batch / 512:.4g} effective for a global batch "
+          f"of {global_batch} (peak, after {config['warmup_epochs']:g} warmup epochs); {total} steps", flush=True)
 
     model = Recognizer(config, data.num_classes)
     model.backbone.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=place.ctx)

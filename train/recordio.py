@@ -161,20 +161,26 @@ class RecordFile:
         pos, parts = 0, []
         while True:
             if pos + 8 > len(buf):
-                raise DataError(self._truncated(key, start + pos, 8))
+                raise DataError(self._truncated(key, start, start + pos, 8, len(buf)))
             magic, word = struct.unpack_from("<II", buf, pos)
             if magic != MAGIC:
                 raise DataError(f"{self.uri}: record {key} at byte {start + pos} has no RecordIO magic; "
                                 f"{self.idx_uri} does not match this .rec")
             cflag, length = word >> 29, word & LENGTH_MASK
             if pos + 8 + length > len(buf):
-                raise DataError(self._truncated(key, start + pos + 8, length))
+                raise DataError(self._truncated(key, start, start + pos + 8, length, len(buf)))
             parts.append(buf[pos + 8:pos + 8 + length])
             pos += 8 + ((length + 3) & ~3)
             if cflag in (0, 3):
                 return MAGIC_BYTES.join(parts)
 
-    def _truncated(self, key: int, at: int, needed: int) -> str:
+    def _truncated(self, key: int, start: int, at: int, needed: int, span: int) -> str:
+        """A record longer than the bytes it was read from. Only the last record's span ends at
+        the end of the file; any other ends where the .idx puts the next record, so running past
+        that is an index of another file, not a short upload."""
+        if start + span < self.size:
+            return (f"{self.uri}: record {key} needs {needed} bytes at byte {at}, past where {self.idx_uri} "
+                    f"puts the next record (byte {start + span}): the .idx does not match this .rec")
         return (f"{self.uri}: record {key} is truncated: it needs {needed} bytes at byte {at} but the file "
                 f"ends at byte {self.size} (incomplete upload or copy?)")
 

@@ -329,10 +329,13 @@ class Supervisor:
         return "failed", self._failure_reason(code)
 
     def _failure_reason(self, code: int) -> str:
-        """The job's own reason (``output/failure``) or the end of its log, with the exit code."""
+        """The job's own reason (``output/failure``, its staged paths named as the user gave them)
+        or the end of its log, with the exit code."""
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         if self.contract.failure_file.exists():
-            return f"{self.contract.failure_file.read_text().strip()} ({how})"
+            from jobs.given import as_given
+
+            return f"{as_given(self.contract.failure_file.read_text().strip(), self.folder, self.record['spec']['inputs'])} ({how})"
         tail = [line for line in (self.folder / LOG_NAME).read_text(errors="replace").splitlines()
                 if line.strip() and not line.startswith("[faceops]")][-3:]
         return f"{how}" + (": " + " | ".join(tail) if tail else "")

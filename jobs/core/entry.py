@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from jobs.core.contract import JobEnv, from_env, log_metrics, write_failure
 from jobs.core.errors import FaceopsError, SpecError
-from jobs.core.tasks import Task
+from jobs.core.tasks import Task, reference
 
 STOPPED_EXIT = 143
 
@@ -42,21 +42,11 @@ def checked(task: Task, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def usage(task: Task, prog: str) -> str:
-    """What ``--help`` prints: the task, how it is run, and each hyperparameter with its type,
-    default, range and help."""
-    lines = [f"usage: {prog} [KEY=VALUE ...]", "", task.help or f"The {task.name} task.", "",
-             "Runs under the container contract (FACEOPS_* or SM_* variables, /opt/ml by default);",
-             "KEY=VALUE arguments override the job's hyperparameters.", "", "hyperparameters:"]
-    for key, param in sorted((task.params or {}).items()):
-        limits = ", ".join(part for part in (
-            f"default {param.default!r}" if param.default is not None else "",
-            f"min {param.min:g}" if param.min is not None else "",
-            f"max {param.max:g}" if param.max is not None else "",
-            f"one of {', '.join(map(str, param.choices))}" if param.choices else "") if part)
-        lines.append(f"  {key} ({param.type}{'; ' + limits if limits else ''})")
-        if param.help:
-            lines.append(f"      {param.help}")
-    return "\n".join(lines)
+    """What ``--help`` prints: how it is run, then the task's reference (inputs, outputs, each
+    hyperparameter with its type, default, range and help, metrics), as ``faceops task show``."""
+    return "\n".join([f"usage: {prog} [KEY=VALUE ...]", "",
+                      "Runs under the container contract (FACEOPS_* or SM_* variables, /opt/ml by default);",
+                      "KEY=VALUE arguments override the job's hyperparameters.", "", *reference(task)])
 
 
 def run(task: Task, main: Callable[[dict[str, Any], JobEnv], dict[str, Any] | None],

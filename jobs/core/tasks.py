@@ -81,11 +81,20 @@ def find_metric(schema: dict[str, Metric], name: str) -> Metric | None:
 
 
 @dataclass(frozen=True)
+class Slot:
+    """One input channel or output a task takes: what goes there, and whether a job must give it."""
+
+    help: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class Task:
     """A kind of job. ``entrypoint`` is the argv run inside the container contract;
     ``params`` is None for schema-less tasks (``custom``), whose values pass through as typed JSON.
     ``kind`` tells cloud backends whether it is a training or a processing (batch) job;
-    ``metrics`` declares what the entry point logs (name or glob pattern -> :class:`Metric`)."""
+    ``metrics`` declares what the entry point logs (name or glob pattern -> :class:`Metric`);
+    ``inputs``/``outputs`` the channels and outputs it reads and writes (None: any, for ``custom``)."""
 
     name: str
     entrypoint: tuple[str, ...]
@@ -93,6 +102,8 @@ class Task:
     kind: str = "training"
     help: str = ""
     metrics: dict[str, Metric] = field(default_factory=dict)
+    inputs: dict[str, Slot] | None = None
+    outputs: dict[str, Slot] | None = None
 
     def defaults(self) -> dict[str, Any]:
         """The schema's default values (parameters without a default are left out)."""
@@ -105,6 +116,52 @@ class Task:
         if key not in self.params:
             raise KeyError(unknown_key_message(key, self.params))
         return self.params[key].check(value)
+
+
+def param_line(key: str, param: Param) -> list[str]:
+    """``lr (float; default 0.1, min 0)`` and its help line, as ``--help`` and ``task show`` print it."""
+    limits = ", ".join(part for part in (
+        f"default {param.default!r}" if param.default is not None else "",
+        f"min {param.min:g}" if param.min is not None else "",
+        f"max {param.max:g}" if param.max is not None else "",
+        f"one of {', '.join(map(str, param.choices))}" if param.choices else "") if part)
+    return [f"  {key} ({param.type}{'; ' + limits if limits else ''})"] + ([f"      {param.help}"] if param.help else [])
+
+
+def reference(task: Task) -> list[str]:
+    """The task's reference as text lines: what it does, the inputs and outputs it takes, each
+    hyperparameter (type, default, range, help) and the metrics it writes. One text for the entry
+    point's ``--help`` and ``faceops task show``."""
+    lines = [task.help or f"The {task.name} task.", "", f"kind: {task.kind}",
+             f"entry point: {' '.join(task.entrypoint) or '(the spec entrypoint)'}"]
+    for title, slots in (("inputs", task.inputs), ("outputs", task.outputs)):
+        if slots:
+            lines += ["", f"{title}:"] + [f"  {name}{'' if slot.required else ' (optional)'}: {slot.help}"
+                                          for name, slot in slots.items()]
+    lines += ["", "hyperparameters:"]
+    if task.params is None:
+        lines.append("  any (passed through as typed JSON)")
+    for key, param in sorted((task.params or {}).items()):
+        lines += param_line(key, param)
+    if task.metrics:
+        lines += ["", "metrics (name: better when):"]
+        lines += [f"  {name}: {'lower' if m.direction == 'min' else 'higher'}{f' ({m.unit})' if m.unit else ''}"
+                  for name, m in task.metrics.items()]
+    return lines
+
+
+def _slots(slots: dict[str, Slot] | None) -> dict[str, dict[str, Any]] | None:
+    return None if slots is None else {n: {"help": s.help, "required": s.required} for n, s in slots.items()}
+
+
+def describe(task: Task) -> dict[str, Any]:
+    """The same reference as data (``faceops task show --json``)."""
+    return {"name": task.name, "kind": task.kind, "entrypoint": list(task.entrypoint), "help": task.help,
+            "inputs": _slots(task.inputs), "outputs": _slots(task.outputs),
+            "hyperparameters": None if task.params is None else {
+                k: {"type": p.type, "default": p.default, "min": p.min, "max": p.max,
+                    "choices": list(p.choices) if p.choices else None, "help": p.help} for k, p in sorted(task.params.items())},
+            "metrics": {n: {"direction": m.direction, "unit": m.unit} for n, m in task.metrics.items()}}
 
 
 def unknown_key_message(key: str, allowed: Any) -> str:

@@ -22,8 +22,10 @@ def entry(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 @pytest.mark.parametrize("task", [GALLERY, IDENTIFY], ids=lambda task: task.name)
 def test_help_lists_every_parameter_of_the_task(task):
     done = entry(task.name, "--help")
-    listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ") and line[2] != " "]
+    section = done.stdout.split("\nhyperparameters:\n")[1].split("\n\n")[0]
+    listed = [line.split()[0] for line in section.splitlines() if line[2] != " "]
     assert (done.returncode, listed) == (0, sorted(task.params)), done.stdout + done.stderr
+    assert "inputs:\n  images: " in done.stdout and "  recognizer (optional): " in done.stdout
     assert done.stdout.startswith(f"usage: python -m inference.job {task.name} [KEY=VALUE ...]")
 
 

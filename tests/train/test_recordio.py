@@ -241,13 +241,19 @@ def test_scan_finds_a_corrupt_image_record(packed, tmp_path):
     assert report["first_corrupt"] == {"key": 7, "error": "record 7: not a decodable image"}
 
 
-def test_index_that_does_not_match_the_rec(packed, lfw10, tmp_path):
+def test_index_that_does_not_match_the_rec(runner, packed, lfw10, tmp_path):
     data = copy_pack(packed, tmp_path / "mismatch")
     idx = (data / "train.idx").read_text().splitlines()
     (data / "train.idx").write_text("\n".join(f"{line.split()[0]}\t{int(line.split()[1]) + 12}" for line in idx))
     report = inspect(data, progress=False)
     assert "no RecordIO magic" in report["first_corrupt"]["error"]
     assert "train.idx does not match" in report["first_corrupt"]["error"]
+    # The .idx of another pack of the same people (resized: every record shorter than in this .rec).
+    pack_recognition(lfw10, str(tmp_path / "other"), resize="112", progress=False)
+    shutil.copy(tmp_path / "other" / "train.idx", data / "train.idx")
+    result = runner("data", "inspect", data)
+    assert result.exit_code == 2 and "the .idx does not match this .rec" in result.output
+    assert "truncated" not in result.output and "incomplete upload" not in result.output
     (data / "train.idx").write_text("0\t0\n1\tnot-a-number\n")
     with pytest.raises(DataError, match=r"train.idx:2: expected 'KEY<TAB>OFFSET'"):
         recordio.open_record_file(data)

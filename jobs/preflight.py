@@ -1,0 +1,60 @@
+"""Checks a version must pass before it is created, so a job never trains for hours and then
+fails at its last step: every output can be written (the local folder, or the S3 bucket with the
+credentials in effect). ``job submit``, ``--dry-run``, ``rerun`` and ``resume`` all run them.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from jobs.core import storage
+from jobs.core.errors import FaceopsError, NotFoundError, StorageError
+
+
+def check_outputs(outputs: dict[str, str]) -> None:
+    """Raise the storage error of the first output that cannot be written, naming the output."""
+    for name, uri in outputs.items():
+        try:
+            writable(uri)
+        except FaceopsError as exc:
+            raise type(exc)(f"outputs.{name}: {exc}") from None
+
+
+def writable(uri: str) -> None:
+    """A local folder: its nearest existing parent is a folder this user may write. S3: the
+    bucket exists (some servers create one on the first PUT) and a zero-byte probe object put
+    under the prefix and removed again proves the credentials and the permission to write there."""
+    loc = storage.parse(uri)
+    if loc.scheme == "file":
+        _local_writable(loc.path)
+        return
+    _bucket_exists(uri, loc.bucket)
+    probe = storage.join(uri, f".faceops-write-check-{uuid.uuid4().hex}")
+    storage.write_bytes(probe, b"")
+    try:
+        storage.s3_client().delete_object(Bucket=loc.bucket, Key=storage.parse(probe).key)
+    except Exception:  # noqa: BLE001 - writing worked; a leftover empty probe is harmless
+        pass
+
+
+def _bucket_exists(uri: str, bucket: str) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        storage.s3_client().head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
+            raise NotFoundError(f"{uri}: bucket '{bucket}' does not exist") from None
+    except BotoCoreError:
+        pass  # no credentials or no endpoint: the probe's write says which, in storage's words
+
+
+def _local_writable(path: Path) -> None:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"{path}: cannot write there, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{path}: cannot write there, {existing} is not writable by this user")

@@ -1,0 +1,42 @@
+"""Where a gallery or identify run takes its models from: a detector and a recognizer each given
+on their own (an ONNX file, a folder, or a training job's model.tar.gz as SageMaker writes it),
+a folder holding both, or the pretrained models for whichever is left out."""
+from __future__ import annotations
+
+import shutil
+import tarfile
+
+import pytest
+
+from inference.models import resolve, sha256
+from jobs.core.errors import DataError
+
+RECOGNIZER = "w600k_mbf.onnx"
+DETECTOR = "scrfd_500m_bnkps.onnx"
+
+
+def test_a_recognizer_alone_pairs_with_the_pretrained_detector(model_dir, tmp_path):
+    own = tmp_path / "model"
+    own.mkdir()
+    shutil.copy(model_dir / RECOGNIZER, own / "model.onnx")
+    det, rec = resolve(rec=own)
+    assert det == model_dir / DETECTOR and rec == own / "model.onnx"
+
+
+def test_a_model_archive_in_the_channel_is_unpacked_once(model_dir, tmp_path, faceops_home):
+    channel = tmp_path / "channel" / "recog-job" / "output"
+    channel.mkdir(parents=True)
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as tar:
+        tar.add(model_dir / RECOGNIZER, arcname="model.onnx")
+    _, rec = resolve(rec=tmp_path / "channel")
+    assert sha256(rec) == sha256(model_dir / RECOGNIZER) and faceops_home in rec.parents
+    assert resolve(rec=channel / "model.tar.gz")[1] == rec  # the archive itself, and no second copy
+    assert len(list((faceops_home / "models").iterdir())) == 1
+
+
+def test_a_folder_without_the_role_says_how_to_give_it(model_dir, tmp_path):
+    own = tmp_path / "model"
+    own.mkdir()
+    shutil.copy(model_dir / RECOGNIZER, own / "model.onnx")
+    with pytest.raises(DataError, match=r"no ONNX detector here \(looked at 1 \.onnx files\); give the detector separately"):
+        resolve(models=own)
