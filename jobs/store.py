@@ -33,6 +33,13 @@ CREATE TABLE IF NOT EXISTS versions (
 """
 
 
+LATEST = object()  # "the job's latest version", resolved inside the transaction that needs it
+
+
+class StoreError(FaceopsError):
+    """The version store is damaged or unreadable; the message says what to do."""
+
+
 class RecordFrozen(FaceopsError):
     """An update was attempted on a version that already reached a terminal state."""
 
@@ -102,13 +109,27 @@ class Store:
                 raise
             db.execute("COMMIT")
 
-    def create(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Store ``record`` as the next version of its job (status queued) and return it."""
+    def create(self, record: dict[str, Any], parent_is_latest: bool = False) -> dict[str, Any]:
+        """Store ``record`` as the next version of its job (status queued) and return it.
+
+        With ``parent_is_latest`` the parent is the job's latest version, read in this same
+        transaction so parallel submits never share or skip a parent. The version's folder is
+        created here too: one that already exists (left by a store that lost its records) is
+        never reused, since its log and outputs belong to another run."""
         with self._transaction() as db:
             (latest,) = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (record["name"],)).fetchone()
             now = time.time()
             record = {**record, "version": (latest or 0) + 1, "created": now, "status": "queued",
                       "status_history": [{"status": "queued", "at": now}]}
+            if parent_is_latest:
+                record["parent"] = latest
+            folder = workdir(record)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                raise StoreError(f"{folder} already exists but {record['name']}:{record['version']} is not in "
+                                 f"{self.path}: the store has lost records; run faceops doctor") from None
             db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
                        (record["name"], record["version"], record["parent"], "queued", now, json.dumps(record)))
         return record

@@ -10,20 +10,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from jobs.backends import Launch, get_backend
-from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, stored_bundle
+from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
 from jobs.core.errors import NotFoundError
+from jobs.core.secrets import mask
 from jobs.spec import JobSpec, validate
-from jobs.store import TERMINAL, RecordFrozen, Store, new_record, workdir
+from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, new_record, workdir
 
 
 def submit(spec: JobSpec, *, dry_run: bool = False) -> dict[str, Any]:
     """A new version of ``spec.name`` whose parent is the job's latest version (if any), so
-    ``job versions`` shows what changed since the last run."""
-    try:
-        parent = Store().get(spec.name)["version"]
-    except NotFoundError:
-        parent = None
-    return launch(spec, parent=parent, dry_run=dry_run)
+    ``job versions`` shows what changed since the last run. The parent is read in the same
+    transaction that creates the version, so parallel submits each get the version before theirs."""
+    return launch(spec, parent=LATEST, dry_run=dry_run)
 
 
 def rerun(ref: str, overrides: list[str] | tuple[str, ...] = (), *, new_code: bool = False,
@@ -36,19 +34,27 @@ def rerun(ref: str, overrides: list[str] | tuple[str, ...] = (), *, new_code: bo
     return launch(spec, parent=parent["version"], code_hash=code_hash, dry_run=dry_run)
 
 
-def launch(spec: JobSpec, *, parent: int | None, code_hash: str | None = None,
+def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None = None,
            dry_run: bool = False) -> dict[str, Any]:
-    """Freeze and start one version. Returns the stored record, or with ``dry_run`` a plan:
-    ``{"record": ..., "plan": ...}`` describing the version that would be created."""
+    """Freeze and start one version (``parent`` may be :data:`LATEST`). Returns the stored record,
+    or with ``dry_run`` a plan: ``{"record": ..., "plan": ...}`` describing the version that would
+    be created, with secrets masked."""
     backend = get_backend(spec.backend)
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
     bundle, code = _code(spec, code_hash, store=not dry_run)
-    record = new_record(spec.to_dict(), parent=parent, code=code, inputs=inputs, image=_image(spec.image))
     store = Store()
     if dry_run:
-        preview = {**record, "version": _next_version(store, spec.name)}
-        return {"record": preview, "plan": backend.plan(Launch(preview, workdir(preview), bundle.path))}
-    record = store.create(record)
+        latest = _latest_version(store, spec.name)
+        record = new_record(spec.to_dict(), parent=latest if parent is LATEST else parent, code=code,
+                            inputs=inputs, image=_image(spec.image))
+        preview = {**record, "version": (latest or 0) + 1}
+        plan = backend.plan(Launch(preview, workdir(preview), bundle.path))
+        packed = {"path": str(bundle.path), "files": bundle.files, "source_bytes": bundle.source_bytes,
+                  "biggest": [list(item) for item in bundle.biggest]}
+        return mask({"record": preview, "plan": plan, "bundle": packed})
+    record = new_record(spec.to_dict(), parent=None if parent is LATEST else parent, code=code, inputs=inputs,
+                        image=_image(spec.image))
+    record = store.create(record, parent_is_latest=parent is LATEST)
     folder = workdir(record)
     folder.mkdir(parents=True, exist_ok=True)
     info = backend.start(Launch(record, folder, bundle.path))
@@ -110,8 +116,12 @@ def _code(spec: JobSpec, code_hash: str | None, store: bool) -> tuple[Bundle, di
         root, include = Path(spec.code), None
     else:
         root, include = faceops_root(), [name for name in FACEOPS_CODE if (faceops_root() / name).exists()]
-    bundle = stored_bundle(code_hash) if code_hash else build_bundle(root, include, store=store)
-    return bundle, {"hash": bundle.sha256, "size": bundle.size, "files": bundle.files, "source": str(root), **git_state(root)}
+    if code_hash:
+        bundle = stored_bundle(code_hash)
+    else:
+        bundle = build_bundle(root, include) if store else plan_bundle(root, include)
+    code = {"hash": bundle.sha256, "size": bundle.size, "files": bundle.files, "source": str(root), **git_state(root)}
+    return bundle, code
 
 
 def _image(ref: str | None) -> dict[str, Any] | None:
@@ -125,8 +135,8 @@ def _image(ref: str | None) -> dict[str, Any] | None:
     return {"ref": ref, "digest": lookup(ref)}
 
 
-def _next_version(store: Store, name: str) -> int:
+def _latest_version(store: Store, name: str) -> int | None:
     try:
-        return store.get(name)["version"] + 1
+        return store.get(name)["version"]
     except NotFoundError:
-        return 1
+        return None
