@@ -69,15 +69,17 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
         if as_json:
             click.echo(json.dumps(record_or_plan, indent=2, default=str))
             return
-        record, plan = record_or_plan["record"], record_or_plan["plan"]
+        record, plan, bundle = record_or_plan["record"], record_or_plan["plan"], record_or_plan["bundle"]
         click.echo(f"dry run: would create {record['name']}:{record['version']} (parent {record['parent'] or '-'}); nothing was written")
-        click.echo(f"code bundle {record['code']['hash'][:12]} ({record['code']['files']} files, {record['code']['size']} bytes)")
+        click.echo(f"code bundle {record['code']['hash'][:12]} ({record['code']['files']} files, {record['code']['size']} bytes)"
+                   + (f" from {record['code']['source']}: {bundle['source_bytes']} bytes, biggest "
+                      + ", ".join(f"{name} {size}" for name, size in bundle["biggest"]) if bundle["biggest"] else ""))
         click.echo(json.dumps(plan, indent=2, default=str))
         return
     record = record_or_plan
     ref = f"{record['name']}:{record['version']}"
     if not wait:
-        click.echo(json.dumps(record, default=str) if as_json else f"submitted {ref}; follow it with: faceops job logs {ref} --follow")
+        click.echo(json.dumps(report.public(record), default=str) if as_json else f"submitted {ref}; follow it with: faceops job logs {ref} --follow")
         return
     if not as_json:
         click.echo(f"submitted {ref} (parent {record['parent'] or '-'}); following its log (Ctrl-C detaches, the job keeps running)", err=True)
@@ -86,6 +88,7 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
     except KeyboardInterrupt:
         click.echo(f"\ndetached; {ref} keeps running (faceops job stop {ref} to stop it)", err=True)
         return
+    record = report.public(record)
     if as_json:
         click.echo(json.dumps(record, default=str))
     else:
@@ -143,7 +146,8 @@ def job_list(name: str | None, status: str | None, as_json: bool) -> None:
 
     records = [submit.refreshed(r) for r in Store().list(name=name)]
     records = [r for r in records if not status or r["status"] == status]
-    click.echo(json.dumps(records, default=str) if as_json else report.list_table(records) if records else "no jobs yet")
+    click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
+               else report.list_table(records) if records else "no jobs yet")
 
 
 @job.command("show")
@@ -158,7 +162,7 @@ def job_show(ref: str, as_json: bool) -> None:
     from jobs.store import Store
 
     record = submit.refreshed(Store().resolve(ref))
-    click.echo(json.dumps(record, indent=2, default=str) if as_json else report.show_text(record))
+    click.echo(json.dumps(report.public(record), indent=2, default=str) if as_json else report.show_text(record))
 
 
 @job.command("versions")
@@ -173,7 +177,8 @@ def job_versions(name: str, as_json: bool) -> None:
     from jobs.store import Store
 
     records = [submit.refreshed(r) for r in Store().versions(name)]
-    click.echo(json.dumps(records, default=str) if as_json else report.versions_table(records))
+    click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
+               else report.versions_table(records))
 
 
 @job.command("diff")

@@ -1,7 +1,8 @@
 """The one secret policy: which keys hold secrets, and how every output hides their values.
 
 A key is secret when its name contains ``password``, ``passwd``, ``secret``, ``token``,
-``credential`` or ``key`` (except names that only look like it: ``keypoints``, ``max_tokens``...).
+``credential`` or ``key`` (except names that only look like it: ``keypoints``, ``max_tokens``, and
+structural names such as S3's ``Key``).
 Every view of a record (``job show``/``list``/``versions``/``diff``, ``--dry-run`` on any backend)
 goes through :func:`mask`, and a code bundle carries YAML files with those values blanked
 (:func:`redact_yaml`). A secret need not be written in a spec at all: ``${env:NAME}`` (see
@@ -19,6 +20,8 @@ SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "key")
 # Names that contain a secret word without being a secret: removed before the check.
 SAFE_PARTS = ("keypoint", "keyframe", "monkey", "hotkey", "tokenizer", "tokenize", "max_tokens", "num_tokens",
               "tokens_per")
+# Whole names that are structure, not secrets: S3's and tags' ``Key``, a sort or primary key.
+SAFE_NAMES = {"key", "keys", "s3key", "objectkey", "tagkey", "sortkey", "primarykey", "partitionkey", "keyname"}
 # A value shorter than this is masked where its key is seen, but not searched for inside other
 # text: replacing every "1" in a record would hide everything and protect nothing.
 MIN_VALUE_LENGTH = 4
@@ -28,6 +31,8 @@ _YAML_LINE = re.compile(rb"^(\s*(?:-\s+)?[\"']?)([A-Za-z0-9_.\-]+)([\"']?\s*:[ \
 def is_secret(key: str) -> bool:
     """True when the name ``key`` says it holds a secret (``api_token``, ``db_password``, ``api_key``)."""
     name = str(key).lower()
+    if re.sub(r"[^a-z0-9]", "", name) in SAFE_NAMES:
+        return False
     for part in SAFE_PARTS:
         name = name.replace(part, "")
     return any(word in name for word in SECRET_WORDS)
