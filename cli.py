@@ -551,5 +551,20 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
                                annotate_dir=annotate_dir, progress=not as_json), as_json)
 
 
+@main.command()
+def doctor() -> None:
+    """Check the state folder in full: the store's integrity, every version record, and version
+    folders that no record owns. Exit code 1 when something is wrong."""
+    from jobs.store import Store
+
+    store = Store()
+    problems = store.check()
+    for problem in problems:
+        click.echo(problem)
+    click.echo(f"{store.path}: {len(problems)} problems" if problems else f"{store.path}: OK")
+    if problems:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()
