@@ -238,6 +238,37 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
     click.echo(f"{ref} {record['status']}")
 
 
+@job.command("publish")
+@click.argument("ref", metavar="NAME[:V]")
+def job_publish(ref: str) -> None:
+    """Upload a finished local version's outputs again (say after an S3 outage failed the upload),
+    without training again. The version's record is not changed."""
+    from jobs import submit
+    from jobs.store import Store
+
+    for uri in submit.publish(Store().resolve(ref)):
+        click.echo(f"published {uri}")
+
+
+@main.group(cls=FaceopsGroup)
+def storage() -> None:
+    """Look after object storage and local output folders."""
+
+
+@storage.command("gc")
+@click.argument("uri")
+@click.option("--older-than", default=3600.0, show_default=True, help="Only leftovers at least this many seconds old.")
+def storage_gc(uri: str, older_than: float) -> None:
+    """Remove what interrupted uploads left at URI: unfinished multipart uploads (which storage
+    keeps billing), staging prefixes, and local .part folders."""
+    from jobs.core import storage as store
+
+    removed = store.gc(uri, older_than)
+    for item in removed:
+        click.echo(f"removed {item}")
+    click.echo(f"{len(removed)} leftovers removed")
+
+
 @main.group(cls=FaceopsGroup)
 def data() -> None:
     """Pack, inspect and stream RecordIO face datasets."""

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 from jobs.backends import Launch, get_backend
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
-from jobs.core.errors import NotFoundError
+from jobs.core.errors import FaceopsError, NotFoundError
 from jobs.core.secrets import mask
 from jobs.spec import JobSpec, validate
 from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, new_record, workdir
@@ -99,6 +99,28 @@ def stop(record: dict[str, Any], grace: float) -> dict[str, Any]:
         except RecordFrozen:
             pass
     return Store().get(record["name"], record["version"])
+
+
+def publish(record: dict[str, Any]) -> list[str]:
+    """Upload a finished local version's outputs again from its folder (after an upload that
+    failed, or to a place that lost them), without training again. Returns the URIs written."""
+    from jobs.core import storage
+    from jobs.core.contract import Contract
+
+    if record["backend"] != "local":
+        raise FaceopsError(f"{record['name']}:{record['version']} ran on {record['backend']}, which wrote its "
+                           "outputs itself; only local versions keep theirs to publish again")
+    if record["status"] not in TERMINAL:
+        raise FaceopsError(f"{record['name']}:{record['version']} is {record['status']}; publish it once it has ended")
+    contract = Contract(root=workdir(record), channels=list(record["spec"]["inputs"]), outputs=list(record["spec"]["outputs"]))
+    written = []
+    for name, uri in record["spec"]["outputs"].items():
+        folder = contract.output_dir(name)
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise NotFoundError(f"output {name}: {folder} is empty; {record['name']}:{record['version']} left nothing to publish")
+        storage.upload(folder, uri, progress=False)
+        written.append(uri)
+    return written
 
 
 def _describe_input(uri: str) -> dict[str, Any]:
