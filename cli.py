@@ -56,6 +56,8 @@ def job() -> None:
     resolved spec, code hash, image digest, inputs, status history and metrics."""
 
 
+# How long `job list` waits for one live version's status check before showing it as "checking".
+LIST_CHECK_SECONDS = 2.0
 SET_HELP = "Override a setting: lr=0.05 (hyperparameter), resources.spot=true, inputs.train=s3://b/p. Repeatable."
 
 
@@ -144,7 +146,7 @@ def job_list(name: str | None, status: str | None, as_json: bool) -> None:
     from jobs import report, submit
     from jobs.store import Store
 
-    records = [submit.refreshed(r) for r in Store().list(name=name)]
+    records = [submit.refreshed(r, within=LIST_CHECK_SECONDS) for r in Store().list(name=name)]
     records = [r for r in records if not status or r["status"] == status]
     click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
                else report.list_table(records) if records else "no jobs yet")

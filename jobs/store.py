@@ -154,16 +154,29 @@ class Store:
 
         atomic_write(target, write)
 
+    def _read_only(self, exc: Exception, write: bool) -> sqlite3.Connection:
+        """A read-only connection for a full disk, where SQLite cannot create the WAL index a
+        reader needs. That index is missing only when no connection is open, and the last one to
+        close folded the WAL into the file, so reading the file alone reads everything."""
+        if "disk I/O error" not in str(exc) and "full" not in str(exc):
+            raise StoreError(f"{self.path}: cannot open the store: {exc}") from None
+        if write:
+            raise StoreError(f"{self.path}: no space left on the disk holding $FACEOPS_HOME ({exc}); "
+                             "free some space and run the command again") from None
+        return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection; SQLite's errors about a damaged or full store become a StoreError."""
         try:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            db = self._read_only(exc, write)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from None
         try:
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA journal_mode=WAL")
             yield db
         except sqlite3.DatabaseError as exc:
             if "full" in str(exc):
@@ -180,7 +193,7 @@ class Store:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the lock up front, so read-modify-write is atomic
         across processes."""
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db

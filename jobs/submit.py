@@ -14,7 +14,7 @@ from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, g
 from jobs.core.errors import FaceopsError, NotFoundError
 from jobs.core.secrets import mask
 from jobs.spec import JobSpec, validate
-from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, new_record, workdir
+from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, StoreError, new_record, workdir
 
 
 def submit(spec: JobSpec, *, dry_run: bool = False) -> dict[str, Any]:
@@ -74,12 +74,34 @@ def wait(record: dict[str, Any], on_line: Callable[[str], None] | None = None) -
     return refreshed(Store().get(record["name"], record["version"]))
 
 
-def refreshed(record: dict[str, Any]) -> dict[str, Any]:
-    """The record after its backend had a chance to update a live status."""
+def refreshed(record: dict[str, Any], within: float | None = None) -> dict[str, Any]:
+    """The record after its backend had a chance to update a live status.
+
+    A refresh that cannot write (a full disk, a damaged store) leaves the record as stored. With
+    ``within`` the check gets that many seconds (it goes on in the background, and its result is
+    stored when it ends); a record still being checked then comes back with status ``checking``,
+    so ``job list`` answers at once even while a busy store or a slow service holds a check up."""
     if record["status"] in TERMINAL:
         return record
-    get_backend(record["backend"]).refresh(record)
-    return Store().get(record["name"], record["version"])
+
+    def check() -> dict[str, Any]:
+        try:
+            get_backend(record["backend"]).refresh(record)
+            return Store().get(record["name"], record["version"])
+        except StoreError:
+            return record
+
+    if within is None:
+        return check()
+    import queue
+    import threading
+
+    answer: queue.Queue[dict[str, Any]] = queue.Queue()
+    threading.Thread(target=lambda: answer.put(check()), daemon=True).start()  # daemon: exit need not wait
+    try:
+        return answer.get(timeout=within)
+    except queue.Empty:
+        return {**record, "status": "checking"}
 
 
 def follow_logs(record: dict[str, Any], follow: bool) -> Iterator[str]:
