@@ -9,7 +9,6 @@ a byte of it is read. YAML files go in with the values of secret-looking keys bl
 """
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import hashlib
 import io
@@ -259,7 +258,7 @@ def _ignored(path: Path, is_dir: bool, rules: list[_Ignore]) -> bool:
     name = path.name
     if is_dir and (name in EXCLUDED_DIRS or (path / "pyvenv.cfg").exists() or (path / "CACHEDIR.TAG").exists()):
         return True
-    if name.endswith(EXCLUDED_SUFFIXES) or fnmatch.fnmatch(name, ".*.swp"):
+    if name.endswith(EXCLUDED_SUFFIXES):
         return True
     verdict = False
     for rule in rules:  # outer folders first, so a nested file's rules win
