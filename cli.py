@@ -78,6 +78,8 @@ def job() -> None:
     resolved spec, code hash, image digest, inputs, status history and metrics."""
 
 
+# How long `job list` waits for one live version's status check before showing it as "checking".
+LIST_CHECK_SECONDS = 2.0
 SET_HELP = "Override a setting: lr=0.05 (hyperparameter), resources.spot=true, inputs.train=s3://b/p. Repeatable."
 PRETRAINED = "pretrained"  # --align given without a detector
 
@@ -92,15 +94,17 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
         if as_json:
             click.echo(json.dumps(record_or_plan, indent=2, default=str))
             return
-        record, plan = record_or_plan["record"], record_or_plan["plan"]
+        record, plan, bundle = record_or_plan["record"], record_or_plan["plan"], record_or_plan["bundle"]
         click.echo(f"dry run: would create {record['name']}:{record['version']} (parent {record['parent'] or '-'}); nothing was written")
-        click.echo(f"code bundle {record['code']['hash'][:12]} ({record['code']['files']} files, {record['code']['size']} bytes)")
+        click.echo(f"code bundle {record['code']['hash'][:12]} ({record['code']['files']} files, {record['code']['size']} bytes)"
+                   + (f" from {record['code']['source']}: {bundle['source_bytes']} bytes, biggest "
+                      + ", ".join(f"{name} {size}" for name, size in bundle["biggest"]) if bundle["biggest"] else ""))
         click.echo(json.dumps(plan, indent=2, default=str))
         return
     record = record_or_plan
     ref = f"{record['name']}:{record['version']}"
     if not wait:
-        click.echo(json.dumps(record, default=str) if as_json else f"submitted {ref}; follow it with: faceops job logs {ref} --follow")
+        click.echo(json.dumps(report.public(record), default=str) if as_json else f"submitted {ref}; follow it with: faceops job logs {ref} --follow")
         return
     if not as_json:
         click.echo(f"submitted {ref} (parent {record['parent'] or '-'}); following its log (Ctrl-C detaches, the job keeps running)", err=True)
@@ -109,6 +113,7 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
     except KeyboardInterrupt:
         click.echo(f"\ndetached; {ref} keeps running (faceops job stop {ref} to stop it)", err=True)
         return
+    record = report.public(record)
     if as_json:
         click.echo(json.dumps(record, default=str))
     else:
@@ -176,10 +181,11 @@ def job_list(name: str | None, status: str | None, as_json: bool) -> None:
     from jobs import report, submit
     from jobs.store import Store
 
-    records = [submit.refreshed(r) for r in Store().list(name=name)]
+    records = [submit.refreshed(r, within=LIST_CHECK_SECONDS) for r in Store().list(name=name)]
     records = [r for r in records if not status or r["status"] == status]
     if as_json or records:
-        click.echo(json.dumps(records, default=str) if as_json else report.list_table(records))
+        click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
+                   else report.list_table(records))
     elif name or status:
         asked = " and ".join(part for part in (f"of job {name}" if name else "", f"with status {status}" if status else "") if part)
         click.echo(f"no versions {asked}")
@@ -203,7 +209,7 @@ def job_show(ref: str, as_json: bool) -> None:
 
     record = with_summary(submit.refreshed(Store().resolve(ref)))
     if as_json:
-        click.echo(json.dumps({**record, "locations": report.locations(record)}, indent=2, default=str))
+        click.echo(json.dumps({**report.public(record), "locations": report.locations(record)}, indent=2, default=str))
     else:
         click.echo(report.show_text(record))
 
@@ -222,7 +228,8 @@ def job_versions(name: str, as_json: bool) -> None:
     from jobs.store import Store
 
     records = [with_summary(submit.refreshed(r)) for r in Store().versions(name)]
-    click.echo(json.dumps(records, default=str) if as_json else report.versions_table(records))
+    click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
+               else report.versions_table(records))
 
 
 @job.command("diff")
@@ -345,6 +352,37 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
         time.sleep(0.2)
         record = submit.refreshed(store.get(record["name"], record["version"]))
     click.echo(f"{ref} {record['status']}")
+
+
+@job.command("publish")
+@click.argument("ref", metavar="NAME[:V]")
+def job_publish(ref: str) -> None:
+    """Upload a finished local version's outputs again (say after an S3 outage failed the upload),
+    without training again. The version's record is not changed."""
+    from jobs import submit
+    from jobs.store import Store
+
+    for uri in submit.publish(Store().resolve(ref)):
+        click.echo(f"published {uri}")
+
+
+@main.group(cls=FaceopsGroup)
+def storage() -> None:
+    """Look after object storage and local output folders."""
+
+
+@storage.command("gc")
+@click.argument("uri")
+@click.option("--older-than", default=3600.0, show_default=True, help="Only leftovers at least this many seconds old.")
+def storage_gc(uri: str, older_than: float) -> None:
+    """Remove what interrupted uploads left at URI: unfinished multipart uploads (which storage
+    keeps billing), staging prefixes, and local .part folders."""
+    from jobs.core import storage as store
+
+    removed = store.gc(uri, older_than)
+    for item in removed:
+        click.echo(f"removed {item}")
+    click.echo(f"{len(removed)} leftovers removed")
 
 
 @main.group(cls=FaceopsGroup)
@@ -700,6 +738,21 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
                                top_k=top_k, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,
                                workers=workers, truth=truth, truth_from_folders=truth_from_folders,
                                annotate_dir=annotate_dir, sheet=sheet, progress=not as_json), as_json)
+
+
+@main.command()
+def doctor() -> None:
+    """Check the state folder in full: the store's integrity, every version record, and version
+    folders that no record owns. Exit code 1 when something is wrong."""
+    from jobs.store import Store
+
+    store = Store()
+    problems = store.check()
+    for problem in problems:
+        click.echo(problem)
+    click.echo(f"{store.path}: {len(problems)} problems" if problems else f"{store.path}: OK")
+    if problems:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Turning version records into what people read: tables, diffs and the per-version summary.
 
 Pure functions over record dicts, so the CLI stays thin and every view is testable without a job.
+Every view shows a record through :func:`public`, so secret hyperparameters never reach a screen.
 """
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ import json
 import time
 from typing import Any, Iterable
 
+from jobs.core.secrets import mask
+
 # What `job diff` compares, in this order. `status` and timings are shown by --all only, since two
 # versions almost always differ there and it hides what was changed on purpose.
 DIFF_SECTIONS = ("task", "backend", "runtime", "entrypoint", "hyperparameters", "image", "code", "inputs",
                  "outputs", "resources", "metrics", "best")
 # The parts of a spec a user changes on purpose; `job versions` lists these against the parent.
 CHANGE_SECTIONS = ("hyperparameters", "resources", "inputs", "outputs", "image", "runtime", "entrypoint")
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A record fit to print or serialise: secret values masked wherever they appear."""
+    return mask(record)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -29,6 +37,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def comparable(record: dict[str, Any]) -> dict[str, Any]:
     """A record as flat ``section.key -> value`` pairs: the spec's settings plus what was frozen
     at submit (image digest, code hash, input sizes/ETags) and the final metrics."""
+    record = public(record)
     spec = record["spec"]
     view = {
         "task": spec["task"],
@@ -139,6 +148,7 @@ def table(headers: list[str], rows: Iterable[list[Any]]) -> str:
 def versions_table(records: list[dict[str, Any]]) -> str:
     """`job versions`: version, parent, status, start, duration, changes vs parent, last metrics
     and, when the records carry a ``metric_summary``, the best value of each declared metric."""
+    records = [public(r) for r in records]
     by_version = {r["version"]: r for r in records}
     rows = []
     for record in records:
@@ -151,6 +161,7 @@ def versions_table(records: list[dict[str, Any]]) -> str:
 
 def list_table(records: list[dict[str, Any]]) -> str:
     """`job list`: one line per version, newest first."""
+    records = [public(r) for r in records]
     rows = [[f"{r['name']}:{r['version']}", r["task"], r["backend"], r["status"], started(r),
              fmt_duration(duration(r)), metrics_summary(r, 2)] for r in records]
     return table(["JOB", "TASK", "BACKEND", "STATUS", "STARTED", "DURATION", "METRICS"], rows)
@@ -187,6 +198,7 @@ def locations(record: dict[str, Any]) -> dict[str, dict[str, str | None]]:
 
 def show_text(record: dict[str, Any]) -> str:
     """`job show`: the resolved spec, what was frozen at submit, status, timings and metrics."""
+    record = public(record)
     spec = record["spec"]
     lines = [
         f"{record['name']}:{record['version']}  task={record['task']}  backend={record['backend']}  status={record['status']}",

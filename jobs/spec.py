@@ -29,6 +29,11 @@ RESOURCES = {
 }
 # Keys that ``--set key=value`` addresses at the top level; any other bare key is a hyperparameter.
 SET_TOP_LEVEL = ("name", "backend", "runtime", "image", "code", "description")
+# A spec is a page of YAML: anything bigger is a mistake (a dataset saved as .yaml) or an attack.
+DEFAULT_MAX_SPEC_BYTES = 1024 * 1024
+# Nodes a spec may expand to once YAML aliases are followed; a real spec has a few hundred, a
+# "billion laughs" alias bomb billions (refused before it is built).
+MAX_EXPANDED_NODES = 100_000
 
 
 @dataclass
@@ -82,6 +87,7 @@ class _Source:
     file: str = "<spec>"
     lines: dict[str, int] = field(default_factory=dict)
     overrides: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
     def where(self, path: str) -> str:
         if path in self.overrides:
@@ -95,6 +101,24 @@ class _Source:
     def error(self, path: str, message: str) -> SpecError:
         return SpecError(f"{self.where(path)}: {message}")
 
+    def report(self, path: str, message: str) -> None:
+        """Note a problem and go on, so one run names every mistake in the spec."""
+        self.problems.append(f"{self.where(path)}: {message}")
+
+    def collect(self, check: Any, default: Any = None) -> Any:
+        """``check()``, or ``default`` with its SpecError noted as a problem."""
+        try:
+            return check()
+        except SpecError as exc:
+            self.problems.append(str(exc))
+            return default
+
+    def raise_problems(self) -> None:
+        if len(self.problems) == 1:
+            raise SpecError(self.problems[0])
+        if self.problems:
+            raise SpecError(f"{len(self.problems)} problems:\n" + "\n".join(self.problems))
+
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     """Read, override (``key=value`` strings) and validate the spec file at ``path``."""
@@ -103,19 +127,71 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
-    text = path.read_text()
+    text = _read_text(path)
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_expansion(node, path)
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise SpecError(f"{path}{line}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of keys (name, task, ...) at the top level")
     source = _Source(file=str(path), lines=_line_map(node))
     _resolve_relative(raw, path.resolve().parent)
     return validate(raw, source=source, overrides=overrides)
+
+
+def _read_text(path: Path) -> str:
+    """The spec's text: refused when over ``spec.max_bytes`` or not UTF-8 (naming the line)."""
+    from jobs.core.config import setting
+
+    limit = int(setting("spec", "max_bytes", ("FACEOPS_SPEC_MAX_BYTES",), DEFAULT_MAX_SPEC_BYTES))
+    size = path.stat().st_size
+    if size > limit:
+        raise SpecError(f"{path}: {size} bytes is over the {limit}-byte limit for a spec (spec.max_bytes); "
+                        "keep data out of the spec and point inputs: at it")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                        "save the spec as UTF-8") from None
+
+
+def _check_expansion(node: Any, path: Path) -> None:
+    """Refuse a document whose aliases expand past :data:`MAX_EXPANDED_NODES` (or refer to
+    themselves), measured on the node graph without building the expanded data."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: Any) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise SpecError(f"{path}:{n.start_mark.line + 1}: a YAML alias refers to itself")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(size(child) for child in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        open_nodes.discard(key)
+        if total > MAX_EXPANDED_NODES:
+            raise SpecError(f"{path}:{n.start_mark.line + 1}: YAML aliases here expand to more than "
+                            f"{MAX_EXPANDED_NODES} values; write the values out or use fewer aliases")
+        sizes[key] = total
+        return total
+
+    if node is not None:
+        size(node)
 
 
 def validate(raw: dict[str, Any], *, source: _Source | None = None,
@@ -160,7 +236,14 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
         parsed = _local_path(value) if section in ("inputs", "outputs") else value
     if not isinstance(raw.get(section), dict):
         raw[section] = {}
-    raw[section][sub] = parsed
+    # A schema-less hyperparameter may be nested: hyperparameters.opt.lr sets {"opt": {"lr": ...}}.
+    *parents, leaf = sub.split(".") if section == "hyperparameters" and task.params is None else [sub]
+    target = raw[section]
+    for part in parents:
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    target[leaf] = parsed
     return path
 
 
@@ -175,40 +258,43 @@ def _task_of(raw: dict[str, Any], source: _Source) -> Task:
 
 
 def _build(raw: dict[str, Any], task: Task, source: _Source) -> JobSpec:
+    """Check every part of the spec, noting each problem, and raise them all together."""
     for key in raw:
         if key not in TOP_LEVEL:
-            raise source.error(str(key), unknown_key_message(str(key), TOP_LEVEL))
+            source.report(str(key), unknown_key_message(str(key), TOP_LEVEL))
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise source.error("name", f"expected lowercase letters, digits and '-' (like recog-r50), got {name!r}")
+        source.report("name", f"expected lowercase letters, digits and '-' (like recog-r50), got {name!r}")
     from jobs.backends import BACKENDS
 
     backend = str(raw.get("backend") or "local")
     if backend not in BACKENDS:
-        raise source.error("backend", unknown_key_message(backend, BACKENDS).replace("unknown key", "unknown backend"))
+        source.report("backend", unknown_key_message(backend, BACKENDS).replace("unknown key", "unknown backend"))
     runtime = str(raw.get("runtime") or "process")
     if runtime not in RUNTIMES:
-        raise source.error("runtime", f"expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        source.report("runtime", f"expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
     image = raw.get("image")
     if image is not None and not isinstance(image, str):
-        raise source.error("image", f"expected an image reference like registry/repo:tag, got {image!r}")
+        source.report("image", f"expected an image reference like registry/repo:tag, got {image!r}")
     if runtime == "docker" and not image:
-        raise source.error("runtime", "runtime docker needs an image (set image: REF)")
-    return JobSpec(
+        source.report("runtime", "runtime docker needs an image (set image: REF)")
+    spec = JobSpec(
         name=name,
         task=task.name,
         backend=backend,
         runtime=runtime,
         image=image,
-        entrypoint=_entrypoint(raw.get("entrypoint"), task, source),
+        entrypoint=source.collect(lambda: _entrypoint(raw.get("entrypoint"), task, source)),
         code=str(raw["code"]) if raw.get("code") else None,
         description=str(raw.get("description") or ""),
-        inputs=_uri_map(raw.get("inputs"), "inputs", source, task.inputs),
-        outputs=_uri_map(raw.get("outputs"), "outputs", source, task.outputs),
-        hyperparameters=_hyperparameters(raw.get("hyperparameters"), task, source),
-        resources=_resources(raw.get("resources"), source),
-        metrics=_metrics(raw.get("metrics"), source),
+        inputs=source.collect(lambda: _uri_map(raw.get("inputs"), "inputs", source, task.inputs), {}),
+        outputs=source.collect(lambda: _uri_map(raw.get("outputs"), "outputs", source, task.outputs), {}),
+        hyperparameters=source.collect(lambda: _hyperparameters(raw.get("hyperparameters"), task, source), {}),
+        resources=source.collect(lambda: _resources(raw.get("resources"), source), Resources()),
+        metrics=source.collect(lambda: _metrics(raw.get("metrics"), source), {}),
     )
+    source.raise_problems()
+    return spec
 
 
 def _entrypoint(value: Any, task: Task, source: _Source) -> list[str] | None:
@@ -232,14 +318,15 @@ def _uri_map(value: Any, section: str, source: _Source, known: dict[str, Any] | 
     for name, uri in value.items():
         path = f"{section}.{name}"
         if not CHANNEL_RE.match(str(name)):
-            raise source.error(path, "names are lowercase letters, digits, '-' and '_', starting with a letter")
-        if known is not None and str(name) not in known:
-            raise source.error(path, unknown_key_message(str(name), known).replace("unknown key", f"unknown {section[:-1]}"))
-        if not isinstance(uri, str) or not uri.strip():
-            raise source.error(path, f"expected a URI (s3://bucket/prefix, file:///path or a path), got {uri!r}")
-        if "://" in uri and not uri.startswith(("s3://", "file://")):
-            raise source.error(path, f"unsupported scheme in {uri!r}; use s3://, file:// or a plain path")
-        out[str(name)] = uri
+            source.report(path, "names are lowercase letters, digits, '-' and '_', starting with a letter")
+        elif known is not None and str(name) not in known:
+            source.report(path, unknown_key_message(str(name), known).replace("unknown key", f"unknown {section[:-1]}"))
+        elif not isinstance(uri, str) or not uri.strip():
+            source.report(path, f"expected a URI (s3://bucket/prefix, file:///path or a path), got {uri!r}")
+        elif "://" in uri and not uri.startswith(("s3://", "file://")):
+            source.report(path, f"unsupported scheme in {uri!r}; use s3://, file:// or a plain path")
+        else:
+            out[str(name)] = uri
     return out
 
 
@@ -254,9 +341,9 @@ def _hyperparameters(value: Any, task: Task, source: _Source) -> dict[str, Any]:
         try:
             out[str(key)] = task.check(str(key), item)
         except KeyError as exc:
-            raise source.error(path, exc.args[0]) from None
+            source.report(path, exc.args[0])
         except ValueError as exc:
-            raise source.error(path, str(exc)) from None
+            source.report(path, str(exc))
     return out
 
 
@@ -269,13 +356,14 @@ def _resources(value: Any, source: _Source) -> Resources:
     for key, item in value.items():
         path = f"resources.{key}"
         if key not in RESOURCES:
-            raise source.error(path, unknown_key_message(str(key), RESOURCES))
+            source.report(path, unknown_key_message(str(key), RESOURCES))
+            continue
         if item is None:
             continue
         try:
             checked[key] = parse_duration(item) if key == "max_runtime" else RESOURCES[key].check(item)
         except ValueError as exc:
-            raise source.error(path, str(exc)) from None
+            source.report(path, str(exc))
     return Resources(**checked)
 
 

@@ -11,20 +11,18 @@ from typing import Any, Callable, Iterator
 
 from jobs import preflight
 from jobs.backends import Launch, get_backend
-from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, stored_bundle
-from jobs.core.errors import NotFoundError
+from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
+from jobs.core.errors import FaceopsError, NotFoundError
+from jobs.core.secrets import mask
 from jobs.spec import JobSpec, validate
-from jobs.store import TERMINAL, RecordFrozen, Store, new_record, workdir
+from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, StoreError, new_record, workdir
 
 
 def submit(spec: JobSpec, *, dry_run: bool = False) -> dict[str, Any]:
     """A new version of ``spec.name`` whose parent is the job's latest version (if any), so
-    ``job versions`` shows what changed since the last run."""
-    try:
-        parent = Store().get(spec.name)["version"]
-    except NotFoundError:
-        parent = None
-    return launch(spec, parent=parent, dry_run=dry_run)
+    ``job versions`` shows what changed since the last run. The parent is read in the same
+    transaction that creates the version, so parallel submits each get the version before theirs."""
+    return launch(spec, parent=LATEST, dry_run=dry_run)
 
 
 def rerun(ref: str, overrides: list[str] | tuple[str, ...] = (), *, new_code: bool = False,
@@ -58,21 +56,29 @@ def resume(ref: str) -> dict[str, Any]:
     return launch(spec, parent=parent["version"], code_hash=parent["code"]["hash"], checkpoints=checkpoints)
 
 
-def launch(spec: JobSpec, *, parent: int | None, code_hash: str | None = None,
+def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None = None,
            dry_run: bool = False, checkpoints: Path | None = None) -> dict[str, Any]:
-    """Freeze and start one version. Returns the stored record, or with ``dry_run`` a plan:
-    ``{"record": ..., "plan": ...}`` describing the version that would be created.
-    ``checkpoints`` (a folder) seeds the new version's checkpoint folder before it starts."""
+    """Freeze and start one version (``parent`` may be :data:`LATEST`). Returns the stored record,
+    or with ``dry_run`` a plan: ``{"record": ..., "plan": ...}`` describing the version that would
+    be created, with secrets masked. ``checkpoints`` (a folder) seeds the new version's checkpoint
+    folder before it starts."""
     backend = get_backend(spec.backend)
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
     preflight.check_outputs(spec.outputs)
     bundle, code = _code(spec, code_hash, store=not dry_run)
-    record = new_record(spec.to_dict(), parent=parent, code=code, inputs=inputs, image=_image(spec.image))
     store = Store()
     if dry_run:
-        preview = {**record, "version": _next_version(store, spec.name)}
-        return {"record": preview, "plan": backend.plan(Launch(preview, workdir(preview), bundle.path))}
-    record = store.create(record)
+        latest = _latest_version(store, spec.name)
+        record = new_record(spec.to_dict(), parent=latest if parent is LATEST else parent, code=code,
+                            inputs=inputs, image=_image(spec.image))
+        preview = {**record, "version": (latest or 0) + 1}
+        plan = backend.plan(Launch(preview, workdir(preview), bundle.path))
+        packed = {"path": str(bundle.path), "files": bundle.files, "source_bytes": bundle.source_bytes,
+                  "biggest": [list(item) for item in bundle.biggest]}
+        return mask({"record": preview, "plan": plan, "bundle": packed})
+    record = new_record(spec.to_dict(), parent=None if parent is LATEST else parent, code=code, inputs=inputs,
+                        image=_image(spec.image))
+    record = store.create(record, parent_is_latest=parent is LATEST)
     folder = workdir(record)
     folder.mkdir(parents=True, exist_ok=True)
     if checkpoints is not None:
@@ -98,12 +104,34 @@ def wait(record: dict[str, Any], on_line: Callable[[str], None] | None = None) -
     return refreshed(Store().get(record["name"], record["version"]))
 
 
-def refreshed(record: dict[str, Any]) -> dict[str, Any]:
-    """The record after its backend had a chance to update a live status."""
+def refreshed(record: dict[str, Any], within: float | None = None) -> dict[str, Any]:
+    """The record after its backend had a chance to update a live status.
+
+    A refresh that cannot write (a full disk, a damaged store) leaves the record as stored. With
+    ``within`` the check gets that many seconds (it goes on in the background, and its result is
+    stored when it ends); a record still being checked then comes back with status ``checking``,
+    so ``job list`` answers at once even while a busy store or a slow service holds a check up."""
     if record["status"] in TERMINAL:
         return record
-    get_backend(record["backend"]).refresh(record)
-    return Store().get(record["name"], record["version"])
+
+    def check() -> dict[str, Any]:
+        try:
+            get_backend(record["backend"]).refresh(record)
+            return Store().get(record["name"], record["version"])
+        except StoreError:
+            return record
+
+    if within is None:
+        return check()
+    import queue
+    import threading
+
+    answer: queue.Queue[dict[str, Any]] = queue.Queue()
+    threading.Thread(target=lambda: answer.put(check()), daemon=True).start()  # daemon: exit need not wait
+    try:
+        return answer.get(timeout=within)
+    except queue.Empty:
+        return {**record, "status": "checking"}
 
 
 def follow_logs(record: dict[str, Any], follow: bool) -> Iterator[str]:
@@ -125,6 +153,28 @@ def stop(record: dict[str, Any], grace: float) -> dict[str, Any]:
     return Store().get(record["name"], record["version"])
 
 
+def publish(record: dict[str, Any]) -> list[str]:
+    """Upload a finished local version's outputs again from its folder (after an upload that
+    failed, or to a place that lost them), without training again. Returns the URIs written."""
+    from jobs.core import storage
+    from jobs.core.contract import Contract
+
+    if record["backend"] != "local":
+        raise FaceopsError(f"{record['name']}:{record['version']} ran on {record['backend']}, which wrote its "
+                           "outputs itself; only local versions keep theirs to publish again")
+    if record["status"] not in TERMINAL:
+        raise FaceopsError(f"{record['name']}:{record['version']} is {record['status']}; publish it once it has ended")
+    contract = Contract(root=workdir(record), channels=list(record["spec"]["inputs"]), outputs=list(record["spec"]["outputs"]))
+    written = []
+    for name, uri in record["spec"]["outputs"].items():
+        folder = contract.output_dir(name)
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise NotFoundError(f"output {name}: {folder} is empty; {record['name']}:{record['version']} left nothing to publish")
+        storage.upload(folder, uri, progress=False)
+        written.append(uri)
+    return written
+
+
 def _describe_input(uri: str) -> dict[str, Any]:
     """URI, size and ETag of an input; NotFoundError/StorageError when it cannot be read."""
     from jobs.core import storage
@@ -140,8 +190,12 @@ def _code(spec: JobSpec, code_hash: str | None, store: bool) -> tuple[Bundle, di
         root, include = Path(spec.code), None
     else:
         root, include = faceops_root(), [name for name in FACEOPS_CODE if (faceops_root() / name).exists()]
-    bundle = stored_bundle(code_hash) if code_hash else build_bundle(root, include, store=store)
-    return bundle, {"hash": bundle.sha256, "size": bundle.size, "files": bundle.files, "source": str(root), **git_state(root)}
+    if code_hash:
+        bundle = stored_bundle(code_hash)
+    else:
+        bundle = build_bundle(root, include) if store else plan_bundle(root, include)
+    code = {"hash": bundle.sha256, "size": bundle.size, "files": bundle.files, "source": str(root), **git_state(root)}
+    return bundle, code
 
 
 def _image(ref: str | None) -> dict[str, Any] | None:
@@ -155,8 +209,8 @@ def _image(ref: str | None) -> dict[str, Any] | None:
     return {"ref": ref, "digest": lookup(ref)}
 
 
-def _next_version(store: Store, name: str) -> int:
+def _latest_version(store: Store, name: str) -> int | None:
     try:
-        return store.get(name)["version"] + 1
+        return store.get(name)["version"]
     except NotFoundError:
-        return 1
+        return None

@@ -25,7 +25,6 @@ from jobs.store import TERMINAL, RecordFrozen, Store
 CODE_CHANNEL = "faceops-code"
 BOOTSTRAP = "faceops-cloud-bootstrap"
 BUNDLE_NAME = "code.tar.gz"
-MASK = "***"
 T = TypeVar("T")
 
 
@@ -176,19 +175,6 @@ def image_in_registry(ref: str | None, digest: str | None, service: str, registr
     if digest:
         return f"{host}/{repo}@{digest}"
     return f"{host}/{repo}@{tag}" if tag.startswith("sha256:") else f"{host}/{repo}:{tag}"
-
-
-def masked(data: Any, secrets: list[str]) -> Any:
-    """``data`` with every occurrence of each secret replaced by ``***`` (for --dry-run)."""
-    secrets = [s for s in secrets if s]
-    if isinstance(data, dict):
-        return {k: masked(v, secrets) for k, v in data.items()}
-    if isinstance(data, list):
-        return [masked(v, secrets) for v in data]
-    if isinstance(data, str):
-        for secret in secrets:
-            data = data.replace(secret, MASK)
-    return data
 
 
 def retrying(call: Callable[[], T], throttled: Callable[[Exception], bool], what: str) -> T:

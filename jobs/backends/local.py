@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from jobs import tracking
+from jobs import diskspace, tracking
 from jobs.backends import Backend, ContainerJob, Launch, Runtime, get_runtime
 from jobs.core.contract import Contract, final_metrics
 from jobs.store import TERMINAL, Store, workdir
@@ -203,7 +203,17 @@ def _alive(pid: int) -> bool:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         return waited == 0
     except ChildProcessError:
-        return True
+        return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """True for a process that has exited but not been reaped (its parent, often a container's
+    init, may never reap it): it is dead, whatever ``kill(pid, 0)`` says."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def _argv(spec: dict[str, Any]) -> list[str]:
@@ -237,6 +247,7 @@ class Supervisor:
             return
         signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
         self.folder.mkdir(parents=True, exist_ok=True)
+        diskspace.ensure_reserve()
         with open(self.folder / LOG_NAME, "ab", buffering=0) as self.log:
             self.tracker = tracking.start(self.record, self._say)
             try:
@@ -248,15 +259,14 @@ class Supervisor:
                     self._upload()
                 self._finish(status, reason)
             except Exception as exc:  # noqa: BLE001 - any failure must end as a failed record, with its reason
-                from jobs.core.errors import FaceopsError
-
-                reason = str(exc) if isinstance(exc, FaceopsError) else f"{type(exc).__name__}: {exc}"
-                self._say(f"failed: {reason}")
-                self._finish("stopped" if self.stopping.is_set() else "failed", reason)
+                self._finish("stopped" if self.stopping.is_set() else "failed", diskspace.describe(exc, self.folder))
 
     def _say(self, message: str) -> None:
         if self.log is not None:
-            self.log.write(f"[faceops] {message}\n".encode())
+            try:
+                diskspace.with_reserve(lambda: self.log.write(f"[faceops] {message}\n".encode()))
+            except OSError:
+                pass  # a log that cannot be written must not keep the record from its final state
 
     def _advance(self, status: str, **fields: Any) -> None:
         self._say(status)
@@ -266,9 +276,11 @@ class Supervisor:
         from jobs.store import RecordFrozen
 
         metrics = final_metrics(self.contract.metrics_file)
+        reason = diskspace.note_full(reason, self.folder) if status == "failed" else reason
         self._say(status + (f": {reason}" if reason and status != "done" else ""))
         try:
-            self.store.update(self.record["name"], self.record["version"], status=status, reason=reason, metrics=metrics)
+            diskspace.with_reserve(lambda: self.store.update(self.record["name"], self.record["version"], status=status,
+                                                             reason=reason, metrics=metrics))
         except RecordFrozen:
             pass  # stopped before it started: the CLI already closed the record
         self.tracker.finish(status)

@@ -170,6 +170,8 @@ class ModelArtsBackend(Backend):
     def plan(self, launch: Launch) -> dict[str, Any]:
         from huaweicloudsdkcore.utils.http_utils import sanitize_for_serialization
 
+        from jobs.core.secrets import mask, secret_values
+
         record = launch.record
         staging = cloud.staging_uri("modelarts", record)
         body = sanitize_for_serialization(build_job(record, staging))
@@ -177,7 +179,7 @@ class ModelArtsBackend(Backend):
         return {"backend": "modelarts", "endpoint": endpoint(),
                 "uploads": cloud.planned_uploads(launch, staging),
                 "api": f"POST /v2/{project}/training-jobs",
-                "request": cloud.masked(body, [AK.require(), SK.require()])}
+                "request": mask(body, [AK.require(), SK.require(), *secret_values(record["spec"])])}
 
     def start(self, launch: Launch) -> dict[str, Any]:
         try:

@@ -28,7 +28,6 @@ DEFAULT_MAX_RUNTIME = 24 * 3600
 CONTAINER = "/opt/ml"
 THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
              "ServiceUnavailable", "InternalFailure"}
-SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
 # Describe's status (and a training job's secondary status) -> our state.
 TRAINING_STATES = {
     "Starting": "queued", "Pending": "queued", "LaunchingMLInstances": "queued", "PreparingTrainingStack": "queued",
@@ -180,15 +179,13 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
 
 
 def _masked(request: dict[str, Any]) -> dict[str, Any]:
-    """The request as --dry-run may print it: hyperparameters whose name says they are secret
+    """The request as --dry-run may print it: secret hyperparameters (jobs.core.secrets' policy)
     and any credential that appears in it replaced by ``***``."""
-    request = json.loads(json.dumps(request))
-    for key in request.get("HyperParameters") or {}:
-        if any(word in key.lower() for word in SECRET_WORDS):
-            request["HyperParameters"][key] = cloud.MASK
+    from jobs.core.secrets import mask
+
     credentials = [setting("s3", key, env) for key, env in (("secret_key", ("AWS_SECRET_ACCESS_KEY",)),
                                                             ("session_token", ("AWS_SESSION_TOKEN",)))]
-    return cloud.masked(request, [str(c) for c in credentials if c])
+    return mask(request, [str(c) for c in credentials if c])
 
 
 def _throttled(exc: Exception) -> bool:

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 CONTAINER_ROOT = Path("/opt/ml")
+# ``${env:NAME}`` in a hyperparameter: the secret stays out of the spec, the record and the
+# bundle, and is read from the job's environment only when the job starts.
+ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def env_name(name: str) -> str:
@@ -117,13 +120,29 @@ class JobEnv:
         return self.outputs.get(name) or (self.model_dir if name == "model" else self.model_dir.parent / "output" / "data" / name)
 
 
+def resolve_env(hyperparameters: dict[str, Any], environ: Any) -> dict[str, Any]:
+    """Hyperparameters with each ``${env:NAME}`` value replaced by that variable of the job's
+    environment; a missing variable stops the job with a message naming it (not its value)."""
+    resolved = {}
+    for key, value in hyperparameters.items():
+        match = ENV_REF.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match:
+            if match.group(1) not in environ:
+                from jobs.core.errors import SpecError
+
+                raise SpecError(f"hyperparameters.{key}: the job's environment has no variable {match.group(1)}")
+            value = environ[match.group(1)]
+        resolved[key] = value
+    return resolved
+
+
 def from_env(environ: dict[str, str] | None = None) -> JobEnv:
     """Read the contract from the environment (``FACEOPS_*``, falling back to ``SM_*`` and the
     ``/opt/ml`` defaults) so the same entry point runs locally, in a container or in the cloud."""
     env = os.environ if environ is None else environ
     root = CONTAINER_ROOT
     hp_file = Path(env.get("FACEOPS_HYPERPARAMETERS", root / "input/config/hyperparameters.json"))
-    hyperparameters = json.loads(hp_file.read_text()) if hp_file.exists() else {}
+    hyperparameters = resolve_env(json.loads(hp_file.read_text()) if hp_file.exists() else {}, env)
     channels: dict[str, Path] = {}
     names = [c for c in env.get("FACEOPS_CHANNELS", "").split(",") if c] or json.loads(env.get("SM_CHANNELS", "[]"))
     for name in names:

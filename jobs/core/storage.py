@@ -6,8 +6,15 @@ or ``config.yaml``) behave exactly like a local folder.
 
 Readers must never see half an output. S3 makes a PUT or a completed multipart upload visible in
 one step and s3transfer downloads to a temporary name, so single objects need nothing more. A
-folder is complete when its ``_manifest.json`` exists: it is written last, after every file, and a
-local folder is built under a temporary sibling and renamed into place.
+folder is complete when its ``_manifest.json`` exists: it is written last, after every file. An S3
+folder is uploaded under a staging prefix beside the target and copied in (server-side) only once
+every file is up; a local folder is built under a temporary sibling and renamed into place.
+
+Uploads outlive short outages: an unreachable endpoint or a 5xx answer is retried with backoff for
+a bounded number of tries (``s3.upload_attempts``), and connect/read timeouts are bounded
+(``s3.connect_timeout``, ``s3.read_timeout``). A multipart upload that fails is aborted; what a
+killed process leaves (multipart uploads, staging prefixes, local ``.part`` folders) is cleaned by
+:func:`gc`, which every upload also runs on its own target for leftovers older than an hour.
 
 boto3 and tqdm are imported inside the functions that use them so ``faceops --help`` stays fast.
 Error messages name the URI and what to check, never a key or secret.
@@ -29,6 +36,7 @@ from typing import Any, Callable, Iterator
 
 from jobs.core.config import setting
 from jobs.core.errors import FaceopsError, NotFoundError, StorageError
+from jobs.core.retry import retrying
 
 MANIFEST = "_manifest.json"
 PART_SIZE = 64 * 1024 * 1024
@@ -36,6 +44,13 @@ PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 RANGE_ATTEMPTS = 3
 DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 MISSING = {"404", "NoSuchKey", "NotFound"}
+UNAVAILABLE = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+STAGING_MARK = ".faceops-staging-"
+ORPHAN_SECONDS = 3600.0
+
+
+class StorageUnavailable(StorageError):
+    """The endpoint cannot be reached or answers 5xx: worth trying again a little later."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,9 @@ def s3_client():
     """A boto3 S3 client for the current settings (cached per settings, since tests and long
     sessions change the environment). Environment variables win over ``config.yaml``'s ``s3:``."""
     endpoint = setting("s3", "endpoint_url", ("FACEOPS_S3_ENDPOINT", "AWS_ENDPOINT_URL"))
+    connect, read = timeouts()
     return _client(
+        connect, read,
         endpoint,
         setting("s3", "region", ("AWS_REGION", "AWS_DEFAULT_REGION"), "us-east-1"),
         setting("s3", "addressing_style", ("FACEOPS_S3_ADDRESSING_STYLE",), "path" if endpoint else "auto"),
@@ -104,16 +121,23 @@ def s3_client():
     )
 
 
+def timeouts() -> tuple[float, float]:
+    """Seconds to wait for a connection and for an answer (``s3.connect_timeout``/``read_timeout``):
+    a frozen endpoint fails a command in seconds, not minutes."""
+    return (float(setting("s3", "connect_timeout", ("FACEOPS_S3_CONNECT_TIMEOUT",), 3)),
+            float(setting("s3", "read_timeout", ("FACEOPS_S3_READ_TIMEOUT",), 20)))
+
+
 @lru_cache(maxsize=8)
-def _client(endpoint: str | None, region: str, style: str, access_key: str | None,
+def _client(connect: float, read: float, endpoint: str | None, region: str, style: str, access_key: str | None,
             secret_key: str | None, token: str | None):
     import boto3
     from botocore.config import Config
 
-    # Standard retries back off on throttling and 5xx; the short connect timeout makes an
-    # unreachable endpoint fail in seconds instead of hanging a job submission.
-    config = Config(region_name=region, s3={"addressing_style": style}, connect_timeout=3,
-                    read_timeout=60, retries={"mode": "standard", "max_attempts": 3})
+    # Standard retries back off on throttling and 5xx; bounded timeouts make an unreachable or
+    # frozen endpoint fail in seconds instead of hanging a job submission.
+    config = Config(region_name=region, s3={"addressing_style": style}, connect_timeout=connect,
+                    read_timeout=read, retries={"mode": "standard", "max_attempts": 3})
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
         aws_session_token=token, config=config)
@@ -136,9 +160,13 @@ def _errors(loc: Location, action: str) -> Iterator[None]:
         raise _client_error(loc, action, exc) from None
     except (bex.ConnectionError, bex.HTTPClientError) as exc:
         endpoint = s3_client().meta.endpoint_url
-        raise StorageError(f"cannot reach S3 endpoint {endpoint} ({type(exc).__name__}) to {action} {loc}; "
-                           "check FACEOPS_S3_ENDPOINT / AWS_ENDPOINT_URL or s3.endpoint_url in config.yaml "
-                           "and that the server is running") from None
+        connect, read = timeouts()
+        why = (f"no answer within {read:g}s (s3.read_timeout)" if isinstance(exc, bex.ReadTimeoutError)
+               else f"no connection within {connect:g}s (s3.connect_timeout)" if isinstance(exc, bex.ConnectTimeoutError)
+               else type(exc).__name__)
+        raise StorageUnavailable(f"cannot reach S3 endpoint {endpoint} ({why}) to {action} {loc}; "
+                                 "check FACEOPS_S3_ENDPOINT / AWS_ENDPOINT_URL or s3.endpoint_url in config.yaml "
+                                 "and that the server is running") from None
     except bex.NoCredentialsError:
         raise StorageError(f"{loc}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                            "or s3.access_key and s3.secret_key in config.yaml") from None
@@ -157,7 +185,8 @@ def _client_error(loc: Location, action: str, exc: Any) -> FaceopsError:
         return StorageError(f"{loc}: access denied ({code}) trying to {action}; check the access key and "
                             f"secret (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or s3.access_key / "
                             f"s3.secret_key) and that they may {action} bucket '{loc.bucket}'")
-    return StorageError(f"{loc}: {action} failed: {code} {error.get('Message', '')}".rstrip())
+    kind = StorageUnavailable if code in UNAVAILABLE else StorageError
+    return kind(f"{loc}: {action} failed: {code} {error.get('Message', '')}".rstrip())
 
 
 def _relative(loc: Location, info: ObjectInfo) -> str:
@@ -343,40 +372,164 @@ def _manifest(files: list[tuple[str, Path]]) -> bytes:
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2).encode()
 
 
+def _retried(call: Callable[[], Any], what: str) -> Any:
+    """``call`` again with backoff while the endpoint is unreachable or answers 5xx, for at most
+    ``s3.upload_attempts`` tries (``s3.upload_backoff`` seconds, doubling): a short outage does
+    not fail a job, a long one still ends it with the reason."""
+    attempts = int(setting("s3", "upload_attempts", ("FACEOPS_S3_UPLOAD_ATTEMPTS",), 6))
+    delay = float(setting("s3", "upload_backoff", ("FACEOPS_S3_UPLOAD_BACKOFF",), 1.0))
+
+    def give_up(exc: Exception, tries: int) -> Exception:
+        return StorageUnavailable(f"{exc} (gave up on {what} after {tries} tries)")
+
+    return retrying(call, lambda exc: isinstance(exc, StorageUnavailable), attempts=attempts, delay=delay,
+                    give_up=give_up)
+
+
 def _put(src: Path, loc: Location, update: Callable[[int], Any], part_size: int) -> None:
     if loc.scheme == "file":
         _copy_local(src, loc.path, update)
         return
-    with _errors(loc, "upload"):
-        s3_client().upload_file(str(src), loc.bucket, loc.key, Callback=update, Config=_transfer_config(part_size))
+
+    def attempt() -> None:
+        started = time.time()
+        try:
+            with _errors(loc, "upload"):
+                s3_client().upload_file(str(src), loc.bucket, loc.key, Callback=update,
+                                        Config=_transfer_config(part_size))
+        except StorageError:
+            _abort_uploads(loc, loc.key, newer_than=started - 1)
+            raise
+
+    _retried(attempt, f"uploading {src.name}")
+
+
+def _abort_uploads(loc: Location, prefix: str, newer_than: float | None = None,
+                   older_than: float | None = None, exact: bool = True) -> list[str]:
+    """Abort the unfinished multipart uploads of ``prefix`` (only that key unless ``exact`` is
+    false) started in the given time window, so storage stops keeping (and billing) their parts."""
+    aborted: list[str] = []
+    try:
+        client = s3_client()
+        with _errors(loc, "list uploads in"):
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=loc.bucket, Prefix=prefix)
+            uploads = [u for page in pages for u in page.get("Uploads", [])]
+        for upload in uploads:
+            started = upload["Initiated"].timestamp()
+            if (exact and upload["Key"] != prefix) or (newer_than is not None and started < newer_than) \
+                    or (older_than is not None and started > older_than):
+                continue
+            with _errors(loc, "abort an upload in"):
+                client.abort_multipart_upload(Bucket=loc.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            aborted.append(f"s3://{loc.bucket}/{upload['Key']} (multipart upload {upload['UploadId'][:12]})")
+    except StorageUnavailable:
+        pass  # the endpoint is gone: the next upload or `faceops storage gc` tries again
+    return aborted
+
+
+def gc(uri: str | Path, older_than: float = ORPHAN_SECONDS) -> list[str]:
+    """Remove what interrupted uploads left under ``uri`` more than ``older_than`` seconds ago:
+    unfinished multipart uploads and staging prefixes on S3, ``.part``/``.old`` siblings locally.
+    Returns what was removed."""
+    loc = parse(uri)
+    cutoff = time.time() - older_than
+    if loc.scheme == "file":
+        return _gc_local(loc.path, cutoff)
+    key = loc.key.rstrip("/")
+    removed = _abort_uploads(loc, key, older_than=cutoff, exact=False)
+    client = s3_client()
+    with _errors(loc, "list"):
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=key + STAGING_MARK)
+        stale = [obj["Key"] for page in pages for obj in page.get("Contents", [])
+                 if obj["LastModified"].timestamp() < cutoff]
+    for name in stale:
+        with _errors(loc, "delete"):
+            client.delete_object(Bucket=loc.bucket, Key=name)
+        removed.append(f"s3://{loc.bucket}/{name}")
+    return removed
+
+
+def _gc_local(path: Path, cutoff: float) -> list[str]:
+    """The ``.NAME.<id>.part`` and ``.old`` siblings that :func:`_staged` leaves when killed."""
+    removed: list[str] = []
+    if not path.parent.is_dir():
+        return removed
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        if leftover.suffix in (".part", ".old") and leftover.lstat().st_mtime < cutoff:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            removed.append(str(leftover))
+    return removed
+
+
+def _tidy(uri: str | Path) -> None:
+    """Best-effort :func:`gc` of an upload's target before it starts (``s3.orphan_seconds``
+    old): a cleanup that cannot run (endpoint down, no list permission) never stops the upload."""
+    try:
+        gc(uri, float(setting("s3", "orphan_seconds", ("FACEOPS_STORAGE_ORPHAN_SECONDS",), ORPHAN_SECONDS)))
+    except StorageError:
+        pass
 
 
 def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = PART_SIZE) -> None:
     """Upload the file or folder ``src`` to ``uri`` (a URI ending in ``/`` receives a file under
-    its own name). Files over ``part_size`` go up in parts. A folder gets ``_manifest.json`` last;
-    a local destination folder is built beside the target and renamed in (replacing what was
-    there), while objects already under an S3 prefix stay: the manifest says which files belong."""
+    its own name). Files over ``part_size`` go up in parts. A folder gets ``_manifest.json`` last:
+    on S3 its files go up under a staging prefix and are copied in once all are there (objects
+    already under the prefix stay: the manifest says which files belong); a local folder is built
+    beside the target and renamed in, replacing what was there. Leftovers of earlier interrupted
+    uploads to the same place are removed first."""
     src = Path(src)
     if not src.exists():
         raise NotFoundError(f"{src}: no such file or folder to upload")
     if src.is_file():
         if str(uri).endswith("/"):
             uri = join(uri, src.name)
+        _tidy(uri)
         with _bar(src.stat().st_size, src.name, progress) as bar:
             _put(src, parse(uri), bar.update, part_size)
         return
     loc = parse(uri)
+    _tidy(uri)
     if loc.scheme == "s3":
-        _put_tree(src, str(loc), progress, part_size)
+        _publish_tree(src, loc, progress, part_size)
         return
     with _staged(loc.path) as tmp:
         _put_tree(src, str(tmp), progress, part_size)
 
 
+def _publish_tree(src: Path, loc: Location, progress: bool, part_size: int) -> None:
+    """Upload a folder under ``<key>.faceops-staging-<id>/``, copy every file to its place, write
+    the manifest, then drop the staging copy: nothing appears under the target before all of it
+    is on the server."""
+    key = loc.key.rstrip("/")
+    staging = Location("s3", loc.bucket, f"{key}{STAGING_MARK}{uuid.uuid4().hex[:12]}")
+    files = _tree_files(src)
+    with _bar(sum(p.stat().st_size for _, p in files), src.name, progress) as bar:
+        for rel, path in files:
+            _put(path, parse(join(str(staging), rel)), bar.update, part_size)
+    client = s3_client()
+    for rel, _ in files:
+        source = {"Bucket": loc.bucket, "Key": f"{staging.key}/{rel}"}
+        target = parse(join(str(loc), rel))
+        _retried(lambda: _copy(client, source, target), f"publishing {rel}")
+    write_bytes(join(str(loc), MANIFEST), _manifest(files))
+    for rel, _ in files:
+        with _errors(staging, "clean up"):
+            client.delete_object(Bucket=loc.bucket, Key=f"{staging.key}/{rel}")
+
+
+def _copy(client: Any, source: dict[str, str], target: Location) -> None:
+    with _errors(target, "publish"):
+        client.copy(source, target.bucket, target.key)
+
+
+def _tree_files(src: Path) -> list[tuple[str, Path]]:
+    return [(p.relative_to(src).as_posix(), p) for p in sorted(src.rglob("*"))
+            if p.is_file() and p.relative_to(src).as_posix() != MANIFEST]
+
+
 def _put_tree(src: Path, uri: str, progress: bool, part_size: int) -> None:
     """Every file under ``src`` to ``uri``, then the manifest: its presence means complete."""
-    files = [(p.relative_to(src).as_posix(), p) for p in sorted(src.rglob("*"))
-             if p.is_file() and p.relative_to(src).as_posix() != MANIFEST]
+    files = _tree_files(src)
     with _bar(sum(p.stat().st_size for _, p in files), src.name, progress) as bar:
         for rel, path in files:
             _put(path, parse(join(uri, rel)), bar.update, part_size)
@@ -401,8 +554,12 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
         with _staged(loc.path) as tmp:
             tmp.write_bytes(data)
         return
-    with _errors(loc, "write"):
-        s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+
+    def attempt() -> None:
+        with _errors(loc, "write"):
+            s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+
+    _retried(attempt, f"writing {loc.key.rsplit('/', 1)[-1]}")
 
 
 class _BrokenRange(Exception):
