@@ -55,9 +55,10 @@ def test_secrets_are_masked_in_every_view_and_kept_out_of_bundles(tmp_path):
     wait_for(lambda: all(r["status"] in TERMINAL for r in Store().versions("fault-job")))
 
 
-def test_cloud_dry_runs_mask_secrets(tmp_path):
+def test_cloud_dry_runs_mask_secrets(tmp_path, s3_bucket):
+    # A real bucket: dry runs check that every output is writable before they print the request.
     spec = custom_job(tmp_path / "proj", hyperparameters=SECRETS,
-                      extra="outputs:\n  model: s3://faults/models/\nresources: {instance_type: ml.p3.2xlarge}\n")
+                      extra=f"outputs:\n  model: s3://{s3_bucket}/models/\nresources: {{instance_type: ml.p3.2xlarge}}\n")
     sagemaker = cli("job", "submit", str(spec), "--backend", "sagemaker", "--dry-run", "--json",
                     "--set", "image=123456789012.dkr.ecr.us-east-1.amazonaws.com/faceops/train:gpu",
                     env={"FACEOPS_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r", "AWS_DEFAULT_REGION": "us-east-1"})
