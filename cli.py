@@ -302,6 +302,42 @@ def data_inspect(uri: str, scan: bool, as_json: bool) -> None:
 
 
 @main.group(cls=FaceopsGroup)
+def model() -> None:
+    """Bring published insightface models into faceops."""
+
+
+@model.command("import")
+@click.argument("onnx_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--network", type=click.Choice(["r18", "r34", "r50", "r100", "mbf", "mbf_s1"]),
+              help="Our backbone to load it into (default: the one whose layers match).")
+@click.option("--faces", type=click.Path(exists=True, file_okay=False),
+              help="Photos to verify on (default: the pretrained models' sample photos).")
+@click.option("--detector", type=click.Path(exists=True), help="Face detector ONNX (file or folder) for the crops.")
+@click.option("--min-cosine", default=0.999, show_default=True, help="Fail below this embedding agreement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def model_import(onnx_file: str, out_dir: str, network: str | None, faces: str | None, detector: str | None,
+                 min_cosine: float, as_json: bool) -> None:
+    """Turn an insightface ONNX recognizer into our Gluon model folder (batch norms unfolded),
+    verified against onnxruntime on aligned real faces."""
+    import json
+
+    from train import fresh
+
+    args = [onnx_file, out_dir, "--min-cosine", str(min_cosine)]
+    for flag, value in (("--network", network), ("--faces", faces), ("--detector", detector)):
+        if value:
+            args += [flag, value]
+    report = json.loads(fresh.run("train.importer", *args, capture=True).stdout.strip().splitlines()[-1])
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"imported {report['source']} as {report['network']} ({report['embedding_size']}-d) into {out_dir}")
+    click.echo(f"agreement with onnxruntime on {report['faces']} faces: min cosine {report['min_cosine']}, "
+               f"mean {report['mean_cosine']}")
+
+
+@main.group(cls=FaceopsGroup)
 def image() -> None:
     """Build, push and list training images."""
 

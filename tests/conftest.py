@@ -22,7 +22,8 @@ from typing import Iterator
 
 import pytest
 
-LFW10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw10"
+# FACEOPS_LFW10 points a git worktree (which sits elsewhere than the checkout) at the same photos.
+LFW10 = Path(os.environ.get("FACEOPS_LFW10") or Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw10")
 
 
 @pytest.fixture(autouse=True)

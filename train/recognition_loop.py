@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from mxnet import autograd, gluon
 from jobs.core import storage
 from jobs.core.contract import JobEnv, log_metrics
 from jobs.core.errors import DataError, JobFailed
+from train import fresh
 from train.backbones import get_model
 from train.checkpoint import Checkpointer
 from train.data import RecognitionDataset
@@ -263,15 +262,10 @@ def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv) -> 
     model_dir.mkdir(parents=True, exist_ok=True)
     params = model_dir / "backbone.params"
     backbone.save_parameters(str(params))
-    # A fresh process exports and evaluates: AMP rewrites this process's operators (amp_cast, which
-    # ONNX cannot express), and MXNet 1.9.1 segfaults on MobileFaceNet's grouped-conv weights once
-    # oneDNN has reordered them for inference, so that process runs with oneDNN off.
-    root = str(Path(__file__).resolve().parents[1])
+    # A fresh process without oneDNN exports and evaluates (train.fresh says why).
     val = [str(env.channels["val"])] if "val" in env.channels else []
-    subprocess.run([sys.executable, "-m", "train.recognition", "export", str(params), config["network"],
-                    str(config["embedding_size"]), str(model_dir), *val], check=True,
-                   env={**os.environ, "MXNET_MKLDNN_ENABLED": "0", "MXNET_STORAGE_FALLBACK_LOG_VERBOSE": "0",
-                        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)})
+    fresh.run("train.recognition", "export", str(params), config["network"], str(config["embedding_size"]),
+              str(model_dir), *val)
     params.unlink()
     print(f"exported {model_dir / 'model-symbol.json'} and {model_dir / 'model.onnx'}", flush=True)
     report = model_dir / VERIFICATION
