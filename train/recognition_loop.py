@@ -23,7 +23,7 @@ from mxnet import autograd, gluon
 from jobs.core import storage
 from jobs.core.contract import JobEnv, log_metrics
 from jobs.core.errors import DataError, JobFailed
-from train import fresh
+from train import finetune, fresh
 from train.backbones import get_model
 from train.checkpoint import Checkpointer
 from train.data import RecognitionDataset
@@ -159,6 +159,8 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     model = Recognizer(config, data.num_classes)
     model.backbone.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=place.ctx)
     model.head.initialize(mx.init.Normal(0.01), ctx=place.ctx)
+    if "init" in env.channels:
+        print(finetune.start_from(model, env.channels["init"], data, config), flush=True)
     model.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(model.collect_params(), "sgd",
                             {"learning_rate": learning_rate(config, 0, steps_per_epoch, total, global_batch),
@@ -192,6 +194,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
             done = index + 1
             lr = learning_rate(config, step, steps_per_epoch, total, global_batch)
             trainer.set_learning_rate(lr)
+            finetune.set_backbone_lr_mult(model.backbone, finetune.backbone_lr_mult(config, step, steps_per_epoch))
             loss, correct = _step(model, trainer, loss_fn, x, y, place, data.num_classes, global_batch,
                                   amp if use_amp else None)
             if not math.isfinite(loss):
@@ -230,6 +233,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
         save(model, trainer, step, epoch, batch=skip)
     if place.chief:
         final.update(finish(model.backbone, config, env))
+        model.head.save_parameters(str(env.output("model") / finetune.HEAD))  # a later fine-tune's head
     return final
 
 
