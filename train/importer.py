@@ -202,7 +202,10 @@ def load_layers(net: Any, layers: list[OnnxLayer], network: str) -> list[tuple[A
 
 
 def _unfold(bn: Any, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, where: str) -> None:
-    """A batch norm that computes ``x + bias`` in inference given its running ``mean`` and ``var``."""
+    """A batch norm that computes ``x + bias`` in inference given its running ``mean`` and ``var``
+    (one whose scale is fixed at 1, like iresnet's feature norm, gets ``var = 1 - eps`` instead)."""
+    if bn.gamma.grad_req == "null":
+        var = np.full_like(var, 1.0 - BN_EPS)
     _set(bn.running_mean, mean.astype(np.float32), where)
     _set(bn.running_var, var.astype(np.float32), where)
     _set(bn.gamma, np.sqrt(var + BN_EPS).astype(np.float32), where)
