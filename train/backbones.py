@@ -2,6 +2,9 @@
 MobileFaceNet, laid out as in arcface_torch so parameter counts and embeddings match the published
 models. Every backbone maps a normalised ``(N, 3, 112, 112)`` image batch to ``(N, embedding_size)``.
 
+The layer order (children registered in forward order, PReLU slopes per channel) is what
+:mod:`train.importer` relies on to load insightface's ONNX files layer by layer.
+
 Pick one with :func:`get_model`; the networks are built only when asked for, so importing this
 module costs nothing beyond MXNet itself.
 """
@@ -20,6 +23,11 @@ def _bn(**kwargs) -> nn.BatchNorm:
     return nn.BatchNorm(epsilon=1e-5, momentum=0.9, **kwargs)
 
 
+def _prelu(channels: int) -> nn.PReLU:
+    # torch's nn.PReLU(C) as insightface uses it: one slope per channel.
+    return nn.PReLU(in_channels=channels)
+
+
 class IBasicBlock(HybridBlock):
     """iresnet's pre-activation block: BN, 3x3 conv, BN, PReLU, 3x3 conv (stride), BN, plus the
     (projected) shortcut."""
@@ -27,7 +35,7 @@ class IBasicBlock(HybridBlock):
     def __init__(self, channels: int, stride: int, downsample: bool):
         super().__init__()
         self.body = nn.HybridSequential()
-        self.body.add(_bn(), nn.Conv2D(channels, 3, 1, 1, use_bias=False), _bn(), nn.PReLU(),
+        self.body.add(_bn(), nn.Conv2D(channels, 3, 1, 1, use_bias=False), _bn(), _prelu(channels),
                       nn.Conv2D(channels, 3, stride, 1, use_bias=False), _bn())
         self.downsample = None
         if downsample:
@@ -46,7 +54,7 @@ class IResNet(HybridBlock):
     def __init__(self, layers: tuple[int, int, int, int], embedding_size: int = 512, dropout: float = 0.0):
         super().__init__()
         self.features = nn.HybridSequential()
-        self.features.add(nn.Conv2D(64, 3, 1, 1, use_bias=False), _bn(), nn.PReLU())
+        self.features.add(nn.Conv2D(64, 3, 1, 1, use_bias=False), _bn(), _prelu(64))
         for channels, count in zip((64, 128, 256, 512), layers):
             for i in range(count):
                 self.features.add(IBasicBlock(channels, 2 if i == 0 else 1, downsample=i == 0))
@@ -68,7 +76,7 @@ class ConvBlock(HybridBlock):
         self.body = nn.HybridSequential()
         self.body.add(nn.Conv2D(channels, kernel, stride, padding, groups=groups, use_bias=False), _bn())
         if not linear:
-            self.body.add(nn.PReLU())
+            self.body.add(_prelu(channels))
 
     def hybrid_forward(self, F, x):
         return self.body(x)
@@ -91,8 +99,12 @@ class DepthWise(HybridBlock):
 
 
 class MobileFaceNet(HybridBlock):
-    """MobileFaceNet as in arcface_torch (``blocks=(1, 4, 6, 2)``); ``scale`` multiplies the
-    widths (not the expansion groups): 2 is insightface's w600k_mbf, 1 the original paper's size."""
+    """MobileFaceNet laid out as insightface's published ``w600k_mbf`` (``blocks=(1, 4, 6, 2)``);
+    ``scale`` multiplies the widths (not the expansion groups): 2 is w600k_mbf, 1 half its width.
+
+    The head is w600k_mbf's, not the global depth-wise conv of the paper: a 1x1 conv to 512, a 1x1
+    conv to 64 (both with BN and PReLU), flatten (64x7x7 = 3136), a dense layer with bias to the
+    embedding and a feature BN."""
 
     def __init__(self, embedding_size: int = 512, scale: int = 2, blocks: tuple[int, int, int, int] = (1, 4, 6, 2)):
         super().__init__()
@@ -107,9 +119,7 @@ class MobileFaceNet(HybridBlock):
                                                (128 * scale, 512, 256, blocks[3])):
             self.features.add(DepthWise(channels, first, stride=2))
             self.features.add(*(DepthWise(channels, groups, residual=True) for _ in range(count)))
-        self.features.add(ConvBlock(512, 1),
-                          ConvBlock(512, 7, groups=512, linear=True),  # global depth-wise conv (GDC)
-                          nn.Flatten(), nn.Dense(embedding_size, use_bias=False), _bn())
+        self.features.add(ConvBlock(512, 1), ConvBlock(64, 1), nn.Flatten(), nn.Dense(embedding_size), _bn())
 
     def hybrid_forward(self, F, x):
         return self.features(x)

@@ -39,6 +39,10 @@ PARAMS = {
     "checkpoint_every": Param("int", 2000, "steps between checkpoints (and one at each epoch end)", min=0),
     "log_every": Param("int", 50, "steps between metric lines", min=1),
     "seed": Param("int", 0, "random seed (initialisation and data order)"),
+    "freeze_backbone_epochs": Param("float", 0.0, "with inputs.init: epochs during which only the margin head learns",
+                                    min=0.0),
+    "backbone_lr_mult": Param("float", 1.0, "the backbone's learning rate relative to lr (fine-tuning: e.g. 0.1)",
+                              min=0.0),
 }
 
 RECOGNITION = Task(
@@ -51,7 +55,8 @@ RECOGNITION = Task(
             "val": Slot("verification .bin sets (lfw.bin, cfp_fp.bin, ...) evaluated after training", required=False)},
     outputs={"model": Slot("model.onnx (insightface recognizer), model-symbol.json + params, verification.json")},
     help="Train an ArcFace recognizer on insightface RecordIO (channel train, optional val with .bin "
-         "verification sets); output model gets Gluon symbol+params and model.onnx for insightface.",
+         "verification sets, optional init: an .onnx recognizer or a model folder to fine-tune from); "
+         "output model gets Gluon symbol+params and model.onnx for insightface.",
 )
 
 

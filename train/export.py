@@ -39,18 +39,28 @@ def export_onnx(net: Any, input_shape: Sequence[int | None], path: Path, example
     for leftover in tmp.iterdir():
         leftover.unlink()
     tmp.rmdir()
-    _drop_initializer_inputs(path)
+    _tidy(path)
     return path
 
 
-def _drop_initializer_inputs(path: Path) -> None:
-    """MXNet lists every weight as a graph input too; onnxruntime then cannot fold constants and
-    warns per weight. Only the image stays an input."""
+def _tidy(path: Path) -> None:
+    """Fix what MXNet's exporter gets wrong for onnxruntime and insightface.
+
+    MXNet lists every weight as a graph input too; onnxruntime then cannot fold constants and
+    warns per weight, so only the image stays an input. A per-channel PReLU's slopes are written
+    as ``(C,)``, which ONNX broadcasts against the last axis (width), not channels: they become
+    ``(C, 1, 1)`` as in PyTorch's exports."""
     import onnx
+    from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    weights = {init.name for init in model.graph.initializer}
+    weights = {init.name: init for init in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in weights]
     del model.graph.input[:]
     model.graph.input.extend(keep)
+    for node in model.graph.node:
+        slope = weights.get(node.input[1]) if node.op_type == "PRelu" else None
+        if slope is not None and len(slope.dims) == 1 and slope.dims[0] > 1:
+            value = numpy_helper.to_array(slope)
+            slope.CopyFrom(numpy_helper.from_array(value.reshape(-1, 1, 1), slope.name))
     onnx.save(model, str(path))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +21,10 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from jobs.core import storage
-from jobs.core.bundle import faceops_root
 from jobs.core.contract import JobEnv, log_metrics
 from jobs.core.devices import mx_contexts
 from jobs.core.errors import DataError, JobFailed
+from train import finetune, fresh
 from train.backbones import get_model
 from train.checkpoint import Checkpointer
 from train.data import RecognitionDataset
@@ -164,6 +162,8 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     model = Recognizer(config, data.num_classes)
     model.backbone.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=place.ctx)
     model.head.initialize(mx.init.Normal(0.01), ctx=place.ctx)
+    if "init" in env.channels:
+        print(finetune.start_from(model, env.channels["init"], data, config), flush=True)
     model.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(model.collect_params(), "sgd",
                             {"learning_rate": learning_rate(config, 0, steps_per_epoch, total, global_batch),
@@ -197,6 +197,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
             done = index + 1
             lr = learning_rate(config, step, steps_per_epoch, total, global_batch)
             trainer.set_learning_rate(lr)
+            finetune.set_backbone_lr_mult(model.backbone, finetune.backbone_lr_mult(config, step, steps_per_epoch))
             loss, correct = _step(model, trainer, loss_fn, x, y, place, data.num_classes, global_batch,
                                   amp if use_amp else None)
             if not math.isfinite(loss):
@@ -235,6 +236,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
         save(model, trainer, step, epoch, batch=skip)
     if place.chief:
         final.update(finish(model.backbone, config, env))
+        model.head.save_parameters(str(env.output("model") / finetune.HEAD))  # a later fine-tune's head
     return final
 
 
@@ -267,15 +269,10 @@ def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv) -> 
     model_dir.mkdir(parents=True, exist_ok=True)
     params = model_dir / "backbone.params"
     backbone.save_parameters(str(params))
-    # A fresh process exports and evaluates: AMP rewrites this process's operators (amp_cast, which
-    # ONNX cannot express), and MXNet 1.9.1 segfaults on MobileFaceNet's grouped-conv weights once
-    # oneDNN has reordered them for inference, so that process runs with oneDNN off.
-    root = str(faceops_root())
+    # A fresh process without oneDNN exports and evaluates (train.fresh says why).
     val = [str(env.channels["val"])] if "val" in env.channels else []
-    subprocess.run([sys.executable, "-m", "train.recognition", "export", str(params), config["network"],
-                    str(config["embedding_size"]), str(model_dir), *val], check=True,
-                   env={**os.environ, "MXNET_MKLDNN_ENABLED": "0", "MXNET_STORAGE_FALLBACK_LOG_VERBOSE": "0",
-                        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)})
+    fresh.run("train.recognition", "export", str(params), config["network"], str(config["embedding_size"]),
+              str(model_dir), *val)
     params.unlink()
     print(f"exported {model_dir / 'model-symbol.json'} and {model_dir / 'model.onnx'}", flush=True)
     report = model_dir / VERIFICATION

