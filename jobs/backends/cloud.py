@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from jobs.core.config import setting
+from jobs.core.contract import CODE_CHANNEL
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL, RecordFrozen, Store
 
-CODE_CHANNEL = "faceops-code"
-BOOTSTRAP = "faceops-cloud-bootstrap"
 BUNDLE_NAME = "code.tar.gz"
 MASK = "***"
 T = TypeVar("T")

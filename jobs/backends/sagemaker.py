@@ -15,8 +15,10 @@ from typing import Any, Iterator
 
 from jobs.backends import Backend, Launch
 from jobs.backends import cloud
-from jobs.backends.cloud import BOOTSTRAP, CODE_CHANNEL, CloudError, Setting
+from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
+from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL, Contract,
+                                service_layout)
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL
 
@@ -25,7 +27,7 @@ ROLE = Setting("sagemaker", "role_arn", ("FACEOPS_SAGEMAKER_ROLE_ARN",),
                "execution role ARN (the IAM role SageMaker assumes to read inputs and write outputs)")
 INPUT_MODES = ("File", "FastFile")
 DEFAULT_MAX_RUNTIME = 24 * 3600
-CONTAINER = "/opt/ml"
+PROCESSING = service_layout("sagemaker-processing")
 THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
              "ServiceUnavailable", "InternalFailure"}
 SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
@@ -136,7 +138,7 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": bool(res.get("spot")),
         "CheckpointConfig": {"S3Uri": f"{staging}/checkpoints/{record['name']}/v{record['version']}/",
-                             "LocalPath": f"{CONTAINER}/checkpoints"},
+                             "LocalPath": str(Contract(root=CONTAINER_ROOT).checkpoint_dir)},
         "Tags": _tags(record),
     }
     if res.get("retries"):
@@ -156,10 +158,9 @@ def _channel(name: str, uri: str, mode: str) -> dict[str, Any]:
 def _processing(record: dict[str, Any], name: str, image: str, role: str, code: str, staging: str,
                 max_runtime: int, volume: int) -> dict[str, Any]:
     spec, res = record["spec"], record["spec"]["resources"]
-    base = f"{CONTAINER}/processing"
     job_folder = _job_folder(staging, name)
-    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, "faceops-job": job_folder + "config/"}
-    outputs = {**spec["outputs"], "faceops-output": job_folder + "output/"}
+    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, JOB_CHANNEL: job_folder + "config/"}
+    outputs = {**spec["outputs"], OUTPUT_CHANNEL: job_folder + "output/"}
     return {
         "ProcessingJobName": name,
         "ProcessingResources": {"ClusterConfig": {"InstanceCount": res.get("instance_count") or 1,
@@ -168,10 +169,10 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
         "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-processing"],
                              "ContainerArguments": _argv(spec)},
         "Environment": {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
-        "ProcessingInputs": [{"InputName": c, "S3Input": {"S3Uri": uri, "LocalPath": f"{base}/input/{c}",
+        "ProcessingInputs": [{"InputName": c, "S3Input": {"S3Uri": uri, "LocalPath": str(PROCESSING.channel_dir(c)),
                                                           "S3DataType": "S3Prefix", "S3InputMode": "File"}}
                              for c, uri in inputs.items()],
-        "ProcessingOutputConfig": {"Outputs": [{"OutputName": o, "S3Output": {"S3Uri": uri, "LocalPath": f"{base}/output/{o}",
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": o, "S3Output": {"S3Uri": uri, "LocalPath": str(PROCESSING.output_dir(o)),
                                                                               "S3UploadMode": "EndOfJob"}}
                                                for o, uri in outputs.items()]},
         "RoleArn": role,
