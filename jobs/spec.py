@@ -19,7 +19,6 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 TOP_LEVEL = ("name", "task", "description", "backend", "runtime", "image", "entrypoint", "code",
              "inputs", "outputs", "hyperparameters", "resources")
-RUNTIMES = ("process", "docker")
 RESOURCES = {
     "instance_type": Param("str", help="machine type on a cloud backend, e.g. ml.p3.2xlarge"),
     "instance_count": Param("int", 1, "number of machines (distributed training)", min=1),
@@ -61,14 +60,6 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (what a version record stores and ``rerun`` reloads)."""
         return asdict(self)
-
-    @property
-    def task_def(self) -> Task:
-        return get_task(self.task)
-
-    def argv(self) -> list[str]:
-        """The command the job runs: the custom entry point, or the task's own."""
-        return list(self.entrypoint) if self.entrypoint else list(self.task_def.entrypoint)
 
 
 @dataclass
@@ -178,7 +169,7 @@ def _build(raw: dict[str, Any], task: Task, source: _Source) -> JobSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise source.error("name", f"expected lowercase letters, digits and '-' (like recog-r50), got {name!r}")
-    from jobs.backends import BACKENDS
+    from jobs.backends import BACKENDS, RUNTIMES
 
     backend = str(raw.get("backend") or "local")
     if backend not in BACKENDS:

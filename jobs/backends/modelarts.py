@@ -14,7 +14,7 @@ import math
 import shlex
 from typing import Any, Iterator
 
-from jobs.backends import Backend, Launch
+from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends import cloud
 from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
@@ -47,12 +47,6 @@ def _is_swr(host: str) -> bool:
     return host == configured or (host.startswith("swr.") and host.endswith(".myhuaweicloud.com"))
 
 
-def _argv(spec: dict[str, Any]) -> list[str]:
-    from jobs.core.tasks import get_task
-
-    return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
-
-
 def _job_folder(staging: str, name: str) -> str:
     return f"{staging}/jobs/{name}/"
 
@@ -83,7 +77,7 @@ def build_job(record: dict[str, Any], staging: str):
     inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"])}
     outputs = {**spec["outputs"], OUTPUT_CHANNEL: folder + "output/"}
     algorithm = m.JobAlgorithm(
-        command=shlex.join([BOOTSTRAP, "modelarts", *_argv(spec), PARAMETERS_FLAG]),
+        command=shlex.join([BOOTSTRAP, "modelarts", *entry_argv(spec), PARAMETERS_FLAG]),
         parameters=[m.Parameters(name=k, value=v) for k, v in cloud.typed_strings(spec["hyperparameters"]).items()],
         engine=m.JobEngine(image_url=f"{repo}:{tag}"),
         inputs=[m.Input(name=c, local_dir=str(LAYOUT.channel_dir(c)),
@@ -217,7 +211,7 @@ class ModelArtsBackend(Backend):
             fields["metrics"] = cloud.metrics_from(_job_folder(info["staging"], info["remote_name"]) + "output/metrics.jsonl")
         cloud.set_status(record, status, reason=_reason(job, phase, status), **fields)
 
-    def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
+    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         """ModelArts terminates the job with its own grace period; ``grace`` cannot change it."""
         from huaweicloudsdkmodelarts.v1 import model as m
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from jobs.backends import Backend, Launch
+from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends import cloud
 from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
@@ -73,12 +73,6 @@ def _is_ecr(host: str) -> bool:
     return len(parts) >= 6 and parts[1:3] == ["dkr", "ecr"] and parts[4] == "amazonaws"
 
 
-def _argv(spec: dict[str, Any]) -> list[str]:
-    from jobs.core.tasks import get_task
-
-    return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
-
-
 def _tags(record: dict[str, Any]) -> list[dict[str, str]]:
     return [{"Key": "faceops:job", "Value": record["name"]},
             {"Key": "faceops:version", "Value": str(record["version"])},
@@ -128,7 +122,7 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
         "TrainingJobName": name,
         "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": mode,
                                    "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-training"],
-                                   "ContainerArguments": _argv(spec)},
+                                   "ContainerArguments": entry_argv(spec)},
         "RoleArn": role,
         "HyperParameters": cloud.typed_strings(spec["hyperparameters"]),
         "InputDataConfig": channels,
@@ -167,7 +161,7 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
                                                   "InstanceType": res["instance_type"], "VolumeSizeInGB": volume}},
         "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime},
         "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-processing"],
-                             "ContainerArguments": _argv(spec)},
+                             "ContainerArguments": entry_argv(spec)},
         "Environment": {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
         "ProcessingInputs": [{"InputName": c, "S3Input": {"S3Uri": uri, "LocalPath": str(PROCESSING.channel_dir(c)),
                                                           "S3DataType": "S3Prefix", "S3InputMode": "File"}}
@@ -299,7 +293,7 @@ class SageMakerBackend(Backend):
             fields["metrics"] = _final_metrics(job, info, training)
         cloud.set_status(record, status, reason=_reason(job, remote, status), **fields)
 
-    def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
+    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL; ``grace`` cannot
         change that."""
         info = record["backend_info"]
