@@ -22,6 +22,7 @@ from jobs.core.errors import FaceopsError
 
 IMAGES_DIR = Path(__file__).resolve().parent
 TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
+DEFAULT_TARGET = "gpu"
 # What a target's build context holds besides its Dockerfile: the code is shipped as a bundle,
 # never baked in; only the standard-library modules the image's scripts import come from jobs/core.
 TARGET_CONTEXT = ("requirements.txt", "bin")
