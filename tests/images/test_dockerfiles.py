@@ -121,6 +121,9 @@ def python_rootfs() -> bytes:
             link = tarfile.TarInfo(f"usr/local/bin/{name}")
             link.type, link.linkname = tarfile.SYMTYPE, "python3.11"
             tar.addfile(link)
+        env = tarfile.TarInfo("usr/bin/env")  # where the images' Python scripts' #! line finds it
+        env.type, env.linkname = tarfile.SYMTYPE, "/bin/busybox"
+        tar.addfile(env)
         tar.add(stdlib, arcname="usr/local/lib/python3.11", filter=_stdlib_member)
         for module in modules:
             tar.add(slim(module), arcname=f"usr/local/lib/python3.11/lib-dynload/{module.name}")
@@ -173,10 +176,12 @@ def test_build_with_base_overridden(target, docker_env, python_base):
     built = json.loads(result.stdout.strip().splitlines()[-1])
     assert built["ref"].startswith(f"faceops/train:{target}-") and built["built"]
     assert "Would install" in result.stderr and "mxnet" in result.stderr
+    # faceops-task without arguments exits 2 with its usage only when it could import the contract.
     check = ("test -x /opt/faceops/bin/run_face_recognition_train.sh && "
-             "command -v faceops-task && pwd && python -c 'import sys; print(sys.prefix)' && echo $PYTHONPATH")
+             "command -v faceops-task && pwd && python -c 'import sys; print(sys.prefix)' && echo $PYTHONPATH && "
+             "(faceops-task 2>/dev/null; echo $?) && cd /opt/faceops/bin && python -c 'import contract, launch'")
     out = docker_env.client().containers.run(built["ref"], ["sh", "-c", check], remove=True, network_mode="none")
-    assert out.decode().split() == ["/opt/faceops/bin/faceops-task", "/opt/ml/code", "/opt/venv", "/opt/ml/code"]
+    assert out.decode().split() == ["/opt/faceops/bin/faceops-task", "/opt/ml/code", "/opt/venv", "/opt/ml/code", "2"]
 
 
 def test_seed_wrappers_point_the_contract_at_their_folders(tmp_path):
