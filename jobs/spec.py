@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import SpecError
-from jobs.core.tasks import Param, Task, get_task, parse_untyped, unknown_key_message
+from jobs.core.tasks import Param, Task, get_task, parse_untyped, registry, unknown_key_message
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -155,7 +155,7 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
 def _task_of(raw: dict[str, Any], source: _Source) -> Task:
     name = raw.get("task")
     if name is None:
-        raise source.error("task", "missing; say which task this job runs (custom, detection, recognition, gallery, identify)")
+        raise source.error("task", f"missing; say which task this job runs ({', '.join(registry())})")
     try:
         return get_task(str(name))
     except KeyError as exc:
@@ -247,7 +247,7 @@ def _resources(value: Any, source: _Source) -> Resources:
     if value is None:
         return Resources()
     if not isinstance(value, dict):
-        raise source.error("resources", "expected a mapping (instance_type, instance_count, max_runtime, spot, retries)")
+        raise source.error("resources", f"expected a mapping ({', '.join(RESOURCES)})")
     checked: dict[str, Any] = {}
     for key, item in value.items():
         path = f"resources.{key}"
