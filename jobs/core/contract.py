@@ -132,6 +132,9 @@ class ServiceLayout:
         return self.metrics_file.parent if name == OUTPUT_CHANNEL else self.outputs / name
 
 
+SERVICE_LAYOUTS = ("sagemaker-training", "sagemaker-processing", "modelarts")
+
+
 def service_layout(kind: str, root: Path = CONTAINER_ROOT) -> ServiceLayout:
     """The layout of ``kind`` (one of :data:`SERVICE_LAYOUTS`) under ``root``. SageMaker training
     packs ``output/data`` (with the metrics) as output.tar.gz; processing jobs and ModelArts upload
@@ -146,9 +149,6 @@ def service_layout(kind: str, root: Path = CONTAINER_ROOT) -> ServiceLayout:
         return ServiceLayout(root / "input" / "data", root / "output" / "data",
                              root / "output" / "faceops" / "metrics.jsonl", root / "model")
     raise ValueError(f"unknown service layout {kind!r}; known: {', '.join(SERVICE_LAYOUTS)}")
-
-
-SERVICE_LAYOUTS = ("sagemaker-training", "sagemaker-processing", "modelarts")
 
 
 @dataclass
