@@ -7,8 +7,11 @@ import sys
 
 import click
 
+from images.build import DEFAULT_REPO, DEFAULT_TARGET, TARGETS
+from jobs.backends import BACKENDS, DEFAULT_GRACE
 from inference.index import INDEX_KINDS
 from jobs.core.errors import FaceopsError
+from jobs.store import STATUSES
 
 __version__ = "0.1.0"
 
@@ -126,7 +129,7 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
 @job.command("submit")
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--backend", help="Run on this backend instead of the spec's (local, sagemaker, modelarts).")
+@click.option("--backend", help=f"Run on this backend instead of the spec's ({', '.join(BACKENDS)}).")
 @click.option("--dry-run", is_flag=True, help="Validate and show what would run; create nothing.")
 @click.option("--wait/--detach", default=True, show_default=True, help="Follow the log until the job ends, or return at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the version record (or the plan) as JSON.")
@@ -172,7 +175,7 @@ def job_resume(ref: str, wait: bool, as_json: bool) -> None:
 
 @job.command("list")
 @click.option("--name", help="Only versions of this job.")
-@click.option("--status", type=click.Choice(["queued", "staging", "running", "uploading", "done", "failed", "stopped"]))
+@click.option("--status", type=click.Choice(STATUSES))
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of version records.")
 def job_list(name: str | None, status: str | None, as_json: bool) -> None:
     """List job versions, newest first."""
@@ -335,7 +338,7 @@ def job_logs(ref: str, follow: bool) -> None:
 
 @job.command("stop")
 @click.argument("ref", metavar="NAME[:V]")
-@click.option("--grace", default=10.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.option("--grace", default=DEFAULT_GRACE, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
 @click.option("--no-wait", is_flag=True, help="Return after sending the stop request.")
 def job_stop(ref: str, grace: float, no_wait: bool) -> None:
     """Stop a running version: SIGTERM (the job may checkpoint), SIGKILL after --grace seconds."""
@@ -595,9 +598,9 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, str]:
 
 
 @image.command("build")
-@click.option("--target", type=click.Choice(["gpu", "cpu"]), help="Which faceops image to build (default gpu).")
+@click.option("--target", type=click.Choice(list(TARGETS)), help=f"Which faceops image to build (default {DEFAULT_TARGET}).")
 @click.option("--file", "-f", "dockerfile", type=click.Path(dir_okay=False), help="Build this Dockerfile instead (its folder is the context).")
-@click.option("--tag", "-t", help="Image reference to tag (default faceops/train:TARGET-CONTENTHASH).")
+@click.option("--tag", "-t", help=f"Image reference to tag (default {DEFAULT_REPO}:TARGET-CONTENTHASH).")
 @click.option("--base", help="Build FROM this image instead of the Dockerfile's default base.")
 @click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="A build argument, e.g. PIP_OPTIONS=\"--index-url URL\".")
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the build output, not only the steps.")
@@ -610,7 +613,7 @@ def image_build(target: str | None, dockerfile: str | None, tag: str | None, bas
 
     from images.build import build
 
-    result = build(target=target or (None if dockerfile else "gpu"), dockerfile=dockerfile, tag=tag, base=base,
+    result = build(target=target or (None if dockerfile else DEFAULT_TARGET), dockerfile=dockerfile, tag=tag, base=base,
                    build_args=_key_values(build_args, "--build-arg"),
                    echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo, verbose=verbose)
     if as_json:

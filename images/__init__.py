@@ -1,2 +1,3 @@
-"""Training images: the gpu/cpu Dockerfiles, building, registry login and push, the pushed-digest
-record, and the Docker runtime that runs a job's entry point in a container."""
+"""Training images: the gpu/cpu Dockerfiles and the scripts they carry, the engine client,
+building, registry login and push, and the pushed-digest record. Running a job's entry point in a
+container is the local backend's docker runtime (jobs.backends.runtimes)."""

@@ -2,7 +2,7 @@
 (one line per step; a failing step's output in full).
 
 The tag is derived from a content hash of the build context (Dockerfile, requirements, wrapper
-scripts) and the build arguments, and the hash is stored as an image label: building something
+scripts, the container-contract modules they import) and the build arguments, and the hash is stored as an image label: building something
 that has not changed finds the image already there and returns at once instead of rebuilding.
 """
 from __future__ import annotations
@@ -11,19 +11,24 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from jobs.core import contract, launch
 from jobs.core.errors import FaceopsError
 
 IMAGES_DIR = Path(__file__).resolve().parent
 TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
-# What a target's build context holds (what its Dockerfile copies, so that nothing else changes
-# its content hash): the code is shipped as a bundle, never baked in.
+DEFAULT_TARGET = "gpu"
+# What a target's build context holds besides its Dockerfile (what the Dockerfile copies, so that
+# nothing else changes its content hash): the code is shipped as a bundle, never baked in; only the
+# standard-library modules the image's scripts import come from jobs/core.
 SHARED_CONTEXT = ("install-deps.sh", "requirements.txt", "requirements-nodeps.txt", "bin")
 TARGET_CONTEXT = {"gpu": (*SHARED_CONTEXT, "requirements-cuda11.txt"), "cpu": SHARED_CONTEXT}
+SHARED_MODULES = {Path(module.__file__).name: Path(module.__file__) for module in (contract, launch)}
 DEFAULT_REPO = "faceops/train"
 HASH_LABEL = "org.faceops.content-hash"
 STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
@@ -59,7 +64,10 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
 
     context, name, kind = _context(target, dockerfile)
     args = {**(build_args or {}), **({"BASE": base} if base else {})}
-    bundle = build_bundle(context, [name, *TARGET_CONTEXT[target]] if target else None, store=False)
+    with tempfile.TemporaryDirectory(prefix="faceops-context-") as staged:
+        if target:
+            context = _target_context(target, Path(staged))
+        bundle = build_bundle(context, store=False)
     try:
         digest = content_hash(bundle.sha256, name, args)
         ref = tag or f"{DEFAULT_REPO if target else _repo_for(context)}:{kind}-{digest[:12]}"
@@ -95,6 +103,20 @@ def _context(target: str | None, dockerfile: Path | None) -> tuple[Path, str, st
     if not path.is_file():
         raise FaceopsError(f"Dockerfile {dockerfile} does not exist")
     return path.parent, path.name, "custom"
+
+
+def _target_context(target: str, into: Path) -> Path:
+    """Lay a target's build context out in ``into``: its Dockerfile, requirements and scripts from
+    images/, and the shared modules from jobs/core (which the Dockerfiles copy next to the scripts)."""
+    for name in (TARGETS[target], *TARGET_CONTEXT[target]):
+        source = IMAGES_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, into / name)
+        else:
+            shutil.copy2(source, into / name)
+    for name, source in SHARED_MODULES.items():
+        shutil.copy2(source, into / name)
+    return into
 
 
 def _repo_for(context: Path) -> str:

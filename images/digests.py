@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from images.registry import split_ref
 from jobs.core.config import home
+from jobs.core.files import atomic_write
 
 FILE_NAME = "image-digests.json"
 
@@ -44,11 +43,7 @@ def record(ref: str, digest: str) -> None:
     atomically so a reader never sees half of it."""
     data = load()
     data[_key(ref)] = {"digest": digest, "pushed_at": round(time.time(), 3)}
-    path = _path()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".digests-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(_path(), json.dumps(data, indent=2, sort_keys=True))
 
 
 def lookup(ref: str) -> str | None:

@@ -15,11 +15,11 @@ import hmac
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from images.registry import RegistryError, is_denied, retrying
+from jobs.core.files import atomic_write
 
 ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 SWR_HOST = re.compile(r"^swr\.([a-z0-9-]+)\.myhuaweicloud\.(?:com|eu|cn)$")
@@ -77,7 +77,7 @@ def store(registry: str, username: str, password: str) -> Path:
     else:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         auths[registry] = {"auth": token}
-    _write_private(path, config)
+    atomic_write(path, json.dumps(config, indent=2), mode=0o600)
     return path
 
 
@@ -117,13 +117,3 @@ def swr_credentials(registry: str, region: str | None = None,
                             "pass --region")
     key = hmac.new(sk.encode(), ak.encode(), hashlib.sha256).hexdigest()
     return registry, f"{region}@{ak}", key
-
-
-def _write_private(path: Path, data: dict) -> None:
-    """Replace ``path`` atomically with ``data`` as JSON, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)

@@ -3,9 +3,9 @@ sees, and retrying the failures that go away by themselves (a registry restartin
 connection) while failing at once on the ones that do not (a wrong password)."""
 from __future__ import annotations
 
-import time
 from typing import Callable, TypeVar
 
+from jobs.core import retry
 from jobs.core.errors import FaceopsError
 
 T = TypeVar("T")
@@ -63,19 +63,6 @@ def retrying(action: Callable[[], T], registry: str, attempts: int = 4, delay: f
              say: Callable[[str], None] | None = None) -> T:
     """Run ``action``, retrying with exponential backoff while it fails with a transient
     :class:`RegistryError`; the last failure is re-raised saying how often it was tried."""
-    for _ in range(attempts - 1):
-        try:
-            return action()
-        except RegistryError as exc:
-            if not is_transient(str(exc)):
-                raise
-            if say:
-                say(f"{registry}: {exc}; retrying in {delay:g}s")
-            time.sleep(delay)
-            delay *= 2
-    try:
-        return action()
-    except RegistryError as exc:
-        if attempts > 1 and is_transient(str(exc)):
-            raise RegistryError(f"{exc} (gave up after {attempts} attempts)") from None
-        raise
+    return retry.retrying(action, lambda exc: isinstance(exc, RegistryError) and is_transient(str(exc)),
+                          attempts=attempts, delay=delay, say=(lambda line: say(f"{registry}: {line}")) if say else None,
+                          give_up=lambda exc, tries: RegistryError(f"{exc} (gave up after {tries} attempts)"))

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import SpecError
-from jobs.core.tasks import Param, Task, get_task, parse_metric, parse_untyped, unknown_key_message
+from jobs.core.tasks import Param, Task, get_task, parse_metric, parse_untyped, registry, unknown_key_message
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 TOP_LEVEL = ("name", "task", "description", "backend", "runtime", "image", "entrypoint", "code",
              "inputs", "outputs", "hyperparameters", "resources", "metrics")
-RUNTIMES = ("process", "docker")
 RESOURCES = {
     "instance_type": Param("str", help="machine type on a cloud backend, e.g. ml.p3.2xlarge"),
     "instance_count": Param("int", 1, "number of machines (distributed training)", min=1),
@@ -69,14 +68,6 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (what a version record stores and ``rerun`` reloads)."""
         return asdict(self)
-
-    @property
-    def task_def(self) -> Task:
-        return get_task(self.task)
-
-    def argv(self) -> list[str]:
-        """The command the job runs: the custom entry point, or the task's own."""
-        return list(self.entrypoint) if self.entrypoint else list(self.task_def.entrypoint)
 
 
 @dataclass
@@ -250,7 +241,7 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
 def _task_of(raw: dict[str, Any], source: _Source) -> Task:
     name = raw.get("task")
     if name is None:
-        raise source.error("task", "missing; say which task this job runs (custom, detection, recognition, gallery, identify)")
+        raise source.error("task", f"missing; say which task this job runs ({', '.join(registry())})")
     try:
         return get_task(str(name))
     except KeyError as exc:
@@ -265,7 +256,7 @@ def _build(raw: dict[str, Any], task: Task, source: _Source) -> JobSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         source.report("name", f"expected lowercase letters, digits and '-' (like recog-r50), got {name!r}")
-    from jobs.backends import BACKENDS
+    from jobs.backends import BACKENDS, RUNTIMES
 
     backend = str(raw.get("backend") or "local")
     if backend not in BACKENDS:
@@ -351,7 +342,7 @@ def _resources(value: Any, source: _Source) -> Resources:
     if value is None:
         return Resources()
     if not isinstance(value, dict):
-        raise source.error("resources", "expected a mapping (instance_type, instance_count, max_runtime, spot, retries)")
+        raise source.error("resources", f"expected a mapping ({', '.join(RESOURCES)})")
     checked: dict[str, Any] = {}
     for key, item in value.items():
         path = f"resources.{key}"

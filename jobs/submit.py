@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from images.digests import lookup
 from jobs import preflight
 from jobs.backends import Launch, get_backend
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
@@ -202,10 +203,6 @@ def _image(ref: str | None) -> dict[str, Any] | None:
     """Image reference plus the digest recorded when it was pushed (None when unknown)."""
     if not ref:
         return None
-    try:
-        from images.digests import lookup
-    except ModuleNotFoundError:
-        return {"ref": ref, "digest": None}
     return {"ref": ref, "digest": lookup(ref)}
 
 

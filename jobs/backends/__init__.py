@@ -16,6 +16,9 @@ from typing import IO, Any, Iterator
 from jobs.core.contract import Contract
 from jobs.core.errors import SpecError
 
+# Seconds between SIGTERM and SIGKILL when a job is stopped (where the backend can choose).
+DEFAULT_GRACE = 10.0
+
 
 @dataclass
 class Launch:
@@ -53,7 +56,7 @@ class Backend(ABC):
         that a local supervisor died and mark the job failed)."""
 
     @abstractmethod
-    def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
+    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         """Ask the job to stop (SIGTERM or the service's stop call), force it after ``grace``."""
 
     @abstractmethod
@@ -99,9 +102,17 @@ BACKENDS = {
 }
 
 RUNTIMES = {
-    "process": "jobs.backends.local:ProcessRuntime",
-    "docker": "images.runtime:DockerRuntime",
+    "process": "jobs.backends.runtimes:ProcessRuntime",
+    "docker": "jobs.backends.runtimes:DockerRuntime",
 }
+
+
+def entry_argv(spec: dict[str, Any]) -> list[str]:
+    """The command a job (a resolved spec, as a version record holds it) runs in the container
+    contract: a custom job's ``entrypoint``, or its task's own entry point."""
+    from jobs.core.tasks import get_task
+
+    return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
 
 
 def _load(table: dict[str, str], name: str, what: str) -> Any:

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from jobs.core import retry
 from jobs.core.config import setting
+from jobs.core.contract import CODE_CHANNEL
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL, RecordFrozen, Store
 
-CODE_CHANNEL = "faceops-code"
-BOOTSTRAP = "faceops-cloud-bootstrap"
 BUNDLE_NAME = "code.tar.gz"
 T = TypeVar("T")
 
@@ -182,17 +181,8 @@ def retrying(call: Callable[[], T], throttled: Callable[[Exception], bool], what
     exponential backoff and jitter, up to ``cloud.max_attempts`` tries."""
     attempts = int(setting("cloud", "max_attempts", ("FACEOPS_CLOUD_MAX_ATTEMPTS",), 6))
     delay = float(setting("cloud", "backoff_seconds", ("FACEOPS_CLOUD_BACKOFF",), 1.0))
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except Exception as exc:
-            if not throttled(exc):
-                raise
-            if attempt == attempts:
-                raise CloudError(f"{what}: the service is still throttling after {attempts} tries; "
-                                 f"try again later ({exc})") from None
-            time.sleep(delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")
+    return retry.retrying(call, throttled, attempts=attempts, delay=delay, give_up=lambda exc, tries: CloudError(
+        f"{what}: the service is still throttling after {tries} tries; try again later ({exc})"))
 
 
 def set_status(record: dict[str, Any], status: str, reason: str | None = None, **fields: Any) -> None:

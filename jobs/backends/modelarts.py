@@ -14,10 +14,11 @@ import math
 import shlex
 from typing import Any, Iterator
 
-from jobs.backends import Backend, Launch
+from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends import cloud
-from jobs.backends.cloud import BOOTSTRAP, CODE_CHANNEL, CloudError, Setting
+from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
+from jobs.core.contract import BOOTSTRAP, CODE_CHANNEL, OUTPUT_CHANNEL, PARAMETERS_FLAG, service_layout
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL
 
@@ -26,9 +27,8 @@ SK = Setting("modelarts", "sk", ("HUAWEICLOUD_SDK_SK",), "secret key (SK)")
 PROJECT = Setting("modelarts", "project_id", ("HUAWEICLOUD_SDK_PROJECT_ID",), "project id (My Credentials > Projects)")
 REGION = Setting("modelarts", "region", ("HUAWEICLOUD_SDK_REGION",), "region, like cn-north-4")
 ENDPOINT = Setting("modelarts", "endpoint", ("FACEOPS_MODELARTS_ENDPOINT",), "endpoint")
-CONTAINER = "/opt/ml"
-OUTPUT_CHANNEL = "faceops-output"
-PARAMETERS = "--faceops-parameters"
+# Where ModelArts puts inputs and collects outputs in the container (the job's local_dir settings).
+LAYOUT = service_layout("modelarts")
 # status.phase -> our state (Terminating is still running until it is Terminated).
 PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Terminating": "running",
           "Completed": "done", "Failed": "failed", "Abnormal": "failed", "Terminated": "stopped"}
@@ -45,12 +45,6 @@ def obs_path(uri: str) -> str:
 def _is_swr(host: str) -> bool:
     configured = setting("modelarts", "swr_registry", ("FACEOPS_SWR_REGISTRY",))
     return host == configured or (host.startswith("swr.") and host.endswith(".myhuaweicloud.com"))
-
-
-def _argv(spec: dict[str, Any]) -> list[str]:
-    from jobs.core.tasks import get_task
-
-    return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
 
 
 def _job_folder(staging: str, name: str) -> str:
@@ -83,13 +77,13 @@ def build_job(record: dict[str, Any], staging: str):
     inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"])}
     outputs = {**spec["outputs"], OUTPUT_CHANNEL: folder + "output/"}
     algorithm = m.JobAlgorithm(
-        command=shlex.join([BOOTSTRAP, "modelarts", *_argv(spec), PARAMETERS]),
+        command=shlex.join([BOOTSTRAP, "modelarts", *entry_argv(spec), PARAMETERS_FLAG]),
         parameters=[m.Parameters(name=k, value=v) for k, v in cloud.typed_strings(spec["hyperparameters"]).items()],
         engine=m.JobEngine(image_url=f"{repo}:{tag}"),
-        inputs=[m.Input(name=c, local_dir=f"{CONTAINER}/input/data/{c}",
+        inputs=[m.Input(name=c, local_dir=str(LAYOUT.channel_dir(c)),
                         remote=m.InputDataInfo(obs=m.InputDataInfoObs(obs_url=obs_path(uri))))
                 for c, uri in inputs.items()],
-        outputs=[m.Output(name=o, local_dir=_output_dir(o), remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
+        outputs=[m.Output(name=o, local_dir=str(LAYOUT.output_dir(o)), remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
                  for o, uri in outputs.items()],
         environments={"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
     )
@@ -100,14 +94,6 @@ def build_job(record: dict[str, Any], staging: str):
     return m.Job(kind="job", metadata=m.JobMetadata(name=name, description=f"faceops {record['name']}:{record['version']} ({spec['task']})",
                                                     annotations=annotations),
                  algorithm=algorithm, spec=job_spec)
-
-
-def _output_dir(name: str) -> str:
-    if name == "model":
-        return f"{CONTAINER}/model"
-    if name == OUTPUT_CHANNEL:
-        return f"{CONTAINER}/output/faceops"
-    return f"{CONTAINER}/output/data/{name}"
 
 
 def endpoint() -> str:
@@ -227,7 +213,7 @@ class ModelArtsBackend(Backend):
             fields["metrics"] = cloud.metrics_from(*metrics_source(record))
         cloud.set_status(record, status, reason=_reason(job, phase, status), **fields)
 
-    def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
+    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         """ModelArts terminates the job with its own grace period; ``grace`` cannot change it."""
         from huaweicloudsdkmodelarts.v1 import model as m
 

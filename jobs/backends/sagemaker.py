@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from jobs.backends import Backend, Launch
+from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends import cloud
-from jobs.backends.cloud import BOOTSTRAP, CODE_CHANNEL, CloudError, Setting
+from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
+from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL, Contract,
+                                service_layout)
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL
 
@@ -25,7 +27,7 @@ ROLE = Setting("sagemaker", "role_arn", ("FACEOPS_SAGEMAKER_ROLE_ARN",),
                "execution role ARN (the IAM role SageMaker assumes to read inputs and write outputs)")
 INPUT_MODES = ("File", "FastFile")
 DEFAULT_MAX_RUNTIME = 24 * 3600
-CONTAINER = "/opt/ml"
+PROCESSING = service_layout("sagemaker-processing")
 THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
              "ServiceUnavailable", "InternalFailure"}
 # Describe's status (and a training job's secondary status) -> our state.
@@ -68,12 +70,6 @@ def console_link(region: str, name: str, training: bool) -> str:
 def _is_ecr(host: str) -> bool:
     parts = host.split(".")
     return len(parts) >= 6 and parts[1:3] == ["dkr", "ecr"] and parts[4] == "amazonaws"
-
-
-def _argv(spec: dict[str, Any]) -> list[str]:
-    from jobs.core.tasks import get_task
-
-    return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
 
 
 def _tags(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -125,7 +121,7 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
         "TrainingJobName": name,
         "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": mode,
                                    "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-training"],
-                                   "ContainerArguments": _argv(spec)},
+                                   "ContainerArguments": entry_argv(spec)},
         "RoleArn": role,
         "HyperParameters": cloud.typed_strings(spec["hyperparameters"]),
         "InputDataConfig": channels,
@@ -135,7 +131,7 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": bool(res.get("spot")),
         "CheckpointConfig": {"S3Uri": f"{staging}/checkpoints/{record['name']}/v{record['version']}/",
-                             "LocalPath": f"{CONTAINER}/checkpoints"},
+                             "LocalPath": str(Contract(root=CONTAINER_ROOT).checkpoint_dir)},
         "Tags": _tags(record),
     }
     if res.get("retries"):
@@ -155,22 +151,21 @@ def _channel(name: str, uri: str, mode: str) -> dict[str, Any]:
 def _processing(record: dict[str, Any], name: str, image: str, role: str, code: str, staging: str,
                 max_runtime: int, volume: int) -> dict[str, Any]:
     spec, res = record["spec"], record["spec"]["resources"]
-    base = f"{CONTAINER}/processing"
     job_folder = _job_folder(staging, name)
-    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, "faceops-job": job_folder + "config/"}
-    outputs = {**spec["outputs"], "faceops-output": job_folder + "output/"}
+    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, JOB_CHANNEL: job_folder + "config/"}
+    outputs = {**spec["outputs"], OUTPUT_CHANNEL: job_folder + "output/"}
     return {
         "ProcessingJobName": name,
         "ProcessingResources": {"ClusterConfig": {"InstanceCount": res.get("instance_count") or 1,
                                                   "InstanceType": res["instance_type"], "VolumeSizeInGB": volume}},
         "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime},
         "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-processing"],
-                             "ContainerArguments": _argv(spec)},
+                             "ContainerArguments": entry_argv(spec)},
         "Environment": {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
-        "ProcessingInputs": [{"InputName": c, "S3Input": {"S3Uri": uri, "LocalPath": f"{base}/input/{c}",
+        "ProcessingInputs": [{"InputName": c, "S3Input": {"S3Uri": uri, "LocalPath": str(PROCESSING.channel_dir(c)),
                                                           "S3DataType": "S3Prefix", "S3InputMode": "File"}}
                              for c, uri in inputs.items()],
-        "ProcessingOutputConfig": {"Outputs": [{"OutputName": o, "S3Output": {"S3Uri": uri, "LocalPath": f"{base}/output/{o}",
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": o, "S3Output": {"S3Uri": uri, "LocalPath": str(PROCESSING.output_dir(o)),
                                                                               "S3UploadMode": "EndOfJob"}}
                                                for o, uri in outputs.items()]},
         "RoleArn": role,
@@ -295,7 +290,7 @@ class SageMakerBackend(Backend):
             fields["metrics"] = _final_metrics(job, info, training)
         cloud.set_status(record, status, reason=_reason(job, remote, status), **fields)
 
-    def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
+    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL; ``grace`` cannot
         change that."""
         info = record["backend_info"]

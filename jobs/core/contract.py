@@ -4,6 +4,10 @@ point sees, whichever backend runs it (SageMaker's layout, which ModelArts custo
 The local backend lays it out under a job version's folder; the docker runtime and cloud services
 lay it out under ``/opt/ml``. Entry points call :func:`from_env` and :func:`log_metrics` and never
 care where they run.
+
+Standard library only: the images carry this file next to ``faceops-cloud-bootstrap`` and
+``faceops-task``, which run before (or without) any faceops code, so the variable names and
+folder layouts are written here once for every side.
 """
 from __future__ import annotations
 
@@ -13,17 +17,47 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 CONTAINER_ROOT = Path("/opt/ml")
 # ``${env:NAME}`` in a hyperparameter: the secret stays out of the spec, the record and the
 # bundle, and is read from the job's environment only when the job starts.
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+BOOTSTRAP = "faceops-cloud-bootstrap"
+# Channel and output names faceops itself uses on cloud services (reserved for users).
+CODE_CHANNEL = "faceops-code"
+JOB_CHANNEL = "faceops-job"
+OUTPUT_CHANNEL = "faceops-output"
+# ModelArts appends the job's parameters to the command after this marker, as --name=value.
+PARAMETERS_FLAG = "--faceops-parameters"
 
 
 def env_name(name: str) -> str:
     """Channel and output names as they appear in variable names: ``train-a`` -> ``TRAIN_A``."""
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def environment(*, hyperparameters_file: Path, checkpoint_dir: Path, metrics_file: Path, failure_file: Path,
+                channels: Mapping[str, Path], outputs: Mapping[str, Path],
+                model_dir: Path | None = None) -> dict[str, str]:
+    """The variables an entry point reads (see :func:`from_env`), for folders wherever they are.
+    SageMaker's ``SM_*`` names are set too so scripts written for SageMaker run unchanged."""
+    env = {
+        "FACEOPS_HYPERPARAMETERS": str(hyperparameters_file),
+        "FACEOPS_CHECKPOINT_DIR": str(checkpoint_dir),
+        "FACEOPS_METRICS_FILE": str(metrics_file),
+        "FACEOPS_FAILURE_FILE": str(failure_file),
+        "FACEOPS_CHANNELS": ",".join(channels),
+        "FACEOPS_OUTPUTS": ",".join(outputs),
+        "SM_CHANNELS": json.dumps(list(channels)),
+    }
+    if model_dir is not None:
+        env["FACEOPS_MODEL_DIR"] = env["SM_MODEL_DIR"] = str(model_dir)
+    for name, path in channels.items():
+        env[f"FACEOPS_CHANNEL_{env_name(name)}"] = env[f"SM_CHANNEL_{env_name(name)}"] = str(path)
+    for name, path in outputs.items():
+        env[f"FACEOPS_OUTPUT_{env_name(name)}"] = str(path)
+    return env
 
 
 @dataclass
@@ -73,25 +107,51 @@ class Contract:
             path.mkdir(parents=True, exist_ok=True)
 
     def env(self) -> dict[str, str]:
-        """The variables an entry point reads. SageMaker's ``SM_*`` names are set too so scripts
-        written for SageMaker run unchanged."""
-        env = {
-            "FACEOPS_HYPERPARAMETERS": str(self.hyperparameters_file),
-            "FACEOPS_MODEL_DIR": str(self.model_dir),
-            "FACEOPS_CHECKPOINT_DIR": str(self.checkpoint_dir),
-            "FACEOPS_METRICS_FILE": str(self.metrics_file),
-            "FACEOPS_FAILURE_FILE": str(self.failure_file),
-            "FACEOPS_CHANNELS": ",".join(self.channels),
-            "FACEOPS_OUTPUTS": ",".join(self.outputs),
-            "SM_MODEL_DIR": str(self.model_dir),
-            "SM_CHANNELS": json.dumps(self.channels),
-        }
-        for name in self.channels:
-            env[f"FACEOPS_CHANNEL_{env_name(name)}"] = str(self.channel_dir(name))
-            env[f"SM_CHANNEL_{env_name(name)}"] = str(self.channel_dir(name))
-        for name in self.outputs:
-            env[f"FACEOPS_OUTPUT_{env_name(name)}"] = str(self.output_dir(name))
-        return env
+        """The variables an entry point reads, pointing into this layout."""
+        return environment(hyperparameters_file=self.hyperparameters_file, model_dir=self.model_dir,
+                           checkpoint_dir=self.checkpoint_dir, metrics_file=self.metrics_file,
+                           failure_file=self.failure_file,
+                           channels={name: self.channel_dir(name) for name in self.channels},
+                           outputs={name: self.output_dir(name) for name in self.outputs})
+
+
+@dataclass(frozen=True)
+class ServiceLayout:
+    """Where a cloud service puts a job's input channels and collects its outputs inside the
+    container: the backends name these folders in their requests, the bootstrap finds them there."""
+
+    inputs: Path
+    outputs: Path
+    metrics_file: Path
+    model_dir: Path | None = None
+
+    def channel_dir(self, name: str) -> Path:
+        return self.inputs / name
+
+    def output_dir(self, name: str) -> Path:
+        """A training layout's ``model`` has its fixed folder; faceops' own output holds the metrics."""
+        if name == "model" and self.model_dir is not None:
+            return self.model_dir
+        return self.metrics_file.parent if name == OUTPUT_CHANNEL else self.outputs / name
+
+
+SERVICE_LAYOUTS = ("sagemaker-training", "sagemaker-processing", "modelarts")
+
+
+def service_layout(kind: str, root: Path = CONTAINER_ROOT) -> ServiceLayout:
+    """The layout of ``kind`` (one of :data:`SERVICE_LAYOUTS`) under ``root``. SageMaker training
+    packs ``output/data`` (with the metrics) as output.tar.gz; processing jobs and ModelArts upload
+    faceops' own output channel."""
+    if kind == "sagemaker-training":
+        return ServiceLayout(root / "input" / "data", root / "output" / "data",
+                             root / "output" / "data" / "metrics.jsonl", root / "model")
+    if kind == "sagemaker-processing":
+        base = root / "processing"
+        return ServiceLayout(base / "input", base / "output", base / "output" / OUTPUT_CHANNEL / "metrics.jsonl")
+    if kind == "modelarts":
+        return ServiceLayout(root / "input" / "data", root / "output" / "data",
+                             root / "output" / "faceops" / "metrics.jsonl", root / "model")
+    raise ValueError(f"unknown service layout {kind!r}; known: {', '.join(SERVICE_LAYOUTS)}")
 
 
 @dataclass
@@ -109,6 +169,8 @@ class JobEnv:
     def channel(self, name: str) -> Path:
         """The local folder of input channel ``name``; a clear error when the job has none."""
         if name not in self.channels:
+            # Imported here, not at the top: only tasks ask for channels, and they run with faceops
+            # on the path, while the images' scripts use this file alone.
             from jobs.core.errors import SpecError
 
             known = ", ".join(self.channels) or "none"

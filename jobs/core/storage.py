@@ -42,6 +42,7 @@ MANIFEST = "_manifest.json"
 PART_SIZE = 64 * 1024 * 1024
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 RANGE_ATTEMPTS = 3
+RANGE_RETRY_DELAY = 0.1  # seconds before the first refetch of a broken range
 DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 MISSING = {"404", "NoSuchKey", "NotFound"}
 UNAVAILABLE = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
@@ -581,13 +582,10 @@ def read_range(uri: str | Path, start: int, length: int) -> bytes:
             return fh.read(length)
     if length == 0:
         return b""
-    problem = ""
-    for _ in range(RANGE_ATTEMPTS):
-        try:
-            return _get_range(loc, start, length)
-        except _BrokenRange as exc:
-            problem = str(exc)
-    raise StorageError(f"{uri}: ranged read of {length} bytes at {start} failed {RANGE_ATTEMPTS} times: {problem}")
+    return retrying(lambda: _get_range(loc, start, length), lambda exc: isinstance(exc, _BrokenRange),
+                    attempts=RANGE_ATTEMPTS, delay=RANGE_RETRY_DELAY,
+                    give_up=lambda exc, tries: StorageError(
+                        f"{uri}: ranged read of {length} bytes at {start} failed {tries} times: {exc}"))
 
 
 def _get_range(loc: Location, start: int, length: int) -> bytes:

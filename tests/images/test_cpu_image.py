@@ -151,6 +151,15 @@ def test_every_module_the_tasks_use_imports(cpu_image, image_engine):
     assert tuple(int(p) for p in versions["numpy"].split(".")[:2]) < (1, 24), versions
 
 
+def test_image_scripts_find_the_contract_next_to_them(cpu_image, image_engine):
+    """faceops-task and the cloud bootstrap import the contract and launcher modules the image
+    carries beside them (no faceops code mounted): faceops-task without arguments gets as far as
+    its usage (exit 2), which it prints only after importing them."""
+    check = "cd /opt/faceops/bin && python -c 'import contract, launch' && (faceops-task 2>/dev/null; echo $?)"
+    out = image_engine.client().containers.run(cpu_image, ["sh", "-c", check], remove=True, network_mode="none")
+    assert out.decode().split() == ["2"]
+
+
 def test_recognition_job_trains_in_the_image(runner, in_image, s3_bucket, s3_env, lfw10, tmp_path):
     from train.pack import pack_recognition
 

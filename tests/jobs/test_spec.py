@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.backends import entry_argv
 from jobs.core.errors import SpecError
 from jobs.spec import load_spec, parse_duration, validate
 from jobs.core.tasks import Param, Task
@@ -42,7 +43,7 @@ def test_good_spec_resolves_paths_and_keeps_types(tmp_path):
     assert spec.code == str(tmp_path.resolve())
     assert spec.hyperparameters == {"lr": 0.05, "epochs": 3, "note": "7"}
     assert spec.resources.max_runtime == 5400 and spec.resources.spot is True
-    assert spec.argv() == ["python", "fit.py"]
+    assert entry_argv(spec.to_dict()) == ["python", "fit.py"]
 
 
 def test_set_overrides_are_typed(tmp_path):

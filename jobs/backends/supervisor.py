@@ -1,0 +1,200 @@
+"""The local backend's supervisor: ``python -m jobs.backends.supervisor NAME VERSION BUNDLE`` runs
+one job version to a terminal state in a process of its own, detached from the CLI.
+
+It lays out the container contract under the version folder, stages the inputs, runs the entry
+point through a :class:`~jobs.backends.Runtime` (a subprocess, or a Docker container; several for
+``instance_count > 1``), retries it after a failure up to ``resources.retries`` times, folds the
+job's metrics into the record, uploads outputs and sets the terminal state. SIGTERM (``job stop``)
+is passed on to the job, SIGKILL follows after the grace period.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from jobs import diskspace, tracking
+from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime
+from jobs.backends.runtimes import ParameterServerRuntime
+from jobs.core.contract import Contract, final_metrics
+from jobs.store import TERMINAL, Store, workdir
+
+LOG_NAME = "job.log"
+
+
+def contract_for(record: dict[str, Any], folder: Path) -> Contract:
+    """The contract's layout for a version, rooted at its local folder."""
+    spec = record["spec"]
+    return Contract(root=folder, channels=list(spec["inputs"]), outputs=list(spec["outputs"]))
+
+
+class Supervisor:
+    """Runs one version to a terminal state. One instance per supervisor process."""
+
+    def __init__(self, name: str, version: int, bundle: Path) -> None:
+        self.store = Store()
+        self.record = self.store.get(name, version)
+        self.folder = workdir(self.record)
+        self.contract = contract_for(self.record, self.folder)
+        self.bundle = bundle
+        self.runtime: Runtime | None = None
+        self.stopping = threading.Event()
+        self.timed_out = False
+        self.log: IO[bytes] | None = None
+
+    def run(self) -> None:
+        """Stage, run, upload; every way out of here leaves the record terminal."""
+        if self.record["status"] in TERMINAL:
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        diskspace.ensure_reserve()
+        with open(self.folder / LOG_NAME, "ab", buffering=0) as self.log:
+            self.tracker = tracking.start(self.record, self._say)
+            try:
+                self._advance("staging", backend_info={**self.record["backend_info"], "supervisor_pid": os.getpid()})
+                self._stage()
+                status, reason = self._run_attempts()
+                if status == "done" and not self.stopping.is_set():
+                    self._advance("uploading")
+                    self._upload()
+                self._finish(status, reason)
+            except Exception as exc:  # noqa: BLE001 - any failure must end as a failed record, with its reason
+                self._finish("stopped" if self.stopping.is_set() else "failed", diskspace.describe(exc, self.folder))
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            try:
+                diskspace.with_reserve(lambda: self.log.write(f"[faceops] {message}\n".encode()))
+            except OSError:
+                pass  # a log that cannot be written must not keep the record from its final state
+
+    def _advance(self, status: str, **fields: Any) -> None:
+        self._say(status)
+        self.record = self.store.update(self.record["name"], self.record["version"], status=status, **fields)
+
+    def _finish(self, status: str, reason: str | None) -> None:
+        from jobs.store import RecordFrozen
+
+        metrics = final_metrics(self.contract.metrics_file)
+        reason = diskspace.note_full(reason, self.folder) if status == "failed" else reason
+        self._say(status + (f": {reason}" if reason and status != "done" else ""))
+        try:
+            diskspace.with_reserve(lambda: self.store.update(self.record["name"], self.record["version"], status=status,
+                                                             reason=reason, metrics=metrics))
+        except RecordFrozen:
+            pass  # stopped before it started: the CLI already closed the record
+        self.tracker.finish(status)
+
+    def _stage(self) -> None:
+        from jobs.core import storage
+        from jobs.core.bundle import extract_bundle
+
+        self.contract.make_dirs()
+        extract_bundle(self.bundle, self.contract.code_dir)
+        self.contract.hyperparameters_file.write_text(json.dumps(self.record["spec"]["hyperparameters"], indent=2))
+        for channel, uri in self.record["spec"]["inputs"].items():
+            if self.stopping.is_set():
+                return
+            self._say(f"staging input {channel} from {uri}")
+            storage.download(uri, self.contract.channel_dir(channel), progress=False)
+
+    def _run_attempts(self) -> tuple[str, str | None]:
+        """Run the entry point, again up to ``resources.retries`` times after a failure."""
+        retries = self.record["spec"]["resources"].get("retries") or 0
+        status, reason = "failed", None
+        for attempt in range(retries + 1):
+            if self.stopping.is_set():
+                return "stopped", "stopped by user"
+            if attempt:
+                self._say(f"retry {attempt} of {retries}")
+            status, reason = self._run_once()
+            if status != "failed":
+                break
+        return status, reason
+
+    def _run_once(self) -> tuple[str, str | None]:
+        spec = self.record["spec"]
+        if self.record["status"] != "running":
+            self._advance("running")
+        self.contract.failure_file.unlink(missing_ok=True)
+        count = spec["resources"].get("instance_count") or 1
+        if count > 1:
+            self.runtime = ParameterServerRuntime(lambda: get_runtime(spec["runtime"]), count)
+        else:
+            self.runtime = get_runtime(spec["runtime"])
+        job = ContainerJob(argv=entry_argv(spec), contract=self.contract, env={}, image=spec.get("image"))
+        self.runtime.start(job, self.log)
+        if self.stopping.is_set():
+            self._request_stop()
+        timer = None
+        if spec["resources"].get("max_runtime"):
+            timer = threading.Timer(spec["resources"]["max_runtime"], self._time_out)
+            timer.daemon = True
+            timer.start()
+        code = self.runtime.wait()
+        if timer:
+            timer.cancel()
+        if self.timed_out:
+            return "failed", f"max_runtime of {spec['resources']['max_runtime']}s exceeded"
+        if self.stopping.is_set():
+            return "stopped", "stopped by user"
+        if code == 0:
+            return "done", None
+        return "failed", self._failure_reason(code)
+
+    def _failure_reason(self, code: int) -> str:
+        """The job's own reason (``output/failure``, its staged paths named as the user gave them)
+        or the end of its log, with the exit code."""
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if self.contract.failure_file.exists():
+            from jobs.given import as_given
+
+            return f"{as_given(self.contract.failure_file.read_text().strip(), self.folder, self.record['spec']['inputs'])} ({how})"
+        tail = [line for line in (self.folder / LOG_NAME).read_text(errors="replace").splitlines()
+                if line.strip() and not line.startswith("[faceops]")][-3:]
+        return f"{how}" + (": " + " | ".join(tail) if tail else "")
+
+    def _request_stop(self) -> None:
+        """SIGTERM handler: pass SIGTERM on (the job may checkpoint), SIGKILL after the grace period."""
+        self.stopping.set()
+        if self.runtime is None:
+            return
+        grace = DEFAULT_GRACE
+        request = self.folder / "stop.json"
+        if request.exists():
+            grace = float(json.loads(request.read_text()).get("grace", grace))
+        self._say(f"stop requested: SIGTERM, SIGKILL after {grace:g}s")
+        self.runtime.terminate()
+        killer = threading.Timer(grace, self.runtime.kill)
+        killer.daemon = True
+        killer.start()
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self._say("max_runtime exceeded")
+        if self.runtime is not None:
+            self.runtime.terminate()
+            killer = threading.Timer(DEFAULT_GRACE, self.runtime.kill)
+            killer.daemon = True
+            killer.start()
+
+    def _upload(self) -> None:
+        from jobs.core import storage
+
+        for name, uri in self.record["spec"]["outputs"].items():
+            self._say(f"uploading output {name} to {uri}")
+            storage.upload(self.contract.output_dir(name), uri, progress=False)
+
+
+def main(argv: list[str]) -> None:
+    name, version, bundle = argv
+    Supervisor(name, int(version), Path(bundle)).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
