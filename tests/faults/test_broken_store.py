@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from jobs.store import Store
-from tests.faults.conftest import cli, custom_job
+from tests.faults.helpers import cli, custom_job
 
 
 def _one_done_version(tmp_path):

@@ -10,7 +10,8 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 from jobs.store import TERMINAL, Store
-from tests.faults.conftest import REPO, cli, custom_job, wait_for
+from tests.faults.helpers import REPO, cli, custom_job
+from tests.harness.process import wait_for
 
 
 def _sparse(path, size: int) -> None:

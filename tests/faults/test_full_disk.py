@@ -11,7 +11,8 @@ import time
 import pytest
 
 from jobs.store import TERMINAL, Store
-from tests.faults.conftest import cli, custom_job, wait_for
+from tests.faults.helpers import cli, custom_job
+from tests.harness.process import wait_for
 
 FILL = """\
 import os, pathlib

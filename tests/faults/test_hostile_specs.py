@@ -6,7 +6,7 @@ import json
 import time
 
 from jobs.store import Store
-from tests.faults.conftest import cli
+from tests.faults.helpers import cli
 
 BOMB = """\
 name: bomb

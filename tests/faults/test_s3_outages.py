@@ -10,7 +10,8 @@ import pytest
 from jobs.core import storage
 from jobs.core.errors import StorageError
 from jobs.store import TERMINAL, Store
-from tests.faults.conftest import cli, custom_job, wait_for
+from tests.faults.helpers import cli, custom_job
+from tests.harness.process import wait_for
 
 WRITE_MODEL = """\
 import os, pathlib

@@ -6,7 +6,8 @@ import tarfile
 
 from jobs.core.secrets import is_secret
 from jobs.store import TERMINAL, Store
-from tests.faults.conftest import cli, custom_job, wait_for
+from tests.faults.helpers import cli, custom_job
+from tests.harness.process import wait_for
 
 SECRETS = {"api_token": "tok-SEKRET-0001", "api_key": "key-SEKRET-0002", "db_password": "pw-SEKRET-0003"}
 CHECK_ENV = """\

@@ -95,3 +95,83 @@ class LoopbackProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class OutageProxy:
+    """A TCP proxy in front of the S3 server that can fail like the server does: ``down()`` stops
+    listening and cuts every open connection (as if the server was stopped), ``up()`` listens on
+    the same port again; ``budget`` takes it down on its own once that many bytes went upstream
+    (an outage in the middle of an upload); ``freeze`` accepts connections and never answers."""
+
+    def __init__(self, target: str, budget: int | None = None, freeze: bool = False) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target, self.budget, self.freeze = (host, int(port)), budget, freeze
+        self.sent = 0
+        self.lock = threading.Lock()
+        self.sockets: list = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._serve()
+
+    def _serve(self) -> None:
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.sockets.append(client)
+            if self.freeze:
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets.append(upstream)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src, dst, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if upstream and self.budget is not None:
+                    with self.lock:
+                        self.sent += len(data)
+                        over = self.sent > self.budget
+                    if over:
+                        self.down()
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def down(self) -> None:
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+            self.budget = None
+        try:  # shutdown wakes the thread blocked in accept(); close alone would not
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass
+
+    def up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self._serve()

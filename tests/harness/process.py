@@ -53,3 +53,15 @@ def running(command: list[str], log_path: Path, ready: Callable[[], object], *, 
             yield proc
         finally:
             stop(proc, grace)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition", every: float = 0.2):
+    """Poll ``predicate`` until it returns something true and return that; fail the test after
+    ``timeout`` seconds saying ``what`` was not reached."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not reached within {timeout:.0f}s")

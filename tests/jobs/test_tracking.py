@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,9 @@ from tests.jobs.test_metrics import ROWS, SPEC, TRAIN
 mlflow = pytest.importorskip("mlflow")
 
 from tests.harness.mlflow import mlflow_server  # noqa: E402
+from tests.harness.process import wait_for  # noqa: E402
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
 
 
 def alive(pid: int) -> bool:

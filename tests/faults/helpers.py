@@ -1,0 +1,32 @@
+"""What the fault cases share: the CLI run as its own process, a minimal custom job."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``faceops ARGS`` as its own process (the way a user or a script does), with the
+    current environment (``FACEOPS_HOME`` and the S3 settings the fixtures set)."""
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+               **(env or {})}
+    return subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environ, cwd=cwd)
+
+
+def custom_job(folder: Path, name: str = "fault-job", script: str = "print('ok')\n",
+               hyperparameters: dict | None = None, extra: str = "") -> Path:
+    """A minimal custom job (spec + script) in ``folder``; returns the spec path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "main.py").write_text(script)
+    spec = folder / "job.yaml"
+    hp = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in (hyperparameters or {}).items())
+    spec.write_text(f"name: {name}\ntask: custom\nentrypoint: [python, main.py]\n"
+                    + (f"hyperparameters:\n{hp}" if hp else "") + extra)
+    return spec
