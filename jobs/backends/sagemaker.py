@@ -11,9 +11,9 @@ role_arn, staging, input_mode (File or FastFile), volume_gb, endpoint_url (for a
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
-from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
+from jobs.backends import entry_argv
 from jobs.backends import cloud
 from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
@@ -173,16 +173,6 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
     }
 
 
-def _masked(request: dict[str, Any]) -> dict[str, Any]:
-    """The request as --dry-run may print it: secret hyperparameters (jobs.core.secrets' policy)
-    and any credential that appears in it replaced by ``***``."""
-    from jobs.core.secrets import mask
-
-    credentials = [setting("s3", key, env) for key, env in (("secret_key", ("AWS_SECRET_ACCESS_KEY",)),
-                                                            ("session_token", ("AWS_SESSION_TOKEN",)))]
-    return mask(request, [str(c) for c in credentials if c])
-
-
 def _throttled(exc: Exception) -> bool:
     from botocore.exceptions import ClientError
 
@@ -221,54 +211,37 @@ def _service_error(what: str, exc: Any) -> FaceopsError:
     return CloudError(f"{what}: SageMaker rejected the request ({code}): {message}")
 
 
-class SageMakerBackend(Backend):
+class SageMakerBackend(cloud.CloudBackend):
+    """SageMaker's requests and calls; the flow is :class:`cloud.CloudBackend`'s."""
+
     name = "sagemaker"
+    id_key = "remote_name"
 
-    def plan(self, launch: Launch) -> dict[str, Any]:
-        record = launch.record
-        staging = cloud.staging_uri("sagemaker", record)
+    def build(self, record: dict[str, Any], staging: str) -> cloud.Request:
         api, request = build_request(record, staging)
         region = REGION.require()
-        uploads = cloud.planned_uploads(launch, staging)
-        if api == "CreateProcessingJob":
-            uploads.append({"from": "hyperparameters (typed JSON)",
-                            "to": _job_folder(staging, request["ProcessingJobName"]) + "config/hyperparameters.json"})
-        name = request.get("TrainingJobName") or request["ProcessingJobName"]
-        return {"backend": "sagemaker", "region": region, "uploads": uploads, "api": api,
-                "request": _masked(request),
-                "console": console_link(region, name, api == "CreateTrainingJob")}
-
-    def start(self, launch: Launch) -> dict[str, Any]:
-        record = launch.record
-        try:
-            return self._start(launch)
-        except FaceopsError as exc:
-            cloud.set_status(record, "failed", reason=str(exc))
-            raise
-
-    def _start(self, launch: Launch) -> dict[str, Any]:
-        from jobs.core import storage
-
-        record = launch.record
-        staging = cloud.staging_uri("sagemaker", record)
-        api, request = build_request(record, staging)
-        region = REGION.require()
-        cloud.upload_bundle(launch.bundle, staging)
-        cloud.upload_inputs(record, staging)
         training = api == "CreateTrainingJob"
         name = request["TrainingJobName" if training else "ProcessingJobName"]
-        if not training:
-            storage.write_bytes(_job_folder(staging, name) + "config/hyperparameters.json",
-                                json.dumps(record["spec"]["hyperparameters"]).encode())
-        method = "sagemaker.create_training_job" if training else "sagemaker.create_processing_job"
-        answer = _call(f"{api} {name}", method, **request)
-        return {"remote_name": name, "arn": answer.get("TrainingJobArn") or answer.get("ProcessingJobArn"),
-                "kind": "training" if training else "processing", "region": region,
-                "console": console_link(region, name, training), "staging": staging}
+        files = {} if training else {_job_folder(staging, name) + "config/hyperparameters.json":
+                                     json.dumps(record["spec"]["hyperparameters"]).encode()}
+        return cloud.Request(api=api, name=name, body=request, files=files,
+                             about={"region": region, "console": console_link(region, name, training)})
 
-    def refresh(self, record: dict[str, Any]) -> None:
-        if record["status"] in TERMINAL or not record["backend_info"].get("remote_name") or not cloud.poll_due(record):
-            return
+    def secrets(self, record: dict[str, Any]) -> list[str]:
+        credentials = [setting("s3", key, env) for key, env in (("secret_key", ("AWS_SECRET_ACCESS_KEY",)),
+                                                                ("session_token", ("AWS_SESSION_TOKEN",)))]
+        return [str(c) for c in credentials if c]
+
+    def submit(self, request: cloud.Request) -> dict[str, Any]:
+        training = request.api == "CreateTrainingJob"
+        method = "sagemaker.create_training_job" if training else "sagemaker.create_processing_job"
+        answer = _call(f"{request.api} {request.name}", method, **request.body)
+        region = REGION.require()
+        return {"arn": answer.get("TrainingJobArn") or answer.get("ProcessingJobArn"),
+                "kind": "training" if training else "processing", "region": region,
+                "console": console_link(region, request.name, training)}
+
+    def describe(self, record: dict[str, Any]) -> cloud.Remote:
         info = record["backend_info"]
         name, training = info["remote_name"], info["kind"] == "training"
         if training:
@@ -282,31 +255,23 @@ class SageMakerBackend(Backend):
             job = _call(f"DescribeProcessingJob {name}", "sagemaker.describe_processing_job", ProcessingJobName=name)
             remote = job["ProcessingJobStatus"]
             status = PROCESSING_STATES.get(remote, "running")
-        fields: dict[str, Any] = {}
-        if remote != info.get("remote_status"):
-            fields["backend_info"] = {**info, "remote_status": remote}
-        if status in TERMINAL:
-            fields["backend_info"] = {**info, **fields.get("backend_info", {}), **_final_info(job)}
-            fields["metrics"] = _final_metrics(job, info, training)
-        cloud.set_status(record, status, reason=_reason(job, remote, status), **fields)
+        if status not in TERMINAL:
+            return cloud.Remote(status, remote)
+        return cloud.Remote(status, remote, _reason(job, remote, status), _final_info(job),
+                            _final_metrics(job, info, training))
 
-    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
-        """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL; ``grace`` cannot
-        change that."""
+    def cancel(self, record: dict[str, Any]) -> None:
+        """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL."""
         info = record["backend_info"]
-        if record["status"] in TERMINAL or not info.get("remote_name"):
-            return
         if info["kind"] == "training":
             _call(f"StopTrainingJob {info['remote_name']}", "sagemaker.stop_training_job", TrainingJobName=info["remote_name"])
         else:
             _call(f"StopProcessingJob {info['remote_name']}", "sagemaker.stop_processing_job", ProcessingJobName=info["remote_name"])
 
-    def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+    def read_logs(self, record: dict[str, Any], cursor: Any) -> tuple[list[str], Any]:
         info = record["backend_info"]
-        if not info.get("remote_name"):
-            return iter(())
         group = "/aws/sagemaker/TrainingJobs" if info["kind"] == "training" else "/aws/sagemaker/ProcessingJobs"
-        return cloud.follow(self, record, lambda cursor: _read_logs(group, info["remote_name"], cursor or {}), follow)
+        return _read_logs(group, info["remote_name"], cursor or {})
 
 
 def _final_info(job: dict[str, Any]) -> dict[str, Any]:

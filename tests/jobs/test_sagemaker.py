@@ -66,7 +66,7 @@ hyperparameters:
   epochs: 3
   network: r50
   flip: true
-  api_token: tok-{'9' * 12}
+  api_token: ${{env:API_TOKEN}}
 resources: {{instance_type: ml.p3.2xlarge, instance_count: 2, max_runtime: 2h, spot: true, retries: 1}}
 """)
 
@@ -84,8 +84,7 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
         "ContainerEntrypoint": ["faceops-cloud-bootstrap", "sagemaker-training"],
         "ContainerArguments": ["python", "train.py"]}
     assert request["HyperParameters"] == {"lr": "0.1", "epochs": "3", "network": '"r50"', "flip": "true",
-                                          "api_token": "***"}
-    assert "9" * 12 not in json.dumps(plan)  # the secret-looking value is not in the printed request
+                                          "api_token": '"${env:API_TOKEN}"'}  # a reference holds no secret
     code_hash = json.loads(result.output)["record"]["code"]["hash"]
     assert request["InputDataConfig"] == [
         {"ChannelName": "train", "InputMode": "File", "DataSource": {"S3DataSource": {
@@ -107,7 +106,15 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
     assert not [uri for uri in s3_env_keys(s3_bucket) if "/faceops/" in uri]  # no bundle uploaded either
 
     text = runner("job", "submit", train_spec, "--dry-run").output
-    assert "CreateTrainingJob" in text and "9" * 12 not in text
+    assert "CreateTrainingJob" in text
+
+
+def test_a_literal_secret_hyperparameter_is_refused_before_anything_is_sent(runner, sagemaker, train_spec):
+    """SageMaker shows every hyperparameter in DescribeTrainingJob and its console."""
+    output = refused(runner, train_spec, "--set", f"hyperparameters.api_token=tok-{'9' * 12}", "--detach")
+    assert "hyperparameters.api_token: a secret value would be visible" in output
+    assert "${env:API_TOKEN}" in output and "9" * 12 not in output
+    assert sagemaker.extras.requests == [] and Store().list() == []
 
 
 def test_fast_file_mode_and_on_demand_capacity(runner, sagemaker, train_spec, monkeypatch):
@@ -143,7 +150,7 @@ def test_training_job_lifecycle(runner, sagemaker, train_spec, s3_env, s3_bucket
     assert info["arn"].endswith(f":training-job/{name}") and info["console"].endswith(f"#/jobs/{name}")
 
     (operation, sent), = [r for r in sagemaker.extras.requests if r[0] == "CreateTrainingJob"]
-    assert sent["HyperParameters"]["api_token"] == json.dumps(f"tok-{'9' * 12}")  # the real value goes to the service
+    assert sent["HyperParameters"]["api_token"] == json.dumps("${env:API_TOKEN}")  # resolved in the container
     assert {k: v for k, v in sent.items() if k != "HyperParameters"} == {k: v for k, v in planned.items() if k != "HyperParameters"}
     bundle = s3_env.client().get_object(Bucket=s3_bucket, Key=f"faceops/bundles/{record['code']['hash']}/code.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
