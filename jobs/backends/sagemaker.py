@@ -16,6 +16,7 @@ from typing import Any
 from jobs.backends import entry_argv
 from jobs.backends import cloud
 from jobs.backends.cloud import CloudError, Setting
+from jobs.backends.service_model import limits, problems
 from jobs.core.config import setting
 from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL, Contract,
                                 service_layout)
@@ -96,10 +97,16 @@ def build_request(record: dict[str, Any], staging: str) -> tuple[str, dict[str, 
     code = cloud.bundle_folder(staging, record["code"]["hash"])
     role = ROLE.require()
     if is_training(record):
-        return "CreateTrainingJob", _training(record, name, image, role, code, staging, max_runtime, volume)
-    if res.get("spot"):
-        raise SpecError("resources.spot: SageMaker processing jobs (gallery, identify) cannot run on spot capacity")
-    return "CreateProcessingJob", _processing(record, name, image, role, code, staging, max_runtime, volume)
+        api, request = "CreateTrainingJob", _training(record, name, image, role, code, staging, max_runtime, volume)
+    else:
+        if res.get("spot"):
+            raise SpecError("resources.spot: SageMaker processing jobs (gallery, identify) cannot run on spot capacity")
+        api, request = "CreateProcessingJob", _processing(record, name, image, role, code, staging, max_runtime, volume)
+    found = problems("sagemaker", api, request)
+    if found:
+        raise SpecError(f"SageMaker would refuse this {api} request (botocore's model of the API):\n  "
+                        + "\n  ".join(found))
+    return api, request
 
 
 def _training(record: dict[str, Any], name: str, image: str, role: str, code: str, staging: str,
@@ -130,16 +137,32 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
                            "VolumeSizeInGB": volume},
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": bool(res.get("spot")),
-        "CheckpointConfig": {"S3Uri": f"{staging}/checkpoints/{record['name']}/v{record['version']}/",
+        # Under the remote job's own name: unique to this machine, state folder and version, so
+        # nobody else's submit of the same NAME:V resumes from these checkpoints.
+        "CheckpointConfig": {"S3Uri": f"{staging}/checkpoints/{name}/",
                              "LocalPath": str(Contract(root=CONTAINER_ROOT).checkpoint_dir)},
         "Tags": _tags(record),
     }
-    if res.get("retries"):
-        request["RetryStrategy"] = {"MaximumRetryAttempts": res["retries"] + 1}
+    if res.get("retries"):  # MaximumRetryAttempts counts retries, not runs (1-30)
+        request["RetryStrategy"] = {"MaximumRetryAttempts": res["retries"]}
+    definitions = metric_definitions(spec)
+    if definitions:
+        request["AlgorithmSpecification"]["MetricDefinitions"] = definitions
     if (res.get("instance_count") or 1) > 1:
         # The bootstrap then starts MXNet's dist_sync roles across the hosts SageMaker lists.
         request["Environment"] = {"FACEOPS_PARAMETER_SERVER": "1"}
     return request
+
+
+def metric_definitions(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """SageMaker's MetricDefinitions for the metrics the task's schema declares (a custom job's
+    ``metrics:``), each matching the line :func:`jobs.core.contract.log_metrics` prints, so the
+    console charts them live and DescribeTrainingJob's FinalMetricDataList holds their last values."""
+    from jobs.core.contract import metric_regex
+    from jobs.core.tasks import get_task
+
+    names = [*get_task(spec["task"]).metrics, *(spec.get("metrics") or {})]
+    return [{"Name": name, "Regex": metric_regex(name)} for name in dict.fromkeys(names)]
 
 
 def _channel(name: str, uri: str, mode: str) -> dict[str, Any]:
@@ -152,11 +175,12 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
                 max_runtime: int, volume: int) -> dict[str, Any]:
     spec, res = record["spec"], record["spec"]["resources"]
     job_folder = _job_folder(staging, name)
+    count = res.get("instance_count") or 1
     inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, JOB_CHANNEL: job_folder + "config/"}
     outputs = {**spec["outputs"], OUTPUT_CHANNEL: job_folder + "output/"}
     return {
         "ProcessingJobName": name,
-        "ProcessingResources": {"ClusterConfig": {"InstanceCount": res.get("instance_count") or 1,
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": count,
                                                   "InstanceType": res["instance_type"], "VolumeSizeInGB": volume}},
         "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime},
         "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-processing"],
@@ -171,6 +195,44 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
         "RoleArn": role,
         "Tags": _tags(record),
     }
+
+
+def check_limits(spec: dict[str, Any]) -> None:
+    """What the spec asks against SageMaker's limits, in the spec's own terms, before a version is
+    stored: retries (MaximumRetryAttempts 1-30, training jobs only), the hyperparameters' count
+    and lengths, the instance count. The numbers are botocore's model of CreateTrainingJob and
+    CreateProcessingJob (the SageMaker API Reference's constraints), read here, not copied."""
+    from jobs.core.tasks import get_task
+
+    res, training = spec["resources"], get_task(spec["task"]).kind == "training"
+    api = "CreateTrainingJob" if training else "CreateProcessingJob"
+    retries = res.get("retries") or 0
+    if retries and not training:
+        raise SpecError("resources.retries: SageMaker processing jobs (gallery, identify) have no retry strategy; "
+                        "set resources.retries=0 and submit again if one fails")
+    most = limits("sagemaker", api, "RetryStrategy", "MaximumRetryAttempts")["max"] if training else 0
+    if retries > most:
+        raise SpecError(f"resources.retries: SageMaker retries a training job at most {most} times "
+                        f"(RetryStrategy.MaximumRetryAttempts); got {retries}")
+    path = ("ResourceConfig", "InstanceCount") if training else ("ProcessingResources", "ClusterConfig", "InstanceCount")
+    count, bound = res.get("instance_count") or 1, limits("sagemaker", api, *path).get("max")
+    if bound is not None and count > bound:
+        raise SpecError(f"resources.instance_count: a SageMaker {api[6:-3].lower()} job takes at most {bound} "
+                        f"instances; got {count}")
+    if not training:
+        return  # a processing job's hyperparameters travel as a file, not in the request
+    hyperparameters = cloud.typed_strings(spec["hyperparameters"])
+    most = limits("sagemaker", api, "HyperParameters")["max"]
+    if len(hyperparameters) > most:
+        raise SpecError(f"hyperparameters: SageMaker takes at most {most}; got {len(hyperparameters)}")
+    key_max = limits("sagemaker", api, "HyperParameters", "key")["max"]
+    value_max = limits("sagemaker", api, "HyperParameters", "value")["max"]
+    for key, value in hyperparameters.items():
+        if len(key) > key_max:
+            raise SpecError(f"hyperparameters.{key[:40]}...: SageMaker takes names of at most {key_max} characters")
+        if len(value) > value_max:
+            raise SpecError(f"hyperparameters.{key}: SageMaker takes values of at most {value_max} characters "
+                            f"(JSON-encoded, this one has {len(value)}); put large values in an input channel")
 
 
 def _throttled(exc: Exception) -> bool:
@@ -216,6 +278,10 @@ class SageMakerBackend(cloud.CloudBackend):
 
     name = "sagemaker"
     id_key = "remote_name"
+
+    def check(self, spec: dict[str, Any]) -> None:
+        super().check(spec)
+        check_limits(spec)
 
     def build(self, record: dict[str, Any], staging: str) -> cloud.Request:
         api, request = build_request(record, staging)

@@ -96,9 +96,10 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
     assert request["ResourceConfig"] == {"InstanceType": "ml.p3.2xlarge", "InstanceCount": 2, "VolumeSizeInGB": 50}
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400}
     assert request["EnableManagedSpotTraining"] is True
-    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{s3_bucket}/faceops/checkpoints/recog-cloud/v1/",
+    # Checkpoints under the remote job's own (machine-, state- and content-unique) name.
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{s3_bucket}/faceops/checkpoints/{name}/",
                                            "LocalPath": "/opt/ml/checkpoints"}
-    assert request["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert request["RetryStrategy"] == {"MaximumRetryAttempts": 1}  # retries: 1 is one retry
     assert request["Environment"] == {"FACEOPS_PARAMETER_SERVER": "1"}  # two instances: dist_sync roles
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
         "faceops:job": "recog-cloud", "faceops:version": "1", "faceops:code": code_hash[:12]}
@@ -115,6 +116,66 @@ def test_a_literal_secret_hyperparameter_is_refused_before_anything_is_sent(runn
     assert "hyperparameters.api_token: a secret value would be visible" in output
     assert "${env:API_TOKEN}" in output and "9" * 12 not in output
     assert sagemaker.extras.requests == [] and Store().list() == []
+
+
+def test_requests_hold_to_the_service_model_and_limits_are_checked_before_a_version_is_stored(runner, sagemaker,
+                                                                                              train_spec):
+    """retries N is MaximumRetryAttempts N (1-30 in botocore's model); hyperparameter count and
+    lengths, instance counts and the whole request are checked here, not by a failed upload."""
+    plan = json.loads(runner("job", "submit", train_spec, "--set", "resources.retries=30", "--dry-run", "--json").output)
+    assert plan["plan"]["request"]["RetryStrategy"] == {"MaximumRetryAttempts": 30}
+    for args, expected in (
+            (("--set", "resources.retries=31"), "resources.retries: SageMaker retries a training job at most 30 times"),
+            (("--set", "hyperparameters.note=" + "x" * 2600), "hyperparameters.note: SageMaker takes values of at most 2500"),
+            (("--set", "resources.instance_type=ml.p99.huge"), "'ml.p99.huge' is not one of")):
+        output = refused(runner, train_spec, *args, "--detach")
+        assert expected in output, output
+    assert sagemaker.extras.requests == []
+    assert [r["status"] for r in Store().list()] in ([], ["failed"])  # limits: no version; the model check: failed at start
+
+
+def test_the_test_double_refuses_what_the_service_model_refuses(sagemaker):
+    """The double answers a request that breaks botocore's model the way SageMaker does."""
+    from botocore.exceptions import ClientError
+
+    import boto3
+    from botocore.config import Config
+
+    bad = {"TrainingJobName": "a--b", "RoleArn": ROLE, "RetryStrategy": {"MaximumRetryAttempts": 31},
+           "AlgorithmSpecification": {"TrainingImage": "img", "TrainingInputMode": "File"},
+           "OutputDataConfig": {"S3OutputPath": "s3://b/o"}, "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+           "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1}}
+    client = boto3.client("sagemaker", endpoint_url=sagemaker.endpoint, region_name=REGION,
+                          config=Config(parameter_validation=False))  # as a client that skips checks would send it
+    with pytest.raises(ClientError) as caught:
+        client.create_training_job(**bad)
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    (operation, found), = sagemaker.extras.invalid
+    assert operation == "CreateTrainingJob" and any("MaximumRetryAttempts: 31 is more than the 30" in f for f in found)
+
+
+def test_metric_definitions_match_what_log_metrics_prints(runner, sagemaker, train_spec, tmp_path, monkeypatch):
+    """SageMaker reads metrics from the log with the job's MetricDefinitions: the regexes declared
+    for the task's schema find the values in the line log_metrics prints in a SageMaker container."""
+    import re
+    import subprocess
+    import sys
+
+    from jobs.backends.sagemaker import metric_definitions
+    from jobs.core.tasks import get_task
+
+    train_spec.write_text(train_spec.read_text() + 'metrics: {loss: min, "val_*_acc": max}\n')
+    plan = json.loads(runner("job", "submit", train_spec, "--dry-run", "--json").output)
+    definitions = plan["plan"]["request"]["AlgorithmSpecification"]["MetricDefinitions"]
+    assert [d["Name"] for d in definitions] == ["loss", "val_*_acc"]
+    code = "from jobs.core.contract import log_metrics; log_metrics(epoch_loss=9.0, loss=1.5e-3, val_lfw_acc=0.991)"
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                             env={"FACEOPS_METRICS_FILE": str(tmp_path / "m.jsonl"), "FACEOPS_METRICS_STDOUT": "1",
+                                  "PYTHONPATH": str(REPO)}).stdout
+    values = {d["Name"]: float(re.search(d["Regex"], printed).group(1)) for d in definitions}
+    assert values == {"loss": 1.5e-3, "val_*_acc": 0.991}
+    recognition = {d["Name"] for d in metric_definitions({"task": "recognition"})}
+    assert recognition == set(get_task("recognition").metrics) and len(recognition) <= 40
 
 
 def test_fast_file_mode_and_on_demand_capacity(runner, sagemaker, train_spec, monkeypatch):
@@ -354,9 +415,10 @@ def test_local_inputs_are_uploaded_once_and_local_outputs_refused(runner, sagema
     assert "outputs.model" in output and "cannot write" in output
 
 
-def test_rejected_instance_type_passes_the_service_message_on(runner, sagemaker, train_spec):
+def test_an_instance_type_outside_the_service_model_fails_before_any_upload(runner, sagemaker, train_spec):
     output = refused(runner, train_spec, "--set", "resources.instance_type=ml.p99.huge", "--detach")
-    assert "Value 'ml.p99.huge' at 'resourceConfig.instanceType' failed to satisfy constraint" in output
+    assert "CreateTrainingJob.ResourceConfig.InstanceType: 'ml.p99.huge' is not one of" in output
+    assert "in all)" in output and sagemaker.extras.requests == []
     record = Store().get("recog-cloud", 1)
     assert record["status"] == "failed" and "ml.p99.huge" in record["failure_reason"]
 
