@@ -511,3 +511,48 @@ def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lf
     final = {k: v for line in lines for k, v in line.items()}
     assert final["people"] == 3 and final["embeddings"] == 6, final
     assert (database / "gallery.json").exists()
+
+
+def test_host_names_are_resolved_again_until_they_appear():
+    """SageMaker's algo-N names may not resolve at first: resolution is retried, then named."""
+    from jobs.core.launch import resolve
+
+    answers = iter([OSError("Name or service not known")] * 2 + ["10.0.0.2"])
+
+    def lookup(host: str) -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert resolve("algo-2", seconds=5, delay=0.01, lookup=lookup) == "10.0.0.2"
+    with pytest.raises(RuntimeError, match="host algo-9.invalid did not resolve within 0.05s"):
+        resolve("algo-9.invalid", seconds=0.05, delay=0.01)
+
+
+ROLE_SCRIPT = """\
+import os, sys, time
+role = os.environ["DMLC_ROLE"]
+if role == os.environ.get("DIE_ROLE"):
+    sys.exit(3)
+time.sleep(float(os.environ.get(role.upper() + "_SECONDS", "0.2")))
+"""
+
+
+@pytest.mark.parametrize("die, expected", [("server", 3), ("scheduler", 3), (None, 0)])
+def test_a_dead_role_fails_the_node_instead_of_hanging_the_worker(tmp_path, die, expected):
+    """The bootstrap's launcher watches the scheduler and server: one that dies ends the node with
+    its exit code while the worker would otherwise wait for it until MaxRuntime."""
+    import sys
+
+    from jobs.core.launch import Cluster, run_roles
+
+    script = tmp_path / "role.py"
+    script.write_text(ROLE_SCRIPT)
+    cluster = Cluster("127.0.0.1", 9, 2, 2, "127.0.0.1", ("scheduler", "server", "worker"))
+    # Healthy roles outlive the worker (ps-lite ends them once the workers finalize).
+    env = {"PATH": "/usr/bin:/bin", "WORKER_SECONDS": "60" if die else "0.2", "SERVER_SECONDS": "1",
+           "SCHEDULER_SECONDS": "1", **({"DIE_ROLE": die} if die else {})}
+    started = time.monotonic()
+    assert run_roles([sys.executable, str(script)], env, cluster, poll=0.05) == expected
+    assert time.monotonic() - started < 20
