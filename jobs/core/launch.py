@@ -77,19 +77,21 @@ def resolve(host: str, seconds: float = RESOLVE_SECONDS, delay: float = 1.0,
 
 def run_roles(argv: list[str], env: dict[str, str], cluster: Cluster, poll: float = 0.2) -> int:
     """Run this node's roles of ``cluster`` (each ``argv`` with its role's variables) and watch
-    them all: the node's exit code is the worker's, unless a scheduler or server dies before the
-    worker has finished, which would leave the worker waiting on it forever; then the worker is
-    stopped and the node fails with the dead role's code (1 when it ended with 0)."""
+    them all: the node's exit code is the worker's, unless a scheduler or server fails (a non-zero
+    exit or a signal) before the worker has finished, which would leave the worker waiting on it
+    forever; then the worker is stopped and the node fails with the dead role's code. A role that
+    ends with 0 has done its part (ps-lite ends them once the workers finalize the kvstore, while
+    a worker may still be saving its model)."""
     running = [(role, subprocess.Popen(argv, env={**env, **cluster.env(role)})) for role in cluster.roles]
     worker = running[-1][1]
     try:
         while worker.poll() is None:
             for role, proc in running[:-1]:
                 code = proc.poll()
-                if code is not None:
-                    print(f"faceops: the {role} process ended (exit code {code}) while the worker was running; "
+                if code:
+                    print(f"faceops: the {role} process failed (exit code {code}) while the worker was running; "
                           "stopping the job", file=sys.stderr, flush=True)
-                    return code or 1
+                    return code if code > 0 else 128 - code
             time.sleep(poll)
         if worker.returncode == 0:
             deadline = time.monotonic() + ROLE_EXIT_SECONDS
