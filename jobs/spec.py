@@ -24,7 +24,8 @@ RESOURCES = {
     "instance_count": Param("int", 1, "number of machines (distributed training)", min=1),
     "max_runtime": Param("str", help="stop the job after this long: seconds or 30m, 2h, 1h30m"),
     "spot": Param("bool", False, "use spot/preemptible capacity (checkpoints make it resumable)"),
-    "retries": Param("int", 0, "times a failed run is started again (it resumes from checkpoints)", min=0),
+    "retries": Param("int", 0, "times a failed run is started again, resuming from checkpoints (local: after any failure; "
+                     "SageMaker training: after an internal service error only, at most 30; SageMaker processing: none)", min=0),
 }
 # Keys that ``--set key=value`` addresses at the top level; any other bare key is a hyperparameter.
 SET_TOP_LEVEL = ("name", "backend", "runtime", "image", "code", "description")

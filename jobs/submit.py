@@ -64,6 +64,7 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
     be created, with secrets masked. ``checkpoints`` (a folder) seeds the new version's checkpoint
     folder before it starts."""
     backend = get_backend(spec.backend)
+    backend.check(spec.to_dict())
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
     preflight.check_outputs(spec.outputs)
     bundle, code = _code(spec, code_hash, store=not dry_run)

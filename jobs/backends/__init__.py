@@ -41,6 +41,10 @@ class Backend(ABC):
 
     name: str = ""
 
+    def check(self, spec: dict[str, Any]) -> None:
+        """Refuse (SpecError) a resolved spec this backend cannot run, before any version is
+        stored or anything uploaded: the service's limits, secrets it would show. Default: none."""
+
     @abstractmethod
     def plan(self, launch: Launch) -> dict[str, Any]:
         """What ``start`` would do, as data for ``--dry-run`` (secrets masked). Touches nothing."""

@@ -1,5 +1,7 @@
 """What the cloud backends (SageMaker, ModelArts) share: unique remote names, the code bundle on
-object storage, required settings, retries on throttling, status bookkeeping and log following.
+object storage, required settings, retries on throttling, status bookkeeping and log following,
+and :class:`CloudBackend`, the one backend flow (plan -> start -> refresh -> stop -> logs) each
+service fills in with its requests and calls.
 
 A cloud job runs the same entry point as a local one. The service downloads the job's inputs and
 the code bundle (an extra input channel, ``faceops-code``) into the container, whose command is
@@ -13,10 +15,12 @@ import hashlib
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from abc import abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from jobs.backends import DEFAULT_GRACE, Backend, Launch
 from jobs.core import retry
 from jobs.core.config import setting
 from jobs.core.contract import CODE_CHANNEL
@@ -223,8 +227,8 @@ def poll_intervals() -> Iterator[float]:
         wait = min(wait * 1.5, max(wait, 60.0))
 
 
-def follow(backend: Any, record: dict[str, Any], read: Callable[[Any], tuple[list[str], Any]],
-           follow_on: bool) -> Iterator[str]:
+def follow_lines(backend: Any, record: dict[str, Any], read: Callable[[Any], tuple[list[str], Any]],
+                 follow_on: bool) -> Iterator[str]:
     """The log loop both services share: ``read(cursor)`` returns new lines and the next cursor;
     with ``follow_on`` it polls (and refreshes the status) until the record is terminal, then
     reads once more so the last lines are not lost."""
@@ -280,3 +284,145 @@ def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
         path = Path(tmp) / "metrics.jsonl"
         path.write_bytes(data)
         return final_metrics(path)
+
+
+@dataclass
+class Request:
+    """One job as a service's create call takes it, made by :meth:`CloudBackend.build`.
+
+    ``api`` names the call (for messages and --dry-run), ``name`` is the remote job name,
+    ``body`` the request as the backend's ``submit`` sends it (a dict, or an SDK model),
+    ``shown`` the same as plain data for --dry-run (``body`` when it is already plain),
+    ``files`` extra objects to put on object storage before the call (URI -> bytes), and
+    ``about`` more fields for the plan (a region, an endpoint, a console link)."""
+
+    api: str
+    name: str
+    body: Any
+    shown: dict[str, Any] | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    about: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Remote:
+    """What the service says about a job, as :meth:`CloudBackend.describe` reports it: our
+    ``status`` (a store state), the service's own ``remote`` status, a ``reason`` for a failed
+    or stopped job, ``info`` to merge into the record's backend_info, and ``metrics`` (read only
+    once the job is terminal)."""
+
+    status: str
+    remote: str
+    reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+
+
+class CloudBackend(Backend):
+    """plan -> start -> refresh -> stop -> logs, written once for every cloud service.
+
+    A service supplies only its requests and calls:
+
+    - ``name``: the backend's name, also its config.yaml section and staging setting;
+    - ``id_key``: the backend_info key that says the job reached the service (``arn``, ``job_id``);
+    - :meth:`check` (spec): the service's limits on what a spec says (the base refuses literal
+      secret hyperparameters first; override and call ``super().check(spec)``);
+    - :meth:`build` (record, staging) -> :class:`Request`, pure: checks limits, touches nothing;
+    - :meth:`ready`: fail early (credentials, region) before anything is uploaded;
+    - :meth:`submit` (request) -> backend_info fields (the id, a console link);
+    - :meth:`describe` (record) -> :class:`Remote`;
+    - :meth:`cancel` (record): the service's stop call;
+    - :meth:`read_logs` (record, cursor) -> (new lines, next cursor), for :func:`follow_lines`;
+    - :meth:`secrets` (record): credentials to hide in a plan beside the spec's own secrets.
+
+    The base refuses literal secret hyperparameters (they would show in the service's console),
+    uploads the bundle, the local inputs and ``Request.files``, stores ``remote_name`` and
+    ``staging``, marks a job whose start failed as failed, and polls no more often than
+    :func:`poll_due` allows."""
+
+    id_key = "remote_name"
+
+    @abstractmethod
+    def build(self, record: dict[str, Any], staging: str) -> Request:
+        """The create request for ``record`` with its files under ``staging``."""
+
+    def ready(self) -> None:
+        """Raise a SpecError naming what is missing to reach the service (default: nothing)."""
+
+    @abstractmethod
+    def submit(self, request: Request) -> dict[str, Any]:
+        """Send ``request``; return what to keep in backend_info (the service's id for the job)."""
+
+    @abstractmethod
+    def describe(self, record: dict[str, Any]) -> Remote:
+        """Ask the service about the job of ``record``."""
+
+    @abstractmethod
+    def cancel(self, record: dict[str, Any]) -> None:
+        """Ask the service to stop the job of ``record``."""
+
+    @abstractmethod
+    def read_logs(self, record: dict[str, Any], cursor: Any) -> tuple[list[str], Any]:
+        """New log lines since ``cursor`` (None at first) and the cursor to continue from."""
+
+    def secrets(self, record: dict[str, Any]) -> list[str]:
+        """Credentials a plan must not show (the spec's own secret values are always hidden)."""
+        return []
+
+    def check(self, spec: dict[str, Any]) -> None:
+        from jobs.core.secrets import refuse_literal_secrets
+
+        refuse_literal_secrets(spec, self.name)
+
+    def _request(self, launch: Launch) -> tuple[str, Request]:
+        self.check(launch.spec)
+        staging = staging_uri(self.name, launch.record)
+        return staging, self.build(launch.record, staging)
+
+    def plan(self, launch: Launch) -> dict[str, Any]:
+        from jobs.core.secrets import mask
+
+        staging, request = self._request(launch)
+        uploads = planned_uploads(launch, staging) + [{"from": "job file", "to": uri} for uri in request.files]
+        shown = request.shown if request.shown is not None else request.body
+        return {"backend": self.name, **request.about, "uploads": uploads, "api": request.api,
+                "request": mask(shown, self.secrets(launch.record))}
+
+    def start(self, launch: Launch) -> dict[str, Any]:
+        from jobs.core import storage
+
+        try:
+            staging, request = self._request(launch)
+            self.ready()
+            upload_bundle(launch.bundle, staging)
+            upload_inputs(launch.record, staging)
+            for uri, data in request.files.items():
+                storage.write_bytes(uri, data)
+            return {"remote_name": request.name, "staging": staging, **self.submit(request)}
+        except FaceopsError as exc:
+            set_status(launch.record, "failed", reason=str(exc))
+            raise
+
+    def refresh(self, record: dict[str, Any]) -> None:
+        info = record["backend_info"]
+        if record["status"] in TERMINAL or not info.get(self.id_key) or not poll_due(record):
+            return
+        remote = self.describe(record)
+        fields: dict[str, Any] = {}
+        merged = {**info, "remote_status": remote.remote, **remote.info}
+        if merged != info:
+            fields["backend_info"] = merged
+        if remote.status in TERMINAL and remote.metrics is not None:
+            fields["metrics"] = remote.metrics
+        set_status(record, remote.status, reason=remote.reason, **fields)
+
+    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
+        """The service stops the job with its own grace period; ``grace`` cannot change it."""
+        if record["status"] in TERMINAL or not record["backend_info"].get(self.id_key):
+            return
+        self.cancel(record)
+
+    def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+        if not record["backend_info"].get(self.id_key):
+            return iter(())
+        return follow_lines(self, record, lambda cursor: self.read_logs(record, cursor), follow)

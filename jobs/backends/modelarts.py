@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import shlex
-from typing import Any, Iterator
+from typing import Any
 
-from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
+from jobs.backends import entry_argv
 from jobs.backends import cloud
 from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
@@ -150,84 +150,59 @@ def console_link(region: str, job_id: str) -> str:
     return f"https://console.huaweicloud.com/modelarts/?region={region}#/trainingJobs/{job_id}"
 
 
-class ModelArtsBackend(Backend):
-    name = "modelarts"
+class ModelArtsBackend(cloud.CloudBackend):
+    """ModelArts' requests and calls; the flow is :class:`cloud.CloudBackend`'s."""
 
-    def plan(self, launch: Launch) -> dict[str, Any]:
+    name = "modelarts"
+    id_key = "job_id"
+
+    def build(self, record: dict[str, Any], staging: str) -> cloud.Request:
         from huaweicloudsdkcore.utils.http_utils import sanitize_for_serialization
 
-        from jobs.core.secrets import mask, secret_values
+        job = build_job(record, staging)
+        return cloud.Request(api=f"POST /v2/{PROJECT.require()}/training-jobs", name=job.metadata.name, body=job,
+                             shown=sanitize_for_serialization(job), about={"endpoint": endpoint()})
 
-        record = launch.record
-        staging = cloud.staging_uri("modelarts", record)
-        body = sanitize_for_serialization(build_job(record, staging))
-        project = PROJECT.require()
-        return {"backend": "modelarts", "endpoint": endpoint(),
-                "uploads": cloud.planned_uploads(launch, staging),
-                "api": f"POST /v2/{project}/training-jobs",
-                "request": mask(body, [AK.require(), SK.require(), *secret_values(record["spec"])])}
+    def ready(self) -> None:
+        client()  # fail on missing credentials before uploading anything
 
-    def start(self, launch: Launch) -> dict[str, Any]:
-        try:
-            return self._start(launch)
-        except FaceopsError as exc:
-            cloud.set_status(launch.record, "failed", reason=str(exc))
-            raise
+    def secrets(self, record: dict[str, Any]) -> list[str]:
+        return [AK.require(), SK.require()]
 
-    def _start(self, launch: Launch) -> dict[str, Any]:
+    def submit(self, request: cloud.Request) -> dict[str, Any]:
         from huaweicloudsdkmodelarts.v1 import model as m
 
-        record = launch.record
-        staging = cloud.staging_uri("modelarts", record)
-        job = build_job(record, staging)
-        client()  # fail on missing credentials before uploading anything
-        cloud.upload_bundle(launch.bundle, staging)
-        cloud.upload_inputs(record, staging)
-        name = job.metadata.name
+        name = request.name
         try:
-            answer = _call(f"create training job {name}", "create_training_job", m.CreateTrainingJobRequest(body=job))
+            answer = _call(f"create training job {name}", "create_training_job", m.CreateTrainingJobRequest(body=request.body))
         except CloudError as exc:
             existing = _find(name) if "already exists" in str(exc) else None
             if existing:
                 raise CloudError(f"{exc} (job id {existing.metadata.id}, {existing.status.phase})") from None
             raise
         job_id = answer.metadata.id
-        return {"remote_name": name, "job_id": job_id, "region": REGION.get(), "staging": staging,
-                "console": console_link(str(REGION.get() or ""), job_id)}
+        return {"job_id": job_id, "region": REGION.get(), "console": console_link(str(REGION.get() or ""), job_id)}
 
-    def refresh(self, record: dict[str, Any]) -> None:
+    def describe(self, record: dict[str, Any]) -> cloud.Remote:
         from huaweicloudsdkmodelarts.v1 import model as m
 
         info = record["backend_info"]
-        if record["status"] in TERMINAL or not info.get("job_id") or not cloud.poll_due(record):
-            return
         job = _call(f"show training job {info['remote_name']}", "show_training_job_details",
                     m.ShowTrainingJobDetailsRequest(training_job_id=info["job_id"]))
         phase = job.status.phase
         status = PHASES.get(phase, "running")
-        fields: dict[str, Any] = {}
-        tasks = list(job.status.tasks or [])
-        if phase != info.get("remote_status") or tasks != info.get("tasks", []):
-            fields["backend_info"] = {**info, "remote_status": phase, "tasks": tasks}
-        if status in TERMINAL:
-            fields["metrics"] = cloud.metrics_from(*metrics_source(record))
-        cloud.set_status(record, status, reason=_reason(job, phase, status), **fields)
+        metrics = cloud.metrics_from(*metrics_source(record)) if status in TERMINAL else None
+        return cloud.Remote(status, phase, _reason(job, phase, status), {"tasks": list(job.status.tasks or [])}, metrics)
 
-    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
-        """ModelArts terminates the job with its own grace period; ``grace`` cannot change it."""
+    def cancel(self, record: dict[str, Any]) -> None:
         from huaweicloudsdkmodelarts.v1 import model as m
 
         info = record["backend_info"]
-        if record["status"] in TERMINAL or not info.get("job_id"):
-            return
         _call(f"stop training job {info['remote_name']}", "stop_training_job",
               m.StopTrainingJobRequest(training_job_id=info["job_id"], body=m.JobActionType(action_type="terminate")))
 
-    def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
-        info = record["backend_info"]
-        if not info.get("job_id"):
-            return iter(())
-        return cloud.follow(self, record, lambda seen: _read_logs(record, seen or {}), follow)
+    def read_logs(self, record: dict[str, Any], cursor: Any) -> tuple[list[str], Any]:
+        return _read_logs(record, cursor or {})
 
 
 def metrics_source(record: dict[str, Any]) -> tuple[str, None]:

@@ -11,11 +11,12 @@ role_arn, staging, input_mode (File or FastFile), volume_gb, endpoint_url (for a
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
-from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
+from jobs.backends import entry_argv
 from jobs.backends import cloud
 from jobs.backends.cloud import CloudError, Setting
+from jobs.backends.service_model import limits, problems
 from jobs.core.config import setting
 from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL, Contract,
                                 service_layout)
@@ -96,10 +97,16 @@ def build_request(record: dict[str, Any], staging: str) -> tuple[str, dict[str, 
     code = cloud.bundle_folder(staging, record["code"]["hash"])
     role = ROLE.require()
     if is_training(record):
-        return "CreateTrainingJob", _training(record, name, image, role, code, staging, max_runtime, volume)
-    if res.get("spot"):
-        raise SpecError("resources.spot: SageMaker processing jobs (gallery, identify) cannot run on spot capacity")
-    return "CreateProcessingJob", _processing(record, name, image, role, code, staging, max_runtime, volume)
+        api, request = "CreateTrainingJob", _training(record, name, image, role, code, staging, max_runtime, volume)
+    else:
+        if res.get("spot"):
+            raise SpecError("resources.spot: SageMaker processing jobs (gallery, identify) cannot run on spot capacity")
+        api, request = "CreateProcessingJob", _processing(record, name, image, role, code, staging, max_runtime, volume)
+    found = problems("sagemaker", api, request)
+    if found:
+        raise SpecError(f"SageMaker would refuse this {api} request (botocore's model of the API):\n  "
+                        + "\n  ".join(found))
+    return api, request
 
 
 def _training(record: dict[str, Any], name: str, image: str, role: str, code: str, staging: str,
@@ -130,16 +137,32 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
                            "VolumeSizeInGB": volume},
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": bool(res.get("spot")),
-        "CheckpointConfig": {"S3Uri": f"{staging}/checkpoints/{record['name']}/v{record['version']}/",
+        # Under the remote job's own name: unique to this machine, state folder and version, so
+        # nobody else's submit of the same NAME:V resumes from these checkpoints.
+        "CheckpointConfig": {"S3Uri": f"{staging}/checkpoints/{name}/",
                              "LocalPath": str(Contract(root=CONTAINER_ROOT).checkpoint_dir)},
         "Tags": _tags(record),
     }
-    if res.get("retries"):
-        request["RetryStrategy"] = {"MaximumRetryAttempts": res["retries"] + 1}
+    if res.get("retries"):  # MaximumRetryAttempts counts retries, not runs (1-30)
+        request["RetryStrategy"] = {"MaximumRetryAttempts": res["retries"]}
+    definitions = metric_definitions(spec)
+    if definitions:
+        request["AlgorithmSpecification"]["MetricDefinitions"] = definitions
     if (res.get("instance_count") or 1) > 1:
         # The bootstrap then starts MXNet's dist_sync roles across the hosts SageMaker lists.
         request["Environment"] = {"FACEOPS_PARAMETER_SERVER": "1"}
     return request
+
+
+def metric_definitions(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """SageMaker's MetricDefinitions for the metrics the task's schema declares (a custom job's
+    ``metrics:``), each matching the line :func:`jobs.core.contract.log_metrics` prints, so the
+    console charts them live and DescribeTrainingJob's FinalMetricDataList holds their last values."""
+    from jobs.core.contract import metric_regex
+    from jobs.core.tasks import get_task
+
+    names = [*get_task(spec["task"]).metrics, *(spec.get("metrics") or {})]
+    return [{"Name": name, "Regex": metric_regex(name)} for name in dict.fromkeys(names)]
 
 
 def _channel(name: str, uri: str, mode: str) -> dict[str, Any]:
@@ -152,11 +175,12 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
                 max_runtime: int, volume: int) -> dict[str, Any]:
     spec, res = record["spec"], record["spec"]["resources"]
     job_folder = _job_folder(staging, name)
+    count = res.get("instance_count") or 1
     inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, JOB_CHANNEL: job_folder + "config/"}
     outputs = {**spec["outputs"], OUTPUT_CHANNEL: job_folder + "output/"}
     return {
         "ProcessingJobName": name,
-        "ProcessingResources": {"ClusterConfig": {"InstanceCount": res.get("instance_count") or 1,
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": count,
                                                   "InstanceType": res["instance_type"], "VolumeSizeInGB": volume}},
         "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime},
         "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-processing"],
@@ -173,14 +197,42 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
     }
 
 
-def _masked(request: dict[str, Any]) -> dict[str, Any]:
-    """The request as --dry-run may print it: secret hyperparameters (jobs.core.secrets' policy)
-    and any credential that appears in it replaced by ``***``."""
-    from jobs.core.secrets import mask
+def check_limits(spec: dict[str, Any]) -> None:
+    """What the spec asks against SageMaker's limits, in the spec's own terms, before a version is
+    stored: retries (MaximumRetryAttempts 1-30, training jobs only), the hyperparameters' count
+    and lengths, the instance count. The numbers are botocore's model of CreateTrainingJob and
+    CreateProcessingJob (the SageMaker API Reference's constraints), read here, not copied."""
+    from jobs.core.tasks import get_task
 
-    credentials = [setting("s3", key, env) for key, env in (("secret_key", ("AWS_SECRET_ACCESS_KEY",)),
-                                                            ("session_token", ("AWS_SESSION_TOKEN",)))]
-    return mask(request, [str(c) for c in credentials if c])
+    res, training = spec["resources"], get_task(spec["task"]).kind == "training"
+    api = "CreateTrainingJob" if training else "CreateProcessingJob"
+    retries = res.get("retries") or 0
+    if retries and not training:
+        raise SpecError("resources.retries: SageMaker processing jobs (gallery, identify) have no retry strategy; "
+                        "set resources.retries=0 and submit again if one fails")
+    most = limits("sagemaker", api, "RetryStrategy", "MaximumRetryAttempts")["max"] if training else 0
+    if retries > most:
+        raise SpecError(f"resources.retries: SageMaker retries a training job at most {most} times "
+                        f"(RetryStrategy.MaximumRetryAttempts); got {retries}")
+    path = ("ResourceConfig", "InstanceCount") if training else ("ProcessingResources", "ClusterConfig", "InstanceCount")
+    count, bound = res.get("instance_count") or 1, limits("sagemaker", api, *path).get("max")
+    if bound is not None and count > bound:
+        raise SpecError(f"resources.instance_count: a SageMaker {api[6:-3].lower()} job takes at most {bound} "
+                        f"instances; got {count}")
+    if not training:
+        return  # a processing job's hyperparameters travel as a file, not in the request
+    hyperparameters = cloud.typed_strings(spec["hyperparameters"])
+    most = limits("sagemaker", api, "HyperParameters")["max"]
+    if len(hyperparameters) > most:
+        raise SpecError(f"hyperparameters: SageMaker takes at most {most}; got {len(hyperparameters)}")
+    key_max = limits("sagemaker", api, "HyperParameters", "key")["max"]
+    value_max = limits("sagemaker", api, "HyperParameters", "value")["max"]
+    for key, value in hyperparameters.items():
+        if len(key) > key_max:
+            raise SpecError(f"hyperparameters.{key[:40]}...: SageMaker takes names of at most {key_max} characters")
+        if len(value) > value_max:
+            raise SpecError(f"hyperparameters.{key}: SageMaker takes values of at most {value_max} characters "
+                            f"(JSON-encoded, this one has {len(value)}); put large values in an input channel")
 
 
 def _throttled(exc: Exception) -> bool:
@@ -221,54 +273,41 @@ def _service_error(what: str, exc: Any) -> FaceopsError:
     return CloudError(f"{what}: SageMaker rejected the request ({code}): {message}")
 
 
-class SageMakerBackend(Backend):
+class SageMakerBackend(cloud.CloudBackend):
+    """SageMaker's requests and calls; the flow is :class:`cloud.CloudBackend`'s."""
+
     name = "sagemaker"
+    id_key = "remote_name"
 
-    def plan(self, launch: Launch) -> dict[str, Any]:
-        record = launch.record
-        staging = cloud.staging_uri("sagemaker", record)
+    def check(self, spec: dict[str, Any]) -> None:
+        super().check(spec)
+        check_limits(spec)
+
+    def build(self, record: dict[str, Any], staging: str) -> cloud.Request:
         api, request = build_request(record, staging)
         region = REGION.require()
-        uploads = cloud.planned_uploads(launch, staging)
-        if api == "CreateProcessingJob":
-            uploads.append({"from": "hyperparameters (typed JSON)",
-                            "to": _job_folder(staging, request["ProcessingJobName"]) + "config/hyperparameters.json"})
-        name = request.get("TrainingJobName") or request["ProcessingJobName"]
-        return {"backend": "sagemaker", "region": region, "uploads": uploads, "api": api,
-                "request": _masked(request),
-                "console": console_link(region, name, api == "CreateTrainingJob")}
-
-    def start(self, launch: Launch) -> dict[str, Any]:
-        record = launch.record
-        try:
-            return self._start(launch)
-        except FaceopsError as exc:
-            cloud.set_status(record, "failed", reason=str(exc))
-            raise
-
-    def _start(self, launch: Launch) -> dict[str, Any]:
-        from jobs.core import storage
-
-        record = launch.record
-        staging = cloud.staging_uri("sagemaker", record)
-        api, request = build_request(record, staging)
-        region = REGION.require()
-        cloud.upload_bundle(launch.bundle, staging)
-        cloud.upload_inputs(record, staging)
         training = api == "CreateTrainingJob"
         name = request["TrainingJobName" if training else "ProcessingJobName"]
-        if not training:
-            storage.write_bytes(_job_folder(staging, name) + "config/hyperparameters.json",
-                                json.dumps(record["spec"]["hyperparameters"]).encode())
-        method = "sagemaker.create_training_job" if training else "sagemaker.create_processing_job"
-        answer = _call(f"{api} {name}", method, **request)
-        return {"remote_name": name, "arn": answer.get("TrainingJobArn") or answer.get("ProcessingJobArn"),
-                "kind": "training" if training else "processing", "region": region,
-                "console": console_link(region, name, training), "staging": staging}
+        files = {} if training else {_job_folder(staging, name) + "config/hyperparameters.json":
+                                     json.dumps(record["spec"]["hyperparameters"]).encode()}
+        return cloud.Request(api=api, name=name, body=request, files=files,
+                             about={"region": region, "console": console_link(region, name, training)})
 
-    def refresh(self, record: dict[str, Any]) -> None:
-        if record["status"] in TERMINAL or not record["backend_info"].get("remote_name") or not cloud.poll_due(record):
-            return
+    def secrets(self, record: dict[str, Any]) -> list[str]:
+        credentials = [setting("s3", key, env) for key, env in (("secret_key", ("AWS_SECRET_ACCESS_KEY",)),
+                                                                ("session_token", ("AWS_SESSION_TOKEN",)))]
+        return [str(c) for c in credentials if c]
+
+    def submit(self, request: cloud.Request) -> dict[str, Any]:
+        training = request.api == "CreateTrainingJob"
+        method = "sagemaker.create_training_job" if training else "sagemaker.create_processing_job"
+        answer = _call(f"{request.api} {request.name}", method, **request.body)
+        region = REGION.require()
+        return {"arn": answer.get("TrainingJobArn") or answer.get("ProcessingJobArn"),
+                "kind": "training" if training else "processing", "region": region,
+                "console": console_link(region, request.name, training)}
+
+    def describe(self, record: dict[str, Any]) -> cloud.Remote:
         info = record["backend_info"]
         name, training = info["remote_name"], info["kind"] == "training"
         if training:
@@ -282,31 +321,23 @@ class SageMakerBackend(Backend):
             job = _call(f"DescribeProcessingJob {name}", "sagemaker.describe_processing_job", ProcessingJobName=name)
             remote = job["ProcessingJobStatus"]
             status = PROCESSING_STATES.get(remote, "running")
-        fields: dict[str, Any] = {}
-        if remote != info.get("remote_status"):
-            fields["backend_info"] = {**info, "remote_status": remote}
-        if status in TERMINAL:
-            fields["backend_info"] = {**info, **fields.get("backend_info", {}), **_final_info(job)}
-            fields["metrics"] = _final_metrics(job, info, training)
-        cloud.set_status(record, status, reason=_reason(job, remote, status), **fields)
+        if status not in TERMINAL:
+            return cloud.Remote(status, remote)
+        return cloud.Remote(status, remote, _reason(job, remote, status), _final_info(job),
+                            _final_metrics(job, info, training))
 
-    def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
-        """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL; ``grace`` cannot
-        change that."""
+    def cancel(self, record: dict[str, Any]) -> None:
+        """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL."""
         info = record["backend_info"]
-        if record["status"] in TERMINAL or not info.get("remote_name"):
-            return
         if info["kind"] == "training":
             _call(f"StopTrainingJob {info['remote_name']}", "sagemaker.stop_training_job", TrainingJobName=info["remote_name"])
         else:
             _call(f"StopProcessingJob {info['remote_name']}", "sagemaker.stop_processing_job", ProcessingJobName=info["remote_name"])
 
-    def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+    def read_logs(self, record: dict[str, Any], cursor: Any) -> tuple[list[str], Any]:
         info = record["backend_info"]
-        if not info.get("remote_name"):
-            return iter(())
         group = "/aws/sagemaker/TrainingJobs" if info["kind"] == "training" else "/aws/sagemaker/ProcessingJobs"
-        return cloud.follow(self, record, lambda cursor: _read_logs(group, info["remote_name"], cursor or {}), follow)
+        return _read_logs(group, info["remote_name"], cursor or {})
 
 
 def _final_info(job: dict[str, Any]) -> dict[str, Any]:

@@ -231,13 +231,31 @@ def log_metrics(metrics_file: Path | None = None, **values: Any) -> None:
 
     The backend folds the lines into the version record: the last value of each key becomes a
     final metric. Outside a job (no metrics file) this is a no-op, so library code can always call it.
+    Where the service reads metrics from the log (SageMaker's MetricDefinitions; the bootstrap sets
+    ``FACEOPS_METRICS_STDOUT=1``) the same line is also printed as ``faceops-metrics {...}``, which
+    :func:`metric_regex` matches.
     """
     path = metrics_file or (Path(os.environ["FACEOPS_METRICS_FILE"]) if os.environ.get("FACEOPS_METRICS_FILE") else None)
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": round(time.time(), 3), **values})
     with open(path, "a") as fh:
-        fh.write(json.dumps({"time": round(time.time(), 3), **values}) + "\n")
+        fh.write(line + "\n")
+    if os.environ.get("FACEOPS_METRICS_STDOUT") == "1":
+        print(METRICS_PREFIX + line, flush=True)
+
+
+METRICS_PREFIX = "faceops-metrics "
+_NUMBER = r"(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
+
+
+def metric_regex(name: str) -> str:
+    """The regular expression that finds metric ``name`` (or a glob like ``val_*_acc``) in a
+    line :func:`log_metrics` prints, its value as the first group, as SageMaker's
+    MetricDefinitions take it."""
+    key = '[^"]*'.join(re.escape(part) for part in name.split("*"))
+    return f'{METRICS_PREFIX}.*"{key}": {_NUMBER}'
 
 
 def write_failure(reason: str, failure_file: Path | None = None) -> None:

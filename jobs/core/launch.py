@@ -8,10 +8,22 @@ Standard library only: the images carry this file next to ``faceops-cloud-bootst
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 DEFAULT_PORT = 9091
 LOOPBACK = "127.0.0.1"
+# SageMaker documents that a cluster's host names (algo-1, algo-2, ...) may not resolve at once:
+# "Hostname information might not be immediately available ... We recommend adding a retry policy
+# on hostname resolution operations as nodes become available in the cluster"
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/build-your-own-processing-container.html).
+# Wait up to this long for them.
+RESOLVE_SECONDS = 300.0
+# After the worker ends well, the scheduler and servers end by themselves; this long at most.
+ROLE_EXIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,58 @@ def across_hosts(hosts: list[str], me: str, port: int = DEFAULT_PORT) -> Cluster
     host a server and a worker. ps-lite advertises and dials addresses verbatim, so host names
     are resolved to IP addresses here."""
     roles = (("scheduler",) if me == hosts[0] else ()) + ("server", "worker")
-    return Cluster(socket.gethostbyname(hosts[0]), port, len(hosts), len(hosts), socket.gethostbyname(me), roles)
+    return Cluster(resolve(hosts[0]), port, len(hosts), len(hosts), resolve(me), roles)
+
+
+def resolve(host: str, seconds: float = RESOLVE_SECONDS, delay: float = 1.0,
+            lookup: Callable[[str], str] = socket.gethostbyname) -> str:
+    """``host``'s IP address, asking again (every ``delay`` seconds, doubling up to 10 s) while it
+    does not resolve yet, for at most ``seconds``; then an error that names the host."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return lookup(host)
+        except OSError as exc:
+            if time.monotonic() + delay > deadline:
+                raise RuntimeError(f"host {host} did not resolve within {seconds:g}s ({exc})") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def run_roles(argv: list[str], env: dict[str, str], cluster: Cluster, poll: float = 0.2) -> int:
+    """Run this node's roles of ``cluster`` (each ``argv`` with its role's variables) and watch
+    them all: the node's exit code is the worker's, unless a scheduler or server fails (a non-zero
+    exit or a signal) before the worker has finished, which would leave the worker waiting on it
+    forever; then the worker is stopped and the node fails with the dead role's code. A role that
+    ends with 0 has done its part (ps-lite ends them once the workers finalize the kvstore, while
+    a worker may still be saving its model)."""
+    running = [(role, subprocess.Popen(argv, env={**env, **cluster.env(role)})) for role in cluster.roles]
+    worker = running[-1][1]
+    try:
+        while worker.poll() is None:
+            for role, proc in running[:-1]:
+                code = proc.poll()
+                if code:
+                    print(f"faceops: the {role} process failed (exit code {code}) while the worker was running; "
+                          "stopping the job", file=sys.stderr, flush=True)
+                    return code if code > 0 else 128 - code
+            time.sleep(poll)
+        if worker.returncode == 0:
+            deadline = time.monotonic() + ROLE_EXIT_SECONDS
+            for _, proc in running[:-1]:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return worker.returncode
+    except subprocess.TimeoutExpired:
+        return worker.returncode
+    finally:
+        for _, proc in running:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in running:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def free_port() -> int:

@@ -39,8 +39,14 @@ def is_secret(key: str) -> bool:
 
 
 def is_reference(value: Any) -> bool:
-    """True for a ``${env:NAME}`` reference, which names a secret without holding it."""
-    return isinstance(value, str) and bool(ENV_REF.fullmatch(value.strip()))
+    """True for a ``${env:NAME}`` reference, which names a secret without holding it (also in
+    the JSON-quoted form cloud requests carry hyperparameters in)."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return bool(ENV_REF.fullmatch(text))
 
 
 def secret_values(data: Any) -> list[str]:
@@ -92,3 +98,22 @@ def redact_yaml(data: bytes) -> bytes:
             continue
         lines[i] = match.group(1) + match.group(2) + match.group(3) + b'"' + MASK.encode() + b'"' + match.group(5)
     return b"\n".join(lines)
+
+
+def refuse_literal_secrets(spec: dict[str, Any], service: str) -> None:
+    """Refuse a spec whose hyperparameters hold a secret as a literal value on a cloud service:
+    the service shows every hyperparameter to anyone who may describe the job (SageMaker's
+    DescribeTrainingJob and console, ModelArts' job details). A ``${env:NAME}`` reference holds
+    nothing and passes; the message says how to use one."""
+    from jobs.core.errors import SpecError
+
+    found = sorted(key for key, value in (spec.get("hyperparameters") or {}).items()
+                   if is_secret(key) and value not in (None, "") and not isinstance(value, (dict, list))
+                   and not is_reference(value))
+    if found:
+        names = ", ".join(f"hyperparameters.{key}" for key in found)
+        example = f"{found[0]}: ${{env:{found[0].upper()}}}"
+        raise SpecError(f"{names}: a secret value would be visible to anyone who can describe the {service} job "
+                        f"(its console and API show every hyperparameter); write a reference instead, like "
+                        f"'{example}', and give the job that variable in its container's environment "
+                        f"(the image, or the service's secret injection)")

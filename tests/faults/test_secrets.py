@@ -56,18 +56,28 @@ def test_secrets_are_masked_in_every_view_and_kept_out_of_bundles(tmp_path):
     wait_for(lambda: all(r["status"] in TERMINAL for r in Store().versions("fault-job")))
 
 
-def test_cloud_dry_runs_mask_secrets(tmp_path, s3_bucket):
+def test_cloud_backends_refuse_literal_secrets_and_take_references(tmp_path, s3_bucket):
+    """A cloud service shows every hyperparameter to whoever may describe the job, so a literal
+    secret is refused (naming the keys, never the values) and an ``${env:NAME}`` reference passes."""
+    def dry_runs(spec):
+        sagemaker = cli("job", "submit", str(spec), "--backend", "sagemaker", "--dry-run", "--json",
+                        "--set", "image=123456789012.dkr.ecr.us-east-1.amazonaws.com/faceops/train:gpu",
+                        env={"FACEOPS_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r", "AWS_DEFAULT_REGION": "us-east-1"})
+        modelarts = cli("job", "submit", str(spec), "--backend", "modelarts", "--dry-run", "--json",
+                        "--set", "image=swr.cn-north-4.myhuaweicloud.com/faceops/train:gpu",
+                        env={"HUAWEICLOUD_SDK_AK": "AKFAULTS", "HUAWEICLOUD_SDK_SK": "sk-SEKRET-0005",
+                             "HUAWEICLOUD_SDK_PROJECT_ID": "p" * 32, "HUAWEICLOUD_SDK_REGION": "cn-north-4"})
+        return sagemaker, modelarts
+
     # A real bucket: dry runs check that every output is writable before they print the request.
-    spec = custom_job(tmp_path / "proj", hyperparameters=SECRETS,
-                      extra=f"outputs:\n  model: s3://{s3_bucket}/models/\nresources: {{instance_type: ml.p3.2xlarge}}\n")
-    sagemaker = cli("job", "submit", str(spec), "--backend", "sagemaker", "--dry-run", "--json",
-                    "--set", "image=123456789012.dkr.ecr.us-east-1.amazonaws.com/faceops/train:gpu",
-                    env={"FACEOPS_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r", "AWS_DEFAULT_REGION": "us-east-1"})
-    modelarts = cli("job", "submit", str(spec), "--backend", "modelarts", "--dry-run", "--json",
-                    "--set", "image=swr.cn-north-4.myhuaweicloud.com/faceops/train:gpu",
-                    env={"HUAWEICLOUD_SDK_AK": "AKFAULTS", "HUAWEICLOUD_SDK_SK": "sk-SEKRET-0005",
-                         "HUAWEICLOUD_SDK_PROJECT_ID": "p" * 32, "HUAWEICLOUD_SDK_REGION": "cn-north-4"})
-    for result in (sagemaker, modelarts):
-        assert result.returncode == 0, result.stderr
+    extra = f"outputs:\n  model: s3://{s3_bucket}/models/\nresources: {{instance_type: ml.p3.2xlarge}}\n"
+    for result in dry_runs(custom_job(tmp_path / "literal", hyperparameters=SECRETS, extra=extra)):
         text = result.stdout + result.stderr
-        assert not _leaks(text) and "sk-SEKRET-0005" not in text and "***" in text
+        assert result.returncode == 2, text
+        assert "hyperparameters.api_key, hyperparameters.api_token, hyperparameters.db_password" in text
+        assert "${env:" in text and not _leaks(text)
+    references = {key: f"${{env:{key.upper()}}}" for key in SECRETS}
+    for result in dry_runs(custom_job(tmp_path / "refs", hyperparameters=references, extra=extra)):
+        text = result.stdout + result.stderr
+        assert result.returncode == 0, text
+        assert "${env:API_TOKEN}" in text and "sk-SEKRET-0005" not in text

@@ -5,9 +5,14 @@ adds what moto does not do and the real service does.
 What is moto and what is ours, honestly:
 - moto: CreateTrainingJob/CreateProcessingJob/Describe*/List*/ListTags/StopProcessingJob and
   CloudWatch Logs, answered from its in-memory backend.
-- ours (the layer below): StopTrainingJob (moto has none), refusing a duplicate job name
-  (moto silently overwrites), rejecting an instance type outside botocore's own enum of
-  TrainingInstanceType/ProcessingInstanceType (the service's validation), quota errors for the
+- ours (the layer below): every SageMaker request checked against botocore's model of the API
+  (``botocore/data/sagemaker/*/service-2.json``, from which the SageMaker API Reference's
+  "Required", "Type", "Length Constraints", "Pattern" and "Valid Values" are generated) with
+  botocore's ``ParamValidator`` and :func:`jobs.backends.service_model.problems` for the
+  max/pattern/enum limits ParamValidator skips, refused with the service's ``ValidationException``
+  (https://docs.aws.amazon.com/sagemaker/latest/APIReference/CommonErrors.html);
+  StopTrainingJob (moto has none), refusing a duplicate job name
+  (moto silently overwrites), quota errors for the
   instance types a test names, and ThrottlingException for the next N calls.
 - moto runs no containers, so jobs start Completed; :meth:`SageMakerServer.set_training` changes
   a job's state the way the running service would, so status mapping is tested for each state.
@@ -27,13 +32,6 @@ from tests.harness.net import ServerThread
 REGION = "us-east-1"
 
 
-def _instance_types(shape: str) -> set[str]:
-    import botocore.session
-
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    return set(model.shape_for(shape).enum)
-
-
 @dataclass
 class Extras:
     """The behaviour tests switch on: throttle the next ``throttle`` calls, quota errors for
@@ -44,14 +42,13 @@ class Extras:
     start_in_progress: bool = False
     quota_types: set[str] = field(default_factory=set)
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    invalid: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 class ExtrasMiddleware:
     def __init__(self, app: Any, extras: Extras) -> None:
         self.app = app
         self.extras = extras
-        self.training_types = _instance_types("TrainingInstanceType")
-        self.processing_types = _instance_types("ProcessingInstanceType")
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any):
@@ -84,22 +81,23 @@ class ExtrasMiddleware:
         return self.app(environ, start_response)
 
     def _check(self, operation: str, request: dict[str, Any]) -> tuple[str, str] | None:
+        from jobs.backends.service_model import problems
+
+        found = problems("sagemaker", operation, request)
+        if found:
+            self.extras.invalid.append((operation, found))
+            return "ValidationException", f"{len(found)} validation error(s) detected: " + "; ".join(found)
         if operation == "CreateTrainingJob":
             name, existing = request["TrainingJobName"], backend().training_jobs
-            kind, instance, allowed = "training", request["ResourceConfig"]["InstanceType"], self.training_types
-            field_path = "resourceConfig.instanceType"
+            kind, instance = "training", request["ResourceConfig"]["InstanceType"]
         elif operation == "CreateProcessingJob":
             name, existing = request["ProcessingJobName"], backend().processing_jobs
-            kind, instance, allowed = "processing", request["ProcessingResources"]["ClusterConfig"]["InstanceType"], self.processing_types
-            field_path = "processingResources.clusterConfig.instanceType"
+            kind, instance = "processing", request["ProcessingResources"]["ClusterConfig"]["InstanceType"]
         else:
             return None
         if name in existing:
             return "ResourceInUse", (f"{kind.capitalize()} job names must be unique within an AWS account and region, "
                                      f"and a {kind} job with this name already exists ({existing[name].arn})")
-        if instance not in allowed:
-            return "ValidationException", (f"1 validation error detected: Value '{instance}' at '{field_path}' failed "
-                                           f"to satisfy constraint: Member must satisfy enum value set: [{', '.join(sorted(allowed)[:5])}, ...]")
         if instance in self.extras.quota_types:
             return "ResourceLimitExceeded", (f"The account-level service limit '{instance} for {kind} job usage' is 0 "
                                              "Instances, with current utilization of 0 Instances and a request delta of 1 "

@@ -66,7 +66,7 @@ hyperparameters:
   epochs: 3
   network: r50
   flip: true
-  api_token: tok-{'9' * 12}
+  api_token: ${{env:API_TOKEN}}
 resources: {{instance_type: ml.p3.2xlarge, instance_count: 2, max_runtime: 2h, spot: true, retries: 1}}
 """)
 
@@ -84,8 +84,7 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
         "ContainerEntrypoint": ["faceops-cloud-bootstrap", "sagemaker-training"],
         "ContainerArguments": ["python", "train.py"]}
     assert request["HyperParameters"] == {"lr": "0.1", "epochs": "3", "network": '"r50"', "flip": "true",
-                                          "api_token": "***"}
-    assert "9" * 12 not in json.dumps(plan)  # the secret-looking value is not in the printed request
+                                          "api_token": '"${env:API_TOKEN}"'}  # a reference holds no secret
     code_hash = json.loads(result.output)["record"]["code"]["hash"]
     assert request["InputDataConfig"] == [
         {"ChannelName": "train", "InputMode": "File", "DataSource": {"S3DataSource": {
@@ -97,9 +96,10 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
     assert request["ResourceConfig"] == {"InstanceType": "ml.p3.2xlarge", "InstanceCount": 2, "VolumeSizeInGB": 50}
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400}
     assert request["EnableManagedSpotTraining"] is True
-    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{s3_bucket}/faceops/checkpoints/recog-cloud/v1/",
+    # Checkpoints under the remote job's own (machine-, state- and content-unique) name.
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{s3_bucket}/faceops/checkpoints/{name}/",
                                            "LocalPath": "/opt/ml/checkpoints"}
-    assert request["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert request["RetryStrategy"] == {"MaximumRetryAttempts": 1}  # retries: 1 is one retry
     assert request["Environment"] == {"FACEOPS_PARAMETER_SERVER": "1"}  # two instances: dist_sync roles
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
         "faceops:job": "recog-cloud", "faceops:version": "1", "faceops:code": code_hash[:12]}
@@ -107,7 +107,75 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
     assert not [uri for uri in s3_env_keys(s3_bucket) if "/faceops/" in uri]  # no bundle uploaded either
 
     text = runner("job", "submit", train_spec, "--dry-run").output
-    assert "CreateTrainingJob" in text and "9" * 12 not in text
+    assert "CreateTrainingJob" in text
+
+
+def test_a_literal_secret_hyperparameter_is_refused_before_anything_is_sent(runner, sagemaker, train_spec):
+    """SageMaker shows every hyperparameter in DescribeTrainingJob and its console."""
+    output = refused(runner, train_spec, "--set", f"hyperparameters.api_token=tok-{'9' * 12}", "--detach")
+    assert "hyperparameters.api_token: a secret value would be visible" in output
+    assert "${env:API_TOKEN}" in output and "9" * 12 not in output
+    assert sagemaker.extras.requests == [] and Store().list() == []
+
+
+def test_requests_hold_to_the_service_model_and_limits_are_checked_before_a_version_is_stored(runner, sagemaker,
+                                                                                              train_spec):
+    """retries N is MaximumRetryAttempts N (1-30 in botocore's model); hyperparameter count and
+    lengths, instance counts and the whole request are checked here, not by a failed upload."""
+    plan = json.loads(runner("job", "submit", train_spec, "--set", "resources.retries=30", "--dry-run", "--json").output)
+    assert plan["plan"]["request"]["RetryStrategy"] == {"MaximumRetryAttempts": 30}
+    for args, expected in (
+            (("--set", "resources.retries=31"), "resources.retries: SageMaker retries a training job at most 30 times"),
+            (("--set", "hyperparameters.note=" + "x" * 2600), "hyperparameters.note: SageMaker takes values of at most 2500"),
+            (("--set", "resources.instance_type=ml.p99.huge"), "'ml.p99.huge' is not one of")):
+        output = refused(runner, train_spec, *args, "--detach")
+        assert expected in output, output
+    assert sagemaker.extras.requests == []
+    assert [r["status"] for r in Store().list()] in ([], ["failed"])  # limits: no version; the model check: failed at start
+
+
+def test_the_test_double_refuses_what_the_service_model_refuses(sagemaker):
+    """The double answers a request that breaks botocore's model the way SageMaker does."""
+    from botocore.exceptions import ClientError
+
+    import boto3
+    from botocore.config import Config
+
+    bad = {"TrainingJobName": "a--b", "RoleArn": ROLE, "RetryStrategy": {"MaximumRetryAttempts": 31},
+           "AlgorithmSpecification": {"TrainingImage": "img", "TrainingInputMode": "File"},
+           "OutputDataConfig": {"S3OutputPath": "s3://b/o"}, "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+           "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1}}
+    client = boto3.client("sagemaker", endpoint_url=sagemaker.endpoint, region_name=REGION,
+                          config=Config(parameter_validation=False))  # as a client that skips checks would send it
+    with pytest.raises(ClientError) as caught:
+        client.create_training_job(**bad)
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    (operation, found), = sagemaker.extras.invalid
+    assert operation == "CreateTrainingJob" and any("MaximumRetryAttempts: 31 is more than the 30" in f for f in found)
+
+
+def test_metric_definitions_match_what_log_metrics_prints(runner, sagemaker, train_spec, tmp_path, monkeypatch):
+    """SageMaker reads metrics from the log with the job's MetricDefinitions: the regexes declared
+    for the task's schema find the values in the line log_metrics prints in a SageMaker container."""
+    import re
+    import subprocess
+    import sys
+
+    from jobs.backends.sagemaker import metric_definitions
+    from jobs.core.tasks import get_task
+
+    train_spec.write_text(train_spec.read_text() + 'metrics: {loss: min, "val_*_acc": max}\n')
+    plan = json.loads(runner("job", "submit", train_spec, "--dry-run", "--json").output)
+    definitions = plan["plan"]["request"]["AlgorithmSpecification"]["MetricDefinitions"]
+    assert [d["Name"] for d in definitions] == ["loss", "val_*_acc"]
+    code = "from jobs.core.contract import log_metrics; log_metrics(epoch_loss=9.0, loss=1.5e-3, val_lfw_acc=0.991)"
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                             env={"FACEOPS_METRICS_FILE": str(tmp_path / "m.jsonl"), "FACEOPS_METRICS_STDOUT": "1",
+                                  "PYTHONPATH": str(REPO)}).stdout
+    values = {d["Name"]: float(re.search(d["Regex"], printed).group(1)) for d in definitions}
+    assert values == {"loss": 1.5e-3, "val_*_acc": 0.991}
+    recognition = {d["Name"] for d in metric_definitions({"task": "recognition"})}
+    assert recognition == set(get_task("recognition").metrics) and len(recognition) <= 40
 
 
 def test_fast_file_mode_and_on_demand_capacity(runner, sagemaker, train_spec, monkeypatch):
@@ -143,7 +211,7 @@ def test_training_job_lifecycle(runner, sagemaker, train_spec, s3_env, s3_bucket
     assert info["arn"].endswith(f":training-job/{name}") and info["console"].endswith(f"#/jobs/{name}")
 
     (operation, sent), = [r for r in sagemaker.extras.requests if r[0] == "CreateTrainingJob"]
-    assert sent["HyperParameters"]["api_token"] == json.dumps(f"tok-{'9' * 12}")  # the real value goes to the service
+    assert sent["HyperParameters"]["api_token"] == json.dumps("${env:API_TOKEN}")  # resolved in the container
     assert {k: v for k, v in sent.items() if k != "HyperParameters"} == {k: v for k, v in planned.items() if k != "HyperParameters"}
     bundle = s3_env.client().get_object(Bucket=s3_bucket, Key=f"faceops/bundles/{record['code']['hash']}/code.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
@@ -347,9 +415,10 @@ def test_local_inputs_are_uploaded_once_and_local_outputs_refused(runner, sagema
     assert "outputs.model" in output and "cannot write" in output
 
 
-def test_rejected_instance_type_passes_the_service_message_on(runner, sagemaker, train_spec):
+def test_an_instance_type_outside_the_service_model_fails_before_any_upload(runner, sagemaker, train_spec):
     output = refused(runner, train_spec, "--set", "resources.instance_type=ml.p99.huge", "--detach")
-    assert "Value 'ml.p99.huge' at 'resourceConfig.instanceType' failed to satisfy constraint" in output
+    assert "CreateTrainingJob.ResourceConfig.InstanceType: 'ml.p99.huge' is not one of" in output
+    assert "in all)" in output and sagemaker.extras.requests == []
     record = Store().get("recog-cloud", 1)
     assert record["status"] == "failed" and "ml.p99.huge" in record["failure_reason"]
 
@@ -442,3 +511,48 @@ def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lf
     final = {k: v for line in lines for k, v in line.items()}
     assert final["people"] == 3 and final["embeddings"] == 6, final
     assert (database / "gallery.json").exists()
+
+
+def test_host_names_are_resolved_again_until_they_appear():
+    """SageMaker's algo-N names may not resolve at first: resolution is retried, then named."""
+    from jobs.core.launch import resolve
+
+    answers = iter([OSError("Name or service not known")] * 2 + ["10.0.0.2"])
+
+    def lookup(host: str) -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert resolve("algo-2", seconds=5, delay=0.01, lookup=lookup) == "10.0.0.2"
+    with pytest.raises(RuntimeError, match="host algo-9.invalid did not resolve within 0.05s"):
+        resolve("algo-9.invalid", seconds=0.05, delay=0.01)
+
+
+ROLE_SCRIPT = """\
+import os, sys, time
+role = os.environ["DMLC_ROLE"]
+if role == os.environ.get("DIE_ROLE"):
+    sys.exit(3)
+time.sleep(float(os.environ.get(role.upper() + "_SECONDS", "0.2")))
+"""
+
+
+@pytest.mark.parametrize("die, expected", [("server", 3), ("scheduler", 3), (None, 0)])
+def test_a_dead_role_fails_the_node_instead_of_hanging_the_worker(tmp_path, die, expected):
+    """The bootstrap's launcher watches the scheduler and server: one that dies ends the node with
+    its exit code while the worker would otherwise wait for it until MaxRuntime."""
+    import sys
+
+    from jobs.core.launch import Cluster, run_roles
+
+    script = tmp_path / "role.py"
+    script.write_text(ROLE_SCRIPT)
+    cluster = Cluster("127.0.0.1", 9, 2, 2, "127.0.0.1", ("scheduler", "server", "worker"))
+    # Healthy roles outlive the worker (ps-lite ends them once the workers finalize).
+    env = {"PATH": "/usr/bin:/bin", "WORKER_SECONDS": "60" if die else "0.2", "SERVER_SECONDS": "1",
+           "SCHEDULER_SECONDS": "1", **({"DIE_ROLE": die} if die else {})}
+    started = time.monotonic()
+    assert run_roles([sys.executable, str(script)], env, cluster, poll=0.05) == expected
+    assert time.monotonic() - started < 20
