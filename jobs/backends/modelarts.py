@@ -29,6 +29,9 @@ REGION = Setting("modelarts", "region", ("HUAWEICLOUD_SDK_REGION",), "region, li
 ENDPOINT = Setting("modelarts", "endpoint", ("FACEOPS_MODELARTS_ENDPOINT",), "endpoint")
 # Where ModelArts puts inputs and collects outputs in the container (the job's local_dir settings).
 LAYOUT = service_layout("modelarts")
+# How ModelArts hands each channel's folder to the container: as a variable named after the
+# channel, never as an argument appended to the command (see build_job).
+ACCESS_METHOD = "env"
 # status.phase -> our state (Terminating is still running until it is Terminated).
 PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Terminating": "running",
           "Completed": "done", "Failed": "failed", "Abnormal": "failed", "Terminated": "stopped"}
@@ -51,11 +54,35 @@ def _job_folder(staging: str, name: str) -> str:
     return f"{staging}/jobs/{name}/"
 
 
-def build_job(record: dict[str, Any], staging: str):
-    """The SDK's ``Job`` body for CreateTrainingJob."""
-    from huaweicloudsdkmodelarts.v1 import model as m
+def image_url(ref: str | None, digest: str | None) -> str:
+    """The ``image_url`` ModelArts pulls: ``org/name@sha256:...`` when faceops pushed the image
+    (the digest, never a movable tag), else ``org/name:tag``; the image must be in SWR."""
+    pinned = cloud.image_in_registry(ref, digest, "ModelArts", "SWR (Huawei Cloud's SoftWare Repository)", _is_swr)
+    return pinned.split("/", 1)[1]
 
-    from images.registry import split_ref
+
+def environments(record: dict[str, Any]) -> dict[str, str]:
+    """What the bootstrap needs to read the container ModelArts starts: which channels, outputs
+    and appended ``--name=value`` parameters are the job's, and on several nodes whether to start
+    MXNet's dist_sync roles (training) or to take one shard of the inputs (batch tasks)."""
+    from jobs.core.tasks import get_task
+
+    spec = record["spec"]
+    env = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"]),
+           "FACEOPS_PARAMETERS": ",".join(spec["hyperparameters"])}
+    if (spec["resources"].get("instance_count") or 1) > 1:
+        if get_task(spec["task"]).kind == "training":
+            env["FACEOPS_PARAMETER_SERVER"] = "1"
+        else:
+            env["FACEOPS_SHARDED"] = "1"
+    return env
+
+
+def build_job(record: dict[str, Any], staging: str):
+    """The SDK's ``Job`` body for CreateTrainingJob. Inputs and outputs use ``access_method: env``:
+    the SDK's Input/Output default, ``parameter``, would append ``--<name>=<local_dir>`` to the
+    command, where it reads as a hyperparameter."""
+    from huaweicloudsdkmodelarts.v1 import model as m
 
     spec, res = record["spec"], record["spec"]["resources"]
     cloud.check_remote_uris("modelarts", spec)
@@ -64,8 +91,7 @@ def build_job(record: dict[str, Any], staging: str):
     if res.get("spot"):
         raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
     digest = (record.get("image") or {}).get("digest")
-    cloud.image_in_registry(spec.get("image"), digest, "ModelArts", "SWR (Huawei Cloud's SoftWare Repository)", _is_swr)
-    _, repo, tag = split_ref(spec["image"])
+    image = image_url(spec.get("image"), digest)
     name = cloud.remote_name(record)
     folder = _job_folder(staging, name)
     annotations = {"faceops/job": record["name"], "faceops/version": str(record["version"]),
@@ -79,13 +105,14 @@ def build_job(record: dict[str, Any], staging: str):
     algorithm = m.JobAlgorithm(
         command=shlex.join([BOOTSTRAP, "modelarts", *entry_argv(spec), PARAMETERS_FLAG]),
         parameters=[m.Parameters(name=k, value=v) for k, v in cloud.typed_strings(spec["hyperparameters"]).items()],
-        engine=m.JobEngine(image_url=f"{repo}:{tag}"),
-        inputs=[m.Input(name=c, local_dir=str(LAYOUT.channel_dir(c)),
+        engine=m.JobEngine(image_url=image),
+        inputs=[m.Input(name=c, local_dir=str(LAYOUT.channel_dir(c)), access_method=ACCESS_METHOD,
                         remote=m.InputDataInfo(obs=m.InputDataInfoObs(obs_url=obs_path(uri))))
                 for c, uri in inputs.items()],
-        outputs=[m.Output(name=o, local_dir=str(LAYOUT.output_dir(o)), remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
+        outputs=[m.Output(name=o, local_dir=str(LAYOUT.output_dir(o)), access_method=ACCESS_METHOD,
+                          remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
                  for o, uri in outputs.items()],
-        environments={"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
+        environments=environments(record),
     )
     job_spec = m.Spec(resource=m.SpecResource(flavor_id=res["instance_type"], node_count=res.get("instance_count") or 1),
                       log_export_path=m.LogExportPath(obs_url=obs_path(folder + "logs/")))

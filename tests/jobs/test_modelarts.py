@@ -29,7 +29,7 @@ def modelarts_server():
 def modelarts(modelarts_server, s3_env, fast_cloud, monkeypatch) -> ModelArtsServer:
     state = modelarts_server.state
     state.jobs.clear(), state.logs.clear(), state.requests.clear(), state.quota_flavors.clear()
-    state.images = {"faceops/train:gpu"}
+    state.images = {"faceops/train:gpu", f"faceops/train@{DIGEST}"}
     state.throttle = 0
     monkeypatch.setenv("HUAWEICLOUD_SDK_AK", state.access_key)
     monkeypatch.setenv("HUAWEICLOUD_SDK_SK", state.secret_key)
@@ -79,16 +79,20 @@ def test_dry_run_shows_the_request_without_keys(runner, modelarts, spec, s3_buck
     assert algorithm["command"] == "faceops-cloud-bootstrap modelarts python train.py --log-every 10 --faceops-parameters"
     assert algorithm["parameters"] == [{"name": "lr", "value": "0.1"}, {"name": "epochs", "value": "20"},
                                        {"name": "network", "value": '"r50"'}, {"name": "flip", "value": "true"}]
-    assert algorithm["engine"] == {"image_url": "faceops/train:gpu"}
+    assert algorithm["engine"] == {"image_url": f"faceops/train@{DIGEST}"}  # the pushed digest, not the tag
     assert algorithm["inputs"] == [
-        {"name": "train", "local_dir": "/opt/ml/input/data/train", "remote": {"obs": {"obs_url": f"/{s3_bucket}/recognition_train_data/"}}},
-        {"name": "faceops-code", "local_dir": "/opt/ml/input/data/faceops-code",
+        {"name": "train", "local_dir": "/opt/ml/input/data/train", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/recognition_train_data/"}}},
+        {"name": "faceops-code", "local_dir": "/opt/ml/input/data/faceops-code", "access_method": "env",
          "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/bundles/{code_hash}/"}}}]
     assert algorithm["outputs"] == [
-        {"name": "model", "local_dir": "/opt/ml/model", "remote": {"obs": {"obs_url": f"/{s3_bucket}/models/face-recognition/"}}},
-        {"name": "faceops-output", "local_dir": "/opt/ml/output/faceops",
+        {"name": "model", "local_dir": "/opt/ml/model", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/models/face-recognition/"}}},
+        {"name": "faceops-output", "local_dir": "/opt/ml/output/faceops", "access_method": "env",
          "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/output/"}}}]
-    assert algorithm["environments"] == {"FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model"}
+    assert algorithm["environments"] == {"FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model",
+                                         "FACEOPS_PARAMETERS": "lr,epochs,network,flip",
+                                         "FACEOPS_PARAMETER_SERVER": "1"}
     assert body["spec"] == {"resource": {"flavor_id": "modelarts.p3.large.public", "node_count": 2},
                             "log_export_path": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/logs/"},
                             "auto_stop": {"time_unit": "HOURS", "duration": 2}}
