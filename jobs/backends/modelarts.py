@@ -32,6 +32,11 @@ LAYOUT = service_layout("modelarts")
 # How ModelArts hands each channel's folder to the container: as a variable named after the
 # channel, never as an argument appended to the command (see build_job).
 ACCESS_METHOD = "env"
+# "The expected {0} exceeds the quota limit." in ModelArts' error-code list
+# (https://support.huaweicloud.com/intl/en-us/api-modelarts/modelarts_03_0095.html).
+QUOTA_CODE = "ModelArts.0116"
+# Bytes of an exported log read per ranged request.
+LOG_CHUNK = 1024 * 1024
 # status.phase -> our state (Terminating is still running until it is Terminated).
 PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Terminating": "running",
           "Completed": "done", "Failed": "failed", "Abnormal": "failed", "Terminated": "stopped"}
@@ -164,7 +169,7 @@ def _service_error(what: str, exc: Any) -> FaceopsError:
     lowered = str(exc.error_msg).lower()
     if exc.status_code in (401, 403) and "quota" not in lowered:
         return CloudError(f"{what}: ModelArts refused the credentials ({message}); check the AK/SK and project id")
-    if "quota" in lowered or "insufficient" in lowered:
+    if exc.error_code == QUOTA_CODE or "quota" in lowered or "insufficient" in lowered:
         return CloudError(f"{what}: ModelArts quota reached ({message}); free resources, ask for more quota or "
                           "use another flavor with --set resources.instance_type=...")
     if "already exist" in lowered:
@@ -283,19 +288,68 @@ def _reason(job: Any, phase: str, status: str) -> str | None:
         f" ({job.status.secondary_phase})" if job.status.secondary_phase else "")
 
 
-def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str], dict[str, int]]:
-    """New lines of each task's log preview (one task per node); ``seen`` counts lines given out."""
-    from jobs.store import Store
+def log_export(info: dict[str, Any], task: str) -> str:
+    """Where ModelArts exports one task's full log: ``modelarts-job-<job id>-<task>.log`` in the
+    job's ``log_export_path``, uploaded every few seconds while the job runs ("Common Logs",
+    https://support.huaweicloud.com/intl/en-us/develop-modelarts/develop-modelarts-0095.html)."""
+    return _job_folder(info["staging"], info["remote_name"]) + f"logs/modelarts-job-{info['job_id']}-{task}.log"
+
+
+def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
+    """The exported log from byte ``offset`` on, by ranged reads (None before the first export)."""
+    from jobs.core import storage
+    from jobs.core.errors import NotFoundError
+
+    uri, data = log_export(info, task), b""
+    try:
+        while True:
+            chunk = storage.read_range(uri, offset + len(data), LOG_CHUNK)
+            data += chunk
+            if len(chunk) < LOG_CHUNK:
+                return data
+    except NotFoundError:
+        return None
+
+
+def _previewed(info: dict[str, Any], task: str, offset: int) -> tuple[bytes, int]:
+    """The log preview from byte ``offset`` on, and the offset it really starts at: the preview
+    holds only the last 5 MB (``content`` is the newest ``current_size`` bytes of ``full_size``:
+    ShowTrainingJobLogsPreview), so bytes that slid out of it are skipped, up to a line start."""
     from huaweicloudsdkmodelarts.v1 import model as m
 
-    info = Store().get(record["name"], record["version"])["backend_info"]
+    preview = _call(f"logs of {info['remote_name']}", "show_training_job_logs_preview",
+                    m.ShowTrainingJobLogsPreviewRequest(training_job_id=info["job_id"], task_id=task))
+    data = (preview.content or "").encode()
+    start = max((preview.full_size or len(data)) - len(data), 0)
+    if offset >= start:
+        return data[offset - start:], offset
+    cut = data.find(b"\n") + 1
+    return data[cut:], start + cut
+
+
+def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    """New lines of each task's log (one task per node); ``seen`` holds the byte offset given out
+    so far per task, which stays right however long the log grows. The exported log on OBS is read
+    from that offset (a few bytes per poll); the preview API, which can only return the whole last
+    5 MB, is used only until the first export. Lines are given out whole, the last partial one once
+    the job has ended."""
+    from jobs.store import Store
+
+    current = Store().get(record["name"], record["version"])
+    info, final = current["backend_info"], current["status"] in TERMINAL
     tasks = info.get("tasks") or ["worker-0"]
     lines, seen = [], dict(seen)
     for task in tasks:
-        preview = _call(f"logs of {info['remote_name']}", "show_training_job_logs_preview",
-                        m.ShowTrainingJobLogsPreviewRequest(training_job_id=info["job_id"], task_id=task))
-        text = (preview.content or "").splitlines()
-        new = text[seen.get(task, 0):]
-        seen[task] = len(text)
-        lines += [f"[{task}] {line}" for line in new] if len(tasks) > 1 else new
+        offset = seen.get(task, 0)
+        data = _exported(info, task, offset)
+        start = offset
+        if data is None:
+            data, start = _previewed(info, task, offset)
+        new = data if final else data[:data.rfind(b"\n") + 1]
+        seen[task] = start + len(new)
+        text = new.decode(errors="replace").splitlines()
+        if start > offset:
+            text.insert(0, f"[faceops] {start - offset} bytes of this log slid out of ModelArts' 5 MB preview before "
+                           f"they were read; the whole log is exported to {log_export(info, task)}")
+        lines += [f"[{task}] {line}" for line in text] if len(tasks) > 1 else text
     return lines, seen
