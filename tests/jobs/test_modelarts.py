@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
+import shutil
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -351,6 +355,45 @@ def test_multi_node_environment_for_each_node(modelarts, runner, spec):
     assert roles == [("scheduler", "server", "worker"), ("server", "worker")]
 
 
+def test_batch_job_on_two_nodes_takes_one_shard_per_node(runner, modelarts, spec, tmp_path, s3_bucket):
+    """A gallery/identify job on two ModelArts nodes: no parameter server, each container is told
+    its shard by its node index and writes its part of the outputs under its own name (every
+    node uploads to the same OBS folder)."""
+    spec.write_text(spec.read_text().split("task:")[0] + f"""\
+task: gallery
+backend: modelarts
+image: {SWR}/faceops/train:gpu
+inputs:
+  images: s3://{s3_bucket}/recognition_train_data/
+outputs:
+  database: s3://{s3_bucket}/galleries/staff/
+resources: {{instance_type: modelarts.p3.large.public, instance_count: 2}}
+""")
+    result = runner("job", "submit", spec, "--detach")
+    assert result.exit_code == 0 and "job_id" in Store().get("face-recognition", 1)["backend_info"], \
+        (result.output, Store().get("face-recognition", 1))
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    job = modelarts.state.jobs[job_id]
+    assert job["algorithm"]["environments"]["FACEOPS_SHARDED"] == "1"
+    assert "FACEOPS_PARAMETER_SERVER" not in job["algorithm"]["environments"]
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "shard.py").write_text(
+        "import json, os\nfrom jobs.core.contract import from_env\njob = from_env()\n"
+        "(job.output('database') / 'part.json').write_text(json.dumps([os.environ['FACEOPS_SHARD_INDEX'], "
+        "os.environ['FACEOPS_SHARD_COUNT']]))\n")
+    for node in (0, 1):
+        root = tmp_path / f"node{node}"
+        stage_bundle(root / "input" / "data" / "faceops-code", code)
+        argv, env = modelarts.container(job_id, node)
+        env = {**env, "faceops-code": str(root / "input" / "data" / "faceops-code"), "database": str(root / "db"),
+               "images": str(root / "input" / "data" / "images")}
+        done = run_bootstrap(["modelarts", "python", "shard.py", *argv[argv.index("--faceops-parameters"):]],
+                             env={**env, "FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        assert json.loads((root / "db" / f"part-{node}" / "part.json").read_text()) == [str(node), "2"]
+
+
 def test_host_names_follow_the_documented_pattern_without_a_host_list():
     from jobs.core import launch
 
@@ -368,3 +411,57 @@ def test_unresolvable_host_is_retried_then_named():
     with pytest.raises(OSError, match="cannot resolve cluster host 'no-such-node.invalid' after 1 s"):
         launch.resolve("no-such-node.invalid", wait=1.0, delay=0.3)
     assert time.monotonic() - began >= 0.6  # asked again, not given up at the first miss
+
+
+MA_USER, MA_GROUP = 1000, 100  # ModelArts runs custom images as ma-user:ma-group (images/service-user.sh)
+
+
+def system_python() -> str | None:
+    """A Python that uid 1000 can run (the bootstrap needs only the standard library)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK) and os.stat(os.path.realpath(candidate)).st_mode & 0o005 == 0o005:
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or system_python() is None,
+                    reason="needs root (to run as uid 1000) and a Python outside root's home")
+def test_bootstrap_runs_as_the_modelarts_user(tmp_path):
+    """As uid 1000 / gid 100, on a layout whose /opt/ml is set up as the images do it (owned by
+    1000:100, group-writable) and whose inputs are root's (downloaded by the platform), the
+    bootstrap unpacks the bundle and the task writes its model and metrics; on a root-owned
+    /opt/ml the same run fails, so this checks the ownership the images must give."""
+    base = Path(tempfile.mkdtemp(prefix="faceops-ma-user-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        code = tmp_path / "src"
+        code.mkdir()
+        (code / "train.py").write_text(SHOW + "from jobs.core.contract import log_metrics\nlog_metrics(step=1)\n")
+        (code / "jobs" / "core").mkdir(parents=True)
+        shutil.copy(REPO / "jobs" / "core" / "contract.py", code / "jobs" / "core" / "contract.py")
+        for package in (code / "jobs", code / "jobs" / "core"):
+            (package / "__init__.py").write_text("")
+        runs = {}
+        for owner in ("ma-user", "root"):
+            root = base / owner
+            root.mkdir(mode=0o755)
+            stage_bundle(root / "input" / "data" / "faceops-code", code)
+            for path in [root / "input" / "data" / "faceops-code", *(root / "input" / "data" / "faceops-code").iterdir()]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            (root / "input" / "data" / "train").mkdir()
+            if owner == "ma-user":
+                os.chown(root, MA_USER, MA_GROUP)
+                root.chmod(0o2775)
+            env = {"PATH": "/usr/bin:/bin", "FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "train",
+                   "FACEOPS_OUTPUTS": "model", "FACEOPS_PARAMETERS": "lr", "train": str(root / "input" / "data" / "train")}
+            runs[owner] = subprocess.run([system_python(), str(REPO / "images" / "bin" / "faceops-cloud-bootstrap"),
+                                          "modelarts", "python", "train.py", "--faceops-parameters", "--lr=0.1"],
+                                         env=env, user=MA_USER, group=MA_GROUP, cwd="/", capture_output=True,
+                                         text=True, timeout=60)
+        assert runs["ma-user"].returncode == 0, runs["ma-user"].stderr
+        seen = json.loads((base / "ma-user" / "model" / "seen.json").read_text())
+        assert seen["uid"] == MA_USER and seen["hp"] == {"lr": 0.1}
+        assert (base / "ma-user" / "output" / "faceops" / "metrics.jsonl").exists()
+        assert runs["root"].returncode != 0 and "Permission denied" in runs["root"].stderr
+    finally:
+        shutil.rmtree(base)
