@@ -465,3 +465,11 @@ def test_bootstrap_runs_as_the_modelarts_user(tmp_path):
         assert runs["root"].returncode != 0 and "Permission denied" in runs["root"].stderr
     finally:
         shutil.rmtree(base)
+
+
+def test_image_given_by_digest_is_pulled_by_digest(runner, modelarts, spec):
+    """`image: .../name@sha256:...` stays a digest reference (never `name:sha256:...`)."""
+    pinned = "sha256:" + "ef" * 32
+    result = runner("job", "submit", spec, "--set", f"image={SWR}/faceops/train@{pinned}", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["plan"]["request"]["algorithm"]["engine"] == {"image_url": f"faceops/train@{pinned}"}
