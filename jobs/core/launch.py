@@ -92,6 +92,9 @@ def modelarts_cluster(environ: dict[str, str], port: int = DEFAULT_PORT, wait: f
     the scheduler), once every node's name resolves; None on a single node."""
     hosts, index = modelarts_hosts(environ)
     if len(hosts) < 2:
+        if int(environ.get("MA_NUM_HOSTS") or environ.get("VC_WORKER_NUM") or 1) > 1:
+            raise ValueError("ModelArts reports several nodes but neither VC_WORKER_HOSTS nor MA_VJ_NAME names "
+                             "them; refusing to train separate copies")
         return None
     if not 0 <= index < len(hosts):
         raise ValueError(f"VC_TASK_INDEX={index} is outside the {len(hosts)} hosts of VC_WORKER_HOSTS")

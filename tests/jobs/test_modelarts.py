@@ -400,6 +400,9 @@ def test_host_names_follow_the_documented_pattern_without_a_host_list():
     env = {"MA_NUM_HOSTS": "3", "VC_TASK_INDEX": "2", "MA_VJ_NAME": "modelarts-job-abc", "MA_TASK_NAME": "worker"}
     assert launch.modelarts_hosts(env) == ([f"modelarts-job-abc-worker-{n}.modelarts-job-abc" for n in range(3)], 2)
     assert launch.modelarts_hosts({"MA_NUM_HOSTS": "1"}) == ([], 0)
+    assert launch.modelarts_cluster({"MA_NUM_HOSTS": "1"}) is None
+    with pytest.raises(ValueError, match="refusing to train separate copies"):
+        launch.modelarts_cluster({"MA_NUM_HOSTS": "2", "VC_TASK_INDEX": "1"})
 
 
 def test_unresolvable_host_is_retried_then_named():
