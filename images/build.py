@@ -26,7 +26,7 @@ DEFAULT_TARGET = "gpu"
 # What a target's build context holds besides its Dockerfile (what the Dockerfile copies, so that
 # nothing else changes its content hash): the code is shipped as a bundle, never baked in; only the
 # standard-library modules the image's scripts import come from jobs/core.
-SHARED_CONTEXT = ("install-deps.sh", "requirements.txt", "requirements-nodeps.txt", "bin")
+SHARED_CONTEXT = ("install-deps.sh", "service-user.sh", "requirements.txt", "requirements-nodeps.txt", "bin")
 TARGET_CONTEXT = {"gpu": (*SHARED_CONTEXT, "requirements-cuda11.txt"), "cpu": SHARED_CONTEXT}
 SHARED_MODULES = {Path(module.__file__).name: Path(module.__file__) for module in (contract, launch)}
 DEFAULT_REPO = "faceops/train"

@@ -29,6 +29,14 @@ REGION = Setting("modelarts", "region", ("HUAWEICLOUD_SDK_REGION",), "region, li
 ENDPOINT = Setting("modelarts", "endpoint", ("FACEOPS_MODELARTS_ENDPOINT",), "endpoint")
 # Where ModelArts puts inputs and collects outputs in the container (the job's local_dir settings).
 LAYOUT = service_layout("modelarts")
+# How ModelArts hands each channel's folder to the container: as a variable named after the
+# channel, never as an argument appended to the command (see build_job).
+ACCESS_METHOD = "env"
+# "The expected {0} exceeds the quota limit." in ModelArts' error-code list
+# (https://support.huaweicloud.com/intl/en-us/api-modelarts/modelarts_03_0095.html).
+QUOTA_CODE = "ModelArts.0116"
+# Bytes of an exported log read per ranged request.
+LOG_CHUNK = 1024 * 1024
 # status.phase -> our state (Terminating is still running until it is Terminated).
 PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Terminating": "running",
           "Completed": "done", "Failed": "failed", "Abnormal": "failed", "Terminated": "stopped"}
@@ -51,11 +59,35 @@ def _job_folder(staging: str, name: str) -> str:
     return f"{staging}/jobs/{name}/"
 
 
-def build_job(record: dict[str, Any], staging: str):
-    """The SDK's ``Job`` body for CreateTrainingJob."""
-    from huaweicloudsdkmodelarts.v1 import model as m
+def image_url(ref: str | None, digest: str | None) -> str:
+    """The ``image_url`` ModelArts pulls: ``org/name@sha256:...`` when faceops pushed the image
+    (the digest, never a movable tag), else ``org/name:tag``; the image must be in SWR."""
+    pinned = cloud.image_in_registry(ref, digest, "ModelArts", "SWR (Huawei Cloud's SoftWare Repository)", _is_swr)
+    return pinned.split("/", 1)[1]
 
-    from images.registry import split_ref
+
+def environments(record: dict[str, Any]) -> dict[str, str]:
+    """What the bootstrap needs to read the container ModelArts starts: which channels, outputs
+    and appended ``--name=value`` parameters are the job's, and on several nodes whether to start
+    MXNet's dist_sync roles (training) or to take one shard of the inputs (batch tasks)."""
+    from jobs.core.tasks import get_task
+
+    spec = record["spec"]
+    env = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"]),
+           "FACEOPS_PARAMETERS": ",".join(spec["hyperparameters"])}
+    if (spec["resources"].get("instance_count") or 1) > 1:
+        if get_task(spec["task"]).kind == "training":
+            env["FACEOPS_PARAMETER_SERVER"] = "1"
+        else:
+            env["FACEOPS_SHARDED"] = "1"
+    return env
+
+
+def build_job(record: dict[str, Any], staging: str):
+    """The SDK's ``Job`` body for CreateTrainingJob. Inputs and outputs use ``access_method: env``:
+    the SDK's Input/Output default, ``parameter``, would append ``--<name>=<local_dir>`` to the
+    command, where it reads as a hyperparameter."""
+    from huaweicloudsdkmodelarts.v1 import model as m
 
     spec, res = record["spec"], record["spec"]["resources"]
     cloud.check_remote_uris("modelarts", spec)
@@ -64,8 +96,7 @@ def build_job(record: dict[str, Any], staging: str):
     if res.get("spot"):
         raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
     digest = (record.get("image") or {}).get("digest")
-    cloud.image_in_registry(spec.get("image"), digest, "ModelArts", "SWR (Huawei Cloud's SoftWare Repository)", _is_swr)
-    _, repo, tag = split_ref(spec["image"])
+    image = image_url(spec.get("image"), digest)
     name = cloud.remote_name(record)
     folder = _job_folder(staging, name)
     annotations = {"faceops/job": record["name"], "faceops/version": str(record["version"]),
@@ -79,13 +110,14 @@ def build_job(record: dict[str, Any], staging: str):
     algorithm = m.JobAlgorithm(
         command=shlex.join([BOOTSTRAP, "modelarts", *entry_argv(spec), PARAMETERS_FLAG]),
         parameters=[m.Parameters(name=k, value=v) for k, v in cloud.typed_strings(spec["hyperparameters"]).items()],
-        engine=m.JobEngine(image_url=f"{repo}:{tag}"),
-        inputs=[m.Input(name=c, local_dir=str(LAYOUT.channel_dir(c)),
+        engine=m.JobEngine(image_url=image),
+        inputs=[m.Input(name=c, local_dir=str(LAYOUT.channel_dir(c)), access_method=ACCESS_METHOD,
                         remote=m.InputDataInfo(obs=m.InputDataInfoObs(obs_url=obs_path(uri))))
                 for c, uri in inputs.items()],
-        outputs=[m.Output(name=o, local_dir=str(LAYOUT.output_dir(o)), remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
+        outputs=[m.Output(name=o, local_dir=str(LAYOUT.output_dir(o)), access_method=ACCESS_METHOD,
+                          remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
                  for o, uri in outputs.items()],
-        environments={"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
+        environments=environments(record),
     )
     job_spec = m.Spec(resource=m.SpecResource(flavor_id=res["instance_type"], node_count=res.get("instance_count") or 1),
                       log_export_path=m.LogExportPath(obs_url=obs_path(folder + "logs/")))
@@ -137,7 +169,7 @@ def _service_error(what: str, exc: Any) -> FaceopsError:
     lowered = str(exc.error_msg).lower()
     if exc.status_code in (401, 403) and "quota" not in lowered:
         return CloudError(f"{what}: ModelArts refused the credentials ({message}); check the AK/SK and project id")
-    if "quota" in lowered or "insufficient" in lowered:
+    if exc.error_code == QUOTA_CODE or "quota" in lowered or "insufficient" in lowered:
         return CloudError(f"{what}: ModelArts quota reached ({message}); free resources, ask for more quota or "
                           "use another flavor with --set resources.instance_type=...")
     if "already exist" in lowered:
@@ -231,19 +263,68 @@ def _reason(job: Any, phase: str, status: str) -> str | None:
         f" ({job.status.secondary_phase})" if job.status.secondary_phase else "")
 
 
-def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str], dict[str, int]]:
-    """New lines of each task's log preview (one task per node); ``seen`` counts lines given out."""
-    from jobs.store import Store
+def log_export(info: dict[str, Any], task: str) -> str:
+    """Where ModelArts exports one task's full log: ``modelarts-job-<job id>-<task>.log`` in the
+    job's ``log_export_path``, uploaded every few seconds while the job runs ("Common Logs",
+    https://support.huaweicloud.com/intl/en-us/develop-modelarts/develop-modelarts-0095.html)."""
+    return _job_folder(info["staging"], info["remote_name"]) + f"logs/modelarts-job-{info['job_id']}-{task}.log"
+
+
+def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
+    """The exported log from byte ``offset`` on, by ranged reads (None before the first export)."""
+    from jobs.core import storage
+    from jobs.core.errors import NotFoundError
+
+    uri, data = log_export(info, task), b""
+    try:
+        while True:
+            chunk = storage.read_range(uri, offset + len(data), LOG_CHUNK)
+            data += chunk
+            if len(chunk) < LOG_CHUNK:
+                return data
+    except NotFoundError:
+        return None
+
+
+def _previewed(info: dict[str, Any], task: str, offset: int) -> tuple[bytes, int]:
+    """The log preview from byte ``offset`` on, and the offset it really starts at: the preview
+    holds only the last 5 MB (``content`` is the newest ``current_size`` bytes of ``full_size``:
+    ShowTrainingJobLogsPreview), so bytes that slid out of it are skipped, up to a line start."""
     from huaweicloudsdkmodelarts.v1 import model as m
 
-    info = Store().get(record["name"], record["version"])["backend_info"]
+    preview = _call(f"logs of {info['remote_name']}", "show_training_job_logs_preview",
+                    m.ShowTrainingJobLogsPreviewRequest(training_job_id=info["job_id"], task_id=task))
+    data = (preview.content or "").encode()
+    start = max((preview.full_size or len(data)) - len(data), 0)
+    if offset >= start:
+        return data[offset - start:], offset
+    cut = data.find(b"\n") + 1
+    return data[cut:], start + cut
+
+
+def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    """New lines of each task's log (one task per node); ``seen`` holds the byte offset given out
+    so far per task, which stays right however long the log grows. The exported log on OBS is read
+    from that offset (a few bytes per poll); the preview API, which can only return the whole last
+    5 MB, is used only until the first export. Lines are given out whole, the last partial one once
+    the job has ended."""
+    from jobs.store import Store
+
+    current = Store().get(record["name"], record["version"])
+    info, final = current["backend_info"], current["status"] in TERMINAL
     tasks = info.get("tasks") or ["worker-0"]
     lines, seen = [], dict(seen)
     for task in tasks:
-        preview = _call(f"logs of {info['remote_name']}", "show_training_job_logs_preview",
-                        m.ShowTrainingJobLogsPreviewRequest(training_job_id=info["job_id"], task_id=task))
-        text = (preview.content or "").splitlines()
-        new = text[seen.get(task, 0):]
-        seen[task] = len(text)
-        lines += [f"[{task}] {line}" for line in new] if len(tasks) > 1 else new
+        offset = seen.get(task, 0)
+        data = _exported(info, task, offset)
+        start = offset
+        if data is None:
+            data, start = _previewed(info, task, offset)
+        new = data if final else data[:data.rfind(b"\n") + 1]
+        seen[task] = start + len(new)
+        text = new.decode(errors="replace").splitlines()
+        if start > offset:
+            text.insert(0, f"[faceops] {start - offset} bytes of this log slid out of ModelArts' 5 MB preview before "
+                           f"they were read; the whole log is exported to {log_export(info, task)}")
+        lines += [f"[{task}] {line}" for line in text] if len(tasks) > 1 else text
     return lines, seen

@@ -116,3 +116,36 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def modelarts_hosts(environ: dict[str, str]) -> tuple[list[str], int]:
+    """The cluster ModelArts describes to each container of a multi-node training job, and this
+    node's index in it. The variables are the ones ModelArts presets in training containers
+    ("Managing Environment Variables of a Training Container",
+    https://support.huaweicloud.com/intl/en-us/usermanual-standard-modelarts/develop-modelarts-0104.html;
+    https://support.huaweicloud.com/drawer-modelarts/ma_drawer_129.html): VC_WORKER_HOSTS, the
+    nodes' domain names in order, comma-separated; VC_TASK_INDEX, this container's index from 0;
+    MA_NUM_HOSTS (or VC_WORKER_NUM), the node count. Without VC_WORKER_HOSTS the names follow
+    the pattern ``${MA_VJ_NAME}-${MA_TASK_NAME}-N.${MA_VJ_NAME}``."""
+    count = int(environ.get("MA_NUM_HOSTS") or environ.get("VC_WORKER_NUM") or 1)
+    hosts = [h for h in environ.get("VC_WORKER_HOSTS", "").split(",") if h]
+    if not hosts and count > 1 and environ.get("MA_VJ_NAME"):
+        job, task = environ["MA_VJ_NAME"], environ.get("MA_TASK_NAME", "worker")
+        hosts = [f"{job}-{task}-{n}.{job}" for n in range(count)]
+    return hosts, int(environ.get("VC_TASK_INDEX") or 0)
+
+
+def modelarts_cluster(environ: dict[str, str], port: int = DEFAULT_PORT, wait: float = 300.0) -> Cluster | None:
+    """This node's share of MXNet's dist_sync roles on a ModelArts multi-node job (node 0 runs
+    the scheduler), once every node's name resolves; None on a single node."""
+    hosts, index = modelarts_hosts(environ)
+    if len(hosts) < 2:
+        if int(environ.get("MA_NUM_HOSTS") or environ.get("VC_WORKER_NUM") or 1) > 1:
+            raise ValueError("ModelArts reports several nodes but neither VC_WORKER_HOSTS nor MA_VJ_NAME names "
+                             "them; refusing to train separate copies")
+        return None
+    if not 0 <= index < len(hosts):
+        raise ValueError(f"VC_TASK_INDEX={index} is outside the {len(hosts)} hosts of VC_WORKER_HOSTS")
+    for host in hosts:
+        resolve(host, wait)
+    return across_hosts(hosts, hosts[index], port)

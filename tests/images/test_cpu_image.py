@@ -224,3 +224,35 @@ def test_gallery_and_identify_jobs_run_in_the_image(runner, in_image, s3_bucket,
     metrics = record["metrics"]
     assert metrics["faces"] >= 13 and metrics["rank1"] >= 0.9 and metrics["unknown_rejection"] >= 0.8, metrics
     assert "report.jsonl" in keys(s3_env.client(), s3_bucket, "reports/lfw/")
+
+
+def test_bootstrap_runs_as_the_modelarts_user_in_the_image(cpu_image, image_engine, tmp_path):
+    """ModelArts starts custom images as ma-user (uid 1000, gid 100) with the inputs it
+    downloaded: in the image that user unpacks the code bundle, and the task writes its model,
+    metrics and checkpoints under /opt/ml."""
+    from tests.jobs.cloud import stage_bundle
+
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "train.py").write_text(textwrap.dedent("""\
+        import json, os
+        from contract import from_env, log_metrics
+        job = from_env()
+        (job.model_dir / "model.txt").write_text("weights")
+        (job.checkpoint_dir / "ckpt").write_text("state")
+        log_metrics(step=1)
+        print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "hp": job.hyperparameters,
+                          "model": sorted(os.listdir(job.model_dir)), "metrics": job.metrics_file.exists()}))
+    """))
+    channel = tmp_path / "faceops-code"
+    stage_bundle(channel, code)
+    for path in (channel, *channel.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    env = {"FACEOPS_CHANNELS": "", "FACEOPS_OUTPUTS": "model", "FACEOPS_PARAMETERS": "lr",
+           "faceops-code": "/opt/ml/input/data/faceops-code", "PYTHONPATH": "/opt/faceops/bin"}
+    out = image_engine.client().containers.run(
+        cpu_image, ["faceops-cloud-bootstrap", "modelarts", "python", "train.py", "--faceops-parameters", "--lr=0.1"],
+        user="1000:100", environment=env, remove=True, network_mode="none",
+        volumes={str(channel): {"bind": "/opt/ml/input/data/faceops-code", "mode": "ro"}})
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    assert seen == {"uid": 1000, "gid": 100, "hp": {"lr": 0.1}, "model": ["model.txt"], "metrics": True}

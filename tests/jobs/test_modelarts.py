@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
+import shutil
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,8 +33,8 @@ def modelarts_server():
 def modelarts(modelarts_server, s3_env, fast_cloud, monkeypatch) -> ModelArtsServer:
     state = modelarts_server.state
     state.jobs.clear(), state.logs.clear(), state.requests.clear(), state.quota_flavors.clear()
-    state.images = {"faceops/train:gpu"}
-    state.throttle = 0
+    state.images = {"faceops/train:gpu", f"faceops/train@{DIGEST}"}
+    state.throttle, state.log_window = 0, 5 * 1024 * 1024
     monkeypatch.setenv("HUAWEICLOUD_SDK_AK", state.access_key)
     monkeypatch.setenv("HUAWEICLOUD_SDK_SK", state.secret_key)
     monkeypatch.setenv("HUAWEICLOUD_SDK_PROJECT_ID", state.project_id)
@@ -79,16 +83,20 @@ def test_dry_run_shows_the_request_without_keys(runner, modelarts, spec, s3_buck
     assert algorithm["command"] == "faceops-cloud-bootstrap modelarts python train.py --log-every 10 --faceops-parameters"
     assert algorithm["parameters"] == [{"name": "lr", "value": "0.1"}, {"name": "epochs", "value": "20"},
                                        {"name": "network", "value": '"r50"'}, {"name": "flip", "value": "true"}]
-    assert algorithm["engine"] == {"image_url": "faceops/train:gpu"}
+    assert algorithm["engine"] == {"image_url": f"faceops/train@{DIGEST}"}  # the pushed digest, not the tag
     assert algorithm["inputs"] == [
-        {"name": "train", "local_dir": "/opt/ml/input/data/train", "remote": {"obs": {"obs_url": f"/{s3_bucket}/recognition_train_data/"}}},
-        {"name": "faceops-code", "local_dir": "/opt/ml/input/data/faceops-code",
+        {"name": "train", "local_dir": "/opt/ml/input/data/train", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/recognition_train_data/"}}},
+        {"name": "faceops-code", "local_dir": "/opt/ml/input/data/faceops-code", "access_method": "env",
          "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/bundles/{code_hash}/"}}}]
     assert algorithm["outputs"] == [
-        {"name": "model", "local_dir": "/opt/ml/model", "remote": {"obs": {"obs_url": f"/{s3_bucket}/models/face-recognition/"}}},
-        {"name": "faceops-output", "local_dir": "/opt/ml/output/faceops",
+        {"name": "model", "local_dir": "/opt/ml/model", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/models/face-recognition/"}}},
+        {"name": "faceops-output", "local_dir": "/opt/ml/output/faceops", "access_method": "env",
          "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/output/"}}}]
-    assert algorithm["environments"] == {"FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model"}
+    assert algorithm["environments"] == {"FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model",
+                                         "FACEOPS_PARAMETERS": "lr,epochs,network,flip",
+                                         "FACEOPS_PARAMETER_SERVER": "1"}
     assert body["spec"] == {"resource": {"flavor_id": "modelarts.p3.large.public", "node_count": 2},
                             "log_export_path": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/logs/"},
                             "auto_stop": {"time_unit": "HOURS", "duration": 2}}
@@ -115,7 +123,6 @@ def test_training_job_lifecycle_through_the_sdk(runner, modelarts, spec, s3_env,
         modelarts.set_phase(job_id, phase)
         assert json.loads(runner("job", "show", "face-recognition", "--json").output)["status"] == ours
 
-    modelarts.set_phase(job_id, "Running", tasks=["worker-0", "worker-1"])
     runner("job", "show", "face-recognition")
     modelarts.append_log(job_id, "worker-0", "epoch 1 loss 3.2\nepoch 2 loss 2.1\n")
     modelarts.append_log(job_id, "worker-1", "worker 1 joined\n")
@@ -196,7 +203,7 @@ def test_flavor_rejected_and_quota(runner, modelarts, spec):
     assert "Flavor modelarts.p9.huge is not supported" in output
     modelarts.state.quota_flavors.add("modelarts.p3.large.public")
     output = refused(runner, spec, "--detach")
-    assert "ModelArts quota reached" in output and "Insufficient quota" in output
+    assert "ModelArts quota reached" in output and "ModelArts.0116: The expected modelarts.p3.large.public nodes exceeds the quota limit" in output
 
 
 def test_throttling_backs_off(runner, modelarts, spec, monkeypatch):
@@ -217,21 +224,255 @@ def test_name_collision_names_the_existing_job(runner, modelarts, spec):
     assert "already exists" in output and "job id existing-id, Running" in output
 
 
-def test_bootstrap_reads_modelarts_parameters(tmp_path):
-    """The container side on ModelArts' layout: parameters appended as --name=value."""
-    code = tmp_path / "src"
-    code.mkdir()
-    (code / "show.py").write_text(
-        "import json, sys\nfrom jobs.core.contract import from_env\njob = from_env()\n"
+SHOW = ("import json, os, sys\nfrom jobs.core.contract import from_env\njob = from_env()\n"
         "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters, 'argv': sys.argv[1:],\n"
-        "    'train': str(job.channel('train'))}))\n")
-    root = tmp_path / "opt-ml"
+        "    'train': str(job.channel('train')), 'uid': os.getuid()}))\n")
+
+
+def container_run(modelarts, job_id: str, root: Path, tmp_path: Path, access: str | None = None):
+    """Node 0's container of a created job, as ModelArts starts it (tests/harness/modelarts.py),
+    run here with its /opt/ml at ``root``; ``access`` overrides every channel's access_method
+    (None: as submitted) to see what a job edited in the console would pass."""
+    job = modelarts.state.jobs[job_id]
+    for channel in [*job["algorithm"]["inputs"], *job["algorithm"]["outputs"]]:
+        if access == "parameter":
+            channel.pop("access_method", None)  # the SDK's default
+        channel["local_dir"] = channel["local_dir"].replace("/opt/ml", str(root))
+    code = tmp_path / "src"
+    code.mkdir(exist_ok=True)
+    (code / "train.py").write_text(SHOW)  # the spec's entrypoint
     stage_bundle(root / "input" / "data" / "faceops-code", code)
-    done = run_bootstrap(["modelarts", "python", "show.py", "--log-every", "10",
-                          "--faceops-parameters", "--lr=0.1", "--network=\"r50\"", "--flip=true", "--epochs=20"],
-                         env={"FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model",
-                              "PYTHONPATH": str(REPO)})
+    argv, env = modelarts.container(job_id)
+    assert argv[0] == "faceops-cloud-bootstrap"
+    return run_bootstrap(argv[1:], env={**env, "FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("access", [None, "parameter"])
+def test_bootstrap_takes_what_a_modelarts_container_passes(runner, modelarts, spec, tmp_path, access):
+    """The container side, started as the harness says ModelArts starts it: with the submitted
+    ``access_method: env`` the channels arrive as variables; with the default ``parameter`` (a
+    job edited in the console) they are appended as --train=... --model=..., and neither is taken
+    for a hyperparameter."""
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1"))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    root = tmp_path / "opt-ml"
+    argv, env = modelarts.container(job_id)
+    if access is None:
+        assert env["train"] == "/opt/ml/input/data/train" and not any(a.startswith("--train=") for a in argv)
+    done = container_run(modelarts, job_id, root, tmp_path, access)
     assert done.returncode == 0, done.stderr
     seen = json.loads((root / "model" / "seen.json").read_text())
-    assert seen == {"hp": {"lr": 0.1, "network": "r50", "flip": True, "epochs": 20}, "argv": ["--log-every", "10"],
-                    "train": str(root / "input" / "data" / "train")}
+    assert seen["hp"] == {"lr": 0.1, "network": "r50", "flip": True, "epochs": 20}
+    assert seen["argv"] == ["--log-every", "10"] and seen["train"] == str(root / "input" / "data" / "train")
+    assert "ignoring" not in done.stderr
+
+
+def test_bootstrap_ignores_arguments_that_are_not_the_jobs(tmp_path):
+    """Anything else ModelArts (or a console edit) appends is left out of the hyperparameters, said on stderr."""
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "show.py").write_text(SHOW)
+    root = tmp_path / "opt-ml"
+    stage_bundle(root / "input" / "data" / "faceops-code", code)
+    done = run_bootstrap(["modelarts", "python", "show.py", "--faceops-parameters", "--lr=0.1", "--task_name=worker",
+                          "--train=/elsewhere/train", "stray"],
+                         env={"FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model",
+                              "FACEOPS_PARAMETERS": "lr", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads((root / "model" / "seen.json").read_text())
+    assert seen["hp"] == {"lr": 0.1} and seen["train"] == "/elsewhere/train"
+    assert "ignoring '--task_name=worker'" in done.stderr and "ignoring 'stray'" in done.stderr
+
+
+def test_request_body_is_held_to_the_sdk_models(modelarts):
+    """The harness refuses what the service would: unknown fields, wrong types, missing mandatory fields."""
+    from tests.harness.modelarts import job_problems
+
+    body = {"kind": "job", "metadata": {"name": "ok-name"},
+            "algorithm": {"inputs": [{"name": "train", "local_dir": "/x", "access_method": "file",
+                                      "remote": {"obs": {"obs_url": "/b/k/"}}}],
+                          "parameters": [{"name": "lr", "value": 0.1}], "environments": {"A": "1"}},
+            "spec": {"resource": {"flavor_id": "f", "node_count": "2"}, "nodes": 2}}
+    assert job_problems(body) == ["body.algorithm.parameters[0].value: expected str, got float",
+                                  "body.spec.resource.node_count: expected int, got str",
+                                  "body.spec.nodes: not a field of Spec"]
+    body["algorithm"]["parameters"][0]["value"] = "0.1"
+    body["spec"] = {"resource": {"node_count": 2}}
+    assert job_problems(body) == ["body.spec.resource.flavor_id: mandatory"]
+    body["spec"]["resource"]["flavor_id"] = "f"
+    assert job_problems(body) == ["body.algorithm.inputs[0].access_method: one of parameter, env"]
+    del body["metadata"]
+    assert job_problems(body) == ["body.metadata: mandatory"]
+
+
+def test_logs_follow_past_the_preview_window(runner, modelarts, spec, s3_env, s3_bucket):
+    """The preview holds only the newest bytes (5 MB; 64 here): following by byte offset, nothing
+    is given twice and what slid out is said; once ModelArts has exported the log to OBS, it is
+    read from there by ranged reads and no preview is asked for."""
+    modelarts.state.log_window = 64
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1"))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    info = Store().get("face-recognition", 1)["backend_info"]
+    job_id = info["job_id"]
+    modelarts.set_phase(job_id, "Running")
+    modelarts.append_log(job_id, "worker-0", "line 1\nline 2\npart")
+    assert runner("job", "logs", "face-recognition").output.splitlines() == ["line 1", "line 2"]
+    modelarts.append_log(job_id, "worker-0", "ial 3\n" + "".join(f"line {n}\n" for n in range(4, 30)))
+    out = runner("job", "logs", "face-recognition").output.splitlines()
+    assert out[0].startswith("[faceops] ") and "slid out of ModelArts' 5 MB preview" in out[0]
+    assert out[-1] == "line 29" and "line 1" not in out and len(out) < 15
+
+    modelarts.export_logs(lambda bucket, key, data: s3_env.client().put_object(Bucket=bucket, Key=key, Body=data))
+    assert f"modelarts-job-{job_id}-worker-0.log" in modelarts_export_keys(s3_env, s3_bucket)
+    previews = sum(1 for r in modelarts.state.requests if r[1].endswith("/logs/preview"))
+    modelarts.set_phase(job_id, "Completed")
+    follow = runner("job", "logs", "face-recognition", "--follow").output.splitlines()
+    assert follow == ["line 1", "line 2", "partial 3", *[f"line {n}" for n in range(4, 30)]]
+    assert sum(1 for r in modelarts.state.requests if r[1].endswith("/logs/preview")) == previews
+
+
+def modelarts_export_keys(s3_env, bucket: str) -> list[str]:
+    listed = s3_env.client().list_objects_v2(Bucket=bucket, Prefix="faceops/jobs/")
+    return [o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])]
+
+
+def test_multi_node_environment_for_each_node(modelarts, runner, spec):
+    """Two nodes: each container gets its index and the host list, and the job asks the bootstrap
+    for MXNet's dist_sync roles; the launcher turns that into node 0 = scheduler + server + worker."""
+    from jobs.core import launch
+
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    assert modelarts.state.jobs[job_id]["status"]["tasks"] == ["worker-0", "worker-1"]
+    roles = []
+    for node in (0, 1):
+        _, env = modelarts.container(job_id, node, hosts=["localhost", "127.0.0.1"])
+        assert env["FACEOPS_PARAMETER_SERVER"] == "1" and env["VC_TASK_INDEX"] == str(node)
+        cluster = launch.modelarts_cluster(env, port=9999, wait=1)
+        assert (cluster.scheduler, cluster.servers, cluster.workers, cluster.port) == ("127.0.0.1", 2, 2, 9999)
+        roles.append(cluster.roles)
+    assert roles == [("scheduler", "server", "worker"), ("server", "worker")]
+
+
+def test_batch_job_on_two_nodes_takes_one_shard_per_node(runner, modelarts, spec, tmp_path, s3_bucket):
+    """A gallery/identify job on two ModelArts nodes: no parameter server, each container is told
+    its shard by its node index and writes its part of the outputs under its own name (every
+    node uploads to the same OBS folder)."""
+    spec.write_text(spec.read_text().split("task:")[0] + f"""\
+task: gallery
+backend: modelarts
+image: {SWR}/faceops/train:gpu
+inputs:
+  images: s3://{s3_bucket}/recognition_train_data/
+outputs:
+  database: s3://{s3_bucket}/galleries/staff/
+resources: {{instance_type: modelarts.p3.large.public, instance_count: 2}}
+""")
+    result = runner("job", "submit", spec, "--detach")
+    assert result.exit_code == 0 and "job_id" in Store().get("face-recognition", 1)["backend_info"], \
+        (result.output, Store().get("face-recognition", 1))
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    job = modelarts.state.jobs[job_id]
+    assert job["algorithm"]["environments"]["FACEOPS_SHARDED"] == "1"
+    assert "FACEOPS_PARAMETER_SERVER" not in job["algorithm"]["environments"]
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "shard.py").write_text(
+        "import json, os\nfrom jobs.core.contract import from_env\njob = from_env()\n"
+        "(job.output('database') / 'part.json').write_text(json.dumps([os.environ['FACEOPS_SHARD_INDEX'], "
+        "os.environ['FACEOPS_SHARD_COUNT']]))\n")
+    for node in (0, 1):
+        root = tmp_path / f"node{node}"
+        stage_bundle(root / "input" / "data" / "faceops-code", code)
+        argv, env = modelarts.container(job_id, node)
+        env = {**env, "faceops-code": str(root / "input" / "data" / "faceops-code"), "database": str(root / "db"),
+               "images": str(root / "input" / "data" / "images")}
+        done = run_bootstrap(["modelarts", "python", "shard.py", *argv[argv.index("--faceops-parameters"):]],
+                             env={**env, "FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        assert json.loads((root / "db" / f"part-{node}" / "part.json").read_text()) == [str(node), "2"]
+
+
+def test_host_names_follow_the_documented_pattern_without_a_host_list():
+    from jobs.core import launch
+
+    env = {"MA_NUM_HOSTS": "3", "VC_TASK_INDEX": "2", "MA_VJ_NAME": "modelarts-job-abc", "MA_TASK_NAME": "worker"}
+    assert launch.modelarts_hosts(env) == ([f"modelarts-job-abc-worker-{n}.modelarts-job-abc" for n in range(3)], 2)
+    assert launch.modelarts_hosts({"MA_NUM_HOSTS": "1"}) == ([], 0)
+    assert launch.modelarts_cluster({"MA_NUM_HOSTS": "1"}) is None
+    with pytest.raises(ValueError, match="refusing to train separate copies"):
+        launch.modelarts_cluster({"MA_NUM_HOSTS": "2", "VC_TASK_INDEX": "1"})
+
+
+def test_unresolvable_host_is_retried_then_named():
+    import time
+
+    from jobs.core import launch
+
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="host no-such-node.invalid did not resolve within 1s"):
+        launch.resolve("no-such-node.invalid", 1.0, delay=0.3)
+    assert time.monotonic() - began >= 0.6  # asked again, not given up at the first miss
+
+
+MA_USER, MA_GROUP = 1000, 100  # ModelArts runs custom images as ma-user:ma-group (images/service-user.sh)
+
+
+def system_python() -> str | None:
+    """A Python that uid 1000 can run (the bootstrap needs only the standard library)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK) and os.stat(os.path.realpath(candidate)).st_mode & 0o005 == 0o005:
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or system_python() is None,
+                    reason="needs root (to run as uid 1000) and a Python outside root's home")
+def test_bootstrap_runs_as_the_modelarts_user(tmp_path):
+    """As uid 1000 / gid 100, on a layout whose /opt/ml is set up as the images do it (owned by
+    1000:100, group-writable) and whose inputs are root's (downloaded by the platform), the
+    bootstrap unpacks the bundle and the task writes its model and metrics; on a root-owned
+    /opt/ml the same run fails, so this checks the ownership the images must give."""
+    base = Path(tempfile.mkdtemp(prefix="faceops-ma-user-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        code = tmp_path / "src"
+        code.mkdir()
+        (code / "train.py").write_text(SHOW + "from jobs.core.contract import log_metrics\nlog_metrics(step=1)\n")
+        (code / "jobs" / "core").mkdir(parents=True)
+        shutil.copy(REPO / "jobs" / "core" / "contract.py", code / "jobs" / "core" / "contract.py")
+        for package in (code / "jobs", code / "jobs" / "core"):
+            (package / "__init__.py").write_text("")
+        runs = {}
+        for owner in ("ma-user", "root"):
+            root = base / owner
+            root.mkdir(mode=0o755)
+            stage_bundle(root / "input" / "data" / "faceops-code", code)
+            for path in [root / "input" / "data" / "faceops-code", *(root / "input" / "data" / "faceops-code").iterdir()]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            (root / "input" / "data" / "train").mkdir()
+            if owner == "ma-user":
+                os.chown(root, MA_USER, MA_GROUP)
+                root.chmod(0o2775)
+            env = {"PATH": "/usr/bin:/bin", "FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "train",
+                   "FACEOPS_OUTPUTS": "model", "FACEOPS_PARAMETERS": "lr", "train": str(root / "input" / "data" / "train")}
+            runs[owner] = subprocess.run([system_python(), str(REPO / "images" / "bin" / "faceops-cloud-bootstrap"),
+                                          "modelarts", "python", "train.py", "--faceops-parameters", "--lr=0.1"],
+                                         env=env, user=MA_USER, group=MA_GROUP, cwd="/", capture_output=True,
+                                         text=True, timeout=60)
+        assert runs["ma-user"].returncode == 0, runs["ma-user"].stderr
+        seen = json.loads((base / "ma-user" / "model" / "seen.json").read_text())
+        assert seen["uid"] == MA_USER and seen["hp"] == {"lr": 0.1}
+        assert (base / "ma-user" / "output" / "faceops" / "metrics.jsonl").exists()
+        assert runs["root"].returncode != 0 and "Permission denied" in runs["root"].stderr
+    finally:
+        shutil.rmtree(base)
+
+
+def test_image_given_by_digest_is_pulled_by_digest(runner, modelarts, spec):
+    """`image: .../name@sha256:...` stays a digest reference (never `name:sha256:...`)."""
+    pinned = "sha256:" + "ef" * 32
+    result = runner("job", "submit", spec, "--set", f"image={SWR}/faceops/train@{pinned}", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["plan"]["request"]["algorithm"]["engine"] == {"image_url": f"faceops/train@{pinned}"}

@@ -307,3 +307,38 @@ def test_two_sagemaker_nodes_train_with_dist_sync(lfw_split, tmp_path):
     exported = [host for host in hosts if (tmp_path / host / "model" / "model.onnx").exists()]
     assert len(exported) == 1
     assert metric_steps(tmp_path / exported[0] / "output" / "data" / "metrics.jsonl") == [1, 2, 3]
+
+
+def test_two_modelarts_nodes_train_with_dist_sync(lfw_split, tmp_path):
+    """The cloud bootstrap as two ModelArts containers start (two processes with their own
+    /opt/ml): channels as variables (access_method env), parameters appended after
+    --faceops-parameters, the cluster in ModelArts' preset VC_WORKER_HOSTS / VC_TASK_INDEX /
+    MA_NUM_HOSTS. Node 0 starts the scheduler, each node a server, the workers train together."""
+    from jobs.core.bundle import FACEOPS_CODE, build_bundle, faceops_root
+
+    packed, _ = lfw_split
+    bundle = build_bundle(faceops_root(), [n for n in FACEOPS_CODE if (faceops_root() / n).exists()], store=False)
+    hosts = ["localhost", "127.0.0.1"]  # two names for this machine, one per simulated container
+    port = str(free_port())
+    parameters = {"network": '"mbf_s1"', "batch_size": "7", "workers": "0", "max_steps": "3", "log_every": "1"}
+    procs = {}
+    for index, host in enumerate(hosts):
+        root = tmp_path / host
+        (root / "input" / "data" / "faceops-code").mkdir(parents=True)
+        (root / "input" / "data" / "train").symlink_to(packed)
+        (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "DMLC_", "MA_", "VC_"))}
+        env.update(FACEOPS_OPT_ML=str(root), FACEOPS_PS_PORT=port, FACEOPS_PARAMETER_SERVER="1", PS_VERBOSE="0",
+                   FACEOPS_CHANNELS="train", FACEOPS_OUTPUTS="model", FACEOPS_PARAMETERS=",".join(parameters),
+                   train=str(root / "input" / "data" / "train"), model=str(root / "model"),
+                   MA_NUM_HOSTS="2", VC_WORKER_NUM="2", VC_TASK_INDEX=str(index), VC_WORKER_HOSTS=",".join(hosts),
+                   MA_TASK_NAME="worker", MA_VJ_NAME="modelarts-job-test")
+        argv = ["modelarts", "python", "-m", "train.recognition", "--faceops-parameters",
+                *[f"--{k}={v}" for k, v in parameters.items()]]
+        procs[host] = subprocess.Popen([sys.executable, str(ROOT / "images" / "bin" / "faceops-cloud-bootstrap"), *argv],
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outputs = finish_all(procs, timeout=120)
+    assert sorted(out.split("worker ", 1)[1].split(" of 2")[0] for out in outputs.values()) == ["0", "1"], outputs
+    exported = [host for host in hosts if (tmp_path / host / "model" / "model.onnx").exists()]
+    assert len(exported) == 1
+    assert metric_steps(tmp_path / exported[0] / "output" / "faceops" / "metrics.jsonl") == [1, 2, 3]
