@@ -20,7 +20,7 @@ from typing import IO, Any
 from jobs import diskspace, tracking
 from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime
 from jobs.backends.runtimes import ParameterServerRuntime
-from jobs.core.contract import Contract, final_metrics
+from jobs.core.contract import Contract, final_metrics, unpack_model_archives
 from jobs.store import TERMINAL, Store, workdir
 
 LOG_NAME = "job.log"
@@ -102,6 +102,19 @@ class Supervisor:
                 return
             self._say(f"staging input {channel} from {uri}")
             storage.download(uri, self.contract.channel_dir(channel), progress=False)
+            self._unpack(channel)
+
+    def _unpack(self, channel: str) -> None:
+        """A SageMaker model output staged as channel ``channel`` becomes its files, as the
+        cloud bootstrap does in a container (:func:`jobs.core.contract.unpack_model_archives`)."""
+        from jobs.core.errors import DataError
+        from jobs.given import as_given
+
+        try:
+            if unpack_model_archives(self.contract.channel_dir(channel)) is not None:
+                self._say(f"unpacked the model archive of input {channel}")
+        except ValueError as exc:
+            raise DataError(f"inputs.{channel}: {as_given(str(exc), self.folder, self.record['spec']['inputs'])}") from None
 
     def _run_attempts(self) -> tuple[str, str | None]:
         """Run the entry point, again up to ``resources.retries`` times after a failure."""

@@ -282,3 +282,48 @@ def final_metrics(metrics_file: Path) -> dict[str, Any]:
         if isinstance(entry, dict):
             final.update({k: v for k, v in entry.items() if k != "time"})
     return final
+
+
+# SageMaker hands a training job's model over as ``<outputs.model>/<job>/output/model.tar.gz``;
+# every other backend writes the files themselves. A channel given such an output (the job's
+# prefix, the output path holding one job, or the archive itself) gets the files.
+MODEL_ARCHIVE = "model.tar.gz"
+ARCHIVE_PLACES = (MODEL_ARCHIVE, f"output/{MODEL_ARCHIVE}", f"*/output/{MODEL_ARCHIVE}")
+
+
+def model_archives(folder: Path) -> list[Path]:
+    """The SageMaker model archives in a channel folder: at its top, under ``output/`` (the
+    job's own prefix) or under ``<job>/output/`` (the output path)."""
+    return sorted({path for place in ARCHIVE_PLACES for path in folder.glob(place) if path.is_file()})
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Unpack the tarball ``archive`` into the folder ``dest`` with tarfile's ``data`` filter
+    (no absolute paths, no links or members outside ``dest``, no device files)."""
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise ValueError(f"{archive}: not a readable model archive ({exc})") from None
+
+
+def unpack_model_archives(folder: Path, dest: Path | None = None) -> Path | None:
+    """Unpack the one model archive of channel ``folder`` (see :func:`model_archives`) into
+    ``dest`` (default: the channel itself, the archive then removed, so the channel holds the files
+    as another backend's output would). Returns where the files are, or None when the channel holds
+    no archive. Several jobs' archives are ambiguous: a ValueError names them."""
+    archives = model_archives(folder)
+    if not archives:
+        return None
+    if len(archives) > 1:
+        names = ", ".join(a.relative_to(folder).as_posix() for a in archives)
+        raise ValueError(f"{folder}: several model archives ({names}); give one training job's output "
+                         f"(<outputs.model>/<job name>/)")
+    target = folder if dest is None else dest
+    extract_archive(archives[0], target)
+    if dest is None:
+        archives[0].unlink()
+    return target
