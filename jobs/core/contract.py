@@ -327,3 +327,46 @@ def unpack_model_archives(folder: Path, dest: Path | None = None) -> Path | None
     if dest is None:
         archives[0].unlink()
     return target
+
+
+# A batch (processing) job on several instances: each takes a share of its sharded input and
+# writes a part of its output, named FACEOPS_SHARD_PART, under ``<output>/parts/<part>/``; a
+# merge makes them one output afterwards. INDEX/COUNT say which share when the instances see
+# the whole input (the local backend, ModelArts); a service that hands each instance its own
+# subset (SageMaker's ShardedByS3Key) leaves them at 0 and 1 and only names the part.
+SHARD_INDEX = "FACEOPS_SHARD_INDEX"
+SHARD_COUNT = "FACEOPS_SHARD_COUNT"
+SHARD_PART = "FACEOPS_SHARD_PART"
+PARTS = "parts"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This instance's share of a sharded batch job: items whose stable key hashes to ``index``
+    modulo ``count``, written as the part ``part``."""
+
+    index: int
+    count: int
+    part: str
+
+
+def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard the backend gave this instance (see :data:`SHARD_PART`), or None for a job that
+    writes its whole output itself."""
+    env = os.environ if environ is None else environ
+    if not env.get(SHARD_PART):
+        return None
+    index, count, part = env.get(SHARD_INDEX, "0"), env.get(SHARD_COUNT, "1"), env[SHARD_PART]
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)) \
+            or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part):
+        from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
+
+        raise SpecError(f"{SHARD_INDEX}={index}, {SHARD_COUNT}={count}, {SHARD_PART}={part!r}: expected "
+                        "0 <= index < count and a plain folder name")
+    return Shard(int(index), int(count), part)
+
+
+def shard_env(index: int, count: int, part: str | None = None) -> dict[str, str]:
+    """The variables that make an instance shard ``index`` of ``count``, writing part ``part``
+    (default ``shard-<index>``)."""
+    return {SHARD_INDEX: str(index), SHARD_COUNT: str(count), SHARD_PART: part or f"shard-{index}"}
