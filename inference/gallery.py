@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 
 from inference import faces as facelib
+from inference import shards
 from inference.calibration import DEFAULT_FAR, calibrate
 from inference.calibration import warnings as calibration_warnings
 from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
 from inference.models import Models, load_models, sha256
 from inference.sources import ImageItem, list_images, local
+from jobs.core.contract import Shard
 from jobs.core.errors import DataError, NotFoundError
 
 DEFAULT_DET_SIZE = 640
@@ -153,49 +155,98 @@ def _target_far(gallery: Gallery) -> float:
     return (gallery.manifest.get("calibration") or {}).get("target_far", DEFAULT_FAR)
 
 
-def _labelled(source: str | Path, folder: Path) -> tuple[list[ImageItem], list[str]]:
+def _labelled(source: str | Path, folder: Path, at: Shard | None = None) -> tuple[list[ImageItem], list[str]]:
+    """The labelled images of ``folder`` and the files skipped, this instance's share of them when
+    the job is sharded (where an instance may also get none: SageMaker hands out whole objects)."""
     listing = list_images(folder, labels=True)
-    if not listing.items:
+    if not listing.items and at is None:
         raise DataError(f"{source}: no images found (expected one sub-folder of photos per person, or a path,person CSV)")
-    return listing.items, listing.skipped
+    return shards.share(listing.items, at), shards.share(listing.skipped, at, str)
+
+
+def _embed(source: str | Path, models: Models, at: Shard | None, *, det_size: int, det_thresh: float,
+           batch_size: int, workers: int, strict: bool, index: str, progress: bool) -> tuple[Gallery, int]:
+    """A new, uncalibrated gallery of the faces in ``source`` (this instance's share of them),
+    with an issue row for every photo left out; and the number of images read."""
+    with local(source) as folder:
+        items, skipped = _labelled(source, folder, at)
+        fresh, duplicates, digests = _new_photos([], items)
+        kept, issues = _collect(models, fresh, strict, progress, det_size=det_size, det_thresh=det_thresh,
+                                batch_size=batch_size, workers=workers)
+    gallery = Gallery(new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
+                      issues + duplicates + _skipped(skipped))
+    _add_faces(gallery, kept, digests)
+    return gallery, len(items)
 
 
 def build_gallery(source: str | Path, out: str | Path, models: Models | str | Path | None = None, *,
                   det: str | Path | None = None, rec: str | Path | None = None, det_size: int = DEFAULT_DET_SIZE,
                   det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int = 2, strict: bool = False,
                   far: float = DEFAULT_FAR, index: str = "flat", force: bool = False,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, shard: Shard | None = None) -> dict[str, Any]:
     """Build a gallery at ``out`` from ``source`` (folder of per-person folders, ``path,person``
     CSV, or an object-storage prefix of either). Returns a summary (people, embeddings, images,
     issues, calibration).
 
     A gallery already at ``out`` is refused unless ``force``; then the new one continues its
-    revision numbers and history (the rebuild is one more revision), so nothing is lost silently."""
+    revision numbers and history (the rebuild is one more revision), so nothing is lost silently.
+    With ``shard`` this instance embeds its share of the photos into the part folder ``out``
+    (uncalibrated; :func:`merge_galleries` makes the parts one gallery)."""
     check_kind(index)
-    previous = _existing_gallery(out)
+    previous = None if shard else _existing_gallery(out)
     if previous is not None and not force:
         raise DataError(f"{out} already holds a gallery (revision {previous.manifest['revision']}, "
                         f"{len(previous.people)} people); add photos with `faceops gallery add`, or "
                         "rebuild it as a new revision with --force")
     models = load_models(models, det, rec)
-    with local(source) as folder:
-        items, skipped = _labelled(source, folder)
-        fresh, duplicates, digests = _new_photos([], items)
-        kept, issues = _collect(models, fresh, strict, progress, det_size=det_size, det_thresh=det_thresh,
-                                batch_size=batch_size, workers=workers)
-    issues += duplicates
-    if not kept:
-        raise DataError(f"{source}: no faces found in {len(items)} images; nothing to build")
-    gallery = Gallery(new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
-                      issues + _skipped(skipped))
+    gallery, images = _embed(source, models, shard, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,
+                             workers=workers, strict=strict, index=index, progress=progress)
+    if shard:
+        save(gallery, Path(out))
+        shards.write_part(Path(out), source=str(source), images=images)
+        return {"part": shard.part, "images": images, "embeddings": len(gallery.entries)}
+    if not gallery.entries:
+        raise DataError(f"{source}: no faces found in {images} images; nothing to build")
     if previous is not None:
         gallery.manifest.update(revision=previous.manifest["revision"], history=previous.manifest["history"])
-    _add_faces(gallery, kept, digests)
-    _record(gallery, "build", source=str(source), images=len(items), added=len(kept),
+    _record(gallery, "build", source=str(source), images=images, added=len(gallery.entries),
             **({"replaced_revision": previous.manifest["revision"]} if previous is not None else {}))
     summary = _finish(gallery, far)
     publish(gallery, out)
-    return {**summary, "gallery": str(out), "images": len(items), "issues": _issue_counts(gallery.issues)}
+    return {**summary, "gallery": str(out), "images": images, "issues": _issue_counts(gallery.issues)}
+
+
+def merge_galleries(parts: list[tuple[Path, dict[str, Any]]], out: Path, far: float = DEFAULT_FAR) -> dict[str, Any]:
+    """One gallery at ``out`` from the parts sharded instances built (:func:`build_gallery` with
+    ``shard``), as one instance over all the photos builds it: entries in image order (so people
+    get the same ids), a photo that two parts hold kept once, calibrated over all the embeddings.
+    Returns the same summary :func:`build_gallery` does."""
+    galleries = [load(folder) for folder, _ in parts]
+    first = galleries[0]
+    rows = sorted(((entry, embedding) for g in galleries for entry, embedding in zip(g.entries, g.embeddings)),
+                  key=lambda row: row[0]["image"])
+    kept, issues, seen = [], [], {}
+    for entry, embedding in rows:
+        if entry.get("sha256") in seen:
+            issues.append({"image": entry["image"], "issue": "duplicate",
+                           "detail": f"same photo as {seen[entry['sha256']]}; skipped"})
+            continue
+        seen[entry.get("sha256")] = entry["image"]
+        kept.append((entry, embedding))
+    images = sum(int(info["images"]) for _, info in parts)
+    source = parts[0][1]["source"]
+    if not kept:
+        raise DataError(f"{source}: no faces found in {images} images; nothing to build")
+    detection = first.manifest["detection"]
+    gallery = Gallery(new_manifest(first.manifest["models"], first.manifest["index"]["type"], detection["det_size"],
+                                   detection["det_thresh"]), np.zeros((0, first.dim), np.float32), [],
+                      sorted([i for g in galleries for i in g.issues] + issues, key=lambda row: row["image"]))
+    details = [{k: v for k, v in entry.items() if k not in ("person_id", "person")} for entry, _ in kept]
+    _append(gallery, [entry["person"] for entry, _ in kept], np.stack([e for _, e in kept]), details)
+    _record(gallery, "build", source=source, images=images, added=len(kept))
+    summary = _finish(gallery, far)
+    save(gallery, out)
+    return {**summary, "gallery": str(out), "images": images, "issues": _issue_counts(gallery.issues)}
 
 
 def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | Path | None = None, *,

@@ -16,10 +16,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from inference import faces as facelib
-from inference import gallery_store
+from inference import gallery_store, shards
 from inference.models import Models, load_models
 from inference.sheet import DoubtfulFaces
 from inference.sources import ImageItem, list_images, local, read_truth
+from jobs.core.contract import Shard
 from jobs.core.errors import DataError
 
 UNKNOWN = "unknown"
@@ -159,13 +160,15 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
              det_size: int = 640, det_thresh: float = 0.5, batch_size: int = 16, workers: int = 2,
              truth: str | Path | None = None, truth_from_folders: bool = False,
              annotate_dir: str | Path | None = None, progress: bool = False,
-             sheet: str | Path | None = None) -> dict[str, Any]:
+             sheet: str | Path | None = None, shard: Shard | None = None) -> dict[str, Any]:
     """Identify every face in ``images`` (folder, list, CSV or object-storage prefix) against
     ``gallery`` and write the report to the folder ``out``.
 
     Ground truth comes from a ``path,person`` CSV (``truth``) or from each image's first folder
     (``truth_from_folders``); with it the summary carries rank-1, TAR@FAR and unknown rejection.
-    ``sheet`` names a contact sheet image of the doubtful faces (see inference.sheet)."""
+    ``sheet`` names a contact sheet image of the doubtful faces (see inference.sheet). With
+    ``shard`` this instance identifies its share of the images and ``out`` is its part folder
+    (:func:`merge_reports` makes the parts one report)."""
     from tqdm import tqdm
 
     db = gallery if isinstance(gallery, gallery_store.Gallery) else gallery_store.load(gallery)
@@ -183,9 +186,9 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
     doubtful = DoubtfulFaces(threshold) if sheet else None
     with local(images) as folder:
         listing = list_images(folder)
-        items = listing.items
-        if not items:
+        if not listing.items and shard is None:  # a sharded instance may get none of the objects
             raise DataError(f"{images}: no images found")
+        items, skipped = shards.share(listing.items, shard), shards.share(listing.skipped, shard, str)
         results = tqdm(facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
                                        batch_size=batch_size, workers=workers),
                        total=len(items), unit="img", desc="identify", disable=not progress)
@@ -208,13 +211,51 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
     faces = counts["ok"]
     summary = {
         "images": len(items), "faces": faces, "no_face": counts["no_face"], "errors": counts["error"],
-        "skipped_files": len(listing.skipped), "unknown": counts["unknown"], "threshold": threshold,
+        "skipped_files": len(skipped), "unknown": counts["unknown"], "threshold": threshold,
         "seconds": round(seconds, 3), "faces_per_s": round(faces / seconds, 2) if seconds else None,
         "report": str(out / "report.csv"),
     }
     if doubtful:
         summary["sheet"] = str(doubtful.write(sheet))
+    if shard:
+        shards.write_part(out, summary=summary, known=db.names, truth=bool(labels or truth_from_folders))
+        return summary
     if labels or truth_from_folders:
         summary["metrics"] = metrics(probes, set(db.names), threshold)
+        (out / "metrics.json").write_text(json.dumps(summary["metrics"], indent=2) + "\n")
+    return summary
+
+
+COUNTS = ("images", "faces", "no_face", "errors", "skipped_files", "unknown")
+
+
+def merge_reports(parts: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str, Any]:
+    """One report in ``out`` from the parts sharded instances wrote (:func:`identify` with
+    ``shard``): report.csv and report.jsonl in image order, annotated/ joined, metrics.json over
+    all the rows; the summary :func:`identify` returns, its speed the faces of all parts over the
+    slowest part's time (the instances run side by side)."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for folder, _ in parts
+            for line in (folder / "report.jsonl").read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda row: (row["image"], -1 if row["face"] is None else row["face"]))
+    with open(out / "report.csv", "w", newline="") as csv_fh, open(out / "report.jsonl", "w") as jsonl_fh:
+        writer = csv.DictWriter(csv_fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(_csv_row(row))
+            jsonl_fh.write(json.dumps(row) + "\n")
+    for folder, _ in parts:
+        if (folder / "annotated").is_dir():
+            shutil.copytree(folder / "annotated", out / "annotated", dirs_exist_ok=True)
+    infos = [info for _, info in parts]
+    summaries = [info["summary"] for info in infos]
+    seconds = max(s["seconds"] for s in summaries)
+    summary: dict[str, Any] = {key: sum(s[key] for s in summaries) for key in COUNTS}
+    summary.update(threshold=summaries[0]["threshold"], seconds=seconds,
+                   faces_per_s=round(summary["faces"] / seconds, 2) if seconds else None, report=str(out / "report.csv"))
+    if infos[0]["truth"]:
+        summary["metrics"] = metrics([r for r in rows if r["truth"]], set(infos[0]["known"]), summary["threshold"])
         (out / "metrics.json").write_text(json.dumps(summary["metrics"], indent=2) + "\n")
     return summary

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from inference import shards
 from inference.tasks import GALLERY, IDENTIFY
 from jobs.core import entry
-from jobs.core.contract import JobEnv
+from jobs.core.contract import JobEnv, shard_from_env
 from jobs.core.errors import DataError
 from jobs.core.tasks import Task
 
@@ -44,23 +45,50 @@ def _models(env: JobEnv) -> dict[str, Path | None]:
     return {"models": env.channels.get("models"), "det": env.channels.get("detector"), "rec": env.channels.get("recognizer")}
 
 
-def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
+def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
     from inference.gallery import build_gallery
 
-    return build_gallery(env.channel("images"), env.output("database"), **_models(env),
-                         **_pick(hp, DETECTION_KEYS + ("strict", "far", "index")), progress=False)
+    at = shard_from_env()
+    out = env.output("database") if at is None else shards.part_folder(env.output("database"), at)
+    summary = build_gallery(env.channel("images"), out, **_models(env), shard=at,
+                            **_pick(hp, DETECTION_KEYS + ("strict", "far", "index")), progress=False)
+    return None if at else summary
 
 
-def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
+def _identify_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """An identify summary as job metrics: the truth metrics at the top, confusions left to
+    metrics.json (job metrics are numbers)."""
+    truth_metrics = dict(summary.pop("metrics", {}))
+    truth_metrics.pop("confusions", None)
+    return {**summary, **truth_metrics}
+
+
+def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
     from inference.identify import identify
 
-    out = env.output("report")
+    at = shard_from_env()
+    out = env.output("report") if at is None else shards.part_folder(env.output("report"), at)
     summary = identify(env.channel("images"), env.channel("gallery"), out, **_models(env), truth=_truth_file(env),
-                       annotate_dir=out / "annotated" if hp.get("annotate") else None,
+                       annotate_dir=out / "annotated" if hp.get("annotate") else None, shard=at,
                        **_pick(hp, DETECTION_KEYS + ("threshold", "top_k", "truth_from_folders")), progress=False)
-    truth_metrics = summary.pop("metrics", {})
-    truth_metrics.pop("confusions", None)  # kept in metrics.json; job metrics are numbers
-    return {**summary, **truth_metrics}
+    return None if at else _identify_metrics(summary)
+
+
+def merge_gallery(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
+    """The gallery task's merge (its :class:`~jobs.core.tasks.Sharding`): the instances' parts of
+    output ``database`` become one gallery, calibrated for ``far`` over all the embeddings."""
+    from inference.gallery import merge_galleries
+
+    out = outputs["database"]
+    return merge_galleries(shards.read_parts(out), out, hp.get("far", GALLERY.params["far"].default))
+
+
+def merge_identify(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
+    """The identify task's merge: the instances' parts of output ``report`` become one report."""
+    from inference.identify import merge_reports
+
+    out = outputs["report"]
+    return _identify_metrics(merge_reports(shards.read_parts(out), out))
 
 
 RUNNERS: dict[str, tuple[Task, Callable[[dict[str, Any], JobEnv], dict[str, Any]]]] = {

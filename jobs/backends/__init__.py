@@ -139,3 +139,29 @@ def get_backend(name: str) -> Backend:
 def get_runtime(name: str) -> Runtime:
     """A fresh runtime of kind ``name`` (``process`` or ``docker``)."""
     return _load(RUNTIMES, name, "runtime")()
+
+
+def sharded(spec: dict[str, Any]) -> bool:
+    """True when a version runs as several shards whose parts are merged: a task that can scale
+    out (its :class:`~jobs.core.tasks.Sharding`) on ``instance_count > 1``."""
+    from jobs.core.tasks import get_task
+
+    return (spec["resources"].get("instance_count") or 1) > 1 and get_task(spec["task"]).sharding is not None
+
+
+def merge_parts(spec: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
+    """Run the task's merge over the parts in the local output folders ``outputs``
+    (``<output>/parts/<part>/``), remove the parts, and return the job's metrics as one
+    instance would have logged them (numbers only, nested ones flattened)."""
+    import shutil
+
+    from jobs.core.contract import PARTS
+    from jobs.core.entry import scalars
+    from jobs.core.tasks import get_task
+
+    sharding = get_task(spec["task"]).sharding
+    module, attr = sharding.merge.split(":")
+    metrics = getattr(import_module(module), attr)(spec["hyperparameters"], outputs)
+    for folder in outputs.values():
+        shutil.rmtree(folder / PARTS, ignore_errors=True)
+    return scalars(metrics)

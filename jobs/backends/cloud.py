@@ -426,3 +426,23 @@ class CloudBackend(Backend):
         if not record["backend_info"].get(self.id_key):
             return iter(())
         return follow_lines(self, record, lambda cursor: self.read_logs(record, cursor), follow)
+
+
+def merge_shards(spec: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    """Merge a finished sharded job's parts on this machine: for each output, the parts the
+    instances uploaded under ``sources[output]`` (``parts/<part>/``) are downloaded, merged by the
+    task's merge (:func:`jobs.backends.merge_parts`) and published to the spec's output URI;
+    returns the job's metrics. The parts stay where they were, so a second merge (another
+    process refreshing the same record) reads the same parts and writes the same output."""
+    from jobs.backends import merge_parts
+    from jobs.core import storage
+    from jobs.core.contract import PARTS
+
+    with tempfile.TemporaryDirectory(prefix="faceops-merge-") as tmp:
+        folders = {name: Path(tmp) / name for name in spec["outputs"]}
+        for name, folder in folders.items():
+            storage.download(storage.join(sources[name], PARTS) + "/", folder / PARTS, progress=False)
+        metrics = merge_parts(spec, folders)
+        for name, folder in folders.items():
+            storage.upload(folder, spec["outputs"][name], progress=False)
+    return metrics

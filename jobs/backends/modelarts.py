@@ -14,7 +14,7 @@ import math
 import shlex
 from typing import Any
 
-from jobs.backends import entry_argv
+from jobs.backends import entry_argv, sharded
 from jobs.backends import cloud
 from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
@@ -75,11 +75,10 @@ def environments(record: dict[str, Any]) -> dict[str, str]:
     spec = record["spec"]
     env = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"]),
            "FACEOPS_PARAMETERS": ",".join(spec["hyperparameters"])}
-    if (spec["resources"].get("instance_count") or 1) > 1:
-        if get_task(spec["task"]).kind == "training":
-            env["FACEOPS_PARAMETER_SERVER"] = "1"
-        else:
-            env["FACEOPS_SHARDED"] = "1"
+    if (spec["resources"].get("instance_count") or 1) > 1 and get_task(spec["task"]).kind == "training":
+        env["FACEOPS_PARAMETER_SERVER"] = "1"
+    elif sharded(spec):
+        env["FACEOPS_SHARDED"] = "1"
     return env
 
 
@@ -106,7 +105,11 @@ def build_job(record: dict[str, Any], staging: str):
     if res.get("retries"):
         annotations["fault-tolerance/job-retry-num"] = str(res["retries"])
     inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"])}
-    outputs = {**spec["outputs"], OUTPUT_CHANNEL: folder + "output/"}
+    # A sharded batch job's nodes all upload to the same OBS folder, each its own part
+    # (parts/node-<index>/); the parts go to the job's staging folder and are merged into the
+    # spec's outputs on the client once the job is done (cloud.merge_shards).
+    outputs = {**({o: _parts_folder(folder, o) for o in spec["outputs"]} if sharded(spec) else spec["outputs"]),
+               OUTPUT_CHANNEL: folder + "output/"}
     algorithm = m.JobAlgorithm(
         command=shlex.join([BOOTSTRAP, "modelarts", *entry_argv(spec), PARAMETERS_FLAG]),
         parameters=[m.Parameters(name=k, value=v) for k, v in cloud.typed_strings(spec["hyperparameters"]).items()],
@@ -223,8 +226,16 @@ class ModelArtsBackend(cloud.CloudBackend):
                     m.ShowTrainingJobDetailsRequest(training_job_id=info["job_id"]))
         phase = job.status.phase
         status = PHASES.get(phase, "running")
+        info_out = {"tasks": list(job.status.tasks or [])}
+        if status == "done" and sharded(record["spec"]):
+            folder = _job_folder(info["staging"], info["remote_name"])
+            try:
+                metrics = cloud.merge_shards(record["spec"], {o: _parts_folder(folder, o) for o in record["spec"]["outputs"]})
+            except FaceopsError as exc:
+                return cloud.Remote("failed", phase, f"merging the nodes' parts: {exc}", info_out, {})
+            return cloud.Remote(status, phase, None, info_out, metrics)
         metrics = cloud.metrics_from(*metrics_source(record)) if status in TERMINAL else None
-        return cloud.Remote(status, phase, _reason(job, phase, status), {"tasks": list(job.status.tasks or [])}, metrics)
+        return cloud.Remote(status, phase, _reason(job, phase, status), info_out, metrics)
 
     def cancel(self, record: dict[str, Any]) -> None:
         from huaweicloudsdkmodelarts.v1 import model as m
@@ -235,6 +246,11 @@ class ModelArtsBackend(cloud.CloudBackend):
 
     def read_logs(self, record: dict[str, Any], cursor: Any) -> tuple[list[str], Any]:
         return _read_logs(record, cursor or {})
+
+
+def _parts_folder(job_folder: str, output: str) -> str:
+    """Where the nodes of a sharded batch job upload their parts of ``output``."""
+    return f"{job_folder}shards/{output}/"
 
 
 def metrics_source(record: dict[str, Any]) -> tuple[str, None]:

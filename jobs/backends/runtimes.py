@@ -2,6 +2,7 @@
 :class:`DockerRuntime` (a container of the job's image with the contract mounted at /opt/ml, the
 layout SageMaker and ModelArts give it, so an entry point that works here works there) and, for
 ``instance_count > 1``, a :class:`ParameterServerRuntime` that runs MXNet's ``dist_sync`` roles
+(training tasks) or a :class:`ShardRuntime` that runs one instance per shard (processing tasks),
 as several runtimes of the job's kind.
 
 The docker runtime bind-mounts the version's host folders part by part (inputs and
@@ -24,7 +25,7 @@ from typing import IO, Callable
 
 from jobs.backends import ContainerJob, Runtime
 from jobs.core import launch
-from jobs.core.contract import CONTAINER_ROOT, Contract
+from jobs.core.contract import CONTAINER_ROOT, Contract, shard_env
 from jobs.core.errors import SpecError
 
 
@@ -62,26 +63,24 @@ class ProcessRuntime(Runtime):
                 pass
 
 
-class ParameterServerRuntime(Runtime):
-    """``instance_count > 1`` on one machine: MXNet's own ``dist_sync`` roles (one scheduler, one
-    server, N workers, see :func:`jobs.core.launch.on_this_machine`) as separate runtimes of the
-    job's kind, as a cluster launcher would start them. The job succeeds when every role exits 0;
-    the first failure stops the others."""
+class GroupRuntime(Runtime):
+    """Several runtimes of the job's kind, each with its own extra variables, run as one: the job
+    succeeds when every member exits 0; the first failure stops the others."""
 
-    def __init__(self, make: Callable[[], Runtime], workers: int) -> None:
+    def __init__(self, make: Callable[[], Runtime], envs: list[dict[str, str]]) -> None:
         self.make = make
-        self.workers = workers
-        self.members: list[tuple[str, Runtime]] = []
+        self.envs = envs
+        self.members: list[Runtime] = []
 
     def start(self, job: ContainerJob, log: IO[bytes]) -> None:
-        cluster = launch.on_this_machine(self.workers)
-        for role in cluster.roles:
+        for env in self.envs:
             member = self.make()
-            member.start(replace(job, env={**job.env, **cluster.env(role)}), log)
-            self.members.append((role, member))
+            member.start(replace(job, env={**job.env, **env}), log)
+            self.members.append(member)
+
     def wait(self) -> int:
         results: queue.Queue[int] = queue.Queue()
-        for _, member in self.members:
+        for member in self.members:
             threading.Thread(target=lambda m=member: results.put(m.wait()), daemon=True).start()
         worst = 0
         for _ in self.members:
@@ -92,12 +91,31 @@ class ParameterServerRuntime(Runtime):
         return worst
 
     def terminate(self) -> None:
-        for _, member in self.members:
+        for member in self.members:
             member.terminate()
 
     def kill(self) -> None:
-        for _, member in self.members:
+        for member in self.members:
             member.kill()
+
+
+class ParameterServerRuntime(GroupRuntime):
+    """``instance_count > 1`` for a training task on one machine: MXNet's own ``dist_sync`` roles
+    (one scheduler, one server, N workers, see :func:`jobs.core.launch.on_this_machine`) as
+    separate runtimes of the job's kind, as a cluster launcher would start them."""
+
+    def __init__(self, make: Callable[[], Runtime], workers: int) -> None:
+        cluster = launch.on_this_machine(workers)
+        super().__init__(make, [cluster.env(role) for role in cluster.roles])
+
+
+class ShardRuntime(GroupRuntime):
+    """``instance_count > 1`` for a processing task on one machine: N instances of the entry
+    point, each told its shard by the contract's ``FACEOPS_SHARD_*`` variables, as N cloud
+    instances would be; each writes its part, the supervisor merges them."""
+
+    def __init__(self, make: Callable[[], Runtime], count: int) -> None:
+        super().__init__(make, [shard_env(index, count) for index in range(count)])
 
 
 LABEL = "org.faceops.job"

@@ -4,7 +4,9 @@ CreateProcessingJob, from the same spec the local backend runs.
 The image is named by digest when faceops pushed it (so a moved tag cannot change what ran),
 inputs are S3 channels, the code bundle is one more channel, hyperparameters travel as the
 JSON-encoded strings SageMaker requires and ``faceops-cloud-bootstrap`` types them again inside
-the container. Status comes from Describe* (polled with growing intervals), logs from CloudWatch,
+the container. A batch task on several instances shards its images input (``ShardedByS3Key``) and
+the client merges the instances' parts when the job completes. Status comes from Describe*
+(polled with growing intervals), logs from CloudWatch,
 stop is Stop*. Settings (config.yaml section ``sagemaker`` or the variables named below): region,
 role_arn, staging, input_mode (File or FastFile), volume_gb, endpoint_url (for a test server).
 """
@@ -13,13 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jobs.backends import entry_argv
-from jobs.backends import cloud
+from jobs.backends import cloud, entry_argv, sharded
 from jobs.backends.cloud import CloudError, Setting
 from jobs.backends.service_model import limits, problems
 from jobs.core.config import setting
-from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL, Contract,
-                                service_layout)
+from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL,
+                                SHARD_COUNT, SHARD_INDEX, Contract, service_layout)
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.store import TERMINAL
 
@@ -178,6 +179,18 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
     count = res.get("instance_count") or 1
     inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: code, JOB_CHANNEL: job_folder + "config/"}
     outputs = {**spec["outputs"], OUTPUT_CHANNEL: job_folder + "output/"}
+    environment = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])}
+    split = None
+    if sharded(spec):
+        from jobs.core.tasks import get_task
+
+        # ShardedByS3Key hands each instance its own objects of the sharded input, so each keeps
+        # all it got (shard 0 of 1; the bootstrap names its part after the host) and uploads its
+        # part under the job's folder; the client merges them into the outputs once the job has
+        # completed (SageMakerBackend._merged): no instance knows when the others are done.
+        split = get_task(spec["task"]).sharding.input
+        outputs.update({o: _parts_folder(staging, name, o) for o in spec["outputs"]})
+        environment.update({SHARD_INDEX: "0", SHARD_COUNT: "1"})
     return {
         "ProcessingJobName": name,
         "ProcessingResources": {"ClusterConfig": {"InstanceCount": count,
@@ -185,9 +198,10 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
         "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime},
         "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": [BOOTSTRAP, "sagemaker-processing"],
                              "ContainerArguments": entry_argv(spec)},
-        "Environment": {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])},
+        "Environment": environment,
         "ProcessingInputs": [{"InputName": c, "S3Input": {"S3Uri": uri, "LocalPath": str(PROCESSING.channel_dir(c)),
-                                                          "S3DataType": "S3Prefix", "S3InputMode": "File"}}
+                                                          "S3DataType": "S3Prefix", "S3InputMode": "File",
+                                                          **({"S3DataDistributionType": "ShardedByS3Key"} if c == split else {})}}
                              for c, uri in inputs.items()],
         "ProcessingOutputConfig": {"Outputs": [{"OutputName": o, "S3Output": {"S3Uri": uri, "LocalPath": str(PROCESSING.output_dir(o)),
                                                                               "S3UploadMode": "EndOfJob"}}
@@ -195,6 +209,12 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
         "RoleArn": role,
         "Tags": _tags(record),
     }
+
+
+def _parts_folder(staging: str, name: str, output: str) -> str:
+    """Where the instances of a sharded processing job upload their parts of ``output``
+    (``<this>/parts/<host>/``): the job's own folder, never the user's output."""
+    return f"{_job_folder(staging, name)}shards/{output}/"
 
 
 def check_limits(spec: dict[str, Any]) -> None:
@@ -323,8 +343,21 @@ class SageMakerBackend(cloud.CloudBackend):
             status = PROCESSING_STATES.get(remote, "running")
         if status not in TERMINAL:
             return cloud.Remote(status, remote)
+        if status == "done" and not training and sharded(record["spec"]):
+            return self._merged(record, remote, job)
         return cloud.Remote(status, remote, _reason(job, remote, status), _final_info(job),
                             _final_metrics(job, info, training))
+
+    def _merged(self, record: dict[str, Any], remote: str, job: dict[str, Any]) -> cloud.Remote:
+        """A completed sharded processing job: its instances' parts merged here, on the client,
+        into the spec's outputs, and the merge's metrics the version's (see :func:`cloud.merge_shards`)."""
+        info = record["backend_info"]
+        sources = {o: _parts_folder(info["staging"], info["remote_name"], o) for o in record["spec"]["outputs"]}
+        try:
+            metrics = cloud.merge_shards(record["spec"], sources)
+        except FaceopsError as exc:
+            return cloud.Remote("failed", remote, f"merging the shards' parts: {exc}", _final_info(job), {})
+        return cloud.Remote("done", remote, None, _final_info(job), metrics)
 
     def cancel(self, record: dict[str, Any]) -> None:
         """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL."""

@@ -3,7 +3,8 @@ one job version to a terminal state in a process of its own, detached from the C
 
 It lays out the container contract under the version folder, stages the inputs, runs the entry
 point through a :class:`~jobs.backends.Runtime` (a subprocess, or a Docker container; several for
-``instance_count > 1``), retries it after a failure up to ``resources.retries`` times, folds the
+``instance_count > 1``: parameter-server roles for a training task, shards for a processing task,
+whose parts it then merges), retries it after a failure up to ``resources.retries`` times, folds the
 job's metrics into the record, uploads outputs and sets the terminal state. SIGTERM (``job stop``)
 is passed on to the job, SIGKILL follows after the grace period.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -18,9 +20,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from jobs import diskspace, tracking
-from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime
-from jobs.backends.runtimes import ParameterServerRuntime
-from jobs.core.contract import Contract, final_metrics
+from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime, merge_parts, sharded
+from jobs.backends.runtimes import ParameterServerRuntime, ShardRuntime
+from jobs.core.contract import PARTS, Contract, final_metrics, log_metrics, unpack_model_archives
+from jobs.core.tasks import get_task
 from jobs.store import TERMINAL, Store, workdir
 
 LOG_NAME = "job.log"
@@ -102,6 +105,19 @@ class Supervisor:
                 return
             self._say(f"staging input {channel} from {uri}")
             storage.download(uri, self.contract.channel_dir(channel), progress=False)
+            self._unpack(channel)
+
+    def _unpack(self, channel: str) -> None:
+        """A SageMaker model output staged as channel ``channel`` becomes its files, as the
+        cloud bootstrap does in a container (:func:`jobs.core.contract.unpack_model_archives`)."""
+        from jobs.core.errors import DataError
+        from jobs.given import as_given
+
+        try:
+            if unpack_model_archives(self.contract.channel_dir(channel)) is not None:
+                self._say(f"unpacked the model archive of input {channel}")
+        except ValueError as exc:
+            raise DataError(f"inputs.{channel}: {as_given(str(exc), self.folder, self.record['spec']['inputs'])}") from None
 
     def _run_attempts(self) -> tuple[str, str | None]:
         """Run the entry point, again up to ``resources.retries`` times after a failure."""
@@ -123,10 +139,19 @@ class Supervisor:
             self._advance("running")
         self.contract.failure_file.unlink(missing_ok=True)
         count = spec["resources"].get("instance_count") or 1
-        if count > 1:
-            self.runtime = ParameterServerRuntime(lambda: get_runtime(spec["runtime"]), count)
+
+        def make() -> Runtime:
+            return get_runtime(spec["runtime"])
+
+        if sharded(spec):  # an earlier attempt's parts must not be merged with this one's
+            for name in spec["outputs"]:
+                shutil.rmtree(self.contract.output_dir(name) / PARTS, ignore_errors=True)
+        if count == 1:
+            self.runtime = make()
+        elif get_task(spec["task"]).kind == "training":
+            self.runtime = ParameterServerRuntime(make, count)
         else:
-            self.runtime = get_runtime(spec["runtime"])
+            self.runtime = ShardRuntime(make, count)
         job = ContainerJob(argv=entry_argv(spec), contract=self.contract, env={}, image=spec.get("image"))
         self.runtime.start(job, self.log)
         if self.stopping.is_set():
@@ -144,8 +169,21 @@ class Supervisor:
         if self.stopping.is_set():
             return "stopped", "stopped by user"
         if code == 0:
-            return "done", None
+            return self._merge() if sharded(spec) else ("done", None)
         return "failed", self._failure_reason(code)
+
+    def _merge(self) -> tuple[str, str | None]:
+        """The shards' parts made one output, their metrics logged as one instance would have."""
+        from jobs.core.errors import FaceopsError
+
+        spec = self.record["spec"]
+        self._say(f"merging the parts of {spec['resources']['instance_count']} shards")
+        try:
+            metrics = merge_parts(spec, {name: self.contract.output_dir(name) for name in spec["outputs"]})
+        except FaceopsError as exc:
+            return "failed", f"merging the shards' parts: {exc}"
+        log_metrics(self.contract.metrics_file, **metrics)
+        return "done", None
 
     def _failure_reason(self, code: int) -> str:
         """The job's own reason (``output/failure``, its staged paths named as the user gave them)

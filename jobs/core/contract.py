@@ -282,3 +282,102 @@ def final_metrics(metrics_file: Path) -> dict[str, Any]:
         if isinstance(entry, dict):
             final.update({k: v for k, v in entry.items() if k != "time"})
     return final
+
+
+# SageMaker hands a training job's model over as ``<outputs.model>/<job>/output/model.tar.gz``;
+# every other backend writes the files themselves. A channel given such an output (the job's
+# prefix, the output path holding one job, or the archive itself) gets the files.
+MODEL_ARCHIVE = "model.tar.gz"
+ARCHIVE_PLACES = (MODEL_ARCHIVE, f"output/{MODEL_ARCHIVE}", f"*/output/{MODEL_ARCHIVE}")
+
+
+def model_archives(folder: Path) -> list[Path]:
+    """The SageMaker model archives in a channel folder: at its top, under ``output/`` (the
+    job's own prefix) or under ``<job>/output/`` (the output path)."""
+    return sorted({path for place in ARCHIVE_PLACES for path in folder.glob(place) if path.is_file()})
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Unpack the tarball ``archive`` into the folder ``dest`` with tarfile's ``data`` filter
+    (no absolute paths, no links or members outside ``dest``, no device files)."""
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+                return
+            # Pythons without extraction filters (3.11 before 3.11.4, like Debian 12's 3.11.2, which
+            # the images may run): refuse what the data filter would, anything but plain files and
+            # folders inside dest.
+            inside = dest.resolve()
+            for member in tar.getmembers():
+                target = (inside / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or inside not in (target, *target.parents):
+                    raise ValueError(f"{archive}: refusing member {member.name!r} (outside the folder or not a plain file)")
+            tar.extractall(dest)
+    except (tarfile.TarError, OSError) as exc:
+        raise ValueError(f"{archive}: not a readable model archive ({exc})") from None
+
+
+def unpack_model_archives(folder: Path, dest: Path | None = None) -> Path | None:
+    """Unpack the one model archive of channel ``folder`` (see :func:`model_archives`) into
+    ``dest`` (default: the channel itself, the archive then removed, so the channel holds the files
+    as another backend's output would). Returns where the files are, or None when the channel holds
+    no archive. Several jobs' archives are ambiguous: a ValueError names them."""
+    archives = model_archives(folder)
+    if not archives:
+        return None
+    if len(archives) > 1:
+        names = ", ".join(a.relative_to(folder).as_posix() for a in archives)
+        raise ValueError(f"{folder}: several model archives ({names}); give one training job's output "
+                         f"(<outputs.model>/<job name>/)")
+    target = folder if dest is None else dest
+    extract_archive(archives[0], target)
+    if dest is None:
+        archives[0].unlink()
+    return target
+
+
+# A batch (processing) job on several instances: each takes a share of its sharded input and
+# writes a part of its output, named FACEOPS_SHARD_PART, under ``<output>/parts/<part>/``; a
+# merge makes them one output afterwards. INDEX/COUNT say which share when the instances see
+# the whole input (the local backend, ModelArts); a service that hands each instance its own
+# subset (SageMaker's ShardedByS3Key) leaves them at 0 and 1 and only names the part.
+SHARD_INDEX = "FACEOPS_SHARD_INDEX"
+SHARD_COUNT = "FACEOPS_SHARD_COUNT"
+SHARD_PART = "FACEOPS_SHARD_PART"
+PARTS = "parts"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This instance's share of a sharded batch job: items whose stable key hashes to ``index``
+    modulo ``count``, written as the part ``part``."""
+
+    index: int
+    count: int
+    part: str
+
+
+def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard the backend gave this instance (see :data:`SHARD_PART`), or None for a job that
+    writes its whole output itself."""
+    env = os.environ if environ is None else environ
+    if not env.get(SHARD_PART):
+        return None
+    index, count, part = env.get(SHARD_INDEX, "0"), env.get(SHARD_COUNT, "1"), env[SHARD_PART]
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)) \
+            or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part):
+        from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
+
+        raise SpecError(f"{SHARD_INDEX}={index}, {SHARD_COUNT}={count}, {SHARD_PART}={part!r}: expected "
+                        "0 <= index < count and a plain folder name")
+    return Shard(int(index), int(count), part)
+
+
+def shard_env(index: int, count: int, part: str | None = None) -> dict[str, str]:
+    """The variables that make an instance shard ``index`` of ``count``, writing part ``part``
+    (default ``shard-<index>``)."""
+    return {SHARD_INDEX: str(index), SHARD_COUNT: str(count), SHARD_PART: part or f"shard-{index}"}

@@ -89,12 +89,24 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """How a processing task scales out over ``instance_count`` instances: each takes a share of
+    the input channel ``input`` (by a stable key) and writes a part of its outputs; ``merge``
+    (``module:function``, called with the hyperparameters and the local output folders) makes the
+    parts one output and returns the job's metrics, as one instance would have logged them."""
+
+    input: str
+    merge: str
+
+
+@dataclass(frozen=True)
 class Task:
     """A kind of job. ``entrypoint`` is the argv run inside the container contract;
     ``params`` is None for schema-less tasks (``custom``), whose values pass through as typed JSON.
     ``kind`` tells cloud backends whether it is a training or a processing (batch) job;
     ``metrics`` declares what the entry point logs (name or glob pattern -> :class:`Metric`);
-    ``inputs``/``outputs`` the channels and outputs it reads and writes (None: any, for ``custom``)."""
+    ``inputs``/``outputs`` the channels and outputs it reads and writes (None: any, for ``custom``);
+    ``sharding`` how a processing task runs on several instances (None: it cannot)."""
 
     name: str
     entrypoint: tuple[str, ...]
@@ -104,6 +116,7 @@ class Task:
     metrics: dict[str, Metric] = field(default_factory=dict)
     inputs: dict[str, Slot] | None = None
     outputs: dict[str, Slot] | None = None
+    sharding: Sharding | None = None
 
     def defaults(self) -> dict[str, Any]:
         """The schema's default values (parameters without a default are left out)."""

@@ -379,9 +379,9 @@ resources: {{instance_type: modelarts.p3.large.public, instance_count: 2}}
     code = tmp_path / "src"
     code.mkdir()
     (code / "shard.py").write_text(
-        "import json, os\nfrom jobs.core.contract import from_env\njob = from_env()\n"
-        "(job.output('database') / 'part.json').write_text(json.dumps([os.environ['FACEOPS_SHARD_INDEX'], "
-        "os.environ['FACEOPS_SHARD_COUNT']]))\n")
+        "import json\nfrom jobs.core.contract import PARTS, from_env, shard_from_env\njob, shard = from_env(), shard_from_env()\n"
+        "part = job.output('database') / PARTS / shard.part\npart.mkdir(parents=True)\n"
+        "(part / 'part.json').write_text(json.dumps([shard.index, shard.count]))\n")
     for node in (0, 1):
         root = tmp_path / f"node{node}"
         stage_bundle(root / "input" / "data" / "faceops-code", code)
@@ -391,7 +391,10 @@ resources: {{instance_type: modelarts.p3.large.public, instance_count: 2}}
         done = run_bootstrap(["modelarts", "python", "shard.py", *argv[argv.index("--faceops-parameters"):]],
                              env={**env, "FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
         assert done.returncode == 0, done.stderr
-        assert json.loads((root / "db" / f"part-{node}" / "part.json").read_text()) == [str(node), "2"]
+        assert json.loads((root / "db" / "parts" / f"node-{node}" / "part.json").read_text()) == [node, 2]
+    # The nodes upload their parts to the job's staging folder, never into the user's output.
+    database = next(o for o in job["algorithm"]["outputs"] if o["name"] == "database")
+    assert "/shards/database/" in database["remote"]["obs"]["obs_url"] and "galleries/staff" not in database["remote"]["obs"]["obs_url"]
 
 
 def test_host_names_follow_the_documented_pattern_without_a_host_list():

