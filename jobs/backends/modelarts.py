@@ -185,11 +185,23 @@ def console_link(region: str, job_id: str) -> str:
     return f"https://console.huaweicloud.com/modelarts/?region={region}#/trainingJobs/{job_id}"
 
 
+MAX_RETRIES = 128
+
+
 class ModelArtsBackend(cloud.CloudBackend):
     """ModelArts' requests and calls; the flow is :class:`cloud.CloudBackend`'s."""
 
     name = "modelarts"
     id_key = "job_id"
+
+    def check(self, spec: dict[str, Any]) -> None:
+        """ModelArts' own limit, before anything is stored or uploaded: the auto-restart count
+        (``fault-tolerance/job-retry-num``) takes 1 to 128 ("Enabling Unconditional Auto Restart",
+        https://support.huaweicloud.com/intl/en-us/usermanual-standard-modelarts/develop-modelarts-0041.html)."""
+        super().check(spec)
+        retries = spec["resources"].get("retries") or 0
+        if retries > MAX_RETRIES:
+            raise SpecError(f"resources.retries: ModelArts restarts a job at most {MAX_RETRIES} times, got {retries}")
 
     def build(self, record: dict[str, Any], staging: str) -> cloud.Request:
         from huaweicloudsdkcore.utils.http_utils import sanitize_for_serialization

@@ -479,3 +479,10 @@ def test_image_given_by_digest_is_pulled_by_digest(runner, modelarts, spec):
     result = runner("job", "submit", spec, "--set", f"image={SWR}/faceops/train@{pinned}", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["plan"]["request"]["algorithm"]["engine"] == {"image_url": f"faceops/train@{pinned}"}
+
+
+def test_retries_over_the_services_limit_are_refused_before_anything_is_stored(runner, modelarts, spec):
+    """ModelArts restarts a job at most 128 times (fault-tolerance/job-retry-num, 1 to 128)."""
+    result = runner("job", "submit", spec, "--dry-run", "--set", "resources.retries=129")
+    assert result.exit_code == 2 and "at most 128" in result.output
+    assert runner("job", "submit", spec, "--dry-run", "--set", "resources.retries=128").exit_code == 0
