@@ -516,10 +516,22 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
+    calibration = summary.get("calibration") or summary
+    warning = calibration.get("warning") if isinstance(calibration, dict) else None
     for key, value in summary.items():
+        if key == "warning":
+            continue
         if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "warning"}
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()) or "-"
         click.echo(f"{key}: {value}")
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
+_BACKGROUND = click.option("--background", type=click.Path(), help=(
+    "Photos (folder, list or s3:// prefix) of people NOT in the gallery: their faces are scored against it "
+    "as impostor pairs, so the threshold is measured, not taken from the recognizer's reference distribution."))
 
 
 @gallery.command("build")
@@ -531,10 +543,11 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate for the calibrated threshold.")
 @click.option("--index", type=click.Choice(INDEX_KINDS), default="flat", show_default=True,
               help="faiss index: flat is exact; hnsw/ivf are approximate (recall is measured and stored).")
+@_BACKGROUND
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
                   det_size: int, det_thresh: float, batch_size: int, workers: int, strict: bool, far: float,
-                  index: str, as_json: bool) -> None:
+                  index: str, background: str | None, as_json: bool) -> None:
     """Build a gallery database OUT from SOURCE: a folder (or s3:// prefix) with one sub-folder of
     photos per person, or a CSV of path,person rows. One embedding per photo (largest face),
     per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face
@@ -543,7 +556,7 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
 
     _echo_summary(build_gallery(source, out, models_dir, det=det_model, rec=rec_model, det_size=det_size,
                                 det_thresh=det_thresh, batch_size=batch_size, workers=workers, strict=strict,
-                                far=far, index=index, progress=not as_json), as_json)
+                                far=far, index=index, background=background, progress=not as_json), as_json)
 
 
 @gallery.command("add")
@@ -578,13 +591,17 @@ def gallery_remove(database: str, people: tuple[str, ...], as_json: bool) -> Non
 @gallery.command("calibrate")
 @click.argument("database", type=click.Path(file_okay=False))
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate.")
+@_BACKGROUND
+@_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
-def gallery_calibrate(database: str, far: float, as_json: bool) -> None:
-    """Set DATABASE's similarity threshold for a target false-accept rate, estimated from its own
-    genuine (same person) and impostor (different people) pairs. identify uses it by default."""
+def gallery_calibrate(database: str, far: float, background: str | None, models_dir: str | None,
+                      det_model: str | None, rec_model: str | None, as_json: bool) -> None:
+    """Set DATABASE's similarity threshold for a target false-accept rate from impostor scores: its
+    own pairs, a --background of other people (stored with it) and the recognizer's reference
+    distribution when those are too few. Prints what the threshold rests on. identify uses it by default."""
     from inference.gallery import calibrate_gallery
 
-    _echo_summary(calibrate_gallery(database, far), as_json)
+    _echo_summary(calibrate_gallery(database, far, background, models_dir, det=det_model, rec=rec_model), as_json)
 
 
 @main.command()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from inference import faces as facelib
-from inference.calibration import DEFAULT_FAR, calibrate
+from inference.calibration import DEFAULT_FAR, calibrate, reference_for
 from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
 from inference.models import Models, load_models
@@ -23,11 +23,27 @@ DEFAULT_DET_SIZE = 640
 DEFAULT_DET_THRESH = 0.5
 
 
-def recalibrate(gallery: Gallery, far: float = DEFAULT_FAR) -> dict[str, Any] | None:
-    """Calibrate ``gallery``'s threshold for ``far`` (:func:`inference.calibration.calibrate`) and
-    store the result in its manifest (None when it has fewer than two people)."""
-    gallery.manifest["calibration"] = calibrate(gallery.embeddings, gallery.labels, far)
+def recalibrate(gallery: Gallery, far: float = DEFAULT_FAR) -> dict[str, Any]:
+    """Calibrate ``gallery``'s threshold for ``far`` from its own pairs, its stored background and
+    its recognizer's reference distribution (:func:`inference.calibration.calibrate`), and store
+    the result in its manifest."""
+    reference = reference_for(gallery.manifest["models"]["recognizer"]["sha256"])
+    gallery.manifest["calibration"] = calibrate(gallery.embeddings, gallery.labels, far,
+                                                background=gallery.background, reference=reference)
     return gallery.manifest["calibration"]
+
+
+def background_embeddings(models: Models, source: str | Path, det_size: int = DEFAULT_DET_SIZE,
+                          det_thresh: float = DEFAULT_DET_THRESH, workers: int = 2) -> np.ndarray:
+    """Embeddings of every face in the photos of ``source`` (folder, list or object-storage
+    prefix): people who are not in the gallery, whose scores against it are impostor pairs."""
+    with local(source) as folder:
+        items = list_images(folder).items
+        found = [face.embedding for result in facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
+                                                              workers=workers) for face in result.faces]
+    if not found:
+        raise DataError(f"{source}: no faces found for the calibration background")
+    return np.stack(found).astype(np.float32)
 
 
 def _collect(models: Models, items: list[ImageItem], strict: bool, progress: bool,
@@ -136,9 +152,11 @@ def _labelled(source: str | Path, folder: Path) -> tuple[list[ImageItem], list[s
 def build_gallery(source: str | Path, out: str | Path, models: Models | str | Path | None = None, *,
                   det: str | Path | None = None, rec: str | Path | None = None, det_size: int = DEFAULT_DET_SIZE,
                   det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int = 2, strict: bool = False,
-                  far: float = DEFAULT_FAR, index: str = "flat", progress: bool = False) -> dict[str, Any]:
+                  far: float = DEFAULT_FAR, index: str = "flat", background: str | Path | None = None,
+                  progress: bool = False) -> dict[str, Any]:
     """Build a gallery at ``out`` from ``source`` (folder of per-person folders, ``path,person``
-    CSV, or an object-storage prefix of either). Returns a summary (people, embeddings, images,
+    CSV, or an object-storage prefix of either); ``background`` names photos of other people for
+    the calibration (kept with the gallery). Returns a summary (people, embeddings, images,
     issues, calibration)."""
     check_kind(index)
     models = load_models(models, det, rec)
@@ -150,6 +168,8 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
         raise DataError(f"{source}: no faces found in {len(items)} images; nothing to build")
     gallery = Gallery(new_manifest(models.identity(), index, det_size, det_thresh), np.zeros((0, models.dim), np.float32), [],
                       issues + _skipped(skipped))
+    if background is not None:
+        gallery.background = background_embeddings(models, background, det_size, det_thresh, workers)
     _add_faces(gallery, kept)
     _record(gallery, "build", source=str(source), images=len(items), added=len(kept))
     summary = _finish(gallery, far)
@@ -199,14 +219,21 @@ def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
     return {**summary, "gallery": str(path), "removed": int((~keep).sum())}
 
 
-def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR) -> dict[str, Any]:
-    """Recalibrate the gallery at ``path`` for a new target false-accept rate and save it."""
+def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR, background: str | Path | None = None,
+                      models: Models | str | Path | None = None, *, det: str | Path | None = None,
+                      rec: str | Path | None = None) -> dict[str, Any]:
+    """Recalibrate the gallery at ``path`` for a new target false-accept rate and save it;
+    ``background`` (photos of other people, embedded with the gallery's models) replaces the
+    stored background."""
     gallery = load(path)
     if not gallery.entries:
         raise DataError(f"{path}: the gallery is empty; nothing to calibrate")
+    if background is not None:
+        models = load_models(models, det, rec)
+        gallery.check_models(models, path)
+        settings = gallery.manifest["detection"]
+        gallery.background = background_embeddings(models, background, settings["det_size"], settings["det_thresh"])
     calibration = recalibrate(gallery, far)
-    if calibration is None:
-        raise DataError(f"{path}: calibration needs at least two people (impostor pairs); the gallery has {len(gallery.people)}")
-    _record(gallery, "calibrate", target_far=far)
+    _record(gallery, "calibrate", target_far=far, **({"background": str(background)} if background is not None else {}))
     save(gallery, path)
     return {"gallery": str(path), "revision": gallery.manifest["revision"], **calibration}

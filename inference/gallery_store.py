@@ -10,6 +10,7 @@ revision), each file replaced atomically:
 ``templates.npy``  float32 (P, D), each person's normalised mean embedding
 ``index.faiss``    faiss inner-product index over the embeddings (exact ``flat`` by default)
 ``issues.csv``     images that gave no face, several faces, or could not be read
+``background.npy`` float32 (M, D), optional: faces of people not in the gallery, for calibration
 
 The operations that change a gallery (build, add, remove, calibrate) are in :mod:`inference.gallery`.
 """
@@ -52,6 +53,7 @@ class Gallery:
     embeddings: np.ndarray
     entries: list[dict[str, Any]]
     issues: list[dict[str, Any]] = field(default_factory=list)
+    background: np.ndarray | None = None  # embeddings of people not in the gallery (calibration)
     _index: Any = None
     _labels: np.ndarray | None = None
 
@@ -163,6 +165,10 @@ def load(path: str | Path) -> Gallery:
             raise DataError(f"{path}: embeddings.npy has shape {embeddings.shape}, expected "
                             f"({len(entries)}, {manifest['models']['recognizer']['dim']}) from entries.csv and {MANIFEST}")
         gallery = Gallery(manifest, embeddings.astype(np.float32), entries, _read_csv(folder / "issues.csv"))
+        if (folder / "background.npy").is_file():
+            gallery.background = np.load(folder / "background.npy").astype(np.float32)
+            if gallery.background.ndim != 2 or gallery.background.shape[1] != gallery.dim:
+                raise DataError(f"{path}: background.npy has shape {gallery.background.shape}, expected (M, {gallery.dim})")
         if entries and (folder / "index.faiss").is_file():
             import faiss
 
@@ -205,6 +211,8 @@ def save(gallery: Gallery, path: str | Path) -> Path:
     _write_npy(folder / "templates.npy", gallery.templates() if gallery.entries else np.zeros((0, gallery.dim), np.float32))
     _write_csv(folder / "entries.csv", ENTRY_FIELDS, gallery.entries)
     _write_csv(folder / "issues.csv", ISSUE_FIELDS, gallery.issues)
+    if gallery.background is not None:
+        _write_npy(folder / "background.npy", gallery.background)
     if gallery.entries:
         atomic_write(folder / "index.faiss", lambda tmp: faiss.write_index(gallery.index(), str(tmp)))
     else:

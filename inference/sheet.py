@@ -78,9 +78,9 @@ class DoubtfulFaces:
             if len(self._heap) >= self.limit and entry <= self._heap[0][:3]:
                 continue
             if image is None:
-                from inference.faces import decode
+                from inference.faces import read_image
 
-                image = decode(image_path.read_bytes())
+                image = read_image(image_path)
             tile = Tile(row, key, crop(image, row["box"]))
             if len(self._heap) >= self.limit:
                 heapq.heapreplace(self._heap, (*entry, tile))
