@@ -502,7 +502,7 @@ def _detection_options(command):
         click.option("--det-size", default=640, show_default=True, help="Largest detector input side; smaller photos are not upscaled."),
         click.option("--det-thresh", default=0.5, show_default=True, help="Detection score threshold."),
         click.option("--batch-size", default=16, show_default=True, help="Aligned faces per recognizer call."),
-        click.option("--workers", default=2, show_default=True, help="Threads that decode, detect and align."),
+        click.option("--workers", type=int, help="Threads that decode, detect, align and embed (default: one per CPU)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -546,7 +546,7 @@ _BACKGROUND = click.option("--background", type=click.Path(), help=(
 @_BACKGROUND
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
-                  det_size: int, det_thresh: float, batch_size: int, workers: int, strict: bool, far: float,
+                  det_size: int, det_thresh: float, batch_size: int, workers: int | None, strict: bool, far: float,
                   index: str, background: str | None, as_json: bool) -> None:
     """Build a gallery database OUT from SOURCE: a folder (or s3:// prefix) with one sub-folder of
     photos per person, or a CSV of path,person rows. One embedding per photo (largest face),
@@ -564,11 +564,11 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
 @click.argument("source")
 @_model_options
 @click.option("--batch-size", default=16, show_default=True, help="Aligned faces per recognizer call.")
-@click.option("--workers", default=2, show_default=True, help="Threads that decode, detect and align.")
+@click.option("--workers", type=int, help="Threads that decode, detect, align and embed (default: one per CPU).")
 @click.option("--strict", is_flag=True, help="Skip photos with several faces instead of using the largest one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_add(database: str, source: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
-                batch_size: int, workers: int, strict: bool, as_json: bool) -> None:
+                batch_size: int, workers: int | None, strict: bool, as_json: bool) -> None:
     """Add the people and photos of SOURCE (same layout as build) to DATABASE without rebuilding
     it. The models must be the ones the gallery was built with; it is recalibrated."""
     from inference.gallery import add_to_gallery
@@ -620,7 +620,7 @@ def gallery_calibrate(database: str, far: float, background: str | None, models_
               help="Write a contact sheet (.jpg/.png) of the unknown faces and the lowest-margin matches, most doubtful first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (and metrics) as JSON.")
 def identify(images: str, database: str, out: str, models_dir: str | None, det_model: str | None,
-             rec_model: str | None, det_size: int, det_thresh: float, batch_size: int, workers: int,
+             rec_model: str | None, det_size: int, det_thresh: float, batch_size: int, workers: int | None,
              threshold: float | None, top_k: int, truth: str | None, truth_from_folders: bool,
              annotate_dir: str | None, sheet: str | None, as_json: bool) -> None:
     """Identify every face in IMAGES (a folder, s3:// prefix, .txt list of paths or .csv) against a

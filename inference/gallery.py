@@ -34,7 +34,7 @@ def recalibrate(gallery: Gallery, far: float = DEFAULT_FAR) -> dict[str, Any]:
 
 
 def background_embeddings(models: Models, source: str | Path, det_size: int = DEFAULT_DET_SIZE,
-                          det_thresh: float = DEFAULT_DET_THRESH, workers: int = 2) -> np.ndarray:
+                          det_thresh: float = DEFAULT_DET_THRESH, workers: int | None = None) -> np.ndarray:
     """Embeddings of every face in the photos of ``source`` (folder, list or object-storage
     prefix): people who are not in the gallery, whose scores against it are impostor pairs."""
     with local(source) as folder:
@@ -151,7 +151,7 @@ def _labelled(source: str | Path, folder: Path) -> tuple[list[ImageItem], list[s
 
 def build_gallery(source: str | Path, out: str | Path, models: Models | str | Path | None = None, *,
                   det: str | Path | None = None, rec: str | Path | None = None, det_size: int = DEFAULT_DET_SIZE,
-                  det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int = 2, strict: bool = False,
+                  det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int | None = None, strict: bool = False,
                   far: float = DEFAULT_FAR, index: str = "flat", background: str | Path | None = None,
                   progress: bool = False) -> dict[str, Any]:
     """Build a gallery at ``out`` from ``source`` (folder of per-person folders, ``path,person``
@@ -179,7 +179,7 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
 
 def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | Path | None = None, *,
                    det: str | Path | None = None, rec: str | Path | None = None, batch_size: int = 16,
-                   workers: int = 2, strict: bool = False, progress: bool = False) -> dict[str, Any]:
+                   workers: int | None = None, strict: bool = False, progress: bool = False) -> dict[str, Any]:
     """Add the people/photos of ``source`` to the gallery at ``path`` (a local folder) without
     rebuilding it: same models enforced, detection settings and calibration target kept."""
     gallery = load(path)

@@ -14,7 +14,7 @@ DETECTION = {
     "det_size": Param("int", 640, "largest detector input side; smaller photos are not upscaled", min=32, max=4096),
     "det_thresh": Param("float", 0.5, "detection score threshold", min=0.0, max=1.0),
     "batch_size": Param("int", 16, "aligned faces per recognizer call", min=1, max=1024),
-    "workers": Param("int", 2, "threads decoding, detecting and aligning images", min=1, max=64),
+    "workers": Param("int", None, "threads decoding, detecting, aligning and embedding images (default: one per CPU)", min=1, max=64),
 }
 
 GALLERY = Task(
