@@ -42,6 +42,7 @@ def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     from inference.gallery import build_gallery
 
     return build_gallery(env.channel("images"), env.output("database"), env.channels.get("models"),
+                         background=env.channels.get("background"),
                          **_pick(hp, DETECTION_KEYS + ("strict", "far", "index")), progress=False)
 
 

