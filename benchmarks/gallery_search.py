@@ -95,7 +95,6 @@ def measure(name: str, counts: np.ndarray, picks_fn, queries: int, rounds: int, 
     result = {"embeddings": int(len(persons)), "people": int(len(counts)),
               "ms": {side: [round(t * 1000, 1) for t in ts] for side, ts in times.items()},
               "faiss_over_ours": round(med["faiss"] / med["ours"], 3), "numpy_over_ours": round(med["numpy"] / med["ours"], 2)}
-    del gallery, index
     return result
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference import calibration, gallery_store
-from inference.gallery import add_to_gallery, build_gallery, calibrate_gallery
+from inference.gallery import add_to_gallery, build_gallery
 from inference.identify import identify
 
 GALLERY = 5  # people with one photo each; the other 5 LFW people are strangers
