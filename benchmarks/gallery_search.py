@@ -76,7 +76,7 @@ def measure(name: str, counts: np.ndarray, picks_fn, queries: int, rounds: int, 
     del embeddings
     starts = np.flatnonzero(np.r_[True, persons[1:] != persons[:-1]])  # persons are sorted
     index = gallery.index()
-    people, _ = gallery.search(query[:10], TOP_K)  # builds index and labels once, as a loaded gallery has
+    gallery.search(query[:10], TOP_K)  # builds index and labels once, as a loaded gallery has
     sides = {"ours": lambda: gallery.search(query, TOP_K), "faiss": lambda: index.search(query, TOP_K),
              "numpy": lambda: numpy_people(gallery.embeddings, starts, query)}
     times: dict[str, list[float]] = {side: [] for side in sides}
