@@ -712,7 +712,7 @@ def _detection_options(command):
         click.option("--det-size", default=640, show_default=True, help="Largest detector input side; smaller photos are not upscaled."),
         click.option("--det-thresh", default=0.5, show_default=True, help="Detection score threshold."),
         click.option("--batch-size", default=16, show_default=True, help="Aligned faces per recognizer call."),
-        click.option("--workers", default=2, show_default=True, help="Threads that decode, detect and align."),
+        click.option("--workers", type=int, help="Threads that decode, detect, align and embed (default: one per CPU)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -727,13 +727,19 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     for key, value in summary.items():
-        if key == "warnings":
+        if key in ("warning", "warnings"):  # said once, on stderr, below
             continue
         if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "warning"}
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()) or "-"
         click.echo(f"{key}: {value}")
     for warning in summary.get("warnings") or []:
         click.echo(f"warning: {warning}", err=True)
+
+
+_BACKGROUND = click.option("--background", type=click.Path(), help=(
+    "Photos (folder, list or s3:// prefix) of people NOT in the gallery: their faces are scored against it "
+    "as impostor pairs, so the threshold is measured, not taken from the recognizer's reference distribution."))
 
 
 @gallery.command("build")
@@ -746,10 +752,11 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
 @click.option("--index", type=click.Choice(INDEX_KINDS), default="flat", show_default=True,
               help="faiss index: flat is exact; hnsw/ivf are approximate (recall is measured and stored).")
 @click.option("--force", is_flag=True, help="Rebuild a gallery already at OUT, as its next revision (history kept).")
+@_BACKGROUND
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
-                  det_size: int, det_thresh: float, batch_size: int, workers: int, strict: bool, far: float,
-                  index: str, force: bool, as_json: bool) -> None:
+                  det_size: int, det_thresh: float, batch_size: int, workers: int | None, strict: bool, far: float,
+                  index: str, force: bool, background: str | None, as_json: bool) -> None:
     """Build a gallery database OUT from SOURCE: a folder (or s3:// prefix) with one sub-folder of
     photos per person, or a CSV of path,person rows. One embedding per photo (largest face),
     per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face,
@@ -759,7 +766,7 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
 
     _echo_summary(build_gallery(source, out, models_dir, det=det_model, rec=rec_model, det_size=det_size,
                                 det_thresh=det_thresh, batch_size=batch_size, workers=workers, strict=strict,
-                                far=far, index=index, force=force, progress=not as_json), as_json)
+                                far=far, index=index, force=force, background=background, progress=not as_json), as_json)
 
 
 @gallery.command("add")
@@ -767,11 +774,11 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
 @click.argument("source")
 @_model_options
 @click.option("--batch-size", default=16, show_default=True, help="Aligned faces per recognizer call.")
-@click.option("--workers", default=2, show_default=True, help="Threads that decode, detect and align.")
+@click.option("--workers", type=int, help="Threads that decode, detect, align and embed (default: one per CPU).")
 @click.option("--strict", is_flag=True, help="Skip photos with several faces instead of using the largest one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_add(database: str, source: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
-                batch_size: int, workers: int, strict: bool, as_json: bool) -> None:
+                batch_size: int, workers: int | None, strict: bool, as_json: bool) -> None:
     """Add the people and photos of SOURCE (same layout as build) to DATABASE without rebuilding
     it. Photos it already holds (same content) are skipped and counted as duplicates. The models
     must be the ones the gallery was built with; it is recalibrated."""
@@ -795,13 +802,17 @@ def gallery_remove(database: str, people: tuple[str, ...], as_json: bool) -> Non
 @gallery.command("calibrate")
 @click.argument("database", type=click.Path(file_okay=False))
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate.")
+@_BACKGROUND
+@_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
-def gallery_calibrate(database: str, far: float, as_json: bool) -> None:
-    """Set DATABASE's similarity threshold for a target false-accept rate, estimated from its own
-    genuine (same person) and impostor (different people) pairs. identify uses it by default."""
+def gallery_calibrate(database: str, far: float, background: str | None, models_dir: str | None,
+                      det_model: str | None, rec_model: str | None, as_json: bool) -> None:
+    """Set DATABASE's similarity threshold for a target false-accept rate from impostor scores: its
+    own pairs, a --background of other people (stored with it) and the recognizer's reference
+    distribution when those are too few. Prints what the threshold rests on. identify uses it by default."""
     from inference.gallery import calibrate_gallery
 
-    _echo_summary(calibrate_gallery(database, far), as_json)
+    _echo_summary(calibrate_gallery(database, far, background, models_dir, det=det_model, rec=rec_model), as_json)
 
 
 @main.command()
@@ -820,7 +831,7 @@ def gallery_calibrate(database: str, far: float, as_json: bool) -> None:
               help="Write a contact sheet (.jpg/.png) of the unknown faces and the lowest-margin matches, most doubtful first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (and metrics) as JSON.")
 def identify(images: str, database: str, out: str, models_dir: str | None, det_model: str | None,
-             rec_model: str | None, det_size: int, det_thresh: float, batch_size: int, workers: int,
+             rec_model: str | None, det_size: int, det_thresh: float, batch_size: int, workers: int | None,
              threshold: float | None, top_k: int, truth: str | None, truth_from_folders: bool,
              annotate_dir: str | None, sheet: str | None, as_json: bool) -> None:
     """Identify every face in IMAGES (a folder, s3:// prefix, .txt list of paths or .csv) against a

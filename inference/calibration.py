@@ -1,8 +1,28 @@
-"""Calibrating a gallery's similarity threshold for a target false-accept rate, from its own
-genuine (same person) and impostor (different people) embedding pairs.
+"""Calibrating a gallery's similarity threshold for a target false-accept rate (FAR).
+
+A threshold at FAR f needs impostor scores (different people) to count from: about 10/f of them to
+stand on measurement alone (1e4 pairs for f = 1e-3, a gallery of ~140 people with one photo each).
+Most galleries have far fewer, so the impostor scores come from three sources, pooled:
+
+- the gallery's own impostor pairs (and genuine pairs, for the TAR);
+- a background: faces of people who are not in the gallery (``--background DIR``), scored against
+  every gallery embedding (each such pair is an impostor pair by construction);
+- the reference distribution of the recognizer in use, shipped as :data:`REFERENCE_FILE` keyed by
+  the model's SHA-256 (computed once by ``scripts/reference_impostors.py`` from faces of public
+  sample photos). It holds few pairs, so its tail beyond what they resolve is a normal fit
+  (mean + z * std), never below the highest reference score.
+
+When the measured pairs (own + background) resolve the target, they decide alone. Otherwise the
+threshold is the larger of their own estimate (never accepting a measured impostor pair) and the
+reference's; without a reference for the model, :data:`DEFAULT_THRESHOLD` is the floor. The result
+says what it rests on and carries a warning whenever the target is not resolved by measurement.
 """
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -10,37 +30,108 @@ import numpy as np
 from jobs.core.errors import DataError
 
 DEFAULT_FAR = 1e-3
-# Used only when a gallery cannot be calibrated (fewer than two people); typical for ArcFace cosines.
+# The floor for a recognizer without a reference distribution and too few measured pairs: typical
+# for ArcFace cosines (SCRFD-500M + MobileFaceNet on the shared LFW photos: no impostor pair above it).
 DEFAULT_THRESHOLD = 0.3
 CALIBRATION_SAMPLE = 4000  # embeddings used for genuine/impostor pairs (4000^2/2 = 8M pairs)
+TAIL_PAIRS = 10  # measured impostor pairs above the threshold needed for it to stand alone
+REFERENCE_FILE = Path(__file__).with_name("reference_impostors.json")
+REFERENCE_TOP = 0.05  # share of the highest reference scores stored (for empirical quantiles)
 
 
-def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float = DEFAULT_FAR,
-              seed: int = 0) -> dict[str, Any] | None:
-    """The similarity threshold that accepts at most ``far`` of impostor pairs among ``embeddings``
-    (unit rows, ``labels`` their person), with the TAR at it, the measured FAR and the pair counts;
-    None when there are fewer than two people. The smallest FAR that can be resolved is 1/impostors."""
-    if not 0 < far < 1:
-        raise DataError(f"target false-accept rate must be between 0 and 1, got {far}")
-    if len(np.unique(labels)) < 2:
-        return None
+def reference_summary(scores: np.ndarray) -> dict[str, Any]:
+    """What a reference distribution stores of its impostor ``scores``: count, mean, std, a few
+    quantiles and the highest :data:`REFERENCE_TOP` of them (sorted, highest first)."""
+    ordered = np.sort(np.asarray(scores, np.float64))[::-1]
+    top = ordered[:max(1, int(np.ceil(REFERENCE_TOP * len(ordered))))]
+    return {"pairs": int(len(ordered)), "mean": round(float(ordered.mean()), 5), "std": round(float(ordered.std()), 5),
+            "quantiles": {q: round(float(np.quantile(ordered, float(q))), 4) for q in ("0.5", "0.9", "0.99")},
+            "top": [round(float(s), 4) for s in top]}
+
+
+@lru_cache(maxsize=1)
+def _references() -> dict[str, Any]:
+    return json.loads(REFERENCE_FILE.read_text()) if REFERENCE_FILE.is_file() else {}
+
+
+def reference_for(recognizer_sha256: str) -> dict[str, Any] | None:
+    """The shipped reference impostor distribution of the recognizer with this SHA-256, or None."""
+    return _references().get(recognizer_sha256)
+
+
+def reference_threshold(reference: dict[str, Any], far: float) -> float:
+    """The threshold the reference distribution gives for ``far``: the normal tail fit, and never
+    below the empirical quantile it resolves (or its highest score when it resolves none)."""
+    tail = reference["mean"] + NormalDist().inv_cdf(1 - far) * reference["std"]
+    rank = int(np.floor(far * reference["pairs"]))
+    measured = reference["top"][rank] if rank < len(reference["top"]) else float("-inf")
+    return float(max(tail, measured))
+
+
+def _threshold_at(impostor: np.ndarray, far: float) -> float:
+    """The lowest threshold that accepts at most ``far`` of ``impostor`` (sorted, highest first)."""
+    allowed = int(np.floor(far * len(impostor)))
+    if allowed >= len(impostor):
+        return float(impostor[-1])
+    return float(np.nextafter(np.float32(impostor[allowed]), np.float32(np.inf)))
+
+
+def _pairs(embeddings: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Genuine and impostor scores among a sample of the gallery's embeddings (and the sample)."""
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(labels), size=min(CALIBRATION_SAMPLE, len(labels)), replace=False)
     emb, lab = embeddings[pick], labels[pick]
     sims = emb @ emb.T
     upper = np.triu(np.ones_like(sims, dtype=bool), k=1)
     same = lab[:, None] == lab[None, :]
-    genuine, impostor = sims[upper & same], np.sort(sims[upper & ~same])[::-1]
-    allowed = int(np.floor(far * len(impostor)))
-    threshold = float(np.nextafter(impostor[allowed], np.float32(np.inf))) if allowed < len(impostor) else float(impostor[-1])
+    return sims[upper & same], sims[upper & ~same], emb
+
+
+def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float = DEFAULT_FAR, *,
+              background: np.ndarray | None = None, reference: dict[str, Any] | None = None,
+              seed: int = 0) -> dict[str, Any]:
+    """The similarity threshold for ``far`` over a gallery's ``embeddings`` (unit rows, ``labels``
+    their person), from its own pairs, the ``background`` embeddings (people not in the gallery)
+    and the recognizer's ``reference`` distribution, as the module docstring describes. Returns the
+    threshold with what it rests on: pair counts, sources, measured FAR and TAR, the smallest FAR
+    the measured pairs resolve, and a ``warning`` when they do not resolve ``far``."""
+    if not 0 < far < 1:
+        raise DataError(f"target false-accept rate must be between 0 and 1, got {far}")
+    genuine, own, sample = _pairs(embeddings, labels, seed)
+    cross = (sample @ background.T).ravel() if background is not None and len(background) else np.zeros(0)
+    impostor = np.sort(np.concatenate([own, cross]))[::-1]
+    sources = ["gallery pairs"] + (["background"] if len(cross) else [])
+    resolvable = len(impostor) * far >= TAIL_PAIRS
+    candidates = [_threshold_at(impostor, far)] if len(impostor) else []
+    warning = None
+    if not resolvable:
+        need = f"{len(impostor)} measured impostor pairs resolve a FAR of {1 / len(impostor):.2g} at best" if len(impostor) else "no measured impostor pairs"
+        if reference is not None:
+            candidates.append(reference_threshold(reference, far))
+            sources.append(f"reference ({reference['pairs']} pairs, normal tail fit)")
+            warning = (f"target FAR {far:g} is not resolved by measurement ({need}; ~{int(TAIL_PAIRS / far)} needed): "
+                       f"the threshold rests on the recognizer's reference distribution; "
+                       f"pass --background DIR (photos of other people) to measure it")
+        else:
+            candidates.append(DEFAULT_THRESHOLD)
+            sources.append("default floor")
+            warning = (f"target FAR {far:g} is not resolved by measurement ({need}) and this recognizer has no "
+                       f"reference distribution: the threshold is the default floor {DEFAULT_THRESHOLD}; "
+                       f"pass --background DIR (photos of other people) to measure it")
+    threshold = max(candidates)
     return {
         "target_far": far,
         "threshold": round(threshold, 6),
-        "far": float(np.mean(impostor >= threshold)),
+        "source": " + ".join(sources),
+        "far": float(np.mean(impostor >= threshold)) if len(impostor) else None,
         "tar": float(np.mean(genuine >= threshold)) if len(genuine) else None,
         "genuine_pairs": int(len(genuine)),
-        "impostor_pairs": int(len(impostor)),
-        "min_resolvable_far": 1.0 / len(impostor),
+        "impostor_pairs": int(len(own)),
+        "background_pairs": int(len(cross)),
+        "min_resolvable_far": 1.0 / len(impostor) if len(impostor) else None,
+        "resolvable": bool(resolvable),
+        "reference_pairs": reference["pairs"] if reference is not None and not resolvable else None,
+        "warning": warning,
     }
 
 
@@ -48,15 +139,27 @@ LOW_TAR = 0.2  # below this most genuine photos fall under the threshold: identi
 
 
 def warnings(calibration: dict[str, Any] | None, labels: np.ndarray) -> list[str]:
-    """What makes a calibration unfit to trust, in words a user can act on: a TAR near 0 (the
-    recognizer does not tell these people apart at this FAR), a target FAR below what the
-    gallery's impostor pairs can resolve, and people with a single photo (no genuine pairs, so
-    the TAR rests on the others). Empty when none applies."""
+    """What makes a calibration unfit to trust, in words a user can act on: a target FAR that
+    measurement does not resolve (:func:`calibrate`'s own ``warning``), a TAR near 0 (the
+    recognizer does not tell these people apart at this threshold), and people with a single
+    photo (no genuine pairs, so the TAR rests on the others). Empty when none applies."""
     found = []
     _, photos = np.unique(labels, return_counts=True)
     if calibration is None:
         found.append(f"not calibrated: it needs at least two people; the default threshold {DEFAULT_THRESHOLD} is used")
         return found
+    if calibration.get("warning"):
+        found.append(calibration["warning"])
+    tar = calibration.get("tar")
+    if calibration.get("genuine_pairs") and (tar is None or tar < LOW_TAR):
+        found.append(f"TAR {0 if tar is None else tar:.3g} at threshold {calibration['threshold']:.6g}: almost no photo "
+                     "matches another of the same person, so identify will answer `unknown` for most faces; "
+                     "the recognizer may be undertrained, or the target FAR too strict for it")
+    single = int(np.sum(photos == 1))
+    if single * 2 > len(photos):
+        found.append(f"{single} of {len(photos)} people have one photo: they give no genuine pairs, so the TAR rests "
+                     f"on {calibration['genuine_pairs']} pairs of the others; add a second photo per person")
+    return found
     tar = calibration.get("tar")
     if tar is None or tar < LOW_TAR:
         found.append(f"TAR {0 if tar is None else tar:.3g} at threshold {calibration['threshold']:.6g}: almost no photo "

@@ -3,14 +3,20 @@
 It serves every part of faceops that touches faces: galleries and identify, the packer's
 ``--align``, the detection teacher and the demo (models come from :mod:`inference.models`, image
 lists from :mod:`inference.sources`). Why :func:`analyse` is faster than a plain
-``FaceAnalysis.get()`` loop: a thread pool decodes, detects and aligns several images at once
-(OpenCV and onnxruntime release the GIL), the detector runs at the image's own size (up to
-``det_size``) instead of upscaling every photo to 640x640, and aligned crops are embedded in
-batches by the recognizer while the threads work on the next images.
+``FaceAnalysis.get()`` loop: one thread per core takes images through every step (OpenCV and
+onnxruntime release the GIL; one-thread sessions, so no core is oversubscribed), the detector runs
+at the image's own size (up to ``det_size``) instead of letterboxing every photo into 640x640,
+aligned crops are embedded in batches, and a large JPEG is decoded
+at 1/2, 1/4 or 1/8 scale (libjpeg scales in the DCT, several times cheaper than a full decode of a
+phone photo, which costs more than the detection itself): the detector only needs ``det_size``
+pixels, and a face is aligned from the reduced image whenever its crop would be a downscale of it
+anyway; only photos with small faces are also decoded at full size, for those faces.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -47,22 +53,57 @@ class ImageResult:
     item: ImageItem
     faces: list[Face] = field(default_factory=list)
     error: str | None = None
-    size: tuple[int, int] | None = None  # (width, height)
+    size: tuple[int, int] | None = None  # (width, height), to within the decode reduction
 
 
-def decode_image(data: bytes, source: str | Path) -> np.ndarray:
+REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+           8: cv2.IMREAD_REDUCED_COLOR_8}  # libjpeg's DCT scaling factors
+# JPEG start-of-frame markers (they carry the size); C4, C8 and CC are other segments.
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def decode_image(data: bytes, source: str | Path, reduce: int = 1) -> np.ndarray:
     """BGR uint8 image from encoded bytes: the one image decoder of faceops. Grey, CMYK, 16-bit and
-    alpha images become 3-channel BGR. :class:`DataError` names ``source`` (a file or a record) and
-    says why it is not an image."""
+    alpha images become 3-channel BGR; ``reduce`` (2, 4 or 8) decodes a JPEG at that fraction of
+    its size (other formats are decoded, then resized). :class:`DataError` names ``source`` (a
+    file or a record) and says why it is not an image."""
     if not data:
         raise DataError(f"{source}: empty file (0 bytes)")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED[reduce])
     except cv2.error:
         image = None
     if image is None or image.size == 0:
         raise DataError(f"{source}: not a decodable image")
     return image
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame header without decoding it; None when ``data``
+    is not a JPEG or has no readable header."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, TEM, RSTn, SOI: no length
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker in SOF_MARKERS:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def reduction(data: bytes, det_size: int) -> int:
+    """The largest JPEG decode reduction (1, 2, 4 or 8) that still leaves the long side at least
+    ``det_size``, so the detector sees the same pixels it would after a full decode."""
+    size = jpeg_size(data)
+    if size is None:
+        return 1
+    return next((r for r in (8, 4, 2) if max(size) / r >= det_size), 1)
 
 
 def read_file(path: Path, name: str | Path | None = None) -> bytes:
@@ -106,12 +147,18 @@ def detect(detector: Any, image: np.ndarray, det_size: int = 640, det_thresh: fl
     return sorted(faces, key=lambda f: -f.area)
 
 
+def alignment(landmarks: np.ndarray, side: int = 112) -> np.ndarray:
+    """The 2x3 similarity transform that maps 5 ``landmarks`` onto insightface's ArcFace template
+    in a ``side`` x ``side`` crop."""
+    from insightface.utils import face_align
+
+    return face_align.estimate_norm(landmarks, image_size=side)
+
+
 def align(image: np.ndarray, landmarks: np.ndarray, side: int = 112) -> np.ndarray:
     """The ``side`` x ``side`` crop of the face with 5 ``landmarks``, similarity-transformed onto
     insightface's ArcFace template (what recognizers are trained and run on)."""
-    from insightface.utils import face_align
-
-    return face_align.norm_crop(image, landmark=landmarks, image_size=side)
+    return cv2.warpAffine(image, alignment(landmarks, side), (side, side), borderValue=0.0)
 
 
 def align_main_face(detector: Any, image: np.ndarray, side: int = 112) -> np.ndarray:
@@ -128,42 +175,79 @@ def embed(models: Models, crops: list[np.ndarray]) -> np.ndarray:
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
+def _finest(zoom: float, scale: int) -> int:
+    """The coarsest decode reduction (at most ``scale``) from which a face whose crop zooms the
+    1/``scale`` image by ``zoom`` is aligned without enlarging (1 = full size when none is)."""
+    return next((r for r in (8, 4, 2) if r <= scale and zoom * r / scale <= 1), 1)
+
+
 def _prepare(models: Models, item: ImageItem, det_size: int,
              det_thresh: float) -> tuple[ImageResult, list[np.ndarray]]:
-    """Read, decode, detect and align one image (runs in a pool thread). Any failure becomes the
-    image's ``error`` so one bad file never stops a run."""
+    """Read, decode (reduced when the photo is large, see :func:`reduction`), detect and align one
+    image (runs in a pool thread). When a face's crop would enlarge the reduced image, the photo is
+    decoded once more, as coarsely as the smallest face allows, and the faces are aligned from
+    that. Boxes and landmarks are returned in full-size pixels. Any failure becomes the image's
+    ``error`` so one bad file never stops a run."""
     try:
-        image = read_image(item.path, item.name)
+        data = read_file(item.path, item.name)
+        scale = reduction(data, det_size)
+        image = decode_image(data, item.name, scale)
     except DataError as exc:
         return ImageResult(item, error=str(exc)), []
     faces = detect(models.detector, image, det_size, det_thresh)
     side = models.recognizer.input_size[0]
-    return ImageResult(item, faces, size=(image.shape[1], image.shape[0])), [align(image, f.landmarks, side) for f in faces]
+    matrices = [alignment(face.landmarks, side) for face in faces]
+    # Each face's zoom (crop pixels per reduced-image pixel) says the coarsest decode it can be
+    # aligned from without enlarging; one finer decode, the finest any face needs, serves all.
+    zooms = [math.sqrt(abs(np.linalg.det(m[:, :2]))) for m in matrices]
+    fine = min([_finest(zoom, scale) for zoom in zooms] or [scale])
+    source = image if fine == scale else decode_image(data, item.name, fine)
+    # A pixel i of the image decoded at 1/s covers full pixels [i*s, (i+1)*s), centred on i*s + (s-1)/2:
+    # this maps the source's pixels to the detection image's, where the landmarks are.
+    ratio = fine / scale
+    to_source = np.array([[ratio, 0, (ratio - 1) / 2], [0, ratio, (ratio - 1) / 2], [0, 0, 1]])
+    crops = []
+    for face, matrix in zip(faces, matrices):
+        crops.append(cv2.warpAffine(source, matrix @ to_source, (side, side), borderValue=0.0))
+        face.box[:] = face.box * scale + (scale - 1) / 2
+        face.landmarks[:] = face.landmarks * scale + (scale - 1) / 2
+    height, width = image.shape[:2]
+    return ImageResult(item, faces, size=(width * scale, height * scale)), crops
+
+
+CHUNK_IMAGES = 4  # images a worker takes end to end (decode, detect, align, embed) per task
 
 
 def analyse(models: Models, items: Iterable[ImageItem], det_size: int = 640, det_thresh: float = 0.5,
-            batch_size: int = 16, workers: int = 2) -> Iterator[ImageResult]:
+            batch_size: int = 16, workers: int | None = None) -> Iterator[ImageResult]:
     """Yield one :class:`ImageResult` per item, in input order, with embeddings filled in.
 
-    ``workers`` threads prepare images ahead (bounded, so memory stays flat on millions of images)
-    while this thread embeds their crops ``batch_size`` at a time."""
-    ready: list[ImageResult] = []
-    crops: list[np.ndarray] = []
-    for result, image_crops in bounded_map(lambda item: _prepare(models, item, det_size, det_thresh), items,
-                                           workers, ahead=4 * max(1, workers), name="faces"):
-        ready.append(result)
-        crops.extend(image_crops)
-        if len(crops) >= batch_size:
-            yield from _embedded(models, ready, crops)
-            ready, crops = [], []
-    yield from _embedded(models, ready, crops)
+    ``workers`` threads (default: one per core) each take :data:`CHUNK_IMAGES` images at a time
+    through every step, the recognizer included (``batch_size`` crops per call), with at most
+    twice ``workers`` chunks in flight so memory stays flat on millions of images. Parallel images
+    use the cores better than parallel operators: with one-thread onnxruntime sessions
+    (:func:`inference.models.load_models`) two threads embed 1.5-2x faster than one two-thread
+    session on a 2-core machine shared with other work, at any batch size."""
+    workers = workers or os.cpu_count() or 1
+    chunks = _chunked(iter(items), CHUNK_IMAGES)
+    for results in bounded_map(lambda chunk: _analyse_chunk(models, chunk, det_size, det_thresh, batch_size),
+                               chunks, workers, ahead=2 * workers, name="faces"):
+        yield from results
 
 
-def _embedded(models: Models, ready: list[ImageResult], crops: list[np.ndarray]) -> list[ImageResult]:
-    """``ready`` with the embeddings of ``crops`` (their faces' crops, in order) filled in."""
+def _chunked(items: Iterator[ImageItem], size: int) -> Iterator[list[ImageItem]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _analyse_chunk(models: Models, chunk: list[ImageItem], det_size: int, det_thresh: float,
+                   batch_size: int) -> list[ImageResult]:
+    """The results of ``chunk``'s images with their faces' embeddings (runs in a pool thread)."""
+    prepared = [_prepare(models, item, det_size, det_thresh) for item in chunk]
+    crops = [crop for _, image_crops in prepared for crop in image_crops]
     if crops:
-        embeddings = iter(embed(models, crops))
-        for result in ready:
+        embeddings = iter(np.concatenate([embed(models, crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]))
+        for result, _ in prepared:
             for face in result.faces:
                 face.embedding = next(embeddings)
-    return ready
+    return [result for result, _ in prepared]

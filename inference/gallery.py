@@ -13,7 +13,7 @@ import numpy as np
 
 from inference import faces as facelib
 from inference import shards
-from inference.calibration import DEFAULT_FAR, calibrate
+from inference.calibration import DEFAULT_FAR, calibrate, reference_for
 from inference.calibration import warnings as calibration_warnings
 from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
@@ -26,11 +26,27 @@ DEFAULT_DET_SIZE = 640
 DEFAULT_DET_THRESH = 0.5
 
 
-def recalibrate(gallery: Gallery, far: float = DEFAULT_FAR) -> dict[str, Any] | None:
-    """Calibrate ``gallery``'s threshold for ``far`` (:func:`inference.calibration.calibrate`) and
-    store the result in its manifest (None when it has fewer than two people)."""
-    gallery.manifest["calibration"] = calibrate(gallery.embeddings, gallery.labels, far)
+def recalibrate(gallery: Gallery, far: float = DEFAULT_FAR) -> dict[str, Any]:
+    """Calibrate ``gallery``'s threshold for ``far`` from its own pairs, its stored background and
+    its recognizer's reference distribution (:func:`inference.calibration.calibrate`), and store
+    the result in its manifest."""
+    reference = reference_for(gallery.manifest["models"]["recognizer"]["sha256"])
+    gallery.manifest["calibration"] = calibrate(gallery.embeddings, gallery.labels, far,
+                                                background=gallery.background, reference=reference)
     return gallery.manifest["calibration"]
+
+
+def background_embeddings(models: Models, source: str | Path, det_size: int = DEFAULT_DET_SIZE,
+                          det_thresh: float = DEFAULT_DET_THRESH, workers: int | None = None) -> np.ndarray:
+    """Embeddings of every face in the photos of ``source`` (folder, list or object-storage
+    prefix): people who are not in the gallery, whose scores against it are impostor pairs."""
+    with local(source) as folder:
+        items = list_images(folder).items
+        found = [face.embedding for result in facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
+                                                              workers=workers) for face in result.faces]
+    if not found:
+        raise DataError(f"{source}: no faces found for the calibration background")
+    return np.stack(found).astype(np.float32)
 
 
 def _collect(models: Models, items: list[ImageItem], strict: bool, progress: bool,
@@ -165,7 +181,7 @@ def _labelled(source: str | Path, folder: Path, at: Shard | None = None) -> tupl
 
 
 def _embed(source: str | Path, models: Models, at: Shard | None, *, det_size: int, det_thresh: float,
-           batch_size: int, workers: int, strict: bool, index: str, progress: bool) -> tuple[Gallery, int]:
+           batch_size: int, workers: int | None, strict: bool, index: str, progress: bool) -> tuple[Gallery, int]:
     """A new, uncalibrated gallery of the faces in ``source`` (this instance's share of them),
     with an issue row for every photo left out; and the number of images read."""
     with local(source) as folder:
@@ -181,11 +197,13 @@ def _embed(source: str | Path, models: Models, at: Shard | None, *, det_size: in
 
 def build_gallery(source: str | Path, out: str | Path, models: Models | str | Path | None = None, *,
                   det: str | Path | None = None, rec: str | Path | None = None, det_size: int = DEFAULT_DET_SIZE,
-                  det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int = 2, strict: bool = False,
-                  far: float = DEFAULT_FAR, index: str = "flat", force: bool = False,
-                  progress: bool = False, shard: Shard | None = None) -> dict[str, Any]:
+                  det_thresh: float = DEFAULT_DET_THRESH, batch_size: int = 16, workers: int | None = None,
+                  strict: bool = False, far: float = DEFAULT_FAR, index: str = "flat", force: bool = False,
+                  background: str | Path | None = None, progress: bool = False,
+                  shard: Shard | None = None) -> dict[str, Any]:
     """Build a gallery at ``out`` from ``source`` (folder of per-person folders, ``path,person``
-    CSV, or an object-storage prefix of either). Returns a summary (people, embeddings, images,
+    CSV, or an object-storage prefix of either); ``background`` names photos of other people for
+    the calibration (kept with the gallery). Returns a summary (people, embeddings, images,
     issues, calibration).
 
     A gallery already at ``out`` is refused unless ``force``; then the new one continues its
@@ -207,6 +225,8 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
         return {"part": shard.part, "images": images, "embeddings": len(gallery.entries)}
     if not gallery.entries:
         raise DataError(f"{source}: no faces found in {images} images; nothing to build")
+    if background is not None:
+        gallery.background = background_embeddings(models, background, det_size, det_thresh, workers)
     if previous is not None:
         gallery.manifest.update(revision=previous.manifest["revision"], history=previous.manifest["history"])
     _record(gallery, "build", source=str(source), images=images, added=len(gallery.entries),
@@ -251,7 +271,7 @@ def merge_galleries(parts: list[tuple[Path, dict[str, Any]]], out: Path, far: fl
 
 def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | Path | None = None, *,
                    det: str | Path | None = None, rec: str | Path | None = None, batch_size: int = 16,
-                   workers: int = 2, strict: bool = False, progress: bool = False) -> dict[str, Any]:
+                   workers: int | None = None, strict: bool = False, progress: bool = False) -> dict[str, Any]:
     """Add the people/photos of ``source`` to the gallery at ``path`` (a local folder) without
     rebuilding it: same models enforced, detection settings and calibration target kept."""
     gallery = load(path)
@@ -294,15 +314,22 @@ def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
     return {**summary, "gallery": str(path), "removed": int((~keep).sum())}
 
 
-def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR) -> dict[str, Any]:
-    """Recalibrate the gallery at ``path`` for a new target false-accept rate and save it."""
+def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR, background: str | Path | None = None,
+                      models: Models | str | Path | None = None, *, det: str | Path | None = None,
+                      rec: str | Path | None = None) -> dict[str, Any]:
+    """Recalibrate the gallery at ``path`` for a new target false-accept rate and save it;
+    ``background`` (photos of other people, embedded with the gallery's models) replaces the
+    stored background."""
     gallery = load(path)
     if not gallery.entries:
         raise DataError(f"{path}: the gallery is empty; nothing to calibrate")
+    if background is not None:
+        models = load_models(models, det, rec)
+        gallery.check_models(models, path)
+        settings = gallery.manifest["detection"]
+        gallery.background = background_embeddings(models, background, settings["det_size"], settings["det_thresh"])
     calibration = recalibrate(gallery, far)
-    if calibration is None:
-        raise DataError(f"{path}: calibration needs at least two people (impostor pairs); the gallery has {len(gallery.people)}")
-    _record(gallery, "calibrate", target_far=far)
+    _record(gallery, "calibrate", target_far=far, **({"background": str(background)} if background is not None else {}))
     save(gallery, path)
     return {"gallery": str(path), "revision": gallery.manifest["revision"], **calibration,
             "warnings": calibration_warnings(calibration, gallery.labels)}

@@ -157,7 +157,7 @@ def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
 def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, out: str | Path,
              models: Models | str | Path | None = None, *, det: str | Path | None = None,
              rec: str | Path | None = None, threshold: float | None = None, top_k: int = 5,
-             det_size: int = 640, det_thresh: float = 0.5, batch_size: int = 16, workers: int = 2,
+             det_size: int = 640, det_thresh: float = 0.5, batch_size: int = 16, workers: int | None = None,
              truth: str | Path | None = None, truth_from_folders: bool = False,
              annotate_dir: str | Path | None = None, progress: bool = False,
              sheet: str | Path | None = None, shard: Shard | None = None) -> dict[str, Any]:

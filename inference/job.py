@@ -51,6 +51,7 @@ def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
     at = shard_from_env()
     out = env.output("database") if at is None else shards.part_folder(env.output("database"), at)
     summary = build_gallery(env.channel("images"), out, **_models(env), shard=at,
+                            background=None if at else env.channels.get("background"),
                             **_pick(hp, DETECTION_KEYS + ("strict", "far", "index")), progress=False)
     return None if at else summary
 

@@ -235,11 +235,13 @@ def _load(det_path: Path, rec_path: Path, threads: int) -> Models:
 
 
 def load_models(models: Models | str | Path | None = None, det: str | Path | None = None,
-                rec: str | Path | None = None, threads: int = 0) -> Models:
+                rec: str | Path | None = None, threads: int = 1) -> Models:
     """Load (once per process) the detector and recognizer named as in :func:`resolve`.
 
-    ``threads`` is onnxruntime's intra-op thread count (0 = one per core). A :class:`Models` passed
-    in is returned as is, so library functions accept either."""
+    ``threads`` is onnxruntime's intra-op thread count (0 = one per core). One, the default,
+    because :func:`inference.faces.analyse` runs one image per core in parallel, which uses the
+    cores better than parallel operators. A :class:`Models` passed in is returned as is, so
+    library functions accept either."""
     if isinstance(models, Models):
         return models
     det_path, rec_path = resolve(models, det, rec)

