@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from jobs.core import contract, launch
 from jobs.core.errors import FaceopsError
 
 IMAGES_DIR = Path(__file__).resolve().parent
@@ -28,7 +27,10 @@ DEFAULT_TARGET = "gpu"
 # standard-library modules the image's scripts import come from jobs/core.
 SHARED_CONTEXT = ("install-deps.sh", "service-user.sh", "requirements.txt", "requirements-nodeps.txt", "bin")
 TARGET_CONTEXT = {"gpu": (*SHARED_CONTEXT, "requirements-cuda11.txt"), "cpu": SHARED_CONTEXT}
-SHARED_MODULES = {Path(module.__file__).name: Path(module.__file__) for module in (contract, launch)}
+# The standard-library modules of jobs/core the images carry next to their scripts, found by
+# name rather than imported, so that `faceops --help` (which reads TARGETS) stays cheap.
+SHARED_MODULES = {f"{name}.py": Path(__file__).resolve().parents[1] / "jobs" / "core" / f"{name}.py"
+                  for name in ("contract", "launch")}
 DEFAULT_REPO = "faceops/train"
 HASH_LABEL = "org.faceops.content-hash"
 STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
