@@ -160,17 +160,3 @@ def warnings(calibration: dict[str, Any] | None, labels: np.ndarray) -> list[str
         found.append(f"{single} of {len(photos)} people have one photo: they give no genuine pairs, so the TAR rests "
                      f"on {calibration['genuine_pairs']} pairs of the others; add a second photo per person")
     return found
-    tar = calibration.get("tar")
-    if tar is None or tar < LOW_TAR:
-        found.append(f"TAR {0 if tar is None else tar:.3g} at threshold {calibration['threshold']:.6g}: almost no photo "
-                     "matches another of the same person, so identify will answer `unknown` for most faces; "
-                     "the recognizer may be undertrained, or the target FAR too strict for it")
-    if calibration["target_far"] < calibration["min_resolvable_far"]:
-        found.append(f"target FAR {calibration['target_far']:g} is below the smallest this gallery can resolve "
-                     f"({calibration['min_resolvable_far']:.3g} = 1/{calibration['impostor_pairs']} impostor pairs); the "
-                     "threshold is the highest impostor similarity. More people (or photos) make it reachable")
-    single = int(np.sum(photos == 1))
-    if single * 2 > len(photos):
-        found.append(f"{single} of {len(photos)} people have one photo: they give no genuine pairs, so the TAR rests "
-                     f"on {calibration['genuine_pairs']} pairs of the others; add a second photo per person")
-    return found
