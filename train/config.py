@@ -55,7 +55,9 @@ RECOGNITION = Task(
     metrics={"loss": Metric("min"), "acc": Metric("max"), "epoch_loss": Metric("min"), "epoch_acc": Metric("max"),
              "samples_per_sec": Metric("max", "samples/s"), "val_*_acc": Metric("max"), "val_*_std": Metric("min")},
     inputs={"train": Slot("insightface RecordIO: train.rec + train.idx + property (or the seed's cele.*)"),
-            "val": Slot("verification .bin sets (lfw.bin, cfp_fp.bin, ...) evaluated after training", required=False)},
+            "val": Slot("verification .bin sets (lfw.bin, cfp_fp.bin, ...) evaluated after training", required=False),
+            "init": Slot("weights to fine-tune from: an .onnx recognizer, a `faceops model import` folder or a "
+                         "previous version's model output", required=False)},
     outputs={"model": Slot("model.onnx (insightface recognizer), model-symbol.json + params, verification.json")},
     help="Train an ArcFace recognizer on insightface RecordIO (channel train, optional val with .bin "
          "verification sets, optional init: an .onnx recognizer or a model folder to fine-tune from); "
