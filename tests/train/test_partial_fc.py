@@ -103,6 +103,36 @@ def test_sampling_keeps_positives_and_touches_only_the_sample():
     assert result.loss == pytest.approx(expected, rel=1e-4)
 
 
+def test_checkpoint_holds_backbone_shards_and_momentum(tmp_path):
+    """A checkpoint of a Partial FC job restores the backbone, every shard's centres and their
+    momentum, so a resumed job continues the same optimisation."""
+    from train.backbones import get_model
+    from train.checkpoint import Checkpointer
+    from train.partial_fc import WithPartialFC
+
+    def fresh(seed: int) -> WithPartialFC:
+        mx.random.seed(seed)
+        backbone = get_model("mbf_s1", 8)
+        backbone.initialize(mx.init.Xavier(), ctx=TWO_CPUS)
+        return WithPartialFC(backbone, PartialFC(7, 8, MARGIN, 0.5, Collective(TWO_CPUS)))
+
+    image = mx.nd.zeros((1, 3, 112, 112), ctx=TWO_CPUS[0])
+    saved = fresh(0)
+    saved.backbone(image)  # shapes are inferred at the first forward, as in a job before its first save
+    saved.head.step([mx.nd.ones((2, 8), ctx=c) for c in TWO_CPUS], [mx.nd.array([0, 5], ctx=c) for c in TWO_CPUS],
+                    lr=0.1, momentum=0.9, wd=5e-4, rescale=0.25)
+    Checkpointer(tmp_path).save(saved, None, 1, 0)
+    restored = fresh(1)
+    assert Checkpointer(tmp_path).restore(restored, None, TWO_CPUS).step == 1
+    restored.backbone(image)  # restored before the first forward, as a resumed job is
+    for name, array in saved.head.arrays().items():
+        np.testing.assert_array_equal(restored.head.arrays()[name].asnumpy(), array.asnumpy())
+    assert np.abs(restored.head.shards[0].momentum.asnumpy()).sum() > 0
+    ours, theirs = (m.backbone._collect_params_with_prefix() for m in (restored, saved))
+    for name, param in theirs.items():
+        np.testing.assert_array_equal(ours[name].data(TWO_CPUS[1]).asnumpy(), param.data(TWO_CPUS[0]).asnumpy())
+
+
 def test_partial_fc_job_learns_the_shared_photos(runner, lfw_split, aligner, tmp_path):
     """The example job with sample_rate 0.9 (each shard keeps int(0.9 * 10) = 9 centres: the
     batch's people plus random others, so the sampled path runs every step) separates held-out
