@@ -545,6 +545,29 @@ def eval_recognition(model_path: str, bins: tuple[str, ...], flip: bool, as_json
         click.echo(f"{name}: {100 * results[f'val_{name}_acc']:.2f}% +- {100 * results[f'val_{name}_std']:.2f}")
 
 
+@eval.command("detection")
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
+@click.option("--widerface", "val_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="WIDER FACE val folder (images/<event>/<file>.jpg).")
+@click.option("--gt", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder with wider_face_val.mat and wider_easy/medium/hard_val.mat.")
+@click.option("--det-size", default=640, show_default=True, help="Longest detector input side (never upscaled).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+def eval_detection(model_path: str, val_dir: str, gt_dir: str, det_size: int, as_json: bool) -> None:
+    """Easy/medium/hard AP of MODEL (a face detector .onnx, SCRFD or RetinaFace, or a model
+    folder) with the WIDER FACE protocol, as the evaluation code that ships with WIDER computes it."""
+    import json
+
+    from train.widerface import evaluate
+
+    results = evaluate(model_path, val_dir, gt_dir, det_size)
+    if as_json:
+        click.echo(json.dumps({f"{name}_ap": round(ap, 5) for name, ap in results.items()}))
+        return
+    for name, ap in results.items():
+        click.echo(f"{name:<6} AP {100 * ap:.2f}%")
+
+
 @main.group(cls=FaceopsGroup)
 def model() -> None:
     """Bring published insightface models into faceops."""

@@ -41,6 +41,9 @@ PARAMS = {
     "seed": Param("int", 0, "random seed (initialisation and data order)"),
     "freeze_backbone_epochs": Param("float", 0.0, "with inputs.init: epochs during which only the margin head learns",
                                     min=0.0),
+    "sample_rate": Param("float", 1.0, "Partial FC below 1: each step uses the batch's classes plus a random share of "
+                         "the others (e.g. 0.1 for millions of identities), the margin head split across devices "
+                         "and workers", min=0.0, max=1.0),
     "backbone_lr_mult": Param("float", 1.0, "the backbone's learning rate relative to lr (fine-tuning: e.g. 0.1)",
                               min=0.0),
 }

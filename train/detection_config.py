@@ -38,8 +38,10 @@ DETECTION = Task(
         "seed": Param("int", 0, "random seed", min=0),
     },
     inputs={"train": Slot("detection_train_data/ with train/ (and val/), or one split: images/ + label.txt or RecordIO"),
-            "val": Slot("a validation split (images/ + label.txt)", required=False)},
+            "val": Slot("a validation split (images/ + label.txt), or a WIDER FACE val folder with its .mat "
+                         "ground truth (easy/medium/hard AP)", required=False)},
     outputs={"model": Slot("model.onnx (insightface detector), Gluon symbol + params, metrics.json")},
-    metrics={"val_ap50": Metric("max"), "train_samples_per_s": Metric("max", "samples/s"), "train_*": Metric("min")},
+    metrics={"val_ap50": Metric("max"), "val_wider_*_ap": Metric("max"), "train_samples_per_s": Metric("max", "samples/s"),
+             "train_*": Metric("min")},
     help="Train a RetinaFace detector (Gluon) from channel train; exports model.onnx for insightface to output model.",
 )

@@ -13,7 +13,7 @@ can settle before its gradients reach the pretrained layers; afterwards the back
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,9 +28,11 @@ def _training_images(data: Any, count: int) -> np.ndarray:
     return np.stack([np.asarray(data[i][0]) for i in range(min(count, len(data)))]) * 127.5 + 127.5
 
 
-def start_from(model: Any, init: Path, data: Any, config: dict[str, Any]) -> str:
-    """Load ``init`` into ``model.backbone`` (and its head when the class count matches);
-    returns a line saying what was loaded."""
+def start_from(model: Any, init: Path, data: Any, config: dict[str, Any],
+               load_head: Callable[[Any], None] | None = None) -> str:
+    """Load ``init`` into ``model.backbone`` (and its head when the class count matches: into
+    ``model.head``, or through ``load_head`` for a Partial FC head); returns a line saying what
+    was loaded."""
     import mxnet as mx
 
     from train.importer import init_source, load_onnx
@@ -46,8 +48,8 @@ def start_from(model: Any, init: Path, data: Any, config: dict[str, Any]) -> str
     head = source.parent / HEAD
     if head.is_file():
         weight = mx.nd.load(str(head)).get("weight")
-        if weight is not None and weight.shape == model.head.weight.shape:
-            model.head.weight.set_data(weight)
+        if weight is not None and weight.shape == (data.num_classes, config["embedding_size"]):
+            (load_head or model.head.weight.set_data)(weight)
             return f"started from {source} (backbone and margin head)"
     return f"started from {source} (backbone; margin head fresh)"
 

@@ -51,17 +51,21 @@ class MarginHead(HybridBlock):
             self.weight = self.params.get("weight", shape=(num_classes, embedding_size))
 
     def hybrid_forward(self, F, x, label, weight):
-        m = self.margin
         cos = F.FullyConnected(F.L2Normalization(x), F.L2Normalization(weight), no_bias=True,
                                num_hidden=self.num_classes)
         # Clipped away from +-1: arccos has an infinite gradient there.
         cos = F.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6)
-        target = F.cos(F.arccos(cos) * m.m1 + m.m2) - m.m3
-        if m.m2 > 0:
-            # Past m1*theta + m2 = pi the margin would make cos rise again; there insightface
-            # falls back to a linear penalty so the true-class logit keeps falling with theta.
-            bound = math.cos((math.pi - m.m2) / m.m1)
-            target = F.where(cos > bound, target, cos - math.sin(m.m2) * m.m2 - m.m3)
-        one_hot = F.one_hot(label, self.num_classes)
-        logits = cos + one_hot * (target - cos)
-        return logits * m.s, cos * m.s
+        return margin_logits(F, cos, F.one_hot(label, self.num_classes), self.margin), cos * self.margin.s
+
+
+def margin_logits(F, cos, one_hot, m: Margin):
+    """``s * cos`` with the true class (the 1 of ``one_hot``; an all-zero row has none among these
+    columns) moved to ``s * (cos(m1 * theta + m2) - m3)``; ``F`` is ``mx.nd`` or ``mx.sym``, so the
+    Gluon head and the Partial FC shards (train.partial_fc) compute one margin."""
+    target = F.cos(F.arccos(cos) * m.m1 + m.m2) - m.m3
+    if m.m2 > 0:
+        # Past m1*theta + m2 = pi the margin would make cos rise again; there insightface
+        # falls back to a linear penalty so the true-class logit keeps falling with theta.
+        bound = math.cos((math.pi - m.m2) / m.m1)
+        target = F.where(cos > bound, target, cos - math.sin(m.m2) * m.m2 - m.m3)
+    return (cos + one_hot * (target - cos)) * m.s

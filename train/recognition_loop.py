@@ -30,6 +30,7 @@ from train.checkpoint import Checkpointer
 from train.data import RecognitionDataset
 from train.export import export_gluon, export_onnx
 from train.heads import MarginHead, get_margin
+from train.partial_fc import Collective, PartialFC, WithPartialFC
 from train.verification import evaluate
 
 IMAGE_SIZE = (112, 112)
@@ -38,16 +39,18 @@ VERIFICATION = "verification.json"
 
 class Recognizer(gluon.HybridBlock):
     """Backbone plus margin head, trained (and checkpointed) as one block; only the backbone is
-    exported."""
+    exported. With ``sample_rate`` below 1 the head is a :class:`train.partial_fc.PartialFC`
+    outside the block (``head`` is None), split across devices and workers."""
 
     def __init__(self, config: dict[str, Any], num_classes: int):
         super().__init__()
         # Parameters without a default are absent unless set (jobs.core.entry.checked).
         margin = get_margin(config["loss"], config.get("margin_s"), config.get("margin_m1"), config.get("margin_m2"),
                             config.get("margin_m3"))
+        self.margin = margin
         with self.name_scope():
             self.backbone = get_model(config["network"], config["embedding_size"])
-            self.head = MarginHead(num_classes, config["embedding_size"], margin)
+            self.head = MarginHead(num_classes, config["embedding_size"], margin) if config["sample_rate"] >= 1 else None
 
     def hybrid_forward(self, F, x, label):
         return self.head(self.backbone(x), label)
@@ -138,7 +141,9 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     mx.random.seed(config["seed"])
     np.random.seed(config["seed"])
     place = cluster()
-    use_amp = config["amp"] and place.ctx[0].device_type == "gpu"
+    # AMP's loss scaling wraps a loss Gluon differentiates; the Partial FC step hands the backbone
+    # its gradient directly, so that path trains in float32.
+    use_amp = config["amp"] and place.ctx[0].device_type == "gpu" and config["sample_rate"] >= 1
     if use_amp:
         from mxnet.contrib import amp
 
@@ -161,9 +166,20 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
 
     model = Recognizer(config, data.num_classes)
     model.backbone.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=place.ctx)
-    model.head.initialize(mx.init.Normal(0.01), ctx=place.ctx)
+    head = None
+    if model.head is None:
+        head = PartialFC(data.num_classes, config["embedding_size"], model.margin, config["sample_rate"],
+                         Collective(place.ctx, place.kvstore, place.rank, place.num_workers), config["seed"])
+        print(f"Partial FC: sample_rate {config['sample_rate']:g}, {data.num_classes} classes in "
+              f"{len(place.ctx) * place.num_workers} shard(s); this worker holds "
+              f"{sum(shard.size for shard in head.shards)}", flush=True)
+    else:
+        model.head.initialize(mx.init.Normal(0.01), ctx=place.ctx)
     if "init" in env.channels:
-        print(finetune.start_from(model, env.channels["init"], data, config), flush=True)
+        print(finetune.start_from(model, env.channels["init"], data, config, None if head is None else head.load_full),
+              flush=True)
+    # What a checkpoint holds: the block, or the backbone with this worker's Partial FC shards.
+    net = model if head is None else WithPartialFC(model.backbone, head)
     model.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(model.collect_params(), "sgd",
                             {"learning_rate": learning_rate(config, 0, steps_per_epoch, total, global_batch),
@@ -174,7 +190,7 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     checkpoints = Checkpointer(env.checkpoint_dir, every=config["checkpoint_every"])
     checkpoints.install_sigterm()
     step, epoch, skip = 0, 0, 0
-    restored = checkpoints.restore(model, trainer, place.ctx)
+    restored = checkpoints.restore(net, trainer, place.ctx)
     if restored is not None:
         step, epoch, skip = restored.step, restored.epoch, int(restored.extra.get("batch", 0))
         print(f"resumed from {restored.path.name}: step {step}, epoch {epoch + 1}, batch {skip}", flush=True)
@@ -198,8 +214,12 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
             lr = learning_rate(config, step, steps_per_epoch, total, global_batch)
             trainer.set_learning_rate(lr)
             finetune.set_backbone_lr_mult(model.backbone, finetune.backbone_lr_mult(config, step, steps_per_epoch))
-            loss, correct = _step(model, trainer, loss_fn, x, y, place, data.num_classes, global_batch,
-                                  amp if use_amp else None)
+            if head is None:
+                loss, correct = _step(model, trainer, loss_fn, x, y, place, data.num_classes, global_batch,
+                                      amp if use_amp else None)
+            else:
+                loss, correct = _partial_step(model.backbone, head, trainer, x, y, place, data.num_classes,
+                                              global_batch, lr, config)
             if not math.isfinite(loss):
                 latest = checkpoints.latest()
                 raise JobFailed(f"loss is {loss} at step {step + 1} (lr {lr:.4g}); training stopped, the last good "
@@ -224,28 +244,36 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
                 window_loss = window_correct = window_seen = 0.0
                 tic = time.perf_counter()
             meta = {"batch": index + 1, "lr": lr}
-            checkpoints.exit_if_stopping(model, trainer, step, epoch, **meta)
+            checkpoints.exit_if_stopping(net, trainer, step, epoch, **meta)
             if checkpoints.due(step):
-                save(model, trainer, step, epoch, **meta)
+                save(net, trainer, step, epoch, **meta)
         if epoch_seen:
             final = {"epoch": epoch + 1, "epoch_loss": round(epoch_loss / epoch_seen, 5),
                      "epoch_acc": round(epoch_correct / epoch_seen, 5)}
             say(**final)
         # Stopped by max_steps mid-epoch: the checkpoint says where, so a longer rerun continues there.
         epoch, skip = (epoch + 1, 0) if done >= steps_per_epoch else (epoch, done)
-        save(model, trainer, step, epoch, batch=skip)
+        save(net, trainer, step, epoch, batch=skip)
     if place.chief:
         final.update(finish(model.backbone, config, env))
-        model.head.save_parameters(str(env.output("model") / finetune.HEAD))  # a later fine-tune's head
+        # A later fine-tune's head; a Partial FC head is whole only on a single worker.
+        if head is None:
+            model.head.save_parameters(str(env.output("model") / finetune.HEAD))
+        elif place.num_workers == 1:
+            mx.nd.save(str(env.output("model") / finetune.HEAD), {"weight": head.full_weight()})
     return final
+
+
+def _check_labels(y: mx.nd.NDArray, num_classes: int) -> None:
+    if float(y.max().asscalar()) >= num_classes:
+        raise DataError(f"a record is labelled {int(y.max().asscalar())} but property says {num_classes} classes")
 
 
 def _step(model: Recognizer, trainer: gluon.Trainer, loss_fn: Any, x: mx.nd.NDArray, y: mx.nd.NDArray,
           place: Cluster, num_classes: int, global_batch: int, amp: Any) -> tuple[float, int]:
     """One optimizer step over all devices; returns the mean loss and the correct predictions.
     The loss is read before the update so a NaN never reaches the parameters."""
-    if float(y.max().asscalar()) >= num_classes:
-        raise DataError(f"a record is labelled {int(y.max().asscalar())} but property says {num_classes} classes")
+    _check_labels(y, num_classes)
     xs = gluon.utils.split_and_load(x, place.ctx, even_split=False)
     ys = gluon.utils.split_and_load(y, place.ctx, even_split=False)
     with autograd.record():
@@ -261,6 +289,25 @@ def _step(model: Recognizer, trainer: gluon.Trainer, loss_fn: Any, x: mx.nd.NDAr
     if math.isfinite(loss):
         trainer.step(global_batch)
     return loss, correct
+
+
+def _partial_step(backbone: gluon.HybridBlock, head: PartialFC, trainer: gluon.Trainer, x: mx.nd.NDArray,
+                  y: mx.nd.NDArray, place: Cluster, num_classes: int, global_batch: int, lr: float,
+                  config: dict[str, Any]) -> tuple[float, int]:
+    """One step with a Partial FC head: the backbone's embeddings go to the head, which updates
+    its sampled centres and returns their gradient, which the backbone then follows (the trainer
+    averages it over devices and workers like any other)."""
+    _check_labels(y, num_classes)
+    xs = gluon.utils.split_and_load(x, place.ctx, even_split=False)
+    ys = gluon.utils.split_and_load(y, place.ctx, even_split=False)
+    with autograd.record():
+        embeddings = [backbone(a) for a in xs]
+    grads, result = head.step(embeddings, ys, lr, config["momentum"], config["weight_decay"], 1.0 / global_batch)
+    loss = result.loss / len(x)
+    if math.isfinite(loss):
+        autograd.backward(embeddings, grads)
+        trainer.step(global_batch)
+    return loss, result.correct
 
 
 def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
