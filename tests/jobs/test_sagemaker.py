@@ -330,6 +330,71 @@ def test_a_running_jobs_metrics_are_read_live_from_cloudwatch(runner, sagemaker,
     assert (folder / history.METRICS_PATH).read_bytes() == uploaded and not (folder / history.LIVE_PATH).exists()
 
 
+def test_a_running_version_is_tracked_in_mlflow_as_it_runs(runner, sagemaker, train_spec, s3_env, s3_bucket,
+                                                           tmp_path, monkeypatch):
+    """With a tracking URI (a real ``sqlite:///`` MLflow store), every refresh of a running
+    SageMaker version (`job show`, `job list`) delivers the rows read from its log so far, and the
+    refresh that sees it complete (`job logs --follow`) ends the run: FINISHED, with exactly the job's rows."""
+    mlflow = pytest.importorskip("mlflow")
+    from jobs import metrics as history
+
+    printed, uploaded = training_container(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("FACEOPS_MLFLOW_URI", uri)
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
+    name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
+    sagemaker.set_training(name, "InProgress", "Training")
+    half = printed.index(next(line for line in printed if '"step": 4' in line))
+    put_log(sagemaker, name, "algo-1-1700000000", printed[:half])
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+
+    def losses(run_id: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
+
+    shown = runner("job", "show", "recog-cloud:1")
+    assert shown.exit_code == 0 and "warning" not in shown.output, shown.output
+    run, = client.search_runs([client.get_experiment_by_name("recog-cloud").experiment_id])
+    assert run.info.status == "RUNNING" and losses(run.info.run_id) == [(1, 1.0), (2, 0.5), (3, 0.3333)]
+    assert run.data.tags["faceops.backend"] == "sagemaker" and run.data.tags["faceops.version"] == "1"
+    assert run.data.params["lr"] == "0.1"
+    put_log(sagemaker, name, "algo-1-1700000000", printed[half:])
+    assert runner("job", "list").exit_code == 0
+    assert [step for step, _ in losses(run.info.run_id)] == [1, 2, 3, 4, 5, 6]
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        member = tarfile.TarInfo("metrics.jsonl")
+        member.size = len(uploaded)
+        tar.addfile(member, io.BytesIO(uploaded))
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
+    sagemaker.set_training(name, "Completed", "Completed")
+    assert runner("job", "logs", "recog-cloud:1", "--follow").exit_code == 0
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert losses(run.info.run_id) == [(r["step"], pytest.approx(r["loss"])) for r in history.parse_rows(uploaded)]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_tracking_store_that_is_down_fails_no_refresh_and_is_said_once(runner, sagemaker, train_spec, monkeypatch):
+    import socket
+
+    pytest.importorskip("mlflow")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("FACEOPS_MLFLOW_URI", f"http://127.0.0.1:{port}")
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
+    name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
+    sagemaker.set_training(name, "InProgress", "Training")
+    first, second = runner("job", "show", "recog-cloud:1"), runner("job", "show", "recog-cloud:1")
+    assert first.exit_code == second.exit_code == 0
+    assert "warning: MLflow tracking of recog-cloud:1 failed" in first.output and "job export recog-cloud:1" in first.output
+    assert "warning" not in second.output
+    sagemaker.set_training(name, "Completed", "Completed")
+    done = runner("job", "show", "recog-cloud:1", "--json")
+    assert done.exit_code == 0 and Store().get("recog-cloud", 1)["status"] == "done"
+
+
 def test_remote_failures_map_to_failed_with_the_service_reason(runner, sagemaker, train_spec):
     assert runner("job", "submit", train_spec, "--detach").exit_code == 0
     name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
