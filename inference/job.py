@@ -20,6 +20,7 @@ from jobs.core.errors import DataError
 from jobs.core.tasks import Task
 
 DETECTION_KEYS = ("det_size", "det_thresh", "batch_size", "workers")
+SHEET = "sheet.jpg"  # the identify report's contact sheet of doubtful faces (hyperparameter sheet)
 
 
 def _pick(hp: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -70,7 +71,8 @@ def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
     at = shard_from_env()
     out = env.output("report") if at is None else shards.part_folder(env.output("report"), at)
     summary = identify(env.channel("images"), env.channel("gallery"), out, **_models(env), truth=_truth_file(env),
-                       annotate_dir=out / "annotated" if hp.get("annotate") else None, shard=at,
+                       annotate_dir=out / "annotated" if hp.get("annotate") else None,
+                       sheet=out / SHEET if hp.get("sheet") else None, shard=at,
                        **_pick(hp, DETECTION_KEYS + ("threshold", "top_k", "truth_from_folders")), progress=False)
     return None if at else _identify_metrics(summary)
 
@@ -85,11 +87,20 @@ def merge_gallery(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any
 
 
 def merge_identify(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
-    """The identify task's merge: the instances' parts of output ``report`` become one report."""
+    """The identify task's merge: the instances' parts of output ``report`` become one report. Each
+    instance's contact sheet (``sheet``) ranks the doubtful faces of its own share of the photos,
+    which only it could read, so the sheets are kept side by side as ``sheets/<part>.jpg``."""
+    import shutil
+
     from inference.identify import merge_reports
 
     out = outputs["report"]
-    return _identify_metrics(merge_reports(shards.read_parts(out), out))
+    parts = shards.read_parts(out)
+    for folder, _ in parts:
+        if (folder / SHEET).is_file():
+            (out / "sheets").mkdir(exist_ok=True)
+            shutil.copy(folder / SHEET, out / "sheets" / f"{folder.name}.jpg")
+    return _identify_metrics(merge_reports(parts, out))
 
 
 RUNNERS: dict[str, tuple[Task, Callable[[dict[str, Any], JobEnv], dict[str, Any]]]] = {

@@ -58,12 +58,16 @@ IDENTIFY = Task(
         "top_k": Param("int", 5, "people listed per face", min=1, max=100),
         "truth_from_folders": Param("bool", False, "each image's first folder is its person (for metrics)"),
         "annotate": Param("bool", False, "also write images with boxes and names to output report/annotated"),
+        "sheet": Param("bool", False, "also write a contact sheet of the doubtful faces (unknown ones first, then the "
+                                      "lowest-margin matches) to output report/sheet.jpg "
+                                      "(sheets/<part>.jpg, one per instance, with instance_count > 1)"),
     },
     metrics={"faces_per_s": Metric("max", "faces/s"), "rank1": Metric("max"), "tar_at_far": Metric("max"),
              "unknown_rejection": Metric("max")},
     inputs={"images": Slot("photos to identify (any folder layout)"), "gallery": Slot("a gallery database (gallery job's output)"),
             "truth": Slot("a path,person CSV (or a folder holding one) for rank-1/TAR metrics", required=False), **MODELS},
-    outputs={"report": Slot("report.csv, report.jsonl, metrics.json (and annotated/ with annotate=true)")},
+    outputs={"report": Slot("report.csv, report.jsonl, metrics.json (and annotated/ with annotate=true, "
+                            "sheet.jpg with sheet=true)")},
     sharding=Sharding(input="images", merge="inference.job:merge_identify"),
     help="Identify every face in channel images against channel gallery; report CSV/JSONL and metrics to output report.",
 )

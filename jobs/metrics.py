@@ -5,18 +5,24 @@ only the last value of each key; this module reads the whole history, wherever t
 folds it into the last and the best value of each metric, the best judged by the direction the
 task's metric schema declares (or the spec's ``metrics:`` section for custom jobs).
 
-Where the rows are: a local job's file under its version folder (read as it grows); a cloud job's
-file on object storage, which the services upload when the job ends. A terminal cloud job's file
-is copied into its version folder once, so later views and exports read it locally.
+Where the rows are: a local job's file under its version folder (read as it grows). A cloud job
+prints each row to its log too (``faceops-metrics {...}``: the bootstrap sets
+``FACEOPS_METRICS_STDOUT=1`` in every cloud container), so while it runs the rows are read from the
+log the backend follows (SageMaker: CloudWatch Logs; ModelArts: the log it exports to OBS), and what
+was read is cached with the log cursor in the version folder (:data:`LIVE_PATH`). Once the job is
+terminal its complete metrics file, which the service uploads at the end, wins: it is copied into
+the version folder once, so later views and exports read it locally.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from jobs.core.contract import METRICS_PREFIX
 from jobs.core.errors import NotFoundError
 from jobs.core.tasks import Metric, find_metric, get_task
 from jobs.store import TERMINAL, Store, parse_ref, workdir
@@ -24,6 +30,11 @@ from jobs.store import TERMINAL, Store, parse_ref, workdir
 # Keys that place a row (x axes and bookkeeping), never plotted or ranked as metrics.
 AXES = ("step", "epoch", "time")
 METRICS_PATH = Path("output") / "metrics.jsonl"
+# A running cloud job's rows read from its log so far, with the backend's log cursor.
+LIVE_PATH = Path("metrics-live.json")
+# A row as log_metrics prints it, behind the ``[host] `` a backend puts before each line of a job
+# on several instances.
+_LOG_ROW = re.compile(r"(?:\[[^\]\s]*\] )?" + re.escape(METRICS_PREFIX) + r"(\{.*\})\s*$")
 
 
 def metrics_file(record: dict[str, Any]) -> Path:
@@ -72,25 +83,58 @@ def remote_source(record: dict[str, Any]) -> tuple[str, str | None] | None:
     return import_module(module).metrics_source(record)
 
 
+def log_rows(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The metrics rows among a job's log lines: each ``faceops-metrics {...}`` line that
+    :func:`jobs.core.contract.log_metrics` prints, in order; every other line is left out."""
+    return parse_rows("\n".join(m.group(1) for m in map(_LOG_ROW.match, lines) if m))
+
+
+def live_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a cloud job has printed to its log so far. The rows already read are kept with the
+    backend's log cursor in the version folder, so each call reads only the log that is new. Two
+    processes reading at once read from the same cursor and write the same cache."""
+    from jobs.backends import get_backend
+    from jobs.core.files import atomic_write
+
+    backend = get_backend(record["backend"])
+    if not record["backend_info"].get(backend.id_key):
+        return []
+    path = workdir(record) / LIVE_PATH
+    try:
+        cache = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        cache = {"cursor": None, "rows": []}
+    lines, cursor = backend.read_logs(record, cache["cursor"])
+    if cursor != cache["cursor"]:
+        cache = {"cursor": cursor, "rows": cache["rows"] + log_rows(lines)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(cache))
+    return cache["rows"]
+
+
 def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Every metrics row of a version, on every backend. A local job's file is read as it runs; a
-    cloud job's file is fetched from object storage when the service has put it there (at the
-    end) and kept in the version folder once the job is terminal."""
+    running cloud job's rows come from its log (:func:`live_rows`); a terminal cloud job's complete
+    file is fetched from object storage and kept in the version folder (the log rows only stand in
+    when the service uploaded none)."""
     local = metrics_file(record)
     if local.exists() or record["backend"] == "local":
         return read_rows(local)
     source = remote_source(record)
     if source is None:
         return []
+    if record["status"] not in TERMINAL:
+        return live_rows(record)
     from jobs.backends.cloud import fetch_metrics
+    from jobs.core.files import atomic_write
 
     data = fetch_metrics(*source)
-    if data and record["status"] in TERMINAL:
-        from jobs.core.files import atomic_write
-
-        local.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(local, data)
-    return parse_rows(data or b"")
+    if data is None:
+        return live_rows(record)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(local, data)
+    (workdir(record) / LIVE_PATH).unlink(missing_ok=True)
+    return parse_rows(data)
 
 
 def schema(record: dict[str, Any]) -> dict[str, Metric]:

@@ -7,12 +7,15 @@ was logged to the same server is that run's child (``mlflow.parentRunId``), so M
 lineage. Configured by ``tracking.mlflow_uri`` in config.yaml or ``FACEOPS_MLFLOW_URI`` (an
 ``http(s)://`` server or any store URI MLflow takes, such as ``sqlite:///mlflow.db``).
 
-Delivery is durable and never fails a job: the metrics file is the outbox. A small state file per
+Delivery is durable and never fails a job: the metrics rows are the outbox. A small state file per
 version and tracking store (``<version folder>/tracking/mlflow-<hash>.json``) holds the run id and
-how many bytes of the metrics file have been delivered. A tracking server that is down only delays
-delivery: the local supervisor keeps trying while the job runs and for a while after it ends, and
-``faceops job export`` sends whatever is left. Resending is harmless: a row keeps its own
-timestamp and step, which MLflow stores once.
+how much has been delivered: bytes of a local job's metrics file, rows of a cloud job's (read from
+its log while it runs, its uploaded file at the end: :func:`jobs.metrics.rows`). A tracking server
+that is down only delays delivery: the local supervisor keeps trying while the job runs and for a
+while after it ends; a cloud version is delivered by every refresh of it (:func:`deliver`, called by
+the cloud backends: ``job submit`` waiting, ``job logs --follow``, ``job show``, ``job list``), which
+also ends its run; ``faceops job export`` sends whatever is left. Resending is harmless: a row keeps
+its own timestamp and step, which MLflow stores once.
 """
 from __future__ import annotations
 
@@ -191,10 +194,9 @@ class MlflowStore:
 
 
 def sync(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> dict[str, Any]:
-    """Deliver what the version's metrics file holds beyond what was delivered before; end the
-    run when the record is terminal. Returns the delivery state (run id, rows sent). Raises
+    """Deliver the version's metrics rows beyond those delivered before; end the run when the
+    record is terminal. Returns the delivery state (run id, rows sent). Raises
     whatever the tracking store raised; the state then still says what was delivered."""
-    from jobs.metrics import metrics_file, parse_rows
     from jobs.store import TERMINAL, workdir
 
     path = state_file(workdir(record), uri)
@@ -206,17 +208,12 @@ def sync(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> 
     if not state.get("parent_linked") and store.link_parent(state["run_id"], record):
         state["parent_linked"] = True
         _write_state(path, state)
-    source = metrics_file(record)
-    if source.exists():
-        with open(source, "rb") as fh:
-            fh.seek(state["offset"])
-            chunk = fh.read()
-        complete = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for its newline
-        table = parse_rows(complete)
-        default_ms = int((record.get("created") or time.time()) * 1000)
-        for i in range(0, len(table), BATCH):
-            store.log_rows(state["run_id"], table[i:i + BATCH], state["rows"] + i, default_ms)
-        state["offset"] += len(complete)
+    table, offset = _undelivered(record, state)
+    default_ms = int((record.get("created") or time.time()) * 1000)
+    for i in range(0, len(table), BATCH):
+        store.log_rows(state["run_id"], table[i:i + BATCH], state["rows"] + i, default_ms)
+    if table or offset != state["offset"]:
+        state["offset"] = offset
         state["rows"] += len(table)
         _write_state(path, state)
     if record["status"] in TERMINAL and state["finished"] != record["status"]:
@@ -226,13 +223,62 @@ def sync(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> 
     return state
 
 
-def export(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> dict[str, Any]:
-    """``job export --mlflow``: log a version that already ran (or send what a supervisor could
-    not). A cloud version's metrics file is fetched first."""
-    from jobs import metrics as history
+def _undelivered(record: dict[str, Any], state: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The rows not delivered yet, and the metrics file offset after them. A local job's file is
+    read from the byte offset delivered so far (a line still being written waits for its
+    newline); a cloud job's rows, which come from its log and then from its uploaded file, are
+    counted by position."""
+    from jobs.metrics import metrics_file, parse_rows, rows
 
-    history.rows(record)
+    if record["backend"] != "local":
+        return rows(record)[state["rows"]:], state["offset"]
+    try:
+        with open(metrics_file(record), "rb") as fh:
+            fh.seek(state["offset"])
+            chunk = fh.read()
+    except FileNotFoundError:
+        return [], state["offset"]
+    complete = chunk[:chunk.rfind(b"\n") + 1]
+    return parse_rows(complete), state["offset"] + len(complete)
+
+
+def export(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> dict[str, Any]:
+    """``job export --mlflow``: log a version that already ran (or send what a supervisor or a
+    refresh could not)."""
     return sync(record, uri, store)
+
+
+_STORES: dict[str, MlflowStore] = {}
+_WARNED: set[str] = set()
+
+
+def deliver(record: dict[str, Any]) -> None:
+    """The cloud backends' hook after each refresh of a running version: send the rows read so far
+    to the configured tracking store and end the run once the version is terminal, through the same
+    delivery state as a local job's :class:`Tracker`. Never raises: a store that is down (or mlflow
+    missing) is said once per process and tracking URI on stderr, and a later refresh or
+    ``job export`` sends the rest."""
+    from jobs.store import Store
+
+    uri = None
+    try:
+        uri = configured_uri()
+        if not uri:
+            return
+        current = Store().get(record["name"], record["version"])
+        if uri not in _STORES:
+            _STORES[uri] = MlflowStore(uri)
+        sync(current, uri, _STORES[uri])
+    except Exception as exc:  # noqa: BLE001 - tracking must never fail a refresh
+        if uri in _WARNED:
+            return
+        _WARNED.add(uri)
+        import sys
+
+        ref = f"{record['name']}:{record['version']}"
+        what = str(exc) if isinstance(exc, FaceopsError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        print(f"warning: MLflow tracking of {ref} failed ({safe(what)}); the rows are sent by a later refresh "
+              f"or with: faceops job export {ref} --mlflow URI", file=sys.stderr)
 
 
 class Tracker:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from jobs import tracking
 from jobs.backends import DEFAULT_GRACE, Backend, Launch
 from jobs.core import retry
 from jobs.core.config import setting
@@ -337,8 +338,9 @@ class CloudBackend(Backend):
 
     The base refuses literal secret hyperparameters (they would show in the service's console),
     uploads the bundle, the local inputs and ``Request.files``, stores ``remote_name`` and
-    ``staging``, marks a job whose start failed as failed, and polls no more often than
-    :func:`poll_due` allows."""
+    ``staging``, marks a job whose start failed as failed, polls no more often than
+    :func:`poll_due` allows, and after each poll delivers the new metrics rows to the configured
+    MLflow tracking store (:func:`jobs.tracking.deliver`)."""
 
     id_key = "remote_name"
 
@@ -415,6 +417,7 @@ class CloudBackend(Backend):
         if remote.status in TERMINAL and remote.metrics is not None:
             fields["metrics"] = remote.metrics
         set_status(record, remote.status, reason=remote.reason, **fields)
+        tracking.deliver(record)  # the rows so far to MLflow, the run ended once terminal (never raises)
 
     def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         """The service stops the job with its own grace period; ``grace`` cannot change it."""

@@ -231,9 +231,9 @@ def log_metrics(metrics_file: Path | None = None, **values: Any) -> None:
 
     The backend folds the lines into the version record: the last value of each key becomes a
     final metric. Outside a job (no metrics file) this is a no-op, so library code can always call it.
-    Where the service reads metrics from the log (SageMaker's MetricDefinitions; the bootstrap sets
-    ``FACEOPS_METRICS_STDOUT=1``) the same line is also printed as ``faceops-metrics {...}``, which
-    :func:`metric_regex` matches.
+    In a cloud container (the bootstrap sets ``FACEOPS_METRICS_STDOUT=1``) the same line is also
+    printed as ``faceops-metrics {...}``: SageMaker's MetricDefinitions find values there
+    (:func:`metric_regex`), and ``faceops job metrics`` reads the rows from the log while the job runs.
     """
     path = metrics_file or (Path(os.environ["FACEOPS_METRICS_FILE"]) if os.environ.get("FACEOPS_METRICS_FILE") else None)
     if path is None:

@@ -93,6 +93,39 @@ def test_gallery_and_identify_jobs_record_metrics(runner, split, model_dir, tmp_
     assert (tmp_path / "outputs" / "report" / "report.jsonl").exists()
 
 
+def test_identify_job_writes_the_contact_sheet_into_its_report(runner, split, built, model_dir, tmp_path):
+    """Hyperparameter sheet: the report output holds sheet.jpg, the doubtful faces of the report's
+    rows (unknown first, framed red), as `identify --sheet` draws it; without it there is none."""
+    import cv2
+
+    from inference.sheet import CAPTION, COLUMNS, HEADER, LIMIT, TILE
+
+    for name, sheet in (("sheet-off", "false"), ("sheet-on", "true")):
+        spec = _spec(tmp_path / f"{name}.yaml", f"""\
+            name: {name}
+            task: identify
+            inputs:
+              images: {split / 'probe'}
+              gallery: {built[0]}
+              models: {model_dir}
+            outputs:
+              report: {tmp_path / name}
+            hyperparameters:
+              sheet: {sheet}
+            """)
+        result = runner("job", "submit", spec)
+        assert result.exit_code == 0 and Store().get(name)["status"] == "done", result.output
+    assert not (tmp_path / "sheet-off" / "sheet.jpg").exists()
+    faces = [r for r in map(json.loads, (tmp_path / "sheet-on" / "report.jsonl").read_text().splitlines())
+             if r["status"] == "ok"]
+    image = cv2.imread(str(tmp_path / "sheet-on" / "sheet.jpg"))
+    rows = -(-min(len(faces), LIMIT) // COLUMNS)
+    assert image.shape[:2] == (HEADER + rows * (TILE + CAPTION), COLUMNS * TILE)
+    first = image[HEADER + 1, 1:TILE - 1].astype(int)  # the most doubtful: an unknown face, framed red
+    assert (first[:, 2] > 150).all() and (first[:, 1] < 100).all()
+    assert image[HEADER + 10:HEADER + TILE - 10, 10:TILE - 10].std() > 20  # a face, not a blank tile
+
+
 def test_gallery_job_calibrates_against_a_background_channel(runner, split, model_dir, tmp_path):
     db_uri = tmp_path / "outputs" / "db"
     spec = _spec(tmp_path / "gallery.yaml", f"""\

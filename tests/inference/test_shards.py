@@ -76,10 +76,12 @@ def test_identify_on_two_instances_gives_the_rows_and_metrics_of_one(runner, spl
             task: identify
             inputs: {{images: {split / 'probe'}, gallery: {built[0]}, models: {model_dir}}}
             outputs: {{report: {tmp_path / f'report-{count}'}}}
-            hyperparameters: {{truth_from_folders: true}}
+            hyperparameters: {{truth_from_folders: true, sheet: true}}
             resources: {{instance_count: {count}}}
             """)
     one, two = tmp_path / "report-1", tmp_path / "report-2"
+    assert (one / "sheet.jpg").is_file()  # each instance's own sheet: it alone read its share of the photos
+    assert len([p for p in (two / "sheets").iterdir() if p.suffix == ".jpg" and p.stat().st_size]) == 2
     assert rows(two) == rows(one) and len(rows(one)) >= 60
     csv_rows = []
     for folder in (one, two):
@@ -87,7 +89,7 @@ def test_identify_on_two_instances_gives_the_rows_and_metrics_of_one(runner, spl
             csv_rows.append(sorted(map(str, csv.DictReader(fh))))
     assert csv_rows[0] == csv_rows[1]
     assert json.loads((two / "metrics.json").read_text()) == json.loads((one / "metrics.json").read_text())
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # no parts left
+    assert sorted({p.name for p in two.iterdir()} - {"sheets"}) == sorted({p.name for p in one.iterdir()} - {"sheet.jpg"})  # no parts left
     timing = {"seconds", "faces_per_s"}
     assert {k: v for k, v in records[2]["metrics"].items() if k not in timing} == \
         {k: v for k, v in records[1]["metrics"].items() if k not in timing}

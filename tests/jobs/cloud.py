@@ -54,3 +54,19 @@ def refused(runner, spec: Path, *args: str) -> str:
     result = runner("job", "submit", spec, *args)
     assert result.exit_code == 2, result.output
     return result.output
+
+
+# A cloud job's entry point: six metrics rows, each after a log line of its own.
+METRICS_JOB = ("from jobs.core.contract import log_metrics\n"
+               "for step in range(1, 7):\n"
+               "    print(f'training step {step}', flush=True)\n"
+               "    log_metrics(step=step, loss=round(1.0 / step, 4))\n")
+
+
+def printed_metrics(result: subprocess.CompletedProcess, metrics_file: Path) -> tuple[list[str], bytes]:
+    """A bootstrap run of :data:`METRICS_JOB`: its stdout lines (what the service's log gets) and
+    the metrics file it left for the service to upload; every row is in both."""
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("faceops-metrics {") for line in lines) == 6, lines
+    return lines, metrics_file.read_bytes()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.store import Store
+from jobs.store import Store, workdir
 from tests.harness.modelarts import ModelArtsServer
-from tests.jobs.cloud import REPO, pushed_job, refused, run_bootstrap, stage_bundle, training_code
+from tests.jobs.cloud import (METRICS_JOB, REPO, printed_metrics, pushed_job, refused, run_bootstrap, stage_bundle,
+                              training_code)
 
 SWR = "swr.cn-north-4.myhuaweicloud.com"
 DIGEST = "sha256:" + "cd" * 32
@@ -229,10 +230,11 @@ SHOW = ("import json, os, sys\nfrom jobs.core.contract import from_env\njob = fr
         "    'train': str(job.channel('train')), 'uid': os.getuid()}))\n")
 
 
-def container_run(modelarts, job_id: str, root: Path, tmp_path: Path, access: str | None = None):
+def container_run(modelarts, job_id: str, root: Path, tmp_path: Path, access: str | None = None, program: str = SHOW):
     """Node 0's container of a created job, as ModelArts starts it (tests/harness/modelarts.py),
-    run here with its /opt/ml at ``root``; ``access`` overrides every channel's access_method
-    (None: as submitted) to see what a job edited in the console would pass."""
+    run here with its /opt/ml at ``root`` and ``program`` as the spec's train.py; ``access``
+    overrides every channel's access_method (None: as submitted) to see what a job edited in the
+    console would pass."""
     job = modelarts.state.jobs[job_id]
     for channel in [*job["algorithm"]["inputs"], *job["algorithm"]["outputs"]]:
         if access == "parameter":
@@ -240,7 +242,7 @@ def container_run(modelarts, job_id: str, root: Path, tmp_path: Path, access: st
         channel["local_dir"] = channel["local_dir"].replace("/opt/ml", str(root))
     code = tmp_path / "src"
     code.mkdir(exist_ok=True)
-    (code / "train.py").write_text(SHOW)  # the spec's entrypoint
+    (code / "train.py").write_text(program)  # the spec's entrypoint
     stage_bundle(root / "input" / "data" / "faceops-code", code)
     argv, env = modelarts.container(job_id)
     assert argv[0] == "faceops-cloud-bootstrap"
@@ -330,6 +332,43 @@ def test_logs_follow_past_the_preview_window(runner, modelarts, spec, s3_env, s3
     follow = runner("job", "logs", "face-recognition", "--follow").output.splitlines()
     assert follow == ["line 1", "line 2", "partial 3", *[f"line {n}" for n in range(4, 30)]]
     assert sum(1 for r in modelarts.state.requests if r[1].endswith("/logs/preview")) == previews
+
+
+def test_a_running_jobs_metrics_are_read_live_from_its_log(runner, modelarts, spec, s3_env, s3_bucket, tmp_path):
+    """While ModelArts runs the job, `job metrics` returns the rows its container printed so far:
+    from the log preview before the first export, then from the log exported to OBS; once the job
+    completes, the metrics file ModelArts uploaded wins, with the same rows."""
+    from jobs import metrics as history
+
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1"))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    info = Store().get("face-recognition", 1)["backend_info"]
+    job_id = info["job_id"]
+    root = tmp_path / "opt-ml"
+    printed, uploaded = printed_metrics(container_run(modelarts, job_id, root, tmp_path, program=METRICS_JOB),
+                                        root / "output" / "faceops" / "metrics.jsonl")
+    modelarts.set_phase(job_id, "Running")
+    half = printed.index(next(line for line in printed if '"step": 4' in line))
+    modelarts.append_log(job_id, "worker-0", "\n".join(printed[:half]) + "\n")
+
+    def shown() -> list[dict]:
+        result = runner("job", "metrics", "face-recognition", "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    assert [r["step"] for r in shown()] == [1, 2, 3]
+    modelarts.append_log(job_id, "worker-0", "\n".join(printed[half:]) + "\n")
+    modelarts.export_logs(lambda bucket, key, data: s3_env.client().put_object(Bucket=bucket, Key=key, Body=data))
+    previews = sum(1 for r in modelarts.state.requests if r[1].endswith("/logs/preview"))
+    live = shown()
+    assert [r["step"] for r in live] == [1, 2, 3, 4, 5, 6]
+    assert sum(1 for r in modelarts.state.requests if r[1].endswith("/logs/preview")) == previews  # read from OBS
+
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"faceops/jobs/{info['remote_name']}/output/metrics.jsonl",
+                               Body=uploaded)
+    modelarts.set_phase(job_id, "Completed")
+    assert shown() == live == history.parse_rows(uploaded)
+    assert (workdir(Store().get("face-recognition", 1)) / history.METRICS_PATH).read_bytes() == uploaded
 
 
 def modelarts_export_keys(s3_env, bucket: str) -> list[str]:

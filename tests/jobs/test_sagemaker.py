@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.store import Store
+from jobs.store import Store, workdir
 from tests.harness.sagemaker import REGION, SageMakerServer, backend
-from tests.jobs.cloud import REPO, pushed_job, refused, run_bootstrap, stage_bundle, training_code
+from tests.jobs.cloud import (METRICS_JOB, REPO, printed_metrics, pushed_job, refused, run_bootstrap, stage_bundle,
+                              training_code)
 
 ROLE = "arn:aws:iam::123456789012:role/faceops-test"
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -257,6 +258,141 @@ def test_training_job_lifecycle(runner, sagemaker, train_spec, s3_env, s3_bucket
     assert done["metrics"] == {"epoch": 2, "loss": 1.5, "train:progress": 100.0}
     assert done["backend_info"]["model_artifact"] == f"s3://{s3_bucket}/models/recog-cloud/{name}/output/model.tar.gz"
     assert [h["status"] for h in done["status_history"]] == ["queued", "staging", "running", "uploading", "done"]
+
+
+def training_container(tmp_path: Path) -> tuple[list[str], bytes]:
+    """:data:`METRICS_JOB` run by the bootstrap on SageMaker's training layout, with none of the
+    contract's variables set by the test: its stdout (what CloudWatch gets) and metrics file."""
+    root = tmp_path / "opt-ml"
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "config" / "hyperparameters.json").write_text("{}")
+    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"faceops-code": {}}))
+    code = tmp_path / "container-code"
+    code.mkdir()
+    (code / "train.py").write_text(METRICS_JOB)
+    stage_bundle(root / "input" / "data" / "faceops-code", code)
+    done = run_bootstrap(["sagemaker-training", "python", "train.py"],
+                         env={"FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
+    return printed_metrics(done, root / "output" / "data" / "metrics.jsonl")
+
+
+def put_log(server: SageMakerServer, name: str, host: str, lines: list[str]) -> None:
+    """``lines`` appended to the CloudWatch stream of ``host`` of training job ``name``."""
+    logs, group, stream = boto("logs", server), "/aws/sagemaker/TrainingJobs", f"{name}/{host}"
+    if not logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]:
+        logs.create_log_group(logGroupName=group)
+    if not logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=stream)["logStreams"]:
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    start = int(time.time() * 1000)
+    logs.put_log_events(logGroupName=group, logStreamName=stream,
+                        logEvents=[{"timestamp": start + i, "message": line} for i, line in enumerate(lines)])
+
+
+def test_a_running_jobs_metrics_are_read_live_from_cloudwatch(runner, sagemaker, train_spec, s3_env, s3_bucket,
+                                                              tmp_path):
+    """While SageMaker runs the job, `job metrics` returns the rows the container printed to
+    CloudWatch so far, each call reading only the log that is new (the rows read are cached with
+    the cursor); once the job completes, the metrics file SageMaker uploaded wins, with the same rows."""
+    from jobs import metrics as history
+
+    printed, uploaded = training_container(tmp_path)
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
+    name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
+    sagemaker.set_training(name, "InProgress", "Training")
+    half = printed.index(next(line for line in printed if '"step": 4' in line))
+    put_log(sagemaker, name, "algo-1-1700000000", printed[:half])
+    put_log(sagemaker, name, "algo-2-1700000000", ["worker 2 ready"])  # two streams: lines get a [host] prefix
+
+    def shown() -> list[dict]:
+        result = runner("job", "metrics", "recog-cloud:1", "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    assert [(r["step"], r["loss"]) for r in shown()] == [(1, 1.0), (2, 0.5), (3, 0.3333)]
+    cache = json.loads((workdir(Store().get("recog-cloud", 1)) / history.LIVE_PATH).read_text())
+    assert len(cache["rows"]) == 3 and cache["cursor"]
+    put_log(sagemaker, name, "algo-1-1700000000", printed[half:])
+    live = shown()
+    assert [r["step"] for r in live] == [1, 2, 3, 4, 5, 6]  # the cached three plus only the new ones
+    assert Store().get("recog-cloud", 1)["status"] == "running"
+
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        member = tarfile.TarInfo("metrics.jsonl")
+        member.size = len(uploaded)
+        tar.addfile(member, io.BytesIO(uploaded))
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
+    sagemaker.set_training(name, "Completed", "Completed")
+    final = shown()
+    assert final == live == history.parse_rows(uploaded)
+    assert Store().get("recog-cloud", 1)["status"] == "done"
+    folder = workdir(Store().get("recog-cloud", 1))
+    assert (folder / history.METRICS_PATH).read_bytes() == uploaded and not (folder / history.LIVE_PATH).exists()
+
+
+def test_a_running_version_is_tracked_in_mlflow_as_it_runs(runner, sagemaker, train_spec, s3_env, s3_bucket,
+                                                           tmp_path, monkeypatch):
+    """With a tracking URI (a real ``sqlite:///`` MLflow store), every refresh of a running
+    SageMaker version (`job show`, `job list`) delivers the rows read from its log so far, and the
+    refresh that sees it complete (`job logs --follow`) ends the run: FINISHED, with exactly the job's rows."""
+    mlflow = pytest.importorskip("mlflow")
+    from jobs import metrics as history
+
+    printed, uploaded = training_container(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("FACEOPS_MLFLOW_URI", uri)
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
+    name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
+    sagemaker.set_training(name, "InProgress", "Training")
+    half = printed.index(next(line for line in printed if '"step": 4' in line))
+    put_log(sagemaker, name, "algo-1-1700000000", printed[:half])
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+
+    def losses(run_id: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
+
+    shown = runner("job", "show", "recog-cloud:1")
+    assert shown.exit_code == 0 and "warning" not in shown.output, shown.output
+    run, = client.search_runs([client.get_experiment_by_name("recog-cloud").experiment_id])
+    assert run.info.status == "RUNNING" and losses(run.info.run_id) == [(1, 1.0), (2, 0.5), (3, 0.3333)]
+    assert run.data.tags["faceops.backend"] == "sagemaker" and run.data.tags["faceops.version"] == "1"
+    assert run.data.params["lr"] == "0.1"
+    put_log(sagemaker, name, "algo-1-1700000000", printed[half:])
+    assert runner("job", "list").exit_code == 0
+    assert [step for step, _ in losses(run.info.run_id)] == [1, 2, 3, 4, 5, 6]
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        member = tarfile.TarInfo("metrics.jsonl")
+        member.size = len(uploaded)
+        tar.addfile(member, io.BytesIO(uploaded))
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
+    sagemaker.set_training(name, "Completed", "Completed")
+    assert runner("job", "logs", "recog-cloud:1", "--follow").exit_code == 0
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert losses(run.info.run_id) == [(r["step"], pytest.approx(r["loss"])) for r in history.parse_rows(uploaded)]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_tracking_store_that_is_down_fails_no_refresh_and_is_said_once(runner, sagemaker, train_spec, monkeypatch):
+    import socket
+
+    pytest.importorskip("mlflow")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("FACEOPS_MLFLOW_URI", f"http://127.0.0.1:{port}")
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0
+    name = Store().get("recog-cloud", 1)["backend_info"]["remote_name"]
+    sagemaker.set_training(name, "InProgress", "Training")
+    first, second = runner("job", "show", "recog-cloud:1"), runner("job", "show", "recog-cloud:1")
+    assert first.exit_code == second.exit_code == 0
+    assert "warning: MLflow tracking of recog-cloud:1 failed" in first.output and "job export recog-cloud:1" in first.output
+    assert "warning" not in second.output
+    sagemaker.set_training(name, "Completed", "Completed")
+    done = runner("job", "show", "recog-cloud:1", "--json")
+    assert done.exit_code == 0 and Store().get("recog-cloud", 1)["status"] == "done"
 
 
 def test_remote_failures_map_to_failed_with_the_service_reason(runner, sagemaker, train_spec):
@@ -511,6 +647,7 @@ def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lf
     final = {k: v for line in lines for k, v in line.items()}
     assert final["people"] == 3 and final["embeddings"] == 6, final
     assert (database / "gallery.json").exists()
+    assert any(line.startswith("faceops-metrics {") for line in done.stdout.splitlines())  # rows in the log too
 
 
 def test_host_names_are_resolved_again_until_they_appear():
