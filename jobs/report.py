@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any, Iterable
 
-from jobs.core.secrets import mask
+from jobs.core.secrets import MASK, mask
 
 # What `job diff` compares, in this order. `status` and timings are shown by --all only, since two
 # versions almost always differ there and it hides what was changed on purpose.
@@ -34,10 +34,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def comparable(record: dict[str, Any]) -> dict[str, Any]:
+def comparable(record: dict[str, Any], masked: bool = True) -> dict[str, Any]:
     """A record as flat ``section.key -> value`` pairs: the spec's settings plus what was frozen
-    at submit (image digest, code hash, input sizes/ETags) and the final metrics."""
-    record = public(record)
+    at submit (image digest, code hash, input sizes/ETags) and the final metrics; with ``masked``
+    off, as stored (for comparing only: a secret is then its ``${secret:ID}`` marker)."""
+    record = public(record) if masked else record
     spec = record["spec"]
     view = {
         "task": spec["task"],
@@ -71,13 +72,22 @@ def best_summary(record: dict[str, Any], limit: int = 4) -> str:
 
 
 def diff(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> list[tuple[str, Any, Any]]:
-    """``(key, value in a, value in b)`` for every key that differs (every key with ``show_all``)."""
+    """``(key, value in a, value in b)`` for every key that differs (every key with ``show_all``).
+    Records are compared as stored and shown masked: a secret that changed (its marker did) shows
+    as ``*** (changed)``, never as its value."""
     left, right = comparable(a), comparable(b)
+    stored_left, stored_right = comparable(a, masked=False), comparable(b, masked=False)
     if show_all:
         left.update(status=a["status"], duration=duration(a))
         right.update(status=b["status"], duration=duration(b))
     keys = sorted(set(left) | set(right), key=_section_order)
-    return [(k, left.get(k), right.get(k)) for k in keys if show_all or left.get(k) != right.get(k)]
+    rows = []
+    for k in keys:
+        changed = stored_left.get(k, left.get(k)) != stored_right.get(k, right.get(k))
+        if show_all or changed:
+            shown = right.get(k)
+            rows.append((k, left.get(k), f"{shown} (changed)" if changed and shown == left.get(k) == MASK else shown))
+    return rows
 
 
 def changed_settings(parent: dict[str, Any], child: dict[str, Any]) -> list[tuple[str, Any, Any]]:

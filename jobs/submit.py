@@ -3,6 +3,8 @@
 ``submit`` and ``rerun`` share one path (:func:`launch`): check the inputs exist and note their
 sizes/ETags, check every output can be written (:mod:`jobs.preflight`), pack or reuse the code bundle, resolve the image digest, then either describe what
 would happen (``dry_run``, which writes nothing) or store the record and start the backend.
+Literal secret hyperparameters go to the version's ``secrets.json``, never to its record
+(:func:`jobs.core.secrets.hide`); a rerun or resume takes its parent's for the keys it keeps.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from jobs import preflight
 from jobs.backends import Launch, get_backend
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
 from jobs.core.errors import FaceopsError, NotFoundError
-from jobs.core.secrets import mask
+from jobs.core.secrets import hide, mask, read_secrets, write_secrets
 from jobs.spec import JobSpec, validate
 from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, StoreError, new_record, workdir
 
@@ -33,7 +35,8 @@ def rerun(ref: str, overrides: list[str] | tuple[str, ...] = (), *, new_code: bo
     parent = Store().resolve(ref)
     spec = validate(parent["spec"], overrides=overrides)
     code_hash = None if new_code else parent["code"]["hash"]
-    return launch(spec, parent=parent["version"], code_hash=code_hash, dry_run=dry_run)
+    return launch(spec, parent=parent["version"], code_hash=code_hash, dry_run=dry_run,
+                  secrets=read_secrets(workdir(parent)))
 
 
 def resume(ref: str) -> dict[str, Any]:
@@ -54,15 +57,18 @@ def resume(ref: str) -> dict[str, Any]:
     if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
         raise NotFoundError(f"{name} saved no checkpoint (in {checkpoints}); rerun it instead: faceops job rerun {name}")
     spec = validate(parent["spec"])
-    return launch(spec, parent=parent["version"], code_hash=parent["code"]["hash"], checkpoints=checkpoints)
+    return launch(spec, parent=parent["version"], code_hash=parent["code"]["hash"], checkpoints=checkpoints,
+                  secrets=read_secrets(workdir(parent)))
 
 
 def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None = None,
-           dry_run: bool = False, checkpoints: Path | None = None) -> dict[str, Any]:
+           dry_run: bool = False, checkpoints: Path | None = None,
+           secrets: dict[str, Any] | None = None) -> dict[str, Any]:
     """Freeze and start one version (``parent`` may be :data:`LATEST`). Returns the stored record,
     or with ``dry_run`` a plan: ``{"record": ..., "plan": ...}`` describing the version that would
     be created, with secrets masked. ``checkpoints`` (a folder) seeds the new version's checkpoint
-    folder before it starts."""
+    folder before it starts; ``secrets`` (the parent's secrets file) gives the values of the
+    ``${secret:ID}`` markers a rerun's spec kept."""
     backend = get_backend(spec.backend)
     backend.check(spec.to_dict())
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
@@ -78,11 +84,13 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
         packed = {"path": str(bundle.path), "files": bundle.files, "source_bytes": bundle.source_bytes,
                   "biggest": [list(item) for item in bundle.biggest]}
         return mask({"record": preview, "plan": plan, "bundle": packed})
-    record = new_record(spec.to_dict(), parent=None if parent is LATEST else parent, code=code, inputs=inputs,
-                        image=_image(spec.image))
+    hyperparameters, hidden = hide(spec.hyperparameters, secrets or {})
+    record = new_record({**spec.to_dict(), "hyperparameters": hyperparameters}, parent=None if parent is LATEST else parent,
+                        code=code, inputs=inputs, image=_image(spec.image))
     record = store.create(record, parent_is_latest=parent is LATEST)
     folder = workdir(record)
     folder.mkdir(parents=True, exist_ok=True)
+    write_secrets(folder, hidden)
     if checkpoints is not None:
         import shutil
 

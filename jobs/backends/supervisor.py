@@ -23,6 +23,8 @@ from jobs import diskspace, tracking
 from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime, merge_parts, sharded
 from jobs.backends.runtimes import ParameterServerRuntime, ShardRuntime
 from jobs.core.contract import PARTS, Contract, final_metrics, log_metrics, unpack_model_archives
+from jobs.core.files import atomic_write
+from jobs.core.secrets import read_secrets, reveal
 from jobs.core.tasks import get_task
 from jobs.store import TERMINAL, Store, workdir
 
@@ -99,7 +101,9 @@ class Supervisor:
 
         self.contract.make_dirs()
         extract_bundle(self.bundle, self.contract.code_dir)
-        self.contract.hyperparameters_file.write_text(json.dumps(self.record["spec"]["hyperparameters"], indent=2))
+        # The job alone sees the literal secrets kept beside the record, so the file is its owner's only.
+        hyperparameters = reveal(self.record["spec"]["hyperparameters"], read_secrets(self.folder))
+        atomic_write(self.contract.hyperparameters_file, json.dumps(hyperparameters, indent=2), mode=0o600)
         for channel, uri in self.record["spec"]["inputs"].items():
             if self.stopping.is_set():
                 return

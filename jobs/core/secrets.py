@@ -7,15 +7,36 @@ Every view of a record (``job show``/``list``/``versions``/``diff``, ``--dry-run
 goes through :func:`mask`, and a code bundle carries YAML files with those values blanked
 (:func:`redact_yaml`). A secret need not be written in a spec at all: ``${env:NAME}`` (see
 :data:`jobs.core.contract.ENV_REF`) is stored as written and resolved only inside the job.
+
+A literal secret given to a local version never reaches its record either (:func:`hide`): the
+record keeps a marker ``${secret:ID}`` and the value goes to ``secrets.json`` in the version's
+folder, readable by its owner only, from which the supervisor gives it to the job
+(:func:`reveal`) and a rerun or resume takes it again. ``ID`` is an HMAC of the value under a
+random key kept in ``$FACEOPS_HOME/secrets.key`` (0600), so ``job diff`` sees that a secret
+changed while nobody holding the store alone can test guesses of a short secret against it.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
 import re
+import tempfile
+from pathlib import Path
+from secrets import token_bytes
 from typing import Any, Iterable
 
+from jobs.core.config import home
 from jobs.core.contract import ENV_REF
+from jobs.core.errors import SpecError
+from jobs.core.files import atomic_write
 
 MASK = "***"
+# Where a local version's literal secrets live (in its folder), and the marker its record holds.
+SECRETS_FILE = "secrets.json"
+SECRET_REF = re.compile(r"\$\{secret:([0-9a-f]{16})\}")
+KEY_FILE = "secrets.key"
 SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "key")
 # Names that contain a secret word without being a secret: removed before the check.
 SAFE_PARTS = ("keypoint", "keyframe", "monkey", "hotkey", "tokenizer", "tokenize", "max_tokens", "num_tokens",
@@ -54,7 +75,7 @@ def secret_values(data: Any) -> list[str]:
     found: list[str] = []
     if isinstance(data, dict):
         for key, value in data.items():
-            if is_secret(key) and value not in (None, "") and not isinstance(value, (dict, list)) and not is_reference(value):
+            if is_literal(key, value):
                 found.append(str(value))
             else:
                 found += secret_values(value)
@@ -75,8 +96,7 @@ def mask(data: Any, values: Iterable[str] = ()) -> Any:
 
 def _mask(data: Any, hidden: list[str]) -> Any:
     if isinstance(data, dict):
-        return {k: MASK if is_secret(k) and v not in (None, "") and not isinstance(v, (dict, list))
-                and not is_reference(v) else _mask(v, hidden) for k, v in data.items()}
+        return {k: MASK if is_literal(k, v) else _mask(v, hidden) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
         return [_mask(v, hidden) for v in data]
     if isinstance(data, str):
@@ -105,11 +125,7 @@ def refuse_literal_secrets(spec: dict[str, Any], service: str) -> None:
     the service shows every hyperparameter to anyone who may describe the job (SageMaker's
     DescribeTrainingJob and console, ModelArts' job details). A ``${env:NAME}`` reference holds
     nothing and passes; the message says how to use one."""
-    from jobs.core.errors import SpecError
-
-    found = sorted(key for key, value in (spec.get("hyperparameters") or {}).items()
-                   if is_secret(key) and value not in (None, "") and not isinstance(value, (dict, list))
-                   and not is_reference(value))
+    found = sorted(key for key, value in (spec.get("hyperparameters") or {}).items() if is_literal(key, value))
     if found:
         names = ", ".join(f"hyperparameters.{key}" for key in found)
         example = f"{found[0]}: ${{env:{found[0].upper()}}}"
@@ -117,3 +133,88 @@ def refuse_literal_secrets(spec: dict[str, Any], service: str) -> None:
                         f"(its console and API show every hyperparameter); write a reference instead, like "
                         f"'{example}', and give the job that variable in its container's environment "
                         f"(the image, or the service's secret injection)")
+
+
+def is_literal(key: str, value: Any) -> bool:
+    """True when ``value`` under ``key`` is a secret written out (not a reference, not empty)."""
+    return (is_secret(key) and value not in (None, "") and not isinstance(value, (dict, list))
+            and not is_reference(value))
+
+
+def hide(hyperparameters: dict[str, Any], known: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hyperparameters fit for a record, {ID: value} for the secrets file)``: every literal
+    secret (at any depth) becomes ``${secret:ID}``. A marker already there (a rerun keeps its
+    parent's spec) stays as it is and takes its value from ``known``, the parent's secrets file;
+    one missing from it is a SpecError that names the key and says how to give the value again."""
+    values: dict[str, Any] = {}
+
+    def walk(data: Any, path: str) -> Any:
+        if isinstance(data, dict):
+            return {k: leaf(k, v, f"{path}.{k}") if not isinstance(v, (dict, list)) else walk(v, f"{path}.{k}")
+                    for k, v in data.items()}
+        if isinstance(data, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(data)]
+        return data
+
+    def leaf(key: str, value: Any, path: str) -> Any:
+        marker = SECRET_REF.fullmatch(value) if isinstance(value, str) else None
+        if marker:
+            if marker.group(1) not in known:
+                raise SpecError(f"{path}: its value was kept in the parent version's {SECRETS_FILE}, which does "
+                                f"not have it; give it again with --set {path.split('.', 1)[1]}=... "
+                                f"(or better a ${{env:NAME}} reference)")
+            values[marker.group(1)] = known[marker.group(1)]
+            return value
+        if not is_literal(key, value):
+            return value
+        ident = hmac.new(_home_key(), json.dumps(value).encode(), hashlib.sha256).hexdigest()[:16]
+        values[ident] = value
+        return f"${{secret:{ident}}}"
+
+    return walk(hyperparameters, "hyperparameters"), values
+
+
+def reveal(data: Any, values: dict[str, Any]) -> Any:
+    """``data`` with every ``${secret:ID}`` marker replaced by its value: what the job receives.
+    A marker without a value is a SpecError naming where it is (never a value)."""
+    if isinstance(data, dict):
+        return {k: reveal(v, values) for k, v in data.items()}
+    if isinstance(data, list):
+        return [reveal(v, values) for v in data]
+    marker = SECRET_REF.fullmatch(data) if isinstance(data, str) else None
+    if marker is None:
+        return data
+    if marker.group(1) not in values:
+        raise SpecError(f"a secret hyperparameter has no value in this version's {SECRETS_FILE}; rerun the version "
+                        "giving it with --set")
+    return values[marker.group(1)]
+
+
+def write_secrets(folder: Path, values: dict[str, Any]) -> None:
+    """Keep a version's literal secrets in its folder, readable by its owner only (none: no file)."""
+    if values:
+        atomic_write(Path(folder) / SECRETS_FILE, json.dumps(values), mode=0o600)
+
+
+def read_secrets(folder: Path) -> dict[str, Any]:
+    """The ``{ID: value}`` a version kept in its folder ({} when it kept none)."""
+    path = Path(folder) / SECRETS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _home_key() -> bytes:
+    """The random HMAC key of this ``$FACEOPS_HOME``, made on first use (0600). A new key is
+    linked into place, never renamed over one, so two first submits at once agree on the key."""
+    path = home() / KEY_FILE
+    if not path.exists():
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(token_bytes(32))
+            try:
+                os.link(name, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(name)
+    return path.read_bytes()

@@ -81,3 +81,97 @@ def test_cloud_backends_refuse_literal_secrets_and_take_references(tmp_path, s3_
         text = result.stdout + result.stderr
         assert result.returncode == 0, text
         assert "${env:API_TOKEN}" in text and "sk-SEKRET-0005" not in text
+
+HASH_TOKEN = """\
+import hashlib
+from jobs.core.contract import from_env
+job = from_env()
+digest = hashlib.sha256(str(job.hyperparameters["api_token"]).encode()).hexdigest()
+(job.output("model") / "token.sha256").write_text(digest)
+print("job got a token", digest[:12])
+"""
+
+
+def _token_hash(version: int) -> str:
+    from jobs.core.contract import Contract
+    from jobs.store import workdir
+
+    return (Contract(workdir(Store().get("fault-job", version))).output_dir("model") / "token.sha256").read_text()
+
+
+def _sha(value: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def test_literal_secrets_stay_out_of_the_local_record_and_reach_the_job(tmp_path):
+    """A local version keeps a literal secret beside its record (secrets.json, 0600), not in it:
+    the store file, the log, the views and the bundle never hold it; the job, its reruns and its
+    resume get the value, and diff says when it changed."""
+    import json
+    import stat
+
+    from jobs.core.contract import Contract
+    from jobs.core.secrets import SECRETS_FILE
+    from jobs.store import workdir
+
+    home = tmp_path / "faceops-home"
+    spec = custom_job(tmp_path / "proj", script=HASH_TOKEN, hyperparameters={**SECRETS, "lr": 0.1})
+    runs = [cli("job", "submit", str(spec), "--wait"),
+            cli("job", "submit", str(spec), "--set", "lr=0.2", "--dry-run", "--json"),
+            cli("job", "rerun", "fault-job:1", "--set", "lr=0.2", "--wait"),
+            cli("job", "rerun", "fault-job:2", "--set", "api_token=tok-SEKRET-0009", "--wait")]
+    for result in runs:
+        assert result.returncode == 0, (result.args, result.stderr)
+    assert [_token_hash(v) for v in (1, 2, 3)] == [_sha(SECRETS["api_token"])] * 2 + [_sha("tok-SEKRET-0009")]
+    assert len(Store().versions("fault-job")) == 3, "a dry run stores no version"
+    for version in (1, 2, 3):
+        folder = workdir(Store().get("fault-job", version))
+        for path in (folder / SECRETS_FILE, Contract(folder).hyperparameters_file):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        kept = json.loads((folder / SECRETS_FILE).read_text())
+        assert sorted(kept.values()) == sorted({**SECRETS, **({"api_token": "tok-SEKRET-0009"} if version == 3 else {})}.values())
+        hyperparameters = Store().get("fault-job", version)["spec"]["hyperparameters"]
+        assert all(hyperparameters[key].startswith("${secret:") for key in SECRETS), hyperparameters
+    record = Store().get("fault-job", 1)
+    texts = [(home / "store.sqlite").read_bytes().decode(errors="replace"),
+             *(p.read_bytes().decode(errors="replace") for p in home.glob("store.sqlite-*")),
+             (workdir(record) / "job.log").read_text()]
+    with tarfile.open(home / "bundles" / f"{record['code']['hash']}.tar.gz") as tar:
+        texts += [tar.extractfile(m).read().decode(errors="replace") for m in tar.getmembers() if m.isfile()]
+    for args in (("show", "fault-job:3", "--json"), ("logs", "fault-job:3"), ("versions", "fault-job"),
+                 ("diff", "fault-job:2", "fault-job:3"), ("diff", "fault-job:2", "fault-job:3", "--json")):
+        shown = cli("job", *args)
+        assert shown.returncode == 0, (args, shown.stderr)
+        texts.append(shown.stdout + shown.stderr)
+    texts += [result.stdout + result.stderr for result in runs]
+    assert not [leak for text in texts for leak in _leaks(text) + (["tok-SEKRET-0009"] if "tok-SEKRET-0009" in text else [])]
+    unchanged, changed = cli("job", "diff", "fault-job:1", "fault-job:2").stdout, cli("job", "diff", "fault-job:2", "fault-job:3").stdout
+    assert "api_token" not in unchanged and "lr" in unchanged
+    assert "hyperparameters.api_token" in changed and "*** (changed)" in changed
+    assert "api_key" not in changed
+
+
+def test_resume_and_rerun_keep_the_parents_secrets_or_say_they_are_missing(tmp_path):
+    """A resumed version gets its parent's secrets; a rerun whose parent lost its secrets file
+    stops before storing anything, naming the key (never a value) and how to give it again."""
+    from jobs.core.secrets import SECRETS_FILE
+    from jobs.store import workdir
+
+    script = HASH_TOKEN + "import os, sys\nos.makedirs(job.checkpoint_dir, exist_ok=True)\n" \
+        "open(os.path.join(job.checkpoint_dir, 'step-1'), 'w').write('1')\n" \
+        "sys.exit(0 if job.hyperparameters.get('lr') == 0.2 else 3)\n"
+    spec = custom_job(tmp_path / "proj", script=script, hyperparameters={**SECRETS, "lr": 0.1})
+    first = cli("job", "submit", str(spec), "--wait")
+    assert Store().get("fault-job", 1)["status"] == "failed", first.stdout + first.stderr
+    resumed = cli("job", "resume", "fault-job:1")  # follows the job, which fails again (lr is still 0.1)
+    assert "submitted fault-job:2" in resumed.stderr and Store().get("fault-job", 2)["status"] == "failed", resumed.stderr
+    assert _token_hash(2) == _sha(SECRETS["api_token"])
+    (workdir(Store().get("fault-job", 1)) / SECRETS_FILE).unlink()
+    lost = cli("job", "rerun", "fault-job:1", "--set", "lr=0.2")
+    assert lost.returncode != 0 and "--set api_token=" in lost.stderr and not _leaks(lost.stderr), lost.stderr
+    given = cli("job", "rerun", "fault-job:1", "--set", "api_token=t1-new-value", "--set", "api_key=k1-new-value",
+                "--set", "db_password=p1-new-value", "--set", "lr=0.2", "--wait")
+    assert given.returncode == 0, given.stderr
+    assert _token_hash(3) == _sha("t1-new-value") and Store().get("fault-job", 3)["status"] == "done"
