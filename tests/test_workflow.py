@@ -15,7 +15,7 @@ from jobs.store import Store
 
 pytest.importorskip("mxnet")
 
-from tests.train.test_recognition_train import EXAMPLE, TRAIN_PER_PERSON  # noqa: E402
+from tests.train.learning import EXAMPLE, TRAIN_PER_PERSON  # noqa: E402
 
 
 def _spec(path: Path, text: str) -> Path:

@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 
 from cli import main  # noqa: E402
 from jobs.store import Store, workdir  # noqa: E402
-from tests.train.test_recognition_train import EXAMPLE, aligner, lfw_split  # noqa: E402,F401 (fixtures)
+from tests.train.learning import EXAMPLE  # noqa: E402
 from train.pairs import pack_verification  # noqa: E402
 from train.verification import evaluate_bins, onnx_forward  # noqa: E402
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,10 +11,8 @@ import pytest
 mx = pytest.importorskip("mxnet")
 
 from jobs.store import Store, workdir  # noqa: E402
-from tests.harness.net import free_port  # noqa: E402
-from tests.train.test_recognition_train import (EXAMPLE, MARGIN_OVER_UNTRAINED, ROOT, SMALL,  # noqa: E402,F401
-                                                aligner, contract_env, face112, finish_all, gluon_embed, lfw_split,
-                                                nearest_centre_accuracy, untrained_model)
+from tests.train.learning import (EXAMPLE, MARGIN_OVER_UNTRAINED, face112, gluon_embed,  # noqa: E402
+                                  nearest_centre_accuracy, run_dist_sync, untrained_model)
 from train.heads import MarginHead, get_margin  # noqa: E402
 from train.partial_fc import Collective, PartialFC, class_ranges  # noqa: E402
 
@@ -176,19 +172,7 @@ def test_partial_fc_over_two_dist_sync_workers(lfw_split, tmp_path):
     classes (insightface's split by rank), the gathered batch is scored against both halves, and
     the steps run to the end with a finite loss, logged by rank 0 only."""
     packed, _ = lfw_split
-    port = free_port()
-    procs = {}
-    for role, count in (("scheduler", 1), ("server", 1), ("worker", 2)):
-        for i in range(count):
-            root = tmp_path / f"{role}{i}"
-            root.mkdir()
-            env = {**contract_env(root, packed), "DMLC_ROLE": role, "DMLC_PS_ROOT_URI": "127.0.0.1",
-                   "DMLC_PS_ROOT_PORT": str(port), "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": "2",
-                   "DMLC_NODE_HOST": "127.0.0.1", "PS_VERBOSE": "0"}
-            procs[f"{role}{i}"] = subprocess.Popen(
-                [sys.executable, "-m", "train.recognition", *SMALL, "max_steps=3", "sample_rate=0.5"],
-                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    outputs = finish_all(procs, timeout=240)
+    outputs = run_dist_sync(packed, tmp_path, "max_steps=3", "sample_rate=0.5")
     workers = {name: out for name, out in outputs.items() if name.startswith("worker")}
     assert all("10 classes in 2 shard(s); this worker holds 5" in out for out in workers.values()), workers
     chief = next(name for name, out in workers.items() if "worker 0 of 2" in out)

@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 from jobs import metrics as history  # noqa: E402
 from jobs.plot import plot_versions  # noqa: E402
-from tests.train.test_recognition_train import EXAMPLE, aligner, lfw_split  # noqa: E402,F401 (fixtures)
+from tests.train.learning import EXAMPLE  # noqa: E402
 
 STEPS = 5  # one epoch: 70 packed photos in batches of 14
 
