@@ -72,6 +72,17 @@ resources: {{instance_type: ml.p3.2xlarge, instance_count: 2, max_runtime: 2h, s
 """)
 
 
+def upload_output_metrics(s3_env, bucket: str, name: str, metrics: bytes) -> None:
+    """What SageMaker uploads when training job ``name`` ends: its output data (the metrics file)
+    as ``<output path>/<job>/output/output.tar.gz``."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        member = tarfile.TarInfo("metrics.jsonl")
+        member.size = len(metrics)
+        tar.addfile(member, io.BytesIO(metrics))
+    s3_env.client().put_object(Bucket=bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
+
+
 def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker, train_spec, s3_bucket):
     result = runner("job", "submit", train_spec, "--dry-run", "--json")
     assert result.exit_code == 0, result.output
@@ -316,12 +327,7 @@ def test_a_running_jobs_metrics_are_read_live_from_cloudwatch(runner, sagemaker,
     assert [r["step"] for r in live] == [1, 2, 3, 4, 5, 6]  # the cached three plus only the new ones
     assert Store().get("recog-cloud", 1)["status"] == "running"
 
-    packed = io.BytesIO()
-    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
-        member = tarfile.TarInfo("metrics.jsonl")
-        member.size = len(uploaded)
-        tar.addfile(member, io.BytesIO(uploaded))
-    s3_env.client().put_object(Bucket=s3_bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
+    upload_output_metrics(s3_env, s3_bucket, name, uploaded)
     sagemaker.set_training(name, "Completed", "Completed")
     final = shown()
     assert final == live == history.parse_rows(uploaded)
@@ -362,12 +368,7 @@ def test_a_running_version_is_tracked_in_mlflow_as_it_runs(runner, sagemaker, tr
     assert [step for step, _ in losses(run.info.run_id)] == [1, 2, 3, 4, 5, 6]
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
 
-    packed = io.BytesIO()
-    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
-        member = tarfile.TarInfo("metrics.jsonl")
-        member.size = len(uploaded)
-        tar.addfile(member, io.BytesIO(uploaded))
-    s3_env.client().put_object(Bucket=s3_bucket, Key=f"models/recog-cloud/{name}/output/output.tar.gz", Body=packed.getvalue())
+    upload_output_metrics(s3_env, s3_bucket, name, uploaded)
     sagemaker.set_training(name, "Completed", "Completed")
     assert runner("job", "logs", "recog-cloud:1", "--follow").exit_code == 0
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
