@@ -84,6 +84,8 @@ def job() -> None:
 # How long `job list` waits for one live version's status check before showing it as "checking".
 LIST_CHECK_SECONDS = 2.0
 SET_HELP = "Override a setting: lr=0.05 (hyperparameter), resources.spot=true, inputs.train=s3://b/p. Repeatable."
+INTO_EXISTING_HELP = ("Let outputs go into folders that already hold files faceops did not write; the job's files are "
+                      "added beside them and nothing is removed. Without it such a folder is refused.")
 PRETRAINED = "pretrained"  # --align given without a detector
 
 
@@ -133,7 +135,9 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
 @click.option("--dry-run", is_flag=True, help="Validate and show what would run; create nothing.")
 @click.option("--wait/--detach", default=True, show_default=True, help="Follow the log until the job ends, or return at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the version record (or the plan) as JSON.")
-def job_submit(spec_file: str, overrides: tuple[str, ...], backend: str | None, dry_run: bool, wait: bool, as_json: bool) -> None:
+@click.option("--into-existing", is_flag=True, help=INTO_EXISTING_HELP)
+def job_submit(spec_file: str, overrides: tuple[str, ...], backend: str | None, dry_run: bool, wait: bool, as_json: bool,
+               into_existing: bool) -> None:
     """Submit SPEC_FILE (YAML) as a new version of its job.
 
     The new version's parent is the job's latest version, so `faceops job versions NAME` shows
@@ -142,7 +146,8 @@ def job_submit(spec_file: str, overrides: tuple[str, ...], backend: str | None, 
 
     if backend:
         overrides = (*overrides, f"backend={backend}")
-    _start(submit.submit(spec.load_spec(spec_file, overrides), dry_run=dry_run), dry_run, wait, as_json)
+    _start(submit.submit(spec.load_spec(spec_file, overrides), dry_run=dry_run, into_existing=into_existing),
+           dry_run, wait, as_json)
 
 
 @job.command("rerun")
@@ -152,13 +157,16 @@ def job_submit(spec_file: str, overrides: tuple[str, ...], backend: str | None, 
 @click.option("--dry-run", is_flag=True, help="Validate and show what would run; create nothing.")
 @click.option("--wait/--detach", default=True, show_default=True, help="Follow the log until the job ends, or return at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the version record (or the plan) as JSON.")
-def job_rerun(ref: str, overrides: tuple[str, ...], new_code: bool, dry_run: bool, wait: bool, as_json: bool) -> None:
+@click.option("--into-existing", is_flag=True, help=INTO_EXISTING_HELP)
+def job_rerun(ref: str, overrides: tuple[str, ...], new_code: bool, dry_run: bool, wait: bool, as_json: bool,
+              into_existing: bool) -> None:
     """Run version NAME[:V] again as a new version whose parent is V.
 
     Every setting of V is kept (spec, inputs, image, code bundle) except what --set changes."""
     from jobs import submit
 
-    _start(submit.rerun(ref, overrides, new_code=new_code, dry_run=dry_run), dry_run, wait, as_json)
+    _start(submit.rerun(ref, overrides, new_code=new_code, dry_run=dry_run, into_existing=into_existing),
+           dry_run, wait, as_json)
 
 
 @job.command("resume")
@@ -359,13 +367,14 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
 
 @job.command("publish")
 @click.argument("ref", metavar="NAME[:V]")
-def job_publish(ref: str) -> None:
+@click.option("--into-existing", is_flag=True, help=INTO_EXISTING_HELP)
+def job_publish(ref: str, into_existing: bool) -> None:
     """Upload a finished local version's outputs again (say after an S3 outage failed the upload),
     without training again. The version's record is not changed."""
     from jobs import submit
     from jobs.store import Store
 
-    for uri in submit.publish(Store().resolve(ref)):
+    for uri in submit.publish(Store().resolve(ref), into_existing=into_existing):
         click.echo(f"published {uri}")
 
 

@@ -12,10 +12,12 @@ from jobs.core import storage
 from jobs.core.errors import FaceopsError, NotFoundError, StorageError
 
 
-def check_outputs(outputs: dict[str, str]) -> None:
-    """Raise the storage error of the first output that cannot be written, naming the output."""
+def check_outputs(outputs: dict[str, str], into_existing: bool = False) -> None:
+    """Raise the storage error of the first output that cannot be written or that faceops must
+    not write (:func:`jobs.core.storage.check_target`), naming the output."""
     for name, uri in outputs.items():
         try:
+            storage.check_target(uri, into_existing=into_existing)
             writable(uri)
         except FaceopsError as exc:
             raise type(exc)(f"outputs.{name}: {exc}") from None

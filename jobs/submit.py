@@ -21,22 +21,23 @@ from jobs.spec import JobSpec, validate
 from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, StoreError, new_record, workdir
 
 
-def submit(spec: JobSpec, *, dry_run: bool = False) -> dict[str, Any]:
+def submit(spec: JobSpec, *, dry_run: bool = False, into_existing: bool = False) -> dict[str, Any]:
     """A new version of ``spec.name`` whose parent is the job's latest version (if any), so
     ``job versions`` shows what changed since the last run. The parent is read in the same
-    transaction that creates the version, so parallel submits each get the version before theirs."""
-    return launch(spec, parent=LATEST, dry_run=dry_run)
+    transaction that creates the version, so parallel submits each get the version before theirs.
+    ``into_existing`` lets outputs go into folders that hold files faceops did not write."""
+    return launch(spec, parent=LATEST, dry_run=dry_run, into_existing=into_existing)
 
 
 def rerun(ref: str, overrides: list[str] | tuple[str, ...] = (), *, new_code: bool = False,
-          dry_run: bool = False) -> dict[str, Any]:
+          dry_run: bool = False, into_existing: bool = False) -> dict[str, Any]:
     """A new version from version ``ref`` with ``overrides`` applied and every other setting kept,
     including the exact code bundle unless ``new_code`` asks to pack the code folder again."""
     parent = Store().resolve(ref)
     spec = validate(parent["spec"], overrides=overrides)
     code_hash = None if new_code else parent["code"]["hash"]
     return launch(spec, parent=parent["version"], code_hash=code_hash, dry_run=dry_run,
-                  secrets=read_secrets(workdir(parent)))
+                  secrets=read_secrets(workdir(parent)), into_existing=into_existing)
 
 
 def resume(ref: str) -> dict[str, Any]:
@@ -58,21 +59,22 @@ def resume(ref: str) -> dict[str, Any]:
         raise NotFoundError(f"{name} saved no checkpoint (in {checkpoints}); rerun it instead: faceops job rerun {name}")
     spec = validate(parent["spec"])
     return launch(spec, parent=parent["version"], code_hash=parent["code"]["hash"], checkpoints=checkpoints,
-                  secrets=read_secrets(workdir(parent)))
+                  secrets=read_secrets(workdir(parent)), into_existing=bool(parent.get("outputs_into_existing")))
 
 
 def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None = None,
            dry_run: bool = False, checkpoints: Path | None = None,
-           secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+           secrets: dict[str, Any] | None = None, into_existing: bool = False) -> dict[str, Any]:
     """Freeze and start one version (``parent`` may be :data:`LATEST`). Returns the stored record,
     or with ``dry_run`` a plan: ``{"record": ..., "plan": ...}`` describing the version that would
     be created, with secrets masked. ``checkpoints`` (a folder) seeds the new version's checkpoint
     folder before it starts; ``secrets`` (the parent's secrets file) gives the values of the
-    ``${secret:ID}`` markers a rerun's spec kept."""
+    ``${secret:ID}`` markers a rerun's spec kept. ``into_existing`` (kept in the record as
+    ``outputs_into_existing``) lets outputs go beside files faceops did not write."""
     backend = get_backend(spec.backend)
     backend.check(spec.to_dict())
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
-    preflight.check_outputs(spec.outputs)
+    preflight.check_outputs(spec.outputs, into_existing=into_existing)
     bundle, code = _code(spec, code_hash, store=not dry_run)
     store = Store()
     if dry_run:
@@ -87,6 +89,8 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
     hyperparameters, hidden = hide(spec.hyperparameters, secrets or {})
     record = new_record({**spec.to_dict(), "hyperparameters": hyperparameters}, parent=None if parent is LATEST else parent,
                         code=code, inputs=inputs, image=_image(spec.image))
+    if into_existing:
+        record["outputs_into_existing"] = True
     record = store.create(record, parent_is_latest=parent is LATEST)
     folder = workdir(record)
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +167,7 @@ def stop(record: dict[str, Any], grace: float) -> dict[str, Any]:
     return Store().get(record["name"], record["version"])
 
 
-def publish(record: dict[str, Any]) -> list[str]:
+def publish(record: dict[str, Any], into_existing: bool = False) -> list[str]:
     """Upload a finished local version's outputs again from its folder (after an upload that
     failed, or to a place that lost them), without training again. Returns the URIs written."""
     from jobs.core import storage
@@ -180,7 +184,8 @@ def publish(record: dict[str, Any]) -> list[str]:
         folder = contract.output_dir(name)
         if not folder.is_dir() or not any(folder.iterdir()):
             raise NotFoundError(f"output {name}: {folder} is empty; {record['name']}:{record['version']} left nothing to publish")
-        storage.upload(folder, uri, progress=False)
+        storage.upload(folder, uri, progress=False,
+                       into_existing=into_existing or bool(record.get("outputs_into_existing")))
         written.append(uri)
     return written
 

@@ -230,7 +230,8 @@ class Supervisor:
 
         for name, uri in self.record["spec"]["outputs"].items():
             self._say(f"uploading output {name} to {uri}")
-            storage.upload(self.contract.output_dir(name), uri, progress=False)
+            storage.upload(self.contract.output_dir(name), uri, progress=False,
+                           into_existing=bool(self.record.get("outputs_into_existing")))
 
 
 def main(argv: list[str]) -> None:

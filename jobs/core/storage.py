@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -48,6 +49,17 @@ MISSING = {"404", "NoSuchKey", "NotFound"}
 UNAVAILABLE = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 STAGING_MARK = ".faceops-staging-"
 ORPHAN_SECONDS = 3600.0
+STAGED_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")
+
+
+SYSTEM_FOLDERS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
+                            "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+                            "/Users", "/System", "/Library", "/Applications", "/private"})
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/bin", "/sbin", "/lib", "/usr", "/run")
+
+
+class UnsafeTarget(StorageError):
+    """An output location faceops refuses to write: a system folder, or a folder of someone else's files."""
 
 
 class StorageUnavailable(StorageError):
@@ -297,25 +309,12 @@ def _staged(dest: Path) -> Iterator[Path]:
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         yield tmp
-        if tmp.is_dir() and dest.exists():
-            _swap_dir(tmp, dest)
-        else:
-            os.replace(tmp, dest)
+        os.replace(tmp, dest)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp)
         else:
             tmp.unlink(missing_ok=True)
-
-
-def _swap_dir(new: Path, dest: Path) -> None:
-    """Replace the folder ``dest`` by ``new``: two renames, then the old one is removed."""
-    if not dest.is_dir():
-        raise StorageError(f"{dest}: exists and is not a folder")
-    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
-    os.replace(dest, old)
-    os.replace(new, dest)
-    shutil.rmtree(old)
 
 
 def _copy_local(src: Path, dest: Path, update: Callable[[int], Any]) -> None:
@@ -451,11 +450,16 @@ def gc(uri: str | Path, older_than: float = ORPHAN_SECONDS) -> list[str]:
 
 
 def _gc_local(path: Path, cutoff: float) -> list[str]:
-    """The ``.NAME.<id>.part`` and ``.old`` siblings that :func:`_staged` leaves when killed."""
+    """The ``.NAME.<id>.part`` (and older releases' ``.old``) siblings that :func:`_staged` leaves
+    when killed, beside ``path`` and, for a folder, beside each file inside it. Only names of that
+    exact pattern are touched, so a user's own dot files stay."""
     removed: list[str] = []
     if not path.parent.is_dir():
         return removed
-    for leftover in path.parent.glob(f".{path.name}.*"):
+    candidates = [*path.parent.glob(f".{path.name}.*")]
+    if path.is_dir():
+        candidates += [p for p in path.rglob(".*.part") if STAGED_NAME.match(p.name)]
+    for leftover in candidates:
         if leftover.suffix in (".part", ".old") and leftover.lstat().st_mtime < cutoff:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
             removed.append(str(leftover))
@@ -471,30 +475,95 @@ def _tidy(uri: str | Path) -> None:
         pass
 
 
-def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = PART_SIZE) -> None:
+def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = PART_SIZE,
+           into_existing: bool = False) -> None:
     """Upload the file or folder ``src`` to ``uri`` (a URI ending in ``/`` receives a file under
-    its own name). Files over ``part_size`` go up in parts. A folder gets ``_manifest.json`` last:
-    on S3 its files go up under a staging prefix and are copied in once all are there (objects
-    already under the prefix stay: the manifest says which files belong); a local folder is built
-    beside the target and renamed in, replacing what was there. Leftovers of earlier interrupted
-    uploads to the same place are removed first."""
+    its own name). Files over ``part_size`` go up in parts.
+
+    A folder is published by one rule on S3 and on disk alike (:func:`check_target` first):
+    faceops writes only its own files, each one whole, and ``_manifest.json`` last; it removes
+    nothing but its own previous manifest, so files it did not write stay where they are. Leftovers
+    of earlier interrupted uploads to the same place are removed first."""
     src = Path(src)
     if not src.exists():
         raise NotFoundError(f"{src}: no such file or folder to upload")
     if src.is_file():
         if str(uri).endswith("/"):
             uri = join(uri, src.name)
+        refuse_system_folder(uri)
         _tidy(uri)
         with _bar(src.stat().st_size, src.name, progress) as bar:
             _put(src, parse(uri), bar.update, part_size)
         return
     loc = parse(uri)
+    check_target(uri, into_existing=into_existing)
     _tidy(uri)
     if loc.scheme == "s3":
         _publish_tree(src, loc, progress, part_size)
         return
-    with _staged(loc.path) as tmp:
-        _put_tree(src, str(tmp), progress, part_size)
+    _publish_local_tree(src, loc.path, progress, part_size)
+
+
+def refuse_system_folder(uri: str | Path) -> None:
+    """Raise :class:`UnsafeTarget` when ``uri`` is (or, for /proc, /etc, /usr..., lies inside) a
+    system folder or a home root: no output of faceops belongs there, whoever runs it."""
+    loc = parse(uri)
+    if loc.scheme != "file":
+        return
+    path = Path(os.path.abspath(loc.path))
+    try:
+        path = path.resolve()
+    except OSError:
+        pass  # a loop or an unreadable parent: judge the path as written
+    text = path.as_posix()
+    homes = {Path.home().as_posix(), Path.home().parent.as_posix()}
+    if text in SYSTEM_FOLDERS or text in homes or any(text.startswith(tree + "/") for tree in SYSTEM_TREES):
+        raise UnsafeTarget(f"{loc.path}: refusing to write outputs into the system folder {text}; "
+                           "choose a folder of its own for them")
+
+
+def check_target(uri: str | Path, into_existing: bool = False) -> None:
+    """Refuse a folder output that faceops must not write: a system folder (always), or a
+    non-empty folder or prefix without a manifest of ours (someone else's files), unless
+    ``into_existing`` says the user wants the job's files added beside them. Run at submit, in
+    ``--dry-run`` and by every writer before it publishes."""
+    refuse_system_folder(uri)
+    loc = parse(uri)
+    if loc.scheme == "file":
+        if loc.path.exists() and not loc.path.is_dir():
+            raise UnsafeTarget(f"{loc.path}: exists and is not a folder; an output needs a folder")
+        if not loc.path.is_dir() or not any(loc.path.iterdir()) or _ours(loc.path / MANIFEST) or into_existing:
+            return
+    else:
+        if into_existing or not _s3_holds_files(loc) or _ours(join(str(loc), MANIFEST)):
+            return
+    raise UnsafeTarget(f"{uri}: the folder holds files that faceops did not write (no {MANIFEST} of ours); "
+                       "faceops publishes only into an empty folder or one it published before. Choose another "
+                       "folder, or pass --into-existing to add the outputs beside those files (nothing is removed)")
+
+
+def _ours(uri: str | Path) -> bool:
+    """True when ``uri`` is a manifest faceops wrote (JSON with a ``files`` list)."""
+    try:
+        manifest = json.loads(read_bytes(uri))
+    except (NotFoundError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("files"), type([]))
+
+
+def _s3_holds_files(loc: Location) -> bool:
+    with _errors(loc, "list"):
+        answer = s3_client().list_objects_v2(Bucket=loc.bucket, Prefix=_prefix(loc), MaxKeys=1)
+    return bool(answer.get("Contents"))
+
+
+def _publish_local_tree(src: Path, dest: Path, progress: bool, part_size: int) -> None:
+    """Write every file of ``src`` into the folder ``dest``, each whole (staged, then renamed),
+    after removing our previous manifest and before writing the new one: a reader sees either no
+    manifest (incomplete) or the manifest of a complete publish. Nothing else is removed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / MANIFEST).unlink(missing_ok=True)
+    _put_tree(src, str(dest), progress, part_size)
 
 
 def _publish_tree(src: Path, loc: Location, progress: bool, part_size: int) -> None:
@@ -508,6 +577,9 @@ def _publish_tree(src: Path, loc: Location, progress: bool, part_size: int) -> N
         for rel, path in files:
             _put(path, parse(join(str(staging), rel)), bar.update, part_size)
     client = s3_client()
+    manifest = parse(join(str(loc), MANIFEST))
+    with _errors(manifest, "replace the manifest"):
+        client.delete_object(Bucket=manifest.bucket, Key=manifest.key)
     for rel, _ in files:
         source = {"Bucket": loc.bucket, "Key": f"{staging.key}/{rel}"}
         target = parse(join(str(loc), rel))

@@ -147,16 +147,26 @@ def test_read_range(where, request, tmp_path):
     assert storage.read_range(uri, 3, 0) == b""
 
 
-def test_local_folder_upload_is_atomic_and_replaces(tmp_path):
+def test_local_folder_upload_writes_its_files_and_keeps_others(tmp_path):
+    """Publishing again into a folder of ours replaces our files and manifest and leaves a file we
+    did not write in place; a folder of someone else's files is refused unless asked."""
     files = make_tree(tmp_path / "src")
     dest = tmp_path / "out" / "model"
-    dest.mkdir(parents=True)
-    (dest / "stale.params").write_bytes(b"old")
+    storage.upload(tmp_path / "src", f"file://{dest}", progress=False)
+    (dest / "notes.txt").write_bytes(b"the user's")
     storage.upload(tmp_path / "src", f"file://{dest}", progress=False)
     written = read_tree(dest)
     check_manifest(written.pop(storage.MANIFEST), files)
-    assert written == files
+    assert written == {**files, "notes.txt": b"the user's"}
     assert sorted(p.name for p in dest.parent.iterdir()) == ["model"], "temporary siblings left behind"
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_bytes(b"years of work")
+    with pytest.raises(storage.UnsafeTarget, match="--into-existing"):
+        storage.upload(tmp_path / "src", f"file://{foreign}", progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+    storage.upload(tmp_path / "src", f"file://{foreign}", progress=False, into_existing=True)
+    assert (foreign / "thesis.tex").read_bytes() == b"years of work" and (foreign / storage.MANIFEST).is_file()
 
 
 def test_local_stat_list_download(tmp_path):
