@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from jobs.core import storage
-from jobs.core.errors import FaceopsError, NotFoundError, StorageError
+from jobs.core.errors import FaceopsError, StorageError
 
 
 def check_outputs(outputs: dict[str, str], into_existing: bool = False) -> None:
@@ -31,25 +31,13 @@ def writable(uri: str) -> None:
     if loc.scheme == "file":
         _local_writable(loc.path)
         return
-    _bucket_exists(uri, loc.bucket)
+    storage.require_bucket(uri)
     probe = storage.join(uri, f".faceops-write-check-{uuid.uuid4().hex}")
     storage.write_bytes(probe, b"")
     try:
         storage.s3_client().delete_object(Bucket=loc.bucket, Key=storage.parse(probe).key)
     except Exception:  # noqa: BLE001 - writing worked; a leftover empty probe is harmless
         pass
-
-
-def _bucket_exists(uri: str, bucket: str) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        storage.s3_client().head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
-            raise NotFoundError(f"{uri}: bucket '{bucket}' does not exist") from None
-    except BotoCoreError:
-        pass  # no credentials or no endpoint: the probe's write says which, in storage's words
 
 
 def _local_writable(path: Path) -> None:

@@ -63,7 +63,13 @@ class UnsafeTarget(StorageError):
 
 
 class StorageUnavailable(StorageError):
-    """The endpoint cannot be reached or answers 5xx: worth trying again a little later."""
+    """The endpoint cannot be reached or answers 5xx: worth trying again a little later.
+    ``timed_out`` marks an endpoint that took a connection but gave no answer in time on every
+    try: retrying that again would only multiply the wait, so callers give up at once."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,7 @@ def s3_client():
     endpoint = setting("s3", "endpoint_url", ("FACEOPS_S3_ENDPOINT", "AWS_ENDPOINT_URL"))
     connect, read = timeouts()
     return _client(
-        connect, read,
+        connect, read, request_attempts(),
         endpoint,
         setting("s3", "region", ("AWS_REGION", "AWS_DEFAULT_REGION"), "us-east-1"),
         setting("s3", "addressing_style", ("FACEOPS_S3_ADDRESSING_STYLE",), "path" if endpoint else "auto"),
@@ -141,8 +147,22 @@ def timeouts() -> tuple[float, float]:
             float(setting("s3", "read_timeout", ("FACEOPS_S3_READ_TIMEOUT",), 20)))
 
 
+def request_attempts() -> int:
+    """How often one S3 request is sent before it fails (``s3.attempts``, botocore's retries)."""
+    return max(1, int(setting("s3", "attempts", ("FACEOPS_S3_ATTEMPTS",), 3)))
+
+
+def request_bound() -> float:
+    """The longest one S3 request can take before faceops gives up on it, in seconds: every try
+    waits at most ``s3.connect_timeout`` + ``s3.read_timeout``, and botocore's backoff between
+    tries is at most 1, 2, 4... seconds (capped at 20). Error messages state this figure."""
+    connect, read = timeouts()
+    attempts = request_attempts()
+    return attempts * (connect + read) + sum(min(2.0 ** i, 20.0) for i in range(attempts - 1))
+
+
 @lru_cache(maxsize=8)
-def _client(connect: float, read: float, endpoint: str | None, region: str, style: str, access_key: str | None,
+def _client(connect: float, read: float, attempts: int, endpoint: str | None, region: str, style: str, access_key: str | None,
             secret_key: str | None, token: str | None):
     import boto3
     from botocore.config import Config
@@ -150,7 +170,7 @@ def _client(connect: float, read: float, endpoint: str | None, region: str, styl
     # Standard retries back off on throttling and 5xx; bounded timeouts make an unreachable or
     # frozen endpoint fail in seconds instead of hanging a job submission.
     config = Config(region_name=region, s3={"addressing_style": style}, connect_timeout=connect,
-                    read_timeout=read, retries={"mode": "standard", "max_attempts": 3})
+                    read_timeout=read, retries={"mode": "standard", "max_attempts": attempts})
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
         aws_session_token=token, config=config)
@@ -174,12 +194,14 @@ def _errors(loc: Location, action: str) -> Iterator[None]:
     except (bex.ConnectionError, bex.HTTPClientError) as exc:
         endpoint = s3_client().meta.endpoint_url
         connect, read = timeouts()
-        why = (f"no answer within {read:g}s (s3.read_timeout)" if isinstance(exc, bex.ReadTimeoutError)
-               else f"no connection within {connect:g}s (s3.connect_timeout)" if isinstance(exc, bex.ConnectTimeoutError)
-               else type(exc).__name__)
+        timed_out = isinstance(exc, (bex.ReadTimeoutError, bex.ConnectTimeoutError))
+        tries = f"on each of {request_attempts()} tries, {request_bound():g}s in all with backoff"
+        why = (f"no answer within {read:g}s (s3.read_timeout) {tries}" if isinstance(exc, bex.ReadTimeoutError)
+               else f"no connection within {connect:g}s (s3.connect_timeout) {tries}"
+               if isinstance(exc, bex.ConnectTimeoutError) else type(exc).__name__)
         raise StorageUnavailable(f"cannot reach S3 endpoint {endpoint} ({why}) to {action} {loc}; "
                                  "check FACEOPS_S3_ENDPOINT / AWS_ENDPOINT_URL or s3.endpoint_url in config.yaml "
-                                 "and that the server is running") from None
+                                 "and that the server is running", timed_out=timed_out) from None
     except bex.NoCredentialsError:
         raise StorageError(f"{loc}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                            "or s3.access_key and s3.secret_key in config.yaml") from None
@@ -373,17 +395,22 @@ def _manifest(files: list[tuple[str, Path]]) -> bytes:
 
 
 def _retried(call: Callable[[], Any], what: str) -> Any:
-    """``call`` again with backoff while the endpoint is unreachable or answers 5xx, for at most
+    """``call`` again with backoff while the endpoint is down or answers 5xx, for at most
     ``s3.upload_attempts`` tries (``s3.upload_backoff`` seconds, doubling): a short outage does
-    not fail a job, a long one still ends it with the reason."""
+    not fail a job, a long one still ends it with the reason. An endpoint that took the
+    connection and never answered is not tried again (each request already waited its bound).
+    Every retry is reported on stderr with its cause, so a job's log shows it."""
     attempts = int(setting("s3", "upload_attempts", ("FACEOPS_S3_UPLOAD_ATTEMPTS",), 6))
     delay = float(setting("s3", "upload_backoff", ("FACEOPS_S3_UPLOAD_BACKOFF",), 1.0))
 
     def give_up(exc: Exception, tries: int) -> Exception:
         return StorageUnavailable(f"{exc} (gave up on {what} after {tries} tries)")
 
-    return retrying(call, lambda exc: isinstance(exc, StorageUnavailable), attempts=attempts, delay=delay,
-                    give_up=give_up)
+    def say(line: str) -> None:
+        print(f"[faceops] {what}: {line}", file=sys.stderr, flush=True)
+
+    return retrying(call, lambda exc: isinstance(exc, StorageUnavailable) and not exc.timed_out,
+                    attempts=attempts, delay=delay, give_up=give_up, say=say)
 
 
 def _put(src: Path, loc: Location, update: Callable[[int], Any], part_size: int) -> None:
@@ -397,8 +424,9 @@ def _put(src: Path, loc: Location, update: Callable[[int], Any], part_size: int)
             with _errors(loc, "upload"):
                 s3_client().upload_file(str(src), loc.bucket, loc.key, Callback=update,
                                         Config=_transfer_config(part_size))
-        except StorageError:
-            _abort_uploads(loc, loc.key, newer_than=started - 1)
+        except StorageError as exc:
+            if not getattr(exc, "timed_out", False):  # a frozen endpoint would only freeze the abort too
+                _abort_uploads(loc, loc.key, newer_than=started - 1)
             raise
 
     _retried(attempt, f"uploading {src.name}")
@@ -422,8 +450,10 @@ def _abort_uploads(loc: Location, prefix: str, newer_than: float | None = None,
             with _errors(loc, "abort an upload in"):
                 client.abort_multipart_upload(Bucket=loc.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             aborted.append(f"s3://{loc.bucket}/{upload['Key']} (multipart upload {upload['UploadId'][:12]})")
-    except StorageUnavailable:
-        pass  # the endpoint is gone: the next upload or `faceops storage gc` tries again
+    except StorageUnavailable as exc:
+        if exc.timed_out:
+            raise  # a frozen endpoint: going on would wait the same bound again
+        # the endpoint is gone: the next upload or `faceops storage gc` tries again
     return aborted
 
 
@@ -471,6 +501,9 @@ def _tidy(uri: str | Path) -> None:
     old): a cleanup that cannot run (endpoint down, no list permission) never stops the upload."""
     try:
         gc(uri, float(setting("s3", "orphan_seconds", ("FACEOPS_STORAGE_ORPHAN_SECONDS",), ORPHAN_SECONDS)))
+    except StorageUnavailable as exc:
+        if exc.timed_out:
+            raise  # the upload would wait on the same frozen endpoint
     except StorageError:
         pass
 
@@ -496,7 +529,7 @@ def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = P
             _put(src, parse(uri), bar.update, part_size)
         return
     loc = parse(uri)
-    check_target(uri, into_existing=into_existing)
+    _retried(lambda: check_target(uri, into_existing=into_existing), f"checking {uri}")
     _tidy(uri)
     if loc.scheme == "s3":
         _publish_tree(src, loc, progress, part_size)
@@ -540,6 +573,23 @@ def check_target(uri: str | Path, into_existing: bool = False) -> None:
     raise UnsafeTarget(f"{uri}: the folder holds files that faceops did not write (no {MANIFEST} of ours); "
                        "faceops publishes only into an empty folder or one it published before. Choose another "
                        "folder, or pass --into-existing to add the outputs beside those files (nothing is removed)")
+
+
+def require_bucket(uri: str | Path) -> None:
+    """Raise NotFoundError when the bucket of the S3 ``uri`` does not exist and the endpoint's
+    error when it cannot be reached in time; other answers (no permission to list buckets, a
+    server that creates buckets on the first PUT) leave the decision to the write itself."""
+    loc = parse(uri)
+    try:
+        with _errors(loc, "check the bucket of"):
+            s3_client().head_bucket(Bucket=loc.bucket)
+    except NotFoundError:
+        raise NotFoundError(f"{uri}: bucket '{loc.bucket}' does not exist") from None
+    except StorageUnavailable as exc:
+        if exc.timed_out:
+            raise
+    except StorageError:
+        pass
 
 
 def _ours(uri: str | Path) -> bool:
