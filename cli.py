@@ -358,6 +358,9 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
     store = Store()
     record = submit.stop(store.resolve(ref), grace)
     ref = f"{record['name']}:{record['version']}"
+    if record.get("killed_leftovers"):
+        click.echo(f"{ref} was already {record['status']}; killed its leftover processes "
+                   f"(process groups {', '.join(map(str, record['killed_leftovers']))})")
     deadline = time.time() + grace + 15
     while not no_wait and record["status"] not in TERMINAL and time.time() < deadline:
         time.sleep(0.2)

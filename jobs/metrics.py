@@ -119,7 +119,7 @@ def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     when the service uploaded none)."""
     local = metrics_file(record)
     if local.exists() or record["backend"] == "local":
-        return read_rows(local)
+        return until_final(record, read_rows(local))
     source = remote_source(record)
     if source is None:
         return []
@@ -180,6 +180,15 @@ def summarize(table: list[dict[str, Any]], declared: dict[str, Metric]) -> dict[
     for entry in out.values():
         entry.pop("_metric")
     return out
+
+
+def until_final(record: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows written before the version reached its terminal state: a row stamped later came
+    from a process that outlived its supervisor, and must not change a final record's values."""
+    if record["status"] not in TERMINAL or not record.get("status_history"):
+        return table
+    final = record["status_history"][-1]["at"]
+    return [row for row in table if not isinstance(row.get("time"), (int, float)) or row["time"] <= final]
 
 
 def with_summary(record: dict[str, Any]) -> dict[str, Any]:

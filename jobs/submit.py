@@ -154,10 +154,13 @@ def follow_logs(record: dict[str, Any], follow: bool) -> Iterator[str]:
 
 
 def stop(record: dict[str, Any], grace: float) -> dict[str, Any]:
-    """Stop a live version; a queued one that never started is closed right away."""
+    """Stop a live version; a queued one that never started is closed right away. A version that
+    is already terminal still has whatever of it runs on (its supervisor died) killed, and the
+    returned record lists those process groups under ``killed_leftovers``."""
     record = refreshed(record)
     if record["status"] in TERMINAL:
-        return record
+        killed = get_backend(record["backend"]).leftovers(record)
+        return {**record, "killed_leftovers": killed} if killed else record
     get_backend(record["backend"]).stop(record, grace=grace)
     if record["status"] == "queued" and not record["backend_info"]:
         try:

@@ -97,15 +97,15 @@ def test_dead_supervisor_marks_the_job_failed(runner, line_fit):
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: "failed" in runner("job", "show", "line-fit:1").output)
     assert "supervisor" in Store().get("line-fit", 1)["failure_reason"]
-    os.killpg(wait_for(lambda: _child_of(pid)), signal.SIGKILL)
+    wait_for(lambda: _entry_point() is None, timeout=30, what="the entry point dying with its supervisor")
 
 
-def _child_of(pid: int) -> int | None:
-    """The entry point's process group left behind by a killed supervisor."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,pgid,args"], capture_output=True, text=True).stdout
+def _entry_point() -> int | None:
+    """The process group of a running fit_line.py, if any is left."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,pgid,stat,args"], capture_output=True, text=True).stdout
     for line in out.splitlines()[1:]:
-        fields = line.split(None, 3)
-        if "fit_line.py" in fields[3]:
+        fields = line.split(None, 4)
+        if "fit_line.py" in fields[4] and not fields[3].startswith("Z"):
             return int(fields[2])
     return None
 

@@ -63,6 +63,11 @@ class Backend(ABC):
     def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         """Ask the job to stop (SIGTERM or the service's stop call), force it after ``grace``."""
 
+    def leftovers(self, record: dict[str, Any]) -> list[int]:
+        """Kill what of a version still runs on this machine although its record is terminal
+        (its supervisor died); returns the process groups reached. Cloud jobs have none."""
+        return []
+
     @abstractmethod
     def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
         """Yield the job's log lines; with ``follow``, until the job reaches a terminal state."""
@@ -97,6 +102,12 @@ class Runtime(ABC):
     @abstractmethod
     def kill(self) -> None:
         """Force it to end (SIGKILL)."""
+
+    def process_groups(self) -> list[int]:
+        """The process groups of the entry point's processes on this machine (none for a
+        container, which the engine holds): kept in the record so they can be killed if the
+        supervisor dies."""
+        return []
 
 
 BACKENDS = {

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
+from jobs.core.lifeline import kill_groups
 from jobs.store import TERMINAL, Store, workdir
 
 
@@ -55,11 +56,20 @@ class LocalBackend(Backend):
         if pid and not _alive(pid):
             from jobs.store import RecordFrozen
 
+            self.leftovers(record)  # the job must not go on writing into a version now failed
             try:
                 Store().update(record["name"], record["version"], status="failed",
                                reason=f"the local supervisor (pid {pid}) exited without finishing the job; see {workdir(record) / 'supervisor.log'}")
             except RecordFrozen:
                 pass  # it finished between our read and this update
+
+    def leftovers(self, record: dict[str, Any]) -> list[int]:
+        """SIGKILL the entry point's process groups (kept in the record by the supervisor) once
+        the supervisor is gone; a live supervisor still owns them."""
+        info = record.get("backend_info", {})
+        if info.get("supervisor_pid") and _alive(info["supervisor_pid"]):
+            return []
+        return kill_groups([int(g) for g in info.get("process_groups", [])])
 
     def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         if record["status"] in TERMINAL:

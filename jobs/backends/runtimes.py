@@ -25,12 +25,14 @@ from typing import IO, Callable
 
 from jobs.backends import ContainerJob, Runtime
 from jobs.core import launch
+from jobs.core.lifeline import dies_with_this_process
 from jobs.core.contract import CONTAINER_ROOT, Contract, shard_env
 from jobs.core.errors import SpecError
 
 
 class ProcessRuntime(Runtime):
-    """Runs the entry point as a subprocess in its own process group (so stop reaches children)."""
+    """Runs the entry point as a subprocess in its own process group (so stop reaches children)
+    that the kernel kills if the supervisor dies (:mod:`jobs.core.lifeline`)."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -43,7 +45,10 @@ class ProcessRuntime(Runtime):
         env = {**os.environ, **job.contract.env(), **job.env, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen(argv, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, preexec_fn=dies_with_this_process())
+
+    def process_groups(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
 
     def wait(self) -> int:
         assert self.proc is not None
@@ -89,6 +94,9 @@ class GroupRuntime(Runtime):
                 worst = code
                 self.terminate()
         return worst
+
+    def process_groups(self) -> list[int]:
+        return [pgid for member in self.members for pgid in member.process_groups()]
 
     def terminate(self) -> None:
         for member in self.members:

@@ -158,6 +158,10 @@ class Supervisor:
             self.runtime = ShardRuntime(make, count)
         job = ContainerJob(argv=entry_argv(spec), contract=self.contract, env={}, image=spec.get("image"))
         self.runtime.start(job, self.log)
+        groups = self.runtime.process_groups()
+        if groups:
+            self.record = self.store.update(self.record["name"], self.record["version"],
+                                            backend_info={**self.record["backend_info"], "process_groups": groups})
         if self.stopping.is_set():
             self._request_stop()
         timer = None

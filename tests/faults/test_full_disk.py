@@ -92,7 +92,10 @@ def test_job_list_says_checking_instead_of_hanging(tmp_path):
         assert wait_for(lambda: "failed" in (out := cli("job", "list").stdout) and out)
     finally:
         holder.close()
-        os.killpg(entry_point, 9)
+        try:
+            os.killpg(entry_point, 9)
+        except ProcessLookupError:
+            pass  # it died with its supervisor, as it should
 
 def _group_of_child(parent: int) -> int | None:
     """The process group of the entry point a supervisor started (killed along with the test)."""
