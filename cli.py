@@ -95,6 +95,12 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
 
     from jobs import report, submit
 
+    record = record_or_plan["record"] if dry_run else record_or_plan
+    vanished = record.get("code", {}).get("vanished")
+    if vanished:
+        click.echo(f"note: {len(vanished)} file(s) vanished from {record['code']['source']} while it was packed and "
+                   f"are not in the code bundle: {', '.join(vanished[:5])}" + (" ..." if len(vanished) > 5 else ""),
+                   err=True)
     if dry_run:
         if as_json:
             click.echo(json.dumps(record_or_plan, indent=2, default=str))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import SpecError
+from jobs.core.secrets import MASK, is_reference, is_secret
 from jobs.core.tasks import Param, Task, get_task, parse_metric, parse_untyped, registry, unknown_key_message
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -196,9 +197,15 @@ def validate(raw: dict[str, Any], *, source: _Source | None = None,
     task = _task_of(raw, source)
     for item in overrides:
         path = apply_override(raw, item, task)
-        source.overrides[path] = item
+        source.overrides[path] = shown_override(item)
     task = _task_of(raw, source)
     return _build(raw, task, source)
+
+
+def shown_override(item: str) -> str:
+    """``key=value`` as an error message may show it: the value of a secret key becomes ``***``."""
+    key, sep, value = item.partition("=")
+    return f"{key}={MASK}" if sep and is_secret(key.rsplit(".", 1)[-1]) and not is_reference(value) else item
 
 
 def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
@@ -208,12 +215,13 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
     key, ``image=...`` a top-level key. Schema-less values are read as YAML so they keep a type."""
     key, sep, value = item.partition("=")
     key = key.strip()
+    shown = shown_override(item)
     if not sep or not key:
-        raise SpecError(f"--set {item}: expected key=value")
+        raise SpecError(f"--set {shown}: expected key=value")
     if "." in key:
         section, _, sub = key.partition(".")
         if section not in ("hyperparameters", "inputs", "outputs", "resources"):
-            raise SpecError(f"--set {item}: {unknown_key_message(section, ('hyperparameters', 'inputs', 'outputs', 'resources'))}")
+            raise SpecError(f"--set {shown}: {unknown_key_message(section, ('hyperparameters', 'inputs', 'outputs', 'resources'))}")
         path = key
     elif key in SET_TOP_LEVEL:
         raw[key] = _local_path(value) if key == "code" else value
@@ -222,7 +230,7 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
         section, sub, path = "hyperparameters", key, f"hyperparameters.{key}"
     if section == "hyperparameters":
         if task.params is not None and sub not in task.params:
-            raise SpecError(f"--set {item}: hyperparameters: {unknown_key_message(sub, task.params)}")
+            raise SpecError(f"--set {shown}: hyperparameters: {unknown_key_message(sub, task.params)}")
         parsed: Any = parse_untyped(value) if task.params is None else value
     else:
         parsed = _local_path(value) if section in ("inputs", "outputs") else value

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from jobs.core.config import home
+from jobs.core.config import STORE_NAME, home
 from jobs.core.errors import FaceopsError, NotFoundError
 from jobs.core.files import atomic_write
 
@@ -92,7 +92,7 @@ class Store:
     """Access to ``store.sqlite``. Cheap to create; every method opens its own transaction."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or home() / "store.sqlite"
+        self.path = path or home() / STORE_NAME
         self._check_file()
         with self._connect() as db:
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION or not self._columns(db):

@@ -213,6 +213,8 @@ def _code(spec: JobSpec, code_hash: str | None, store: bool) -> tuple[Bundle, di
     else:
         bundle = build_bundle(root, include) if store else plan_bundle(root, include)
     code = {"hash": bundle.sha256, "size": bundle.size, "files": bundle.files, "source": str(root), **git_state(root)}
+    if bundle.vanished:
+        code["vanished"] = list(bundle.vanished)
     return bundle, code
 
 

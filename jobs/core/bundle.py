@@ -4,7 +4,7 @@ into a multi-GB image, so changing one line of training code never rebuilds or p
 The tarball is deterministic (sorted names, zeroed times and owners), so the same code always has
 the same hash and a version record's ``code.hash`` says exactly what ran. It is streamed to disk
 (memory stays bounded whatever the folder holds), honours ``.gitignore`` and ``.faceopsignore``,
-skips virtual environments and caches, and a folder over ``bundle.max_bytes`` is refused before
+skips virtual environments, caches and faceops state folders (`$FACEOPS_HOME`), and a folder over ``bundle.max_bytes`` is refused before
 a byte of it is read. YAML files go in with the values of secret-looking keys blanked out.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
-from jobs.core.config import home, setting
+from jobs.core.config import home, is_state_folder, setting
 from jobs.core.errors import SpecError
 from jobs.core.secrets import redact_yaml
 
@@ -47,6 +47,7 @@ class Bundle:
     files: int
     source_bytes: int = 0
     biggest: tuple[tuple[str, int], ...] = field(default=())
+    vanished: tuple[str, ...] = field(default=())
 
 
 def faceops_root() -> Path:
@@ -72,9 +73,10 @@ def build_bundle(root: Path, include: Sequence[str] | None = None, store: bool =
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=folder, prefix=".bundle.", suffix=".tmp")
     tmp = Path(name)
+    vanished: list[str] = []
     try:
         with os.fdopen(fd, "wb") as out:
-            digest, size = _pack(root, files, out)
+            digest, size = _pack(root, files, out, vanished)
         target = folder / f"{digest}.tar.gz"
         if target.exists():
             tmp.unlink()
@@ -83,16 +85,18 @@ def build_bundle(root: Path, include: Sequence[str] | None = None, store: bool =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Bundle(path=target, sha256=digest, size=size, files=len(files), source_bytes=total, biggest=biggest)
+    return Bundle(path=target, sha256=digest, size=size, files=len(files) - len(vanished), source_bytes=total,
+                  biggest=biggest, vanished=tuple(vanished))
 
 
 def plan_bundle(root: Path, include: Sequence[str] | None = None) -> Bundle:
     """What :func:`build_bundle` would store, computed without writing anything (for --dry-run):
     the tarball is streamed into a hash only, and ``path`` is where it would be kept."""
     root, files, total, biggest = _survey(root, include)
-    digest, size = _pack(root, files, None)
-    return Bundle(path=home() / "bundles" / f"{digest}.tar.gz", sha256=digest, size=size, files=len(files),
-                  source_bytes=total, biggest=biggest)
+    vanished: list[str] = []
+    digest, size = _pack(root, files, None, vanished)
+    return Bundle(path=home() / "bundles" / f"{digest}.tar.gz", sha256=digest, size=size,
+                  files=len(files) - len(vanished), source_bytes=total, biggest=biggest, vanished=tuple(vanished))
 
 
 def _survey(root: Path, include: Sequence[str] | None) -> tuple[Path, list[Path], int, tuple[tuple[str, int], ...]]:
@@ -142,23 +146,41 @@ class _HashingWriter:
             self.out.flush()
 
 
-def _pack(root: Path, files: list[Path], out: IO[bytes] | None) -> tuple[str, int]:
-    """Stream the deterministic tar.gz of ``files`` into ``out`` (or nowhere): (sha256, size)."""
+def _pack(root: Path, files: list[Path], out: IO[bytes] | None, vanished: list[str]) -> tuple[str, int]:
+    """Stream the deterministic tar.gz of ``files`` into ``out`` (or nowhere): (sha256, size).
+    A file that disappears after the folder was surveyed (another process's temporary file) is
+    left out and its relative name added to ``vanished``, so the caller can say so."""
     sink = _HashingWriter(out)
     with gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6, filename="") as gz:
         with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for path in files:
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+                rel = path.relative_to(root).as_posix()
+                try:
+                    info = tar.gettarinfo(str(path), arcname=rel)
+                    content = _content(path, info.size)
+                except FileNotFoundError:
+                    vanished.append(rel)
+                    continue
                 info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 info.mode = 0o755 if info.mode & 0o111 else 0o644
-                if path.suffix in YAML_SUFFIXES and info.size < 1024 * 1024:
-                    data = redact_yaml(path.read_bytes())
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                else:
-                    with open(path, "rb") as fh:
-                        tar.addfile(info, fh)
+                with content:
+                    info.size = _size_of(content, info.size)
+                    tar.addfile(info, content)
     return sink.hash.hexdigest(), sink.size
+
+
+def _content(path: Path, size: int) -> IO[bytes]:
+    """What a file contributes to the tarball: a YAML file's text with secrets blanked, any
+    other file opened as it is (opened before its header is written, so a file that vanished
+    is noticed before anything of it went into the tarball)."""
+    if path.suffix in YAML_SUFFIXES and size < 1024 * 1024:
+        return io.BytesIO(redact_yaml(path.read_bytes()))
+    return open(path, "rb")
+
+
+def _size_of(content: IO[bytes], stated: int) -> int:
+    """The size to put in the tar header: a blanked YAML text's own length, else the stat size."""
+    return len(content.getvalue()) if isinstance(content, io.BytesIO) else stated
 
 
 def stored_bundle(sha256: str) -> Bundle:
@@ -278,15 +300,19 @@ def _walk(folder: Path, rules: list[_Ignore]) -> Iterator[tuple[Path, int]]:
         return
     for entry in entries:
         path = Path(entry.path)
-        if entry.is_symlink():
-            continue
-        is_dir = entry.is_dir()
-        if _ignored(path, is_dir, rules):
-            continue
-        if is_dir:
-            yield from _walk(path, rules)
-        elif entry.is_file():
-            yield path, entry.stat().st_size
+        try:
+            if entry.is_symlink():
+                continue
+            is_dir = entry.is_dir()
+            if _ignored(path, is_dir, rules) or (is_dir and is_state_folder(path)):
+                continue
+            if is_dir:
+                yield from _walk(path, rules)
+            elif entry.is_file():
+                yield path, entry.stat().st_size
+        except FileNotFoundError:
+            continue  # gone while the folder was walked; _pack reports what vanishes later
+
 
 
 def _files(root: Path, include: Sequence[str] | None) -> Iterator[tuple[Path, int]]:

@@ -7,9 +7,15 @@ variables always win over the file so CI and containers can configure without wr
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+
+STORE_NAME = "store.sqlite"
+# What a state folder's bundles/ holds: finished bundles and the temporary files of ones being written.
+BUNDLE_NAME = re.compile(r"^(?:[0-9a-f]{64}\.tar\.gz|\.bundle\..+\.tmp)$")
 
 
 def home() -> Path:
@@ -17,6 +23,19 @@ def home() -> Path:
     path = Path(os.environ.get("FACEOPS_HOME") or Path.home() / ".faceops").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def is_state_folder(path: Path) -> bool:
+    """True for ``$FACEOPS_HOME`` or any other faceops state folder (one holding a store, or a
+    ``bundles`` folder of code bundles only, as a first submit leaves before its store exists):
+    its files change under every submit and are never a job's code."""
+    try:
+        if (path / STORE_NAME).exists() or path.resolve() == home().resolve():
+            return True
+        bundles = [entry.name for entry in os.scandir(path / "bundles")] if (path / "bundles").is_dir() else []
+    except OSError:
+        return False
+    return bool(bundles) and all(BUNDLE_NAME.match(name) for name in bundles)
 
 
 def load_config() -> dict[str, Any]:

@@ -106,8 +106,29 @@ def _mask(data: Any, hidden: list[str]) -> Any:
 
 
 def redact_yaml(data: bytes) -> bytes:
-    """YAML text with the value of every ``secret_key: value`` line replaced by ``***``
-    (a ``${env:NAME}`` reference is kept): what a code bundle carries of a spec or config."""
+    """YAML text with the value of every secret key blanked to ``***`` (a ``${env:NAME}``
+    reference is kept): what a code bundle carries of a spec or config.
+
+    Block-style ``secret_key: value`` lines are blanked in place, which keeps the file as written.
+    The result is then parsed: if a secret is still there at any depth (flow style, ``{token:
+    ...}``, a list of mappings), the file becomes the masked parsed document instead, comments
+    lost but no secret left. Text that is not YAML keeps the line-by-line blanking only."""
+    import yaml
+
+    blanked = _redact_lines(data)
+    try:
+        documents = list(yaml.safe_load_all(blanked))
+    except (yaml.YAMLError, ValueError, RecursionError):
+        return blanked
+    if not any(v != MASK for doc in documents for v in secret_values(doc)):
+        return blanked
+    header = b"# secrets blanked by faceops: the file was rewritten from its parsed form\n"
+    body = yaml.safe_dump_all([mask(doc) for doc in documents], sort_keys=False, allow_unicode=True)
+    return header + body.encode()
+
+
+def _redact_lines(data: bytes) -> bytes:
+    """The block-style blanking: each ``secret_key: value`` line's value becomes ``"***"``."""
     lines = data.split(b"\n")
     for i, line in enumerate(lines):
         match = _YAML_LINE.match(line)
