@@ -38,6 +38,19 @@ class FaceopsGroup(click.Group):
         except FaceopsError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            from pathlib import Path
+
+            from jobs import diskspace
+
+            if not diskspace.is_disk_full(exc):
+                raise
+            click.echo(f"Error: {diskspace.describe(exc, Path.cwd())}", err=True)
+            sys.exit(2)
+        except RecursionError:
+            click.echo("Error: the input is nested too deeply to read (a spec, config or data file of "
+                       "thousands of nested brackets); flatten it", err=True)
+            sys.exit(2)
 
 
 def _first_sentence(text: str) -> str:

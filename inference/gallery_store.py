@@ -3,7 +3,7 @@
 A gallery is a folder, written file by file with the manifest last (so a reader never sees half a
 revision), each file replaced atomically:
 
-``gallery.json``   format, revision and history, the models' identities (file SHA-256 + dim), the
+``gallery.json``   format, revision and history, each file's SHA-256 (checked at load), the models' identities (file SHA-256 + dim), the
                    people (id, name), index type, calibration (threshold for a target FAR)
 ``embeddings.npy`` float32 (N, D), L2-normalised, one per gallery image
 ``entries.csv``    per embedding: person id and name, source image, box, detection score
@@ -28,7 +28,7 @@ import numpy as np
 
 from inference.calibration import DEFAULT_THRESHOLD
 from inference.index import make_index
-from inference.models import Models
+from inference.models import Models, sha256
 from inference.sources import local
 from jobs.core.errors import DataError
 from jobs.core.files import atomic_write
@@ -36,6 +36,7 @@ from jobs.core.files import atomic_write
 FORMAT = "faceops-gallery"
 FORMAT_VERSION = 1
 MANIFEST = "gallery.json"
+REBUILD = "restore it from a copy or build the gallery again (faceops gallery build)"
 ENTRY_FIELDS = ["person_id", "person", "image", "x1", "y1", "x2", "y2", "det_score", "sha256"]
 ISSUE_FIELDS = ["image", "issue", "detail"]
 
@@ -219,23 +220,48 @@ def load(path: str | Path) -> Gallery:
             raise DataError(f"{manifest_file}: not a faceops gallery manifest (format {manifest.get('format')!r})")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise DataError(f"{manifest_file}: gallery format {manifest['format_version']} is newer than this faceops reads")
+        _check_files(folder, manifest, path)
         entries = _read_csv(folder / "entries.csv")
-        embeddings = np.load(folder / "embeddings.npy") if entries else np.zeros((0, manifest["models"]["recognizer"]["dim"]), np.float32)
+        embeddings = _read_npy(folder / "embeddings.npy") if entries else np.zeros((0, manifest["models"]["recognizer"]["dim"]), np.float32)
         if embeddings.shape != (len(entries), manifest["models"]["recognizer"]["dim"]):
             raise DataError(f"{path}: embeddings.npy has shape {embeddings.shape}, expected "
                             f"({len(entries)}, {manifest['models']['recognizer']['dim']}) from entries.csv and {MANIFEST}")
         gallery = Gallery(manifest, embeddings.astype(np.float32), entries, _read_csv(folder / "issues.csv"))
         if (folder / "background.npy").is_file():
-            gallery.background = np.load(folder / "background.npy").astype(np.float32)
+            gallery.background = _read_npy(folder / "background.npy").astype(np.float32)
             if gallery.background.ndim != 2 or gallery.background.shape[1] != gallery.dim:
                 raise DataError(f"{path}: background.npy has shape {gallery.background.shape}, expected (M, {gallery.dim})")
         if entries and (folder / "index.faiss").is_file():
             import faiss
 
-            gallery._index = faiss.read_index(str(folder / "index.faiss"))
+            try:
+                gallery._index = faiss.read_index(str(folder / "index.faiss"))
+            except RuntimeError as exc:  # faiss reports a damaged file as a C++ exception
+                raise DataError(f"{folder / 'index.faiss'}: damaged, faiss cannot read it "
+                                f"({str(exc).strip().splitlines()[-1][:200]}); {REBUILD}") from None
             if gallery._index.ntotal != len(entries):
                 raise DataError(f"{path}: index.faiss holds {gallery._index.ntotal} vectors but entries.csv has {len(entries)}")
         return gallery
+
+
+def _check_files(folder: Path, manifest: dict[str, Any], where: str | Path) -> None:
+    """Compare every file the manifest lists under ``files`` with its recorded SHA-256, so a
+    damaged or truncated file is named before anything reads it (galleries written before the
+    checksums were recorded have no ``files`` and are read as they are)."""
+    for name, digest in (manifest.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing from gallery {where} ({MANIFEST} lists it); {REBUILD}")
+        if sha256(path) != digest:
+            raise DataError(f"{path}: damaged, its SHA-256 differs from the one {MANIFEST} recorded; {REBUILD}")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """An array file, or a DataError naming it when it is truncated or not an array at all."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: damaged, not a readable array ({exc}); {REBUILD}") from None
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -278,6 +304,8 @@ def save(gallery: Gallery, path: str | Path) -> Path:
     else:
         (folder / "index.faiss").unlink(missing_ok=True)
     gallery.manifest["count"] = len(gallery.entries)
+    written = ["embeddings.npy", "templates.npy", "entries.csv", "issues.csv", "background.npy", "index.faiss"]
+    gallery.manifest["files"] = {name: sha256(folder / name) for name in written if (folder / name).is_file()}
     atomic_write(folder / MANIFEST, json.dumps(gallery.manifest, indent=2) + "\n")
     return folder
 
@@ -288,7 +316,9 @@ def publish(gallery: Gallery, out: str | Path) -> None:
     from jobs.core import storage
 
     if not storage.is_remote(out):
-        save(gallery, storage.parse(out).path)
+        folder = storage.parse(out).path
+        storage.check_target(out, into_existing=(folder / MANIFEST).is_file())
+        save(gallery, folder)
         return
     with tempfile.TemporaryDirectory(prefix="faceops-gallery-") as tmp:
         storage.upload(save(gallery, Path(tmp) / "gallery"), out, progress=False)

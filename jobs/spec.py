@@ -131,6 +131,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise SpecError(f"{path}{line}: YAML syntax error: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to read (thousands of [ or {{ inside each other); "
+                        "a spec is a few levels deep") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of keys (name, task, ...) at the top level")
     source = _Source(file=str(path), lines=_line_map(node))

@@ -9,6 +9,7 @@ a byte of it is read. YAML files go in with the values of secret-looking keys bl
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import IO, Iterator, Sequence
 
 from jobs.core.config import home, is_state_folder, setting
-from jobs.core.errors import SpecError
+from jobs.core.errors import SpecError, StorageError
 from jobs.core.secrets import redact_yaml
 
 EXCLUDED_DIRS = {".git", "__pycache__", ".venv", "venv", ".pytest_cache", "node_modules", "build", "dist",
@@ -82,8 +83,13 @@ def build_bundle(root: Path, include: Sequence[str] | None = None, store: bool =
             tmp.unlink()
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(folder).free
+            raise StorageError(f"no space left on device (ENOSPC) writing the code bundle of {root} in {folder} "
+                               f"({free} bytes free on that disk); free space there or set FACEOPS_HOME to a "
+                               "bigger disk") from None
         raise
     return Bundle(path=target, sha256=digest, size=size, files=len(files) - len(vanished), source_bytes=total,
                   biggest=biggest, vanished=tuple(vanished))
