@@ -234,8 +234,9 @@ class Supervisor:
 
         for name, uri in self.record["spec"]["outputs"].items():
             self._say(f"uploading output {name} to {uri}")
-            storage.upload(self.contract.output_dir(name), uri, progress=False,
-                           into_existing=bool(self.record.get("outputs_into_existing")))
+            with storage.reporting_retries(self._say):
+                storage.upload(self.contract.output_dir(name), uri, progress=False,
+                               into_existing=bool(self.record.get("outputs_into_existing")))
 
 
 def main(argv: list[str]) -> None:

@@ -30,6 +30,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +50,7 @@ MISSING = {"404", "NoSuchKey", "NotFound"}
 UNAVAILABLE = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 STAGING_MARK = ".faceops-staging-"
 ORPHAN_SECONDS = 3600.0
+_RETRY_REPORT: ContextVar[Callable[[str], None] | None] = ContextVar("faceops_retry_report", default=None)
 STAGED_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")
 
 
@@ -394,12 +396,22 @@ def _manifest(files: list[tuple[str, Path]]) -> bytes:
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2).encode()
 
 
+@contextmanager
+def reporting_retries(report: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, storage retries are reported to ``report`` (a job's log) instead of stderr."""
+    token = _RETRY_REPORT.set(report)
+    try:
+        yield
+    finally:
+        _RETRY_REPORT.reset(token)
+
+
 def _retried(call: Callable[[], Any], what: str) -> Any:
     """``call`` again with backoff while the endpoint is down or answers 5xx, for at most
     ``s3.upload_attempts`` tries (``s3.upload_backoff`` seconds, doubling): a short outage does
     not fail a job, a long one still ends it with the reason. An endpoint that took the
     connection and never answered is not tried again (each request already waited its bound).
-    Every retry is reported on stderr with its cause, so a job's log shows it."""
+    Every retry is reported with its cause: on stderr, or to :func:`reporting_retries`'s listener."""
     attempts = int(setting("s3", "upload_attempts", ("FACEOPS_S3_UPLOAD_ATTEMPTS",), 6))
     delay = float(setting("s3", "upload_backoff", ("FACEOPS_S3_UPLOAD_BACKOFF",), 1.0))
 
@@ -407,7 +419,11 @@ def _retried(call: Callable[[], Any], what: str) -> Any:
         return StorageUnavailable(f"{exc} (gave up on {what} after {tries} tries)")
 
     def say(line: str) -> None:
-        print(f"[faceops] {what}: {line}", file=sys.stderr, flush=True)
+        report = _RETRY_REPORT.get()
+        if report is None:
+            print(f"[faceops] {what}: {line}", file=sys.stderr, flush=True)
+        else:
+            report(f"{what}: {line}")
 
     return retrying(call, lambda exc: isinstance(exc, StorageUnavailable) and not exc.timed_out,
                     attempts=attempts, delay=delay, give_up=give_up, say=say)

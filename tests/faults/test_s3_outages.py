@@ -114,3 +114,21 @@ def test_failed_upload_is_published_again_without_retraining(s3_bucket, s3_env, 
     assert published.returncode == 0 and f"published s3://{s3_bucket}/models/pub/" in published.stdout, published.stderr
     assert storage.exists(f"s3://{s3_bucket}/models/pub/{storage.MANIFEST}")
     assert Store().versions("fault-job") == [Store().get("fault-job", 1)]
+
+
+def test_upload_retries_are_logged_with_their_cause(s3_bucket, s3_env, outage, tmp_path):
+    """Item 13 of the second fault run: the job log tells each retry of an upload and why."""
+    proxy = outage()
+    spec = custom_job(tmp_path / "proj", script="import time; time.sleep(1)\n" + WRITE_MODEL,
+                      extra=f"outputs:\n  model: s3://{s3_bucket}/models/retried/\n")
+    env = {"FACEOPS_S3_UPLOAD_ATTEMPTS": "8", "FACEOPS_S3_UPLOAD_BACKOFF": "0.5", "FACEOPS_S3_ATTEMPTS": "1"}
+    assert cli("job", "submit", str(spec), "--detach", env=env).returncode == 0
+    wait_for(lambda: Store().get("fault-job", 1)["status"] == "running")
+    proxy.down()
+    wait_for(lambda: Store().get("fault-job", 1)["status"] == "uploading")
+    threading.Timer(3, proxy.up).start()
+    record = wait_for(lambda: (r := Store().get("fault-job", 1))["status"] in TERMINAL and r, timeout=120)
+    assert record["status"] == "done", record["failure_reason"]
+    log = cli("job", "logs", "fault-job:1").stdout
+    retries = [line for line in log.splitlines() if "retrying in" in line]
+    assert retries and all("cannot reach S3 endpoint" in line for line in retries), log
