@@ -390,13 +390,15 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
 @job.command("publish")
 @click.argument("ref", metavar="NAME[:V]")
 @click.option("--into-existing", is_flag=True, help=INTO_EXISTING_HELP)
-def job_publish(ref: str, into_existing: bool) -> None:
+@click.option("--force", is_flag=True, help="Publish a failed or stopped version's (possibly partial) outputs; "
+              "the manifest records the version's state.")
+def job_publish(ref: str, into_existing: bool, force: bool) -> None:
     """Upload a finished local version's outputs again (say after an S3 outage failed the upload),
     without training again. The version's record is not changed."""
     from jobs import submit
     from jobs.store import Store
 
-    for uri in submit.publish(Store().resolve(ref), into_existing=into_existing):
+    for uri in submit.publish(Store().resolve(ref), into_existing=into_existing, force=force):
         click.echo(f"published {uri}")
 
 

@@ -170,9 +170,12 @@ def stop(record: dict[str, Any], grace: float) -> dict[str, Any]:
     return Store().get(record["name"], record["version"])
 
 
-def publish(record: dict[str, Any], into_existing: bool = False) -> list[str]:
+def publish(record: dict[str, Any], into_existing: bool = False, force: bool = False) -> list[str]:
     """Upload a finished local version's outputs again from its folder (after an upload that
-    failed, or to a place that lost them), without training again. Returns the URIs written."""
+    failed, or to a place that lost them), without training again. Returns the URIs written.
+    Only the outputs of a version whose job finished (``done``, or failed while uploading) are
+    known to be whole: any other needs ``force``, and the manifest says which version and state
+    the files came from and whether they are complete."""
     from jobs.core import storage
     from jobs.core.contract import Contract
 
@@ -181,6 +184,12 @@ def publish(record: dict[str, Any], into_existing: bool = False) -> list[str]:
                            "outputs itself; only local versions keep theirs to publish again")
     if record["status"] not in TERMINAL:
         raise FaceopsError(f"{record['name']}:{record['version']} is {record['status']}; publish it once it has ended")
+    ref = f"{record['name']}:{record['version']}"
+    whole = record["status"] == "done" or any(h["status"] == "uploading" for h in record.get("status_history", []))
+    if not whole and not force:
+        raise FaceopsError(f"{ref} is {record['status']} and its job did not finish: its outputs may be partial, so "
+                           "they are not published; pass --force to publish them anyway (the manifest will say so)")
+    about = {"version": ref, "status": record["status"], "complete": whole}
     contract = Contract(root=workdir(record), channels=list(record["spec"]["inputs"]), outputs=list(record["spec"]["outputs"]))
     written = []
     for name, uri in record["spec"]["outputs"].items():
@@ -188,7 +197,7 @@ def publish(record: dict[str, Any], into_existing: bool = False) -> list[str]:
         if not folder.is_dir() or not any(folder.iterdir()):
             raise NotFoundError(f"output {name}: {folder} is empty; {record['name']}:{record['version']} left nothing to publish")
         storage.upload(folder, uri, progress=False,
-                       into_existing=into_existing or bool(record.get("outputs_into_existing")))
+                       into_existing=into_existing or bool(record.get("outputs_into_existing")), about=about)
         written.append(uri)
     return written
 

@@ -236,7 +236,9 @@ class Supervisor:
             self._say(f"uploading output {name} to {uri}")
             with storage.reporting_retries(self._say):
                 storage.upload(self.contract.output_dir(name), uri, progress=False,
-                               into_existing=bool(self.record.get("outputs_into_existing")))
+                               into_existing=bool(self.record.get("outputs_into_existing")),
+                               about={"version": f"{self.record['name']}:{self.record['version']}",
+                                      "status": "done", "complete": True})
 
 
 def main(argv: list[str]) -> None:

@@ -389,11 +389,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _manifest(files: list[tuple[str, Path]]) -> bytes:
-    """The completion marker of a folder: every file's relative path, size and sha256."""
+def _manifest(files: list[tuple[str, Path]], about: dict[str, Any] | None = None) -> bytes:
+    """The completion marker of a folder: every file's relative path, size and sha256, plus
+    ``about`` (what was published: a version and its state) when the writer gives it."""
     entries = [{"path": rel, "size": p.stat().st_size, "sha256": _sha256(p)} for rel, p in files]
     return json.dumps({"files": entries, "total_size": sum(e["size"] for e in entries),
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2).encode()
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(about or {})},
+                      indent=2).encode()
 
 
 @contextmanager
@@ -525,14 +527,15 @@ def _tidy(uri: str | Path) -> None:
 
 
 def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = PART_SIZE,
-           into_existing: bool = False) -> None:
+           into_existing: bool = False, about: dict[str, Any] | None = None) -> None:
     """Upload the file or folder ``src`` to ``uri`` (a URI ending in ``/`` receives a file under
     its own name). Files over ``part_size`` go up in parts.
 
     A folder is published by one rule on S3 and on disk alike (:func:`check_target` first):
     faceops writes only its own files, each one whole, and ``_manifest.json`` last; it removes
     nothing but its own previous manifest, so files it did not write stay where they are. Leftovers
-    of earlier interrupted uploads to the same place are removed first."""
+    of earlier interrupted uploads to the same place are removed first. ``about`` goes into the
+    manifest (say, the version whose outputs these are and whether it finished)."""
     src = Path(src)
     if not src.exists():
         raise NotFoundError(f"{src}: no such file or folder to upload")
@@ -548,9 +551,9 @@ def upload(src: Path, uri: str | Path, progress: bool = True, part_size: int = P
     _retried(lambda: check_target(uri, into_existing=into_existing), f"checking {uri}")
     _tidy(uri)
     if loc.scheme == "s3":
-        _publish_tree(src, loc, progress, part_size)
+        _publish_tree(src, loc, progress, part_size, about)
         return
-    _publish_local_tree(src, loc.path, progress, part_size)
+    _publish_local_tree(src, loc.path, progress, part_size, about)
 
 
 def refuse_system_folder(uri: str | Path) -> None:
@@ -623,16 +626,16 @@ def _s3_holds_files(loc: Location) -> bool:
     return bool(answer.get("Contents"))
 
 
-def _publish_local_tree(src: Path, dest: Path, progress: bool, part_size: int) -> None:
+def _publish_local_tree(src: Path, dest: Path, progress: bool, part_size: int, about: dict[str, Any] | None) -> None:
     """Write every file of ``src`` into the folder ``dest``, each whole (staged, then renamed),
     after removing our previous manifest and before writing the new one: a reader sees either no
     manifest (incomplete) or the manifest of a complete publish. Nothing else is removed."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / MANIFEST).unlink(missing_ok=True)
-    _put_tree(src, str(dest), progress, part_size)
+    _put_tree(src, str(dest), progress, part_size, about)
 
 
-def _publish_tree(src: Path, loc: Location, progress: bool, part_size: int) -> None:
+def _publish_tree(src: Path, loc: Location, progress: bool, part_size: int, about: dict[str, Any] | None) -> None:
     """Upload a folder under ``<key>.faceops-staging-<id>/``, copy every file to its place, write
     the manifest, then drop the staging copy: nothing appears under the target before all of it
     is on the server."""
@@ -650,7 +653,7 @@ def _publish_tree(src: Path, loc: Location, progress: bool, part_size: int) -> N
         source = {"Bucket": loc.bucket, "Key": f"{staging.key}/{rel}"}
         target = parse(join(str(loc), rel))
         _retried(lambda: _copy(client, source, target), f"publishing {rel}")
-    write_bytes(join(str(loc), MANIFEST), _manifest(files))
+    write_bytes(join(str(loc), MANIFEST), _manifest(files, about))
     for rel, _ in files:
         with _errors(staging, "clean up"):
             client.delete_object(Bucket=loc.bucket, Key=f"{staging.key}/{rel}")
@@ -666,13 +669,13 @@ def _tree_files(src: Path) -> list[tuple[str, Path]]:
             if p.is_file() and p.relative_to(src).as_posix() != MANIFEST]
 
 
-def _put_tree(src: Path, uri: str, progress: bool, part_size: int) -> None:
+def _put_tree(src: Path, uri: str, progress: bool, part_size: int, about: dict[str, Any] | None) -> None:
     """Every file under ``src`` to ``uri``, then the manifest: its presence means complete."""
     files = _tree_files(src)
     with _bar(sum(p.stat().st_size for _, p in files), src.name, progress) as bar:
         for rel, path in files:
             _put(path, parse(join(uri, rel)), bar.update, part_size)
-    write_bytes(join(uri, MANIFEST), _manifest(files))
+    write_bytes(join(uri, MANIFEST), _manifest(files, about))
 
 
 def read_bytes(uri: str | Path) -> bytes:
