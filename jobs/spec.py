@@ -20,9 +20,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 TOP_LEVEL = ("name", "task", "description", "backend", "runtime", "image", "entrypoint", "code",
              "inputs", "outputs", "hyperparameters", "resources", "metrics")
+MAX_INSTANCES = 1000  # more machines than any service gives one job: a typo, refused at submit
 RESOURCES = {
     "instance_type": Param("str", help="machine type on a cloud backend, e.g. ml.p3.2xlarge"),
-    "instance_count": Param("int", 1, "number of machines (distributed training)", min=1),
+    "instance_count": Param("int", 1, "number of machines (distributed training)", min=1, max=MAX_INSTANCES),
     "max_runtime": Param("str", help="stop the job after this long: seconds or 30m, 2h, 1h30m"),
     "spot": Param("bool", False, "use spot/preemptible capacity (checkpoints make it resumable)"),
     "retries": Param("int", 0, "times a failed run is started again, resuming from checkpoints (local: after any failure; "
@@ -30,6 +31,7 @@ RESOURCES = {
 }
 # Keys that ``--set key=value`` addresses at the top level; any other bare key is a hyperparameter.
 SET_TOP_LEVEL = ("name", "backend", "runtime", "image", "code", "description")
+SECTIONS = ("hyperparameters", "inputs", "outputs", "resources", "metrics")
 # A spec is a page of YAML: anything bigger is a mistake (a dataset saved as .yaml) or an attack.
 DEFAULT_MAX_SPEC_BYTES = 1024 * 1024
 # Nodes a spec may expand to once YAML aliases are followed; a real spec has a few hundred, a
@@ -124,6 +126,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         _check_expansion(node, path)
+        _check_duplicates(node, path)
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -157,6 +160,32 @@ def _read_text(path: Path) -> str:
         line = data[:exc.start].count(b"\n") + 1
         raise SpecError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
                         "save the spec as UTF-8") from None
+
+
+def _check_duplicates(node: Any, path: Path) -> None:
+    """Refuse a mapping that has the same key twice (YAML would silently keep the last one),
+    naming the key and both lines. Runs after :func:`_check_expansion`, so the graph is small."""
+    import yaml
+
+    seen: set[int] = set()
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    line = key.start_mark.line + 1
+                    if key.value in first:
+                        raise SpecError(f"{path}:{line}: duplicate key '{key.value}' (first at line "
+                                        f"{first[key.value]}); keep one of them")
+                    first[key.value] = line
+                pending += [key, value]
+        elif isinstance(current, yaml.SequenceNode):
+            pending += current.value
 
 
 def _check_expansion(node: Any, path: Path) -> None:
@@ -226,6 +255,11 @@ def apply_override(raw: dict[str, Any], item: str, task: Task) -> str:
         if section not in ("hyperparameters", "inputs", "outputs", "resources"):
             raise SpecError(f"--set {shown}: {unknown_key_message(section, ('hyperparameters', 'inputs', 'outputs', 'resources'))}")
         path = key
+    elif key in SECTIONS:
+        raise SpecError(f"--set {shown}: {key} is a section, not a value; set one of its keys: {key}.NAME=VALUE")
+    elif key == "task":
+        raise SpecError(f"--set {shown}: the task of a job cannot be changed with --set (its spec's inputs, outputs "
+                        "and hyperparameters belong to the task); edit task: in the spec")
     elif key in SET_TOP_LEVEL:
         raw[key] = _local_path(value) if key == "code" else value
         return key

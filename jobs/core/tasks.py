@@ -18,6 +18,9 @@ TYPES = ("int", "float", "str", "bool")
 DIRECTIONS = ("min", "max")
 
 
+INT_LIMIT = 2 ** 63  # what the runtimes' (C) integers hold: bigger ones fail deep inside a job
+
+
 @dataclass(frozen=True)
 class Param:
     """One hyperparameter: its type, default, allowed range or choices and a help line."""
@@ -33,6 +36,8 @@ class Param:
         """Return ``value`` converted to this parameter's type, or raise ``ValueError`` saying
         what was expected. Strings are parsed (``--set`` values arrive as text)."""
         value = _coerce(self.type, value)
+        if self.type == "int" and not -INT_LIMIT <= value < INT_LIMIT:
+            raise ValueError(f"expected an integer a 64-bit number holds (at most {INT_LIMIT - 1}), got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"expected one of {', '.join(map(str, self.choices))}, got {value!r}")
         if self.min is not None and value < self.min:
