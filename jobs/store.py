@@ -95,7 +95,13 @@ class Store:
         self.path = path or home() / STORE_NAME
         self._check_file()
         with self._connect() as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION or not self._columns(db):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version and not self._columns(db):
+                # A store faceops wrote whose table is gone: making a new empty one would answer
+                # "no jobs yet" over lost versions, so nothing is created or changed.
+                raise StoreError(f"{self.path}: the versions table is missing from this store (schema {version}); "
+                                 f"{self._advice()}")
+            if version != SCHEMA_VERSION or not self._columns(db):
                 self._migrate()
             elif self._columns(db) != COLUMNS:
                 raise StoreError(f"{self.path}: the versions table has columns {', '.join(self._columns(db))}, "

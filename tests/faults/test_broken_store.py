@@ -67,3 +67,18 @@ def test_damaged_record_and_schema_change_backup(tmp_path, faceops_home):
     assert doctor.returncode == 1 and "fault-job:1: record is not readable JSON" in doctor.stdout
     listing = cli("job", "list")
     assert listing.returncode == 2 and "bak-v0" in listing.stderr
+
+
+def test_a_missing_versions_table_is_reported_and_nothing_is_created(tmp_path):
+    """Item 9 of the second fault run: a read command never creates or alters the schema."""
+    spec = custom_job(tmp_path / "proj")
+    assert cli("job", "submit", str(spec)).returncode == 0
+    path = Store().path
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE versions RENAME TO versions_old")
+    for args in (("job", "list"), ("job", "show", "fault-job:1"), ("job", "versions", "fault-job")):
+        result = cli(*args)
+        assert result.returncode == 2 and "versions table is missing" in result.stderr, (args, result.stderr)
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "versions" not in tables and "versions_old" in tables
