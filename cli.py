@@ -904,10 +904,14 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
 
 @main.command()
 def doctor() -> None:
-    """Check the state folder in full: the store's integrity, every version record, and version
-    folders that no record owns. Exit code 1 when something is wrong."""
+    """Check the state folder in full: the store's integrity, every version record and its
+    folder, and version folders that no record owns; remove temporary bundles that killed submits
+    left (over an hour old). Exit code 1 when something is wrong."""
+    from jobs.core.bundle import remove_stale_temporaries
     from jobs.store import Store
 
+    for leftover in remove_stale_temporaries():
+        click.echo(f"removed {leftover} (a temporary bundle a killed submit left)")
     store = Store()
     problems = store.check()
     for problem in problems:

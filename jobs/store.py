@@ -324,6 +324,9 @@ class Store:
                 continue
             if (record.get("name"), record.get("version"), record.get("status")) != (name, version, status):
                 problems.append(f"{name}:{version}: record disagrees with its row")
+            elif not workdir(record).is_dir():
+                problems.append(f"{name}:{version}: its version folder {workdir(record)} is missing "
+                                "(log, checkpoints and local outputs are gone)")
         for folder in _version_folders(self.path.parent):
             if (folder.parent.name, int(folder.name)) not in known:
                 problems.append(f"{folder}: version folder without a record")

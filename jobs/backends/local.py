@@ -82,6 +82,11 @@ class LocalBackend(Backend):
             os.kill(pid, signal.SIGTERM)
 
     def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
+        if not workdir(record).is_dir():
+            from jobs.core.errors import NotFoundError
+
+            raise NotFoundError(f"{record['name']}:{record['version']}: its version folder {workdir(record)} is "
+                                "missing, so its log is gone (faceops doctor lists such versions)")
         path = workdir(record) / LOG_NAME
         store = Store()
         position = 0

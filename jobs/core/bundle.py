@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Sequence
@@ -32,6 +33,7 @@ EXCLUDED_DIRS = {".git", "__pycache__", ".venv", "venv", ".pytest_cache", "node_
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".swp")
 IGNORE_FILES = (".gitignore", ".faceopsignore")
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+STALE_SECONDS = 3600.0  # a temporary bundle this old belongs to a submit that was killed
 YAML_SUFFIXES = (".yaml", ".yml")
 # The faceops packages a built-in task's entry point needs (`python -m train.recognition`, ...).
 FACEOPS_CODE = ("cli.py", "jobs", "train", "inference", "images")
@@ -72,6 +74,8 @@ def build_bundle(root: Path, include: Sequence[str] | None = None, store: bool =
     root, files, total, biggest = _survey(root, include)
     folder = home() / "bundles" if store else Path(tempfile.mkdtemp(prefix="faceops-bundle-"))
     folder.mkdir(parents=True, exist_ok=True)
+    if store:
+        remove_stale_temporaries()
     fd, name = tempfile.mkstemp(dir=folder, prefix=".bundle.", suffix=".tmp")
     tmp = Path(name)
     vanished: list[str] = []
@@ -93,6 +97,22 @@ def build_bundle(root: Path, include: Sequence[str] | None = None, store: bool =
         raise
     return Bundle(path=target, sha256=digest, size=size, files=len(files) - len(vanished), source_bytes=total,
                   biggest=biggest, vanished=tuple(vanished))
+
+
+def remove_stale_temporaries(older_than: float = STALE_SECONDS) -> list[Path]:
+    """Remove the ``bundles/.bundle.*.tmp`` files that submits killed while packing left more
+    than ``older_than`` seconds ago (a live submit's file is younger); returns what was removed."""
+    folder = home() / "bundles"
+    removed = []
+    cutoff = time.time() - older_than
+    for leftover in folder.glob(".bundle.*.tmp") if folder.is_dir() else []:
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+                removed.append(leftover)
+        except FileNotFoundError:
+            continue  # another process removed it first
+    return removed
 
 
 def plan_bundle(root: Path, include: Sequence[str] | None = None) -> Bundle:
