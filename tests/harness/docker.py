@@ -53,7 +53,27 @@ def running_docker_engine(storage_driver: str | None = "vfs") -> Iterator[Docker
                      start_new_session=True):
             yield engine
     finally:
+        unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below ``root`` (from /proc/self/mountinfo), deepest first."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = str(root.resolve())
+    points = [line.split()[4].replace("\\040", " ") for line in lines]
+    inside = [Path(p) for p in points if p == prefix or p.startswith(prefix + "/")]
+    return sorted(set(inside), key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount what dockerd mounted in its exec root (the ``netns/default`` namespace file stays
+    mounted after dockerd exits), so the folder can be removed."""
+    for point in mounts_under(root):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30)
 
 
 def busybox_rootfs() -> bytes:
