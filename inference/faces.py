@@ -30,6 +30,8 @@ from jobs.core.errors import DataError
 from jobs.core.parallel import bounded_map
 
 STRIDE = 32  # SCRFD's coarsest feature stride: detector inputs are multiples of it
+MAX_PIXELS = 100_000_000  # a 100-megapixel photo decodes to 300 MB; bigger is a mistake or a bomb
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -69,6 +71,7 @@ def decode_image(data: bytes, source: str | Path, reduce: int = 1) -> np.ndarray
     file or a record) and says why it is not an image."""
     if not data:
         raise DataError(f"{source}: empty file (0 bytes)")
+    check_pixels(data, source, reduce)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED[reduce])
     except cv2.error:
@@ -76,6 +79,33 @@ def decode_image(data: bytes, source: str | Path, reduce: int = 1) -> np.ndarray
     if image is None or image.size == 0:
         raise DataError(f"{source}: not a decodable image")
     return image
+
+
+def max_pixels() -> int:
+    """The most pixels faceops decodes one image to (``images.max_pixels``, ``FACEOPS_MAX_PIXELS``)."""
+    from jobs.core.config import setting
+
+    return int(setting("images", "max_pixels", ("FACEOPS_MAX_PIXELS",), MAX_PIXELS))
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's or PNG's header without decoding; None for other formats
+    (OpenCV's own pixel limit still bounds those)."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return jpeg_size(data)
+
+
+def check_pixels(data: bytes, source: str | Path, reduce: int = 1) -> None:
+    """Refuse, from its header and before any decoding, an image whose decode (at ``reduce``)
+    would hold more than :func:`max_pixels` pixels: a 30000x30000 PNG would take gigabytes."""
+    size = header_size(data)
+    if size is None:
+        return
+    pixels = size[0] * size[1] // (reduce * reduce)
+    if pixels > max_pixels():
+        raise DataError(f"{source}: {size[0]}x{size[1]} is {pixels} pixels to decode, over the {max_pixels()} "
+                        "limit (images.max_pixels, FACEOPS_MAX_PIXELS); shrink the photo or raise the limit")
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -30,6 +30,9 @@ JOB_CHANNEL = "faceops-job"
 OUTPUT_CHANNEL = "faceops-output"
 # ModelArts appends the job's parameters to the command after this marker, as --name=value.
 PARAMETERS_FLAG = "--faceops-parameters"
+# Limits on what one archive may unpack to (see archive_limits).
+ARCHIVE_MAX_BYTES = 20 * 1024 ** 3
+ARCHIVE_MAX_RATIO = 100.0
 
 
 def env_name(name: str) -> str:
@@ -299,10 +302,13 @@ def model_archives(folder: Path) -> list[Path]:
 
 def extract_archive(archive: Path, dest: Path) -> None:
     """Unpack the tarball ``archive`` into the folder ``dest`` with tarfile's ``data`` filter
-    (no absolute paths, no links or members outside ``dest``, no device files)."""
+    (no absolute paths, no links or members outside ``dest``, no device files), after
+    :func:`check_archive_size` has read the members' sizes from their headers: a bomb is refused
+    before a byte of it is written."""
     import tarfile
 
     dest.mkdir(parents=True, exist_ok=True)
+    check_archive_size(archive, dest)
     try:
         with tarfile.open(archive) as tar:
             if hasattr(tarfile, "data_filter"):
@@ -318,6 +324,43 @@ def extract_archive(archive: Path, dest: Path) -> None:
                     raise ValueError(f"{archive}: refusing member {member.name!r} (outside the folder or not a plain file)")
             tar.extractall(dest)
     except (tarfile.TarError, OSError) as exc:
+        raise ValueError(f"{archive}: not a readable model archive ({exc})") from None
+
+
+def archive_limits() -> tuple[int, float]:
+    """The most bytes an archive may unpack to (``FACEOPS_ARCHIVE_MAX_BYTES``, 20 GiB) and the
+    most its unpacked size may exceed its own (``FACEOPS_ARCHIVE_MAX_RATIO``, 100: model weights
+    compress little, zeros a thousandfold). Variables, not config.yaml: this file runs in images
+    before any faceops code."""
+    return (int(os.environ.get("FACEOPS_ARCHIVE_MAX_BYTES") or ARCHIVE_MAX_BYTES),
+            float(os.environ.get("FACEOPS_ARCHIVE_MAX_RATIO") or ARCHIVE_MAX_RATIO))
+
+
+def check_archive_size(archive: Path, dest: Path) -> None:
+    """Add up the member sizes the tar headers state (what extraction will write), stopping as
+    soon as the total is too big: over ``archive.max_bytes``, over ``archive.max_ratio`` times the
+    archive, or over the free space at ``dest``. Raises ValueError naming the archive and limit."""
+    import shutil
+    import tarfile
+
+    limit, ratio = archive_limits()
+    packed = max(archive.stat().st_size, 1)
+    free = shutil.disk_usage(dest).free
+    total = 0
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                total += max(member.size, 0)
+                if total > limit:
+                    why = f"over the {limit}-byte limit (FACEOPS_ARCHIVE_MAX_BYTES)"
+                elif total > ratio * packed:
+                    why = f"over {ratio:g} times its own {packed} bytes (FACEOPS_ARCHIVE_MAX_RATIO): a decompression bomb"
+                elif total > free:
+                    why = f"more than the {free} bytes free on the disk holding {dest}"
+                else:
+                    continue
+                raise ValueError(f"{archive}: unpacks to at least {total} bytes, {why}; nothing was extracted")
+    except tarfile.TarError as exc:
         raise ValueError(f"{archive}: not a readable model archive ({exc})") from None
 
 
