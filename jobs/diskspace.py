@@ -83,8 +83,11 @@ def describe(exc: BaseException, folder: Path) -> str:
 
         return str(exc) if isinstance(exc, FaceopsError) else f"{type(exc).__name__}: {exc}"
     path = getattr(exc, "filename", None) or folder
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the file itself was removed with its partial content
     try:
-        free = shutil.disk_usage(path if Path(path).exists() else folder).free
+        free = shutil.disk_usage(existing).free
     except OSError:
         free = 0
     return f"no space left on device (ENOSPC) writing {path} ({free} bytes free on its disk); free space and rerun"

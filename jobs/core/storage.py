@@ -21,6 +21,7 @@ Error messages name the URI and what to check, never a key or secret.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -328,12 +329,18 @@ def _transfer_config(part_size: int):
 @contextmanager
 def _staged(dest: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``dest`` to fill (a file or a folder). On success it takes
-    ``dest``'s place by rename, on failure it is removed: readers see the old or the whole new."""
+    ``dest``'s place by rename, on failure it is removed: readers see the old or the whole new.
+    A write that finds the disk full names ``dest`` (a plain write's error names no file), so the
+    failure reason points at the full disk and not at whichever folder the caller is in."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         yield tmp
         os.replace(tmp, dest)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not exc.filename:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(dest)) from None
+        raise
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -105,3 +106,31 @@ def _group_of_child(parent: int) -> int | None:
         if ppid == parent:
             return pgid
     return None
+
+
+@pytest.fixture
+def full_output_disk(tmp_path):
+    """A 4 MB tmpfs for outputs only ($FACEOPS_HOME stays on the big disk), unmounted afterwards."""
+    mount = tmp_path / "output-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_enospc_on_the_output_disk_names_that_disk(tmp_path, full_output_disk):
+    """Item 11 of the second fault run: the reason names the full output folder and its free
+    space, not the version folder's roomy disk."""
+    script = ("import os, pathlib\n"
+              "(pathlib.Path(os.environ['FACEOPS_MODEL_DIR']) / 'model.bin').write_bytes(os.urandom(8 * 1024 * 1024))\n")
+    out = full_output_disk / "model"
+    spec = custom_job(tmp_path / "proj", script=script, extra=f"outputs:\n  model: {out}\n")
+    assert cli("job", "submit", str(spec)).returncode == 1
+    reason = Store().get("fault-job", 1)["failure_reason"]
+    assert "ENOSPC" in reason and f"writing {out}/model.bin" in reason, reason
+    free = int(reason.split("(")[-1].split(" bytes free")[0])
+    assert free <= shutil.disk_usage(full_output_disk).total, reason  # that disk's free space, not the home disk's
