@@ -621,9 +621,14 @@ def model_import(onnx_file: str, out_dir: str, network: str | None, faces: str |
     """Turn an insightface ONNX recognizer into our Gluon model folder (batch norms unfolded),
     verified against onnxruntime on aligned real faces."""
     import json
+    from pathlib import Path
 
+    from jobs.core import storage
     from train import fresh
+    from train.importer import IMPORT_RECORD
 
+    # A model folder of ours (its import.json) may be written again; anyone else's files are refused.
+    storage.check_target(out_dir, into_existing=(Path(out_dir) / IMPORT_RECORD).is_file())
     args = [onnx_file, out_dir, "--min-cosine", str(min_cosine)]
     for flag, value in (("--network", network), ("--faces", faces), ("--detector", detector)):
         if value:

@@ -20,6 +20,7 @@ from inference import gallery_store, shards
 from inference.models import Models, load_models
 from inference.sheet import DoubtfulFaces
 from inference.sources import ImageItem, list_images, local, read_truth
+from jobs.core import storage
 from jobs.core.contract import Shard
 from jobs.core.errors import DataError
 
@@ -179,6 +180,7 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
     threshold = db.threshold if threshold is None else float(threshold)
     labels = read_truth(Path(truth)) if truth else {}
     out = Path(out)
+    storage.check_target(out, into_existing=(out / "report.csv").is_file())  # a report folder of ours, or a new one
     out.mkdir(parents=True, exist_ok=True)
     probes: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()

@@ -90,3 +90,13 @@ def test_every_writer_refuses_a_users_folder(tmp_path):
     (tmp_path / "out" / storage.MANIFEST).unlink()
     published = cli("job", "publish", "fault-job:1")
     assert published.returncode == 2 and "--into-existing" in published.stderr, published.stderr
+
+
+def test_model_import_refuses_a_users_folder(tmp_path):
+    user = _user_folder(tmp_path / "mine")
+    before = _tree(user)
+    onnx = tmp_path / "rec.onnx"
+    onnx.write_bytes(b"not read: the folder is refused first")
+    result = cli("model", "import", str(onnx), str(user))
+    assert result.returncode == 2 and str(user) in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert _tree(user) == before
