@@ -6,13 +6,21 @@ or ``config.yaml``) behave exactly like a local folder.
 
 Readers must never see half an output. S3 makes a PUT or a completed multipart upload visible in
 one step and s3transfer downloads to a temporary name, so single objects need nothing more. A
-folder is complete when its ``_manifest.json`` exists: it is written last, after every file. An S3
-folder is uploaded under a staging prefix beside the target and copied in (server-side) only once
-every file is up; a local folder is built under a temporary sibling and renamed into place.
+folder is complete when its ``_manifest.json`` exists: our previous one is removed first and the
+new one written last, after every file. An S3 folder is uploaded under a staging prefix beside the
+target and copied in (server-side) only once every file is up; a local folder gets each file
+written beside its place and renamed in.
+
+Nothing faceops writes deletes a user's files, and ``file://`` and ``s3://`` follow one rule
+(:func:`check_target`): only the job's own files and the manifest are written, nothing else is
+removed, a non-empty folder without a manifest of ours is refused unless the caller passes
+``into_existing``, and system folders are always refused.
 
 Uploads outlive short outages: an unreachable endpoint or a 5xx answer is retried with backoff for
-a bounded number of tries (``s3.upload_attempts``), and connect/read timeouts are bounded
-(``s3.connect_timeout``, ``s3.read_timeout``). A multipart upload that fails is aborted; what a
+a bounded number of tries (``s3.upload_attempts``), each retry reported with its cause. Every
+request is bounded as a whole (:func:`request_bound`: ``s3.attempts`` tries of ``s3.connect_timeout``
++ ``s3.read_timeout`` plus backoff), and a request that timed out is not retried again, so a
+frozen endpoint fails a command within that stated figure. A multipart upload that fails is aborted; what a
 killed process leaves (multipart uploads, staging prefixes, local ``.part`` folders) is cleaned by
 :func:`gc`, which every upload also runs on its own target for leftovers older than an hour.
 
