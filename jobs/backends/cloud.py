@@ -252,41 +252,6 @@ def follow_lines(backend: Any, record: dict[str, Any], read: Callable[[Any], tup
         time.sleep(next(intervals))
 
 
-def fetch_metrics(uri: str, member: str | None = None) -> bytes | None:
-    """The bytes of a job's ``metrics.jsonl`` on object storage, or of the file ``member`` inside
-    the tarball at ``uri`` (SageMaker packs ``/opt/ml/output/data`` as ``output.tar.gz``); None
-    when the job wrote none (or the service has not uploaded it yet)."""
-    import io
-    import tarfile
-
-    from jobs.core import storage
-
-    if not storage.exists(uri):
-        return None
-    data = storage.read_bytes(uri)
-    if member:
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            names = [m for m in tar.getnames() if m.lstrip("./") == member]
-            if not names:
-                return None
-            data = tar.extractfile(names[0]).read()
-    return data
-
-
-def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
-    """Final metrics (the last value of each key) from the metrics file :func:`fetch_metrics`
-    finds; {} when the job wrote none."""
-    from jobs.core.contract import final_metrics
-
-    data = fetch_metrics(uri, member)
-    if data is None:
-        return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "metrics.jsonl"
-        path.write_bytes(data)
-        return final_metrics(path)
-
-
 @dataclass
 class Request:
     """One job as a service's create call takes it, made by :meth:`CloudBackend.build`.

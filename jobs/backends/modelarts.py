@@ -20,6 +20,7 @@ from jobs.backends.cloud import CloudError, Setting
 from jobs.core.config import setting
 from jobs.core.contract import BOOTSTRAP, CODE_CHANNEL, OUTPUT_CHANNEL, PARAMETERS_FLAG, service_layout
 from jobs.core.errors import FaceopsError, SpecError
+from jobs.metrics import metrics_from
 from jobs.store import TERMINAL
 
 AK = Setting("modelarts", "ak", ("HUAWEICLOUD_SDK_AK",), "access key (AK)")
@@ -246,7 +247,7 @@ class ModelArtsBackend(cloud.CloudBackend):
             except FaceopsError as exc:
                 return cloud.Remote("failed", phase, f"merging the nodes' parts: {exc}", info_out, {})
             return cloud.Remote(status, phase, None, info_out, metrics)
-        metrics = cloud.metrics_from(*metrics_source(record)) if status in TERMINAL else None
+        metrics = metrics_from(*metrics_source(record)) if status in TERMINAL else None
         return cloud.Remote(status, phase, _reason(job, phase, status), info_out, metrics)
 
     def cancel(self, record: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from jobs.core.config import setting
 from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL,
                                 SHARD_COUNT, SHARD_INDEX, Contract, service_layout)
 from jobs.core.errors import FaceopsError, SpecError
+from jobs.metrics import metrics_from
 from jobs.store import TERMINAL
 
 REGION = Setting("sagemaker", "region", ("FACEOPS_SAGEMAKER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), "AWS region")
@@ -388,7 +389,7 @@ def _final_metrics(job: dict[str, Any], info: dict[str, Any], training: bool) ->
     bootstrap writes where the service uploads it)."""
     metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}
     output_path = job["OutputDataConfig"]["S3OutputPath"] if training else None
-    metrics.update(cloud.metrics_from(*_metrics_location(info, training, output_path)))
+    metrics.update(metrics_from(*_metrics_location(info, training, output_path)))
     return metrics
 
 
