@@ -2,11 +2,15 @@
 arguments, call the images package and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
-from images.build import DEFAULT_REPO, DEFAULT_TARGET, TARGETS
+from images import login
+from images.build import DEFAULT_REPO, DEFAULT_TARGET, TARGETS, build
+from images.catalog import list_images
+from images.push import push
 from jobs.core.commandline import FaceopsGroup
 
 
@@ -38,10 +42,6 @@ def image_build(target: str | None, dockerfile: str | None, tag: str | None, bas
                 build_args: tuple[str, ...], verbose: bool, as_json: bool) -> None:
     """Build a training image; an image whose Dockerfile, requirements and build args did not
     change is found by its content hash and not rebuilt. Prints the reference, id and size."""
-    import json
-
-    from images.build import build
-
     result = build(target=target or (None if dockerfile else DEFAULT_TARGET), dockerfile=dockerfile, tag=tag, base=base,
                    build_args=_key_values(build_args, "--build-arg"),
                    echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo, verbose=verbose)
@@ -59,10 +59,6 @@ def image_build(target: str | None, dockerfile: str | None, tag: str | None, bas
 def image_push(ref: str, registry: str | None, as_json: bool) -> None:
     """Push an image with one progress bar per layer (layers the registry has are skipped) and
     record its digest, so job versions name the image by digest. Log in first with `image login`."""
-    import json
-
-    from images.push import push
-
     result = push(ref, registry=registry, progress=not as_json, say=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps({"ref": result.ref, "digest": result.digest, "pinned": result.pinned,
@@ -82,8 +78,6 @@ def image_push(ref: str, registry: str | None, as_json: bool) -> None:
 def image_login(registry: str, username: str | None, password_stdin: bool, ecr: bool, swr: bool, region: str | None) -> None:
     """Log in to REGISTRY: the credentials are checked against it, then kept in the docker
     credential store or config (never printed). Needs one of --password-stdin, --ecr or --swr."""
-    from images import login
-
     if sum((password_stdin, ecr, swr)) != 1:
         raise click.UsageError("give exactly one of --password-stdin (with --username), --ecr or --swr")
     if ecr:
@@ -102,10 +96,6 @@ def image_login(registry: str, username: str | None, password_stdin: bool, ecr: 
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of images.")
 def image_list(as_json: bool) -> None:
     """faceops-built images on the engine, with their size and the digest each pushed reference had."""
-    import json
-
-    from images.catalog import list_images
-
     rows = list_images()
     if as_json:
         click.echo(json.dumps(rows, indent=2))

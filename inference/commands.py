@@ -2,6 +2,8 @@
 arguments, call the inference package and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
+import json
+
 import click
 
 from inference.index import INDEX_KINDS
@@ -42,8 +44,6 @@ def _detection_options(command):
 
 def _echo_summary(summary: dict, as_json: bool) -> None:
     """The summary as JSON (for scripts), or one 'key: value' line per entry and its warnings on stderr."""
-    import json
-
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
@@ -83,7 +83,7 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
     per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face,
     several faces or the same content as another are listed in OUT/issues.csv. An existing
     gallery at OUT is refused without --force."""
-    from inference.gallery import build_gallery
+    from inference.gallery import build_gallery  # numpy-built: loaded by the command, not by --help
 
     _echo_summary(build_gallery(source, out, models_dir, det=det_model, rec=rec_model, det_size=det_size,
                                 det_thresh=det_thresh, batch_size=batch_size, workers=workers, strict=strict,
@@ -103,7 +103,7 @@ def gallery_add(database: str, source: str, models_dir: str | None, det_model: s
     """Add the people and photos of SOURCE (same layout as build) to DATABASE without rebuilding
     it. Photos it already holds (same content) are skipped and counted as duplicates. The models
     must be the ones the gallery was built with; it is recalibrated."""
-    from inference.gallery import add_to_gallery
+    from inference.gallery import add_to_gallery  # numpy-built: loaded by the command, not by --help
 
     _echo_summary(add_to_gallery(database, source, models_dir, det=det_model, rec=rec_model, batch_size=batch_size,
                                  workers=workers, strict=strict, progress=not as_json), as_json)
@@ -115,7 +115,7 @@ def gallery_add(database: str, source: str, models_dir: str | None, det_model: s
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_remove(database: str, people: tuple[str, ...], as_json: bool) -> None:
     """Remove PEOPLE (by name) and all their embeddings from DATABASE; it is recalibrated."""
-    from inference.gallery import remove_from_gallery
+    from inference.gallery import remove_from_gallery  # numpy-built: loaded by the command, not by --help
 
     _echo_summary(remove_from_gallery(database, list(people)), as_json)
 
@@ -131,7 +131,7 @@ def gallery_calibrate(database: str, far: float, background: str | None, models_
     """Set DATABASE's similarity threshold for a target false-accept rate from impostor scores: its
     own pairs, a --background of other people (stored with it) and the recognizer's reference
     distribution when those are too few. Prints what the threshold rests on. identify uses it by default."""
-    from inference.gallery import calibrate_gallery
+    from inference.gallery import calibrate_gallery  # numpy-built: loaded by the command, not by --help
 
     _echo_summary(calibrate_gallery(database, far, background, models_dir, det=det_model, rec=rec_model), as_json)
 
@@ -159,7 +159,7 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
     gallery: box, landmarks, detection score and the top-k people with cosine similarity, or
     'unknown' below the threshold. One row per face (and per image without a face) in
     OUT/report.csv and OUT/report.jsonl."""
-    from inference.identify import identify as run_identify
+    from inference.identify import identify as run_identify  # numpy-built: loaded by the command, not by --help
 
     _echo_summary(run_identify(images, database, out, models_dir, det=det_model, rec=rec_model, threshold=threshold,
                                top_k=top_k, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,

@@ -2,13 +2,23 @@
 parse arguments, call the jobs orchestration and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
+import json
 import sys
+import time
+from pathlib import Path
 
 import click
 
+from jobs import demo as demo_steps
+from jobs import metrics, report, spec, submit, tracking
 from jobs.backends import BACKENDS, DEFAULT_GRACE
+from jobs.core import storage as store
 from jobs.core.commandline import FaceopsGroup
-from jobs.store import STATUSES
+from jobs.core.errors import NotFoundError
+from jobs.core.tasks import describe, get_task, reference, registry
+from jobs.metrics import with_summary
+from jobs.plot import plot_versions
+from jobs.store import STATUSES, TERMINAL, Store
 
 
 @click.command()
@@ -18,10 +28,6 @@ def demo(workdir: str) -> None:
     """Run the whole local pipeline offline, one printed faceops command per step: a custom job in
     two versions and their diff, then (with the pretrained models extra) demo photos -> RecordIO ->
     two versions of a trained recognizer -> diff -> gallery -> identification report."""
-    from pathlib import Path
-
-    from jobs import demo as demo_steps
-
     root = click.get_current_context().find_root().command  # the faceops group, which imports this module
     demo_steps.run(lambda argv: root.main(argv, prog_name="faceops", standalone_mode=False), click.echo,
                    Path(workdir).resolve())
@@ -44,10 +50,6 @@ SET_HELP = "Override a setting: lr=0.05 (hyperparameter), resources.spot=true, i
 
 def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> None:
     """Shared tail of submit and rerun: print the plan, or the new version, and follow it."""
-    import json
-
-    from jobs import report, submit
-
     if dry_run:
         if as_json:
             click.echo(json.dumps(record_or_plan, indent=2, default=str))
@@ -93,8 +95,6 @@ def job_submit(spec_file: str, overrides: tuple[str, ...], backend: str | None, 
 
     The new version's parent is the job's latest version, so `faceops job versions NAME` shows
     what changed. Exit code: 0 done, 1 failed or stopped, 2 invalid spec or input."""
-    from jobs import spec, submit
-
     if backend:
         overrides = (*overrides, f"backend={backend}")
     _start(submit.submit(spec.load_spec(spec_file, overrides), dry_run=dry_run), dry_run, wait, as_json)
@@ -111,8 +111,6 @@ def job_rerun(ref: str, overrides: tuple[str, ...], new_code: bool, dry_run: boo
     """Run version NAME[:V] again as a new version whose parent is V.
 
     Every setting of V is kept (spec, inputs, image, code bundle) except what --set changes."""
-    from jobs import submit
-
     _start(submit.rerun(ref, overrides, new_code=new_code, dry_run=dry_run), dry_run, wait, as_json)
 
 
@@ -123,8 +121,6 @@ def job_rerun(ref: str, overrides: tuple[str, ...], new_code: bool, dry_run: boo
 def job_resume(ref: str, wait: bool, as_json: bool) -> None:
     """Continue a stopped or failed version from its last checkpoint, as a new version with the
     same settings and code (parent V). rerun starts over from step 1 instead."""
-    from jobs import submit
-
     _start(submit.resume(ref), False, wait, as_json)
 
 
@@ -134,11 +130,6 @@ def job_resume(ref: str, wait: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of version records.")
 def job_list(name: str | None, status: str | None, as_json: bool) -> None:
     """List job versions, newest first."""
-    import json
-
-    from jobs import report, submit
-    from jobs.store import Store
-
     records = [submit.refreshed(r, within=LIST_CHECK_SECONDS) for r in Store().list(name=name)]
     records = [r for r in records if not status or r["status"] == status]
     if as_json or records:
@@ -158,13 +149,6 @@ def job_show(ref: str, as_json: bool) -> None:
     """Show one version (the latest when V is left out): resolved spec, image digest, code hash,
     inputs with sizes and ETags, where each output is (local folder and remote URI), status,
     phase timings and metrics."""
-    import json
-
-    from jobs import report, submit
-    from jobs.store import Store
-
-    from jobs.metrics import with_summary
-
     record = with_summary(submit.refreshed(Store().resolve(ref)))
     if as_json:
         click.echo(json.dumps({**report.public(record), "locations": report.locations(record)}, indent=2, default=str))
@@ -179,12 +163,6 @@ def job_versions(name: str, as_json: bool) -> None:
     """Table of every version of NAME: parent, status, start, duration, the parameters changed
     against the parent, the last value of each metric and the best one (min or max, as the
     task's metric schema or the spec's metrics: section declares), with the step it was reached at."""
-    import json
-
-    from jobs import report, submit
-    from jobs.metrics import with_summary
-    from jobs.store import Store
-
     records = [with_summary(submit.refreshed(r)) for r in Store().versions(name)]
     click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
                else report.versions_table(records))
@@ -199,12 +177,6 @@ def job_diff(ref_a: str, ref_b: str, show_all: bool, as_json: bool) -> None:
     """What differs between two versions: hyperparameters, image and digest, code hash, inputs,
     resources, last metrics and best metrics (with their direction). Versions of different jobs
     can be compared too."""
-    import json
-
-    from jobs import report
-    from jobs.metrics import with_summary
-    from jobs.store import Store
-
     store = Store()
     a, b = with_summary(store.resolve(ref_a)), with_summary(store.resolve(ref_b))
     if as_json:
@@ -221,11 +193,6 @@ def job_diff(ref_a: str, ref_b: str, show_all: bool, as_json: bool) -> None:
 def job_metrics(ref: str, wanted: tuple[str, ...], as_json: bool, as_csv: bool) -> None:
     """Every row the version wrote to its metrics file (step, epoch, time and values), on every
     backend: a local job's rows as it runs, a cloud job's once the service has uploaded them."""
-    import json
-
-    from jobs import metrics, report, submit
-    from jobs.store import Store
-
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
     table = metrics.select(metrics.rows(submit.refreshed(Store().resolve(ref))), list(wanted))
@@ -250,9 +217,6 @@ def job_plot(refs: tuple[str, ...], wanted: tuple[str, ...], x_axis: str, smooth
     version, the legend naming each version by what changed against the first (recog:2 lr
     0.2->0.1), the best point of each marked. NAME alone means every version; NAME:1..6 a range.
     Needs matplotlib (pip install 'faceops[plot]')."""
-    from jobs import metrics, submit
-    from jobs.plot import plot_versions
-
     records = [submit.refreshed(r) for r in metrics.expand_refs(refs)]
     path, _ = plot_versions(records, out, list(wanted), x=x_axis, smooth=smooth, log_y=log_y)
     click.echo(str(path))
@@ -265,8 +229,6 @@ def job_export(refs: tuple[str, ...], mlflow_uri: str | None) -> None:
     """Log versions that already ran (or whatever a supervisor could not deliver) to MLflow as
     runs: parameters, every metrics row with its step, faceops tags and output links. Exporting
     again sends only what is missing."""
-    from jobs import metrics, submit, tracking
-
     uri = mlflow_uri or tracking.configured_uri()
     if not uri:
         raise click.UsageError("no MLflow URI: pass --mlflow URI or set tracking.mlflow_uri / FACEOPS_MLFLOW_URI")
@@ -281,9 +243,6 @@ def job_export(refs: tuple[str, ...], mlflow_uri: str | None) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 def job_logs(ref: str, follow: bool) -> None:
     """Print a version's log (entry point output plus [faceops] phase lines)."""
-    from jobs import submit
-    from jobs.store import Store
-
     try:
         for line in submit.follow_logs(Store().resolve(ref), follow):
             click.echo(line)
@@ -297,11 +256,6 @@ def job_logs(ref: str, follow: bool) -> None:
 @click.option("--no-wait", is_flag=True, help="Return after sending the stop request.")
 def job_stop(ref: str, grace: float, no_wait: bool) -> None:
     """Stop a running version: SIGTERM (the job may checkpoint), SIGKILL after --grace seconds."""
-    import time
-
-    from jobs import submit
-    from jobs.store import TERMINAL, Store
-
     store = Store()
     record = submit.stop(store.resolve(ref), grace)
     ref = f"{record['name']}:{record['version']}"
@@ -317,9 +271,6 @@ def job_stop(ref: str, grace: float, no_wait: bool) -> None:
 def job_publish(ref: str) -> None:
     """Upload a finished local version's outputs again (say after an S3 outage failed the upload),
     without training again. The version's record is not changed."""
-    from jobs import submit
-    from jobs.store import Store
-
     for uri in submit.publish(Store().resolve(ref)):
         click.echo(f"published {uri}")
 
@@ -335,8 +286,6 @@ def storage() -> None:
 def storage_gc(uri: str, older_than: float) -> None:
     """Remove what interrupted uploads left at URI: unfinished multipart uploads (which storage
     keeps billing), staging prefixes, and local .part folders."""
-    from jobs.core import storage as store
-
     removed = store.gc(uri, older_than)
     for item in removed:
         click.echo(f"removed {item}")
@@ -351,8 +300,6 @@ def task() -> None:
 @task.command("list")
 def task_list() -> None:
     """Every task a spec's `task:` may name, with its kind and what it does."""
-    from jobs.core.tasks import registry
-
     for name, found in sorted(registry().items()):
         click.echo(f"{name:<12} {found.kind:<11} {found.help}")
 
@@ -363,11 +310,6 @@ def task_list() -> None:
 def task_show(name: str, as_json: bool) -> None:
     """One task's inputs and outputs, each hyperparameter (type, default, range, help) and the
     metrics it writes: what a spec may set."""
-    import json
-
-    from jobs.core.errors import NotFoundError
-    from jobs.core.tasks import describe, get_task, reference
-
     try:
         found = get_task(name)
     except KeyError as exc:
@@ -379,8 +321,6 @@ def task_show(name: str, as_json: bool) -> None:
 def doctor() -> None:
     """Check the state folder in full: the store's integrity, every version record, and version
     folders that no record owns. Exit code 1 when something is wrong."""
-    from jobs.store import Store
-
     store = Store()
     problems = store.check()
     for problem in problems:

@@ -21,12 +21,15 @@ import json
 import re
 import tarfile
 import tempfile
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterable
 
+from jobs.backends import BACKENDS, get_backend
 from jobs.core import storage
 from jobs.core.contract import METRICS_PREFIX, final_metrics
 from jobs.core.errors import NotFoundError
+from jobs.core.files import atomic_write
 from jobs.core.tasks import Metric, find_metric, get_task
 from jobs.store import TERMINAL, Store, parse_ref, workdir
 
@@ -78,9 +81,6 @@ def remote_source(record: dict[str, Any]) -> tuple[str, str | None] | None:
     its backend says; None for a local job or one the service has not accepted yet."""
     if record["backend"] == "local" or not (record.get("backend_info") or {}).get("remote_name"):
         return None
-    from importlib import import_module
-
-    from jobs.backends import BACKENDS
 
     module, _ = BACKENDS[record["backend"]].split(":")
     return import_module(module).metrics_source(record)
@@ -96,9 +96,6 @@ def live_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows a cloud job has printed to its log so far. The rows already read are kept with the
     backend's log cursor in the version folder, so each call reads only the log that is new. Two
     processes reading at once read from the same cursor and write the same cache."""
-    from jobs.backends import get_backend
-    from jobs.core.files import atomic_write
-
     backend = get_backend(record["backend"])
     if not record["backend_info"].get(backend.id_key):
         return []
@@ -128,7 +125,6 @@ def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     if record["status"] not in TERMINAL:
         return live_rows(record)
-    from jobs.core.files import atomic_write
 
     data = fetch_metrics(*source)
     if data is None:

@@ -2,11 +2,14 @@
 parse arguments, call the train package and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
 from jobs.core.commandline import FaceopsGroup
+from train import fresh
 
 
 @click.group(cls=FaceopsGroup)
@@ -40,7 +43,7 @@ def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align:
 
     Photos are stored untouched unless --align/--resize. Unreadable photos are skipped and listed
     at the end. OUT_URI is replaced in one step once everything is written."""
-    from train.pack import pack_recognition
+    from train.pack import pack_recognition  # numpy-built: loaded by the command, not by --help
 
     _packed(pack_recognition(src_dir, out_uri, resize=resize, align=True if align == PRETRAINED else align,
                              workers=workers, quality=quality))
@@ -56,7 +59,7 @@ def data_pack_detection(src_dir: str, out_uri: str, workers: int | None) -> None
 
     A label.txt line with the wrong number of fields stops the pack naming file:line; missing or
     unreadable images are skipped and listed at the end."""
-    from train.pack import pack_detection
+    from train.pack import pack_detection  # numpy-built: loaded by the command, not by --help
 
     _packed(pack_detection(src_dir, out_uri, workers=workers))
 
@@ -73,10 +76,7 @@ def data_pack_verification(photos: str, out_bin: str, pairs: int, seed: int, det
     """Write OUT_BIN, an insightface verification .bin (the format of lfw.bin, cfp_fp.bin,
     agedb_30.bin), of balanced pairs from PHOTOS (one folder of photos per person): a test set of
     your own held-out people for faceops eval recognition and a job's val input."""
-    import json
-    from pathlib import Path
-
-    from train.pairs import pack_verification
+    from train.pairs import pack_verification  # numpy-built: loaded by the command, not by --help
 
     report = pack_verification(Path(photos), Path(out_bin), pairs, seed, Path(detector) if detector else None)
     if as_json:
@@ -98,9 +98,7 @@ def data_inspect(uri: str, scan: bool, as_json: bool) -> None:
 
     Reads only the index and a few records (ranged reads on S3) unless --scan. Exits 2 when a
     corrupt record or a disagreeing property is found."""
-    import json
-
-    from train.inspection import format_report, inspect
+    from train.inspection import format_report, inspect  # numpy-built: loaded by the command, not by --help
 
     report = inspect(uri, scan=scan)
     click.echo(json.dumps(report) if as_json else format_report(report))
@@ -123,10 +121,7 @@ def eval_recognition(model_path: str, bins: tuple[str, ...], flip: bool, as_json
     """Verification accuracy of MODEL (a recognizer .onnx or a model folder with model.onnx) on
     each .bin with insightface's 10-fold protocol: the best threshold on nine folds, accuracy on
     the tenth, mean +- std. A job's val input is measured by the same code."""
-    import json
-    from pathlib import Path
-
-    from train.verification import evaluate_bins, onnx_forward
+    from train.verification import evaluate_bins, onnx_forward  # numpy-built: loaded by the command, not by --help
 
     results = evaluate_bins(onnx_forward(Path(model_path)), [Path(b) for b in bins], flip)
     if as_json:
@@ -148,9 +143,7 @@ def eval_recognition(model_path: str, bins: tuple[str, ...], flip: bool, as_json
 def eval_detection(model_path: str, val_dir: str, gt_dir: str, det_size: int, as_json: bool) -> None:
     """Easy/medium/hard AP of MODEL (a face detector .onnx, SCRFD or RetinaFace, or a model
     folder) with the WIDER FACE protocol, as the evaluation code that ships with WIDER computes it."""
-    import json
-
-    from train.widerface import evaluate
+    from train.widerface import evaluate  # numpy-built: loaded by the command, not by --help
 
     results = evaluate(model_path, val_dir, gt_dir, det_size)
     if as_json:
@@ -179,10 +172,6 @@ def model_import(onnx_file: str, out_dir: str, network: str | None, faces: str |
                  min_cosine: float, as_json: bool) -> None:
     """Turn an insightface ONNX recognizer into our Gluon model folder (batch norms unfolded),
     verified against onnxruntime on aligned real faces."""
-    import json
-
-    from train import fresh
-
     args = [onnx_file, out_dir, "--min-cosine", str(min_cosine)]
     for flag, value in (("--network", network), ("--faces", faces), ("--detector", detector)):
         if value:
