@@ -134,7 +134,6 @@ def read_rgb(path: Path) -> np.ndarray:
     names the file)."""
     import cv2
 
-
     return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 

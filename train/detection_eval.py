@@ -42,7 +42,6 @@ def to_input(images: np.ndarray) -> Any:
     """``(N, H, W, 3)`` RGB uint8 -> the network's ``(N, 3, H, W)`` normalised input."""
     from mxnet import nd
 
-
     batch = (images.astype(np.float32) - INPUT_MEAN) / INPUT_STD
     return nd.array(batch.transpose(0, 3, 1, 2))
 

@@ -78,7 +78,6 @@ def build_net(hp: dict[str, Any], ctx: list[Any] | None = None) -> Any:
     """A freshly initialised, hybridized RetinaFace for ``hp['network']`` on ``ctx`` (default CPU)."""
     import mxnet as mx
 
-
     net = get_model(hp["network"])
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
@@ -90,7 +89,6 @@ def train_step(net: Any, trainer: Any, batch: list[Any], cfg: LossConfig, ctx: l
     (mean over devices) as floats."""
     import mxnet as mx
     from mxnet import autograd, gluon
-
 
     ctx = ctx or [mx.cpu()]
     # split_and_load also moves the loader's shared-memory batches onto the devices the net lives on.
@@ -137,7 +135,6 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
     the newest checkpoint in ``checkpoint_dir``. Each epoch's metrics go to ``metrics_file``; the
     final ones are returned (the entry point logs them)."""
     import mxnet as mx
-
 
     if hp["image_size"] % 32 or hp["eval_size"] % 32:
         raise SpecError(f"image_size and eval_size must be multiples of 32 (got {hp['image_size']}, {hp['eval_size']})")

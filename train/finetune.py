@@ -36,7 +36,6 @@ def start_from(model: Any, init: Path, data: Any, config: dict[str, Any],
     was loaded."""
     import mxnet as mx
 
-
     source = init_source(init)
     net, imported = load_onnx(source, config["network"], _training_images(data, CALIBRATION_IMAGES))
     if imported.embedding_size != config["embedding_size"]:

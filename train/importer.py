@@ -143,7 +143,6 @@ def build(network: str, embedding_size: int) -> Any:
     """A fresh backbone with every shape known (initialised and run once on zeros)."""
     import mxnet as mx
 
-
     net = get_model(network, embedding_size)
     net.initialize(ctx=mx.cpu())
     net(mx.nd.zeros((1, *IMAGE_SHAPE)))
@@ -307,7 +306,6 @@ def face_crops(photos: Path, detector: Path | None = None, limit: int = 64) -> n
     """Up to ``limit`` 5-point aligned 112x112 crops (uint8 RGB, NCHW) of the main face of each
     photo under ``photos``, found by ``detector`` (default: the pretrained models' folder)."""
     import cv2
-
 
     detector = detector or default_model_dir()
     if detector is None:

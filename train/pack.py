@@ -75,7 +75,6 @@ def encode_image(path: Path, resize: tuple[int, int] | None = None,
     Every :class:`DataError` names the photo."""
     import cv2
 
-
     raw = read_file(path)
     img = decode_image(raw, path)
     if align is None and resize is None:

@@ -100,7 +100,6 @@ def onnx_forward(model: Path, threads: int = 0) -> Callable[[np.ndarray], np.nda
     """A recognizer ONNX file (or a model folder's ``model.onnx``) as a batch function."""
     import onnxruntime
 
-
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3

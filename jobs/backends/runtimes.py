@@ -153,7 +153,6 @@ class DockerRuntime(Runtime):
         """Create and start the container, then copy its output into ``log`` on a thread."""
         import docker as sdk
 
-
         if not job.image:
             raise SpecError("runtime 'docker' needs an image: set `image:` in the job spec")
         job.contract.make_dirs()

@@ -39,7 +39,6 @@ def load_config() -> dict[str, Any]:
 def _read_config(path: str, mtime: int) -> dict[str, Any]:
     import yaml
 
-
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
