@@ -26,6 +26,7 @@ import numpy as np
 
 from inference.models import Models
 from inference.sources import ImageItem
+from jobs.core.config import setting
 from jobs.core.errors import DataError
 from jobs.core.parallel import bounded_map
 
@@ -83,8 +84,6 @@ def decode_image(data: bytes, source: str | Path, reduce: int = 1) -> np.ndarray
 
 def max_pixels() -> int:
     """The most pixels faceops decodes one image to (``images.max_pixels``, ``FACEOPS_MAX_PIXELS``)."""
-    from jobs.core.config import setting
-
     return int(setting("images", "max_pixels", ("FACEOPS_MAX_PIXELS",), MAX_PIXELS))
 
 

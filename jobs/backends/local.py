@@ -18,8 +18,10 @@ from typing import Any, Iterator
 
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
+from jobs.core.bundle import faceops_root
+from jobs.core.errors import NotFoundError
 from jobs.core.lifeline import kill_groups
-from jobs.store import TERMINAL, Store, workdir
+from jobs.store import TERMINAL, RecordFrozen, Store, workdir
 
 
 class LocalBackend(Backend):
@@ -54,8 +56,6 @@ class LocalBackend(Backend):
             return
         pid = record.get("backend_info", {}).get("supervisor_pid")
         if pid and not _alive(pid):
-            from jobs.store import RecordFrozen
-
             self.leftovers(record)  # the job must not go on writing into a version now failed
             try:
                 Store().update(record["name"], record["version"], status="failed",
@@ -83,8 +83,6 @@ class LocalBackend(Backend):
 
     def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
         if not workdir(record).is_dir():
-            from jobs.core.errors import NotFoundError
-
             raise NotFoundError(f"{record['name']}:{record['version']}: its version folder {workdir(record)} is "
                                 "missing, so its log is gone (faceops doctor lists such versions)")
         path = workdir(record) / LOG_NAME
@@ -111,8 +109,6 @@ class LocalBackend(Backend):
 
 
 def _faceops_pythonpath() -> str:
-    from jobs.core.bundle import faceops_root
-
     return os.pathsep.join(p for p in (str(faceops_root()), os.environ.get("PYTHONPATH")) if p)
 
 

@@ -23,6 +23,7 @@ import threading
 from dataclasses import replace
 from typing import IO, Callable
 
+from images.engine import EngineError, client
 from jobs.backends import ContainerJob, Runtime
 from jobs.core import launch
 from jobs.core.lifeline import dies_with_this_process
@@ -159,8 +160,6 @@ class DockerRuntime(Runtime):
     def start(self, job: ContainerJob, log: IO[bytes]) -> None:
         """Create and start the container, then copy its output into ``log`` on a thread."""
         import docker as sdk
-
-        from images.engine import EngineError, client
 
         if not job.image:
             raise SpecError("runtime 'docker' needs an image: set `image:` in the job spec")

@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from jobs.core.errors import SpecError
+
 
 STORE_NAME = "store.sqlite"
 # What a state folder's bundles/ holds: finished bundles and the temporary files of ones being written.
@@ -55,8 +57,6 @@ def load_config() -> dict[str, Any]:
 @lru_cache(maxsize=8)
 def _read_config(path: str, mtime: int) -> dict[str, Any]:
     import yaml
-
-    from jobs.core.errors import SpecError
 
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
