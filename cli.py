@@ -870,6 +870,41 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
 
 
 @main.command()
+@click.option("--gallery", "database", required=True, help="Gallery database folder (or s3:// prefix); a revision published there is loaded.")
+@_model_options
+@_detection_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", default=8080, show_default=True, help="TCP port.")
+@click.option("--token-env", metavar="NAME", help="Require 'Authorization: Bearer <value of $NAME>' on every request but /healthz and the page.")
+@click.option("--max-bytes", default=20 << 20, show_default=True, help="Largest request body; larger ones get 413.")
+@click.option("--max-pixels", default=60_000_000, show_default=True, help="Largest photo (from its header, before decoding); larger ones get 413.")
+@click.option("--max-batch", default=32, show_default=True, help="Most photos identified together in one micro-batch.")
+@click.option("--reload-every", default=5.0, show_default=True, help="Seconds between checks for a newer gallery revision.")
+def serve(database: str, models_dir: str | None, det_model: str | None, rec_model: str | None, det_size: int,
+          det_thresh: float, batch_size: int, workers: int | None, host: str, port: int, token_env: str | None,
+          max_bytes: int, max_pixels: int, max_batch: int, reload_every: float) -> None:
+    """Answer identify requests over HTTP with the gallery's models and threshold, as `identify` does:
+    POST /identify (a JPEG/PNG body or a multipart 'image' field), GET /people, POST and DELETE
+    /people/NAME (a new gallery revision), GET /healthz, GET /metrics (Prometheus) and a page to
+    try it at GET /. Concurrent requests are micro-batched through the models."""
+    import os
+
+    from inference.models import load_models
+    from inference.serve import Limits
+    from inference.serve import serve as run_serve
+
+    token = None
+    if token_env:
+        token = os.environ.get(token_env, "")
+        if not token:
+            raise click.BadParameter(f"environment variable {token_env} is not set or empty", param_hint="--token-env")
+    models = load_models(models_dir, det_model, rec_model)
+    run_serve(database, models, host=host, port=port, token=token, limits=Limits(max_bytes, max_pixels),
+              det_size=det_size, det_thresh=det_thresh, batch_size=batch_size, workers=workers, max_batch=max_batch,
+              reload_every=reload_every, say=lambda line: click.echo(line, err=True))
+
+
+@main.command()
 def doctor() -> None:
     """Check the state folder in full: the store's integrity, every version record, and version
     folders that no record owns. Exit code 1 when something is wrong."""
