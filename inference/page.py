@@ -7,6 +7,7 @@ PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>faceops identify</title>
+<link rel="icon" href="data:,">
 <style>
   body { font-family: sans-serif; margin: 2em; color: #222; }
   #drop { border: 2px dashed #888; border-radius: 8px; padding: 2em; text-align: center; }
@@ -73,7 +74,11 @@ async function identify(file) {
   image.src = URL.createObjectURL(file);
 }
 
-document.getElementById("file").addEventListener("change", e => { if (e.target.files[0]) identify(e.target.files[0]); });
+document.getElementById("file").addEventListener("change", e => {
+  const file = e.target.files[0];
+  e.target.value = "";  // so picking the same photo again (e.g. with a token now) asks again
+  if (file) identify(file);
+});
 drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", e => {

@@ -202,3 +202,58 @@ def test_gallery_on_s3_is_reloaded_when_a_revision_is_published(built, s3_server
         remove_from_gallery(uri, [person])
         wait_for(lambda: person not in names(), timeout=60, what="the S3 gallery's new revision served")
         assert requests.get(f"{server.url}/healthz", timeout=TIMEOUT).json()["gallery_revision"] == 2
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's, from setup-dev.sh
+PAGE_SECONDS = 120  # the page's answer on a loaded machine
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's headless chromium driven through its chromedriver (nothing is downloaded)."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("chromium and chromium-driver are not installed (scripts/setup-dev.sh installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
+                              options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_draws_boxes_and_names_of_a_dropped_photo(served, browser, probes, built):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    gallery_people = [p["name"] for p in json.loads((built[0] / "gallery.json").read_text())["people"]]
+    photo = next(p for p in sorted(probes.iterdir()) if p.stem in gallery_people)
+    browser.get(f"{served.url}/")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "file").send_keys(str(photo.resolve()))
+    WebDriverWait(browser, PAGE_SECONDS).until(lambda d: d.execute_script("return document.body.dataset.done") == "1")
+    labels = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#faces li")]
+    assert labels and labels[0].startswith(photo.stem + " "), labels
+    assert browser.find_element(By.CSS_SELECTOR, "#faces li").get_attribute("class") == "known"
+    canvas = browser.find_element(By.ID, "photo")
+    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) == (250, 250)
+    # The box is drawn: the pixel on the top edge of the first face's box is the known colour (green).
+    box = post(served, photo).json()["faces"][0]["box"]
+    x, y = int((box[0] + box[2]) / 2), int(box[1])
+    pixel = browser.execute_script(f"return Array.from(document.getElementById('photo').getContext('2d')"
+                                   f".getImageData({x}, {y}, 1, 1).data)")
+    assert pixel[1] > 120 and pixel[0] < 80 and pixel[2] < 80, pixel
+
+    browser.find_element(By.ID, "token").clear()
+    browser.execute_script("document.body.dataset.done = ''")
+    browser.find_element(By.ID, "file").send_keys(str(photo.resolve()))
+    WebDriverWait(browser, PAGE_SECONDS).until(lambda d: "401" in d.find_element(By.ID, "status").text)
