@@ -905,6 +905,35 @@ def serve(database: str, models_dir: str | None, det_model: str | None, rec_mode
 
 
 @main.command()
+@click.argument("source", metavar="GALLERY|NAME:V")
+@click.option("--backend", type=click.Choice(["sagemaker", "modelarts"]), required=True, help="Where the endpoint runs.")
+@click.option("--image", required=True, help="The faceops image to serve with (in ECR for SageMaker, SWR for ModelArts).")
+@click.option("--instance-type", required=True, help="SageMaker instance type (ml.c5.xlarge) or ModelArts flavor.")
+@click.option("--instance-count", default=1, show_default=True, help="Instances behind the endpoint.")
+@_model_options
+@click.option("--dry-run", is_flag=True, help="Build and check the requests and show them; upload and create nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment (or the plan) as JSON.")
+def deploy(source: str, backend: str, image: str, instance_type: str, instance_count: int, models_dir: str | None,
+           det_model: str | None, rec_model: str | None, dry_run: bool, as_json: bool) -> None:
+    """Deploy a gallery (folder or s3:// prefix), or the gallery a job version NAME:V built, as a
+    real-time endpoint answered by `faceops serve` in IMAGE: SageMaker CreateModel,
+    CreateEndpointConfig and CreateEndpoint (GET /ping, POST /invocations on 8080, the model
+    under /opt/ml/model), or a ModelArts real-time service with its health check on 8080."""
+    import json
+
+    from jobs.deploy import deploy as run_deploy
+
+    result = run_deploy(source, backend, image, instance_type, instance_count, models_dir, det_model, rec_model, dry_run)
+    if as_json or dry_run:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(f"deployed gallery revision {result['gallery_revision']} as {result['name']} on {backend} "
+               f"(model folder {result['artifact']})")
+    for answer in result["answers"]:
+        click.echo("  " + ", ".join(f"{k}={v}" for k, v in answer.items()))
+
+
+@main.command()
 def doctor() -> None:
     """Check the state folder in full: the store's integrity, every version record, and version
     folders that no record owns. Exit code 1 when something is wrong."""

@@ -434,6 +434,9 @@ def create_app(holder: GalleryHolder, batcher: Batcher, metrics: Metrics, limits
         Route("/people/{name:path}", guarded(add_person), methods=["POST"]),
         Route("/people/{name:path}", guarded(remove_person), methods=["DELETE"]),
         Route("/metrics", guarded(prometheus), methods=["GET"]),
+        # SageMaker's hosting contract (faceops deploy): the same answers under its names.
+        Route("/ping", healthz, methods=["GET"]),
+        Route("/invocations", guarded(identify), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={Exception: failed})
     return Measured(app, metrics, {route.path for route in routes})
