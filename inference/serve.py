@@ -1,12 +1,12 @@
 """Online identify: ``faceops serve``, an ASGI app (Starlette on uvicorn) that answers one photo
 at a time with the same face toolkit, models, threshold and matching as batch ``faceops identify``.
 
-Why it is faster than calling ``FaceAnalysis.get`` per request: requests that arrive together are
-micro-batched (:class:`Batcher`): one thread takes every photo waiting (up to ``max_batch``)
-through :func:`inference.faces.analyse`, which spreads the photos over one thread per core
-(detector at each photo's own size, large JPEGs decoded reduced) and embeds each worker's faces in
-one recognizer call, and the whole batch is searched in the gallery at once
-(:func:`inference.identify.answers`). The event loop only parses requests and waits.
+Why it is faster than calling ``FaceAnalysis.get`` per request: requests that wait together are
+micro-batched (:class:`Batcher`): one loop thread per core takes its share of the waiting photos
+through :func:`inference.faces.analyse` (detector at each photo's own size, large JPEGs decoded
+reduced, the batch's faces embedded in shared recognizer calls) and searches them in the gallery
+at once (:func:`inference.identify.answers`), the steps batch identify takes. The event loop
+only parses requests and waits.
 
 The gallery is a folder or an object-storage prefix. ``POST``/``DELETE /people/NAME`` change it
 through :mod:`inference.gallery` (a new revision, published atomically); every few seconds the
@@ -42,7 +42,6 @@ from jobs.core.errors import DataError, FaceopsError, NotFoundError
 DEFAULT_MAX_BYTES = 20 << 20  # a 48-megapixel phone JPEG is ~15 MB
 DEFAULT_MAX_PIXELS = 60_000_000  # decoded, that is 180 MB of BGR: refused before decoding
 DEFAULT_MAX_BATCH = 32
-DEFAULT_BATCH_WAIT = 0.004  # seconds the first photo of a batch waits for company
 DEFAULT_RELOAD_EVERY = 5.0  # seconds between reads of the gallery's manifest
 IMAGE_TYPES = ("image/jpeg", "image/png")
 PERSON_NAME = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
@@ -228,27 +227,30 @@ class Job:
 
 
 class Batcher:
-    """Micro-batching: requests put photos on a queue; one thread takes all that are waiting (the
-    first waits ``wait`` seconds for company) through the models and the gallery together."""
+    """Micro-batching: requests put photos on a queue; one loop thread per core takes its share of
+    the photos waiting (up to ``max_batch``) through the models and the gallery together. A lone
+    request is taken at once (no added latency when idle); under load each loop's photos share
+    recognizer calls and one gallery search, and no core waits for another's batch to finish."""
 
     def __init__(self, holder: GalleryHolder, metrics: Metrics, *, det_size: int, det_thresh: float,
-                 batch_size: int, workers: int | None, max_batch: int = DEFAULT_MAX_BATCH,
-                 wait: float = DEFAULT_BATCH_WAIT) -> None:
+                 batch_size: int, workers: int | None, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         self.holder = holder
         self.metrics = metrics
         self.settings = {"det_size": det_size, "det_thresh": det_thresh, "batch_size": batch_size}
-        self.workers = workers or os.cpu_count() or 1
+        self.loops = workers or os.cpu_count() or 1
         self.max_batch = max_batch
-        self.wait = wait
         self.queue: queue.Queue[Job | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self.threads = [threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True) for i in range(self.loops)]
 
     def start(self) -> None:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
 
     def stop(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=30)  # bounded: a batch in flight finishes within seconds
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join(timeout=30)  # bounded: a batch in flight finishes within seconds
 
     def submit(self, data: bytes) -> Future:
         job = Job(ImageItem(Path(UPLOAD_NAME), UPLOAD_NAME, data=data))
@@ -256,16 +258,18 @@ class Batcher:
         return job.future
 
     def _take(self) -> list[Job] | None:
+        """The first photo waiting (blocking) plus this loop's share of the others."""
         first = self.queue.get()
         if first is None:
             return None
-        jobs, deadline = [first], time.monotonic() + self.wait
-        while len(jobs) < self.max_batch:
+        share = min(self.max_batch, math.ceil((1 + self.queue.qsize()) / self.loops))
+        jobs = [first]
+        while len(jobs) < share:
             try:
-                job = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = self.queue.get_nowait()
             except queue.Empty:
                 break
-            if job is None:
+            if job is None:  # stopping: leave it for this loop's next take
                 self.queue.put(None)
                 break
             jobs.append(job)
@@ -283,11 +287,11 @@ class Batcher:
                 job.future.set_result(answer)
 
     def run(self, items: list[ImageItem]) -> list[dict[str, Any]]:
-        """Each photo's answer (faces, or the reason it has none), all through one gallery revision."""
+        """Each photo's answer (faces, or the reason it has none), all through one gallery
+        revision, on this loop's thread (the other loops take the other cores)."""
         gallery = self.holder.gallery
         threshold = gallery.threshold
-        chunk = math.ceil(len(items) / self.workers)  # every core gets a share of a small batch
-        results = facelib.analyse(self.holder.models, items, workers=self.workers, chunk=chunk, **self.settings)
+        results = facelib.analyse(self.holder.models, items, workers=1, chunk=len(items), **self.settings)
         answered = []
         for result, rows in answers(gallery, results, threshold):
             faces = [face_answer(row, threshold) for row in rows if row["status"] == "ok"]
@@ -480,8 +484,7 @@ class Measured:
 
 def serve(gallery: str, models: Models, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
           limits: Limits | None = None, det_size: int = 640, det_thresh: float = 0.5, batch_size: int = 16,
-          workers: int | None = None, max_batch: int = DEFAULT_MAX_BATCH, batch_wait: float = DEFAULT_BATCH_WAIT,
-          reload_every: float = DEFAULT_RELOAD_EVERY, say: Callable[[str], Any] = print) -> None:
+          workers: int | None = None, max_batch: int = DEFAULT_MAX_BATCH, reload_every: float = DEFAULT_RELOAD_EVERY, say: Callable[[str], Any] = print) -> None:
     """Load the gallery, then answer on ``host``:``port`` until interrupted (uvicorn, one process:
     the models and the batcher are shared by every request)."""
     import uvicorn
@@ -489,7 +492,7 @@ def serve(gallery: str, models: Models, *, host: str = "127.0.0.1", port: int = 
     holder = GalleryHolder(gallery, models, reload_every)
     metrics = Metrics()
     batcher = Batcher(holder, metrics, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,
-                      workers=workers, max_batch=max_batch, wait=batch_wait)
+                      workers=workers, max_batch=max_batch)
     app = create_app(holder, batcher, metrics, limits or Limits(), token)
     holder.start()
     batcher.start()
