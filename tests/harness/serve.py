@@ -19,10 +19,11 @@ READY_SECONDS = 180  # loading two ONNX models and a gallery on a shared 2-core 
 
 @dataclass
 class Server:
-    """A running ``faceops serve``: its base URL and its log."""
+    """A running ``faceops serve``: its base URL, its log and its process id."""
 
     url: str
     log: Path
+    pid: int
 
 
 def faceops_executable() -> str:
@@ -43,5 +44,5 @@ def running_serve(gallery: str | Path, log: Path, *args: str, env: dict[str, str
             return response.status == 200
 
     command = [faceops_executable(), "serve", "--gallery", str(gallery), "--port", str(port), *args]
-    with running(command, log, ready, timeout=timeout, grace=15, env={**os.environ, **(env or {})}):
-        yield Server(url, log)
+    with running(command, log, ready, timeout=timeout, grace=15, env={**os.environ, **(env or {})}) as proc:
+        yield Server(url, log, proc.pid)

@@ -135,3 +135,20 @@ def test_sagemaker_deploy_uploads_an_archive_the_serve_entry_point_answers_from(
                                headers={"Content-Type": "image/jpeg"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["faces"][0]["person"] == gallery[1].parent.name
+
+
+def test_a_gallery_version_deploys_by_its_name(runner, lfw10, sagemaker_env, tmp_path):
+    for person in sorted(p for p in lfw10.iterdir() if p.is_dir())[:2]:
+        (tmp_path / "photos" / person.name).mkdir(parents=True)
+        for photo in sorted(person.glob("*.jpg"))[:2]:
+            (tmp_path / "photos" / person.name / photo.name).symlink_to(photo)
+    (tmp_path / "gallery.yaml").write_text(f"name: door-gallery\ntask: gallery\ninputs:\n  images: {tmp_path / 'photos'}\n"
+                                           f"outputs:\n  database: {tmp_path / 'db'}\n")
+    assert runner("job", "submit", tmp_path / "gallery.yaml").exit_code == 0
+    result = runner("deploy", "door-gallery:1", "--backend", "sagemaker", "--image", ECR_IMAGE,
+                    "--instance-type", "ml.c5.xlarge", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["gallery"] == str(tmp_path / "db")
+    missing = runner("deploy", "no-such-gallery:1", "--backend", "sagemaker", "--image", ECR_IMAGE,
+                     "--instance-type", "ml.c5.xlarge", "--dry-run")
+    assert missing.exit_code != 0 and "no-such-gallery" in missing.output
