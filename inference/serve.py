@@ -33,10 +33,13 @@ from typing import Any, Callable
 
 from inference import faces as facelib
 from inference import gallery_store
+from inference.gallery import add_to_gallery, remove_from_gallery
 from inference.identify import UNKNOWN, answers
 from inference.models import Models
+from inference.page import PAGE
 from inference.sheet import margin
 from inference.sources import ImageItem
+from jobs.core import storage
 from jobs.core.errors import DataError, FaceopsError, NotFoundError
 
 DEFAULT_MAX_BYTES = 20 << 20  # a 48-megapixel phone JPEG is ~15 MB
@@ -164,8 +167,6 @@ class GalleryHolder:
 
     def published_revision(self) -> int:
         """The revision in the gallery's manifest now (one small read)."""
-        from jobs.core import storage
-
         return int(json.loads(storage.read_bytes(storage.join(self.uri, gallery_store.MANIFEST)))["revision"])
 
     def refresh(self) -> bool:
@@ -191,8 +192,6 @@ class GalleryHolder:
 
     def add_photos(self, person: str, photos: list[tuple[str, bytes]]) -> dict[str, Any]:
         """Add ``photos`` (name, bytes) of ``person`` as a new revision, then use it."""
-        from inference.gallery import add_to_gallery
-
         with self.write_lock, tempfile.TemporaryDirectory(prefix="faceops-serve-") as tmp:
             folder = Path(tmp) / person
             folder.mkdir()
@@ -204,8 +203,6 @@ class GalleryHolder:
 
     def remove(self, person: str) -> dict[str, Any]:
         """Remove ``person`` as a new revision, then use it."""
-        from inference.gallery import remove_from_gallery
-
         with self.write_lock:
             summary = remove_from_gallery(self.uri, [person])
             self.gallery = self._load()
@@ -311,14 +308,13 @@ def face_answer(row: dict[str, Any], threshold: float) -> dict[str, Any]:
 def create_app(holder: GalleryHolder, batcher: Batcher, metrics: Metrics, limits: Limits,
                token: str | None = None) -> Any:
     """The Starlette application; ``token`` (when given) must come as ``Authorization: Bearer``
-    on every route but ``/healthz`` and the page."""
+    on every route but ``/healthz`` and the page. Starlette is imported here, with the app: the
+    serve extra is optional."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
     from starlette.routing import Route
-
-    from inference.page import PAGE
 
     def refuse(status: int, reason: str) -> JSONResponse:
         return JSONResponse({"error": reason}, status_code=status)
@@ -487,7 +483,7 @@ def serve(gallery: str, models: Models, *, host: str = "127.0.0.1", port: int = 
           workers: int | None = None, max_batch: int = DEFAULT_MAX_BATCH, reload_every: float = DEFAULT_RELOAD_EVERY, say: Callable[[str], Any] = print) -> None:
     """Load the gallery, then answer on ``host``:``port`` until interrupted (uvicorn, one process:
     the models and the batcher are shared by every request)."""
-    import uvicorn
+    import uvicorn  # the server library: loaded when serving starts, not with the package
 
     holder = GalleryHolder(gallery, models, reload_every)
     metrics = Metrics()

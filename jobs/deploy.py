@@ -31,13 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from images.digests import lookup
+from inference.models import resolve, sha256
+from jobs import report
 from jobs.backends import cloud
 from jobs.backends import modelarts as ma
 from jobs.backends import sagemaker as sm
 from jobs.backends.service_model import problems
 from jobs.core import storage
+from jobs.core.bundle import FACEOPS_CODE, build_bundle, extract_bundle, faceops_root
 from jobs.core.config import setting
 from jobs.core.errors import DataError, SpecError
+from jobs.store import Store
 
 BACKENDS = ("sagemaker", "modelarts")
 MODEL_DIR = "/opt/ml/model"  # where both services put the model folder in the container
@@ -80,9 +85,6 @@ def gallery_of(source: str) -> str:
         return source
     if ":" not in source or storage.is_remote(source) or Path(source).exists():
         raise DataError(f"{source}: not a gallery (no {GALLERY_MANIFEST}) and not a job version NAME:V")
-    from jobs import report
-    from jobs.store import Store
-
     record = Store().resolve(source)
     if record.get("status") != "done":
         raise DataError(f"{source}: the version is {record.get('status')}; only a finished version's gallery deploys")
@@ -105,8 +107,6 @@ def deployment_name(manifest: dict[str, Any], source: str, image: str, instance_
 
 def model_files(manifest: dict[str, Any], models: str | None, det: str | None, rec: str | None) -> tuple[Path, Path]:
     """The detector and recognizer to ship; a recognizer other than the gallery's is refused."""
-    from inference.models import resolve, sha256
-
     det_path, rec_path = resolve(models, det, rec)
     have = manifest["models"]["recognizer"]
     if sha256(rec_path) != have["sha256"]:
@@ -117,8 +117,6 @@ def model_files(manifest: dict[str, Any], models: str | None, det: str | None, r
 
 def package(gallery: str, det: Path, rec: Path, folder: Path) -> Path:
     """Write the model folder (gallery/, models/, code/) into ``folder`` and return it."""
-    from jobs.core.bundle import FACEOPS_CODE, build_bundle, extract_bundle, faceops_root
-
     storage.download(gallery, folder / "gallery", progress=False)
     (folder / "models").mkdir(parents=True)
     for path in (det, rec):
@@ -189,8 +187,6 @@ def plan(source: str, backend: str, image: str, instance_type: str, count: int =
          det: str | None = None, rec: str | None = None) -> Deployment:
     """The deployment of ``source`` (a gallery or ``NAME:V``) on ``backend``, its requests built
     and checked; nothing is uploaded or created."""
-    from images.digests import lookup
-
     if backend not in BACKENDS:
         raise SpecError(f"--backend: one of {', '.join(BACKENDS)}, got {backend!r}")
     if count < 1:
