@@ -362,20 +362,56 @@ def log_export(info: dict[str, Any], task: str) -> str:
     return _job_folder(info["staging"], info["remote_name"]) + f"logs/modelarts-job-{info['job_id']}-{task}.log"
 
 
-def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
-    """The exported log from byte ``offset`` on, by ranged reads (None before the first export)."""
+def log_pieces(info: dict[str, Any], task: str) -> list[tuple[str, int]]:
+    """The exported log files of one task as (URI, size), oldest first: the documented
+    ``modelarts-job-<job id>-<task>.log`` last (the one being written), after any pieces rotated
+    out of it and named after it (``...-<task>-<n>.log``, ``...-<task>.log.<n>``, as newer
+    platform versions write; their names are not documented, so any such name is taken), ordered
+    by upload time, then by their numbers."""
+    import re
+
     from jobs.core import storage
     from jobs.core.errors import NotFoundError
 
-    uri, data = log_export(info, task), b""
+    documented = log_export(info, task)
+    folder, name = documented.rsplit("/", 1)
+    stem = name[:-len(".log")]
     try:
-        while True:
-            chunk = storage.read_range(uri, offset + len(data), LOG_CHUNK)
-            data += chunk
-            if len(chunk) < LOG_CHUNK:
-                return data
+        listed = storage.list(folder + "/")
     except NotFoundError:
+        return []
+    found = [f for f in listed if f.uri.rsplit("/", 1)[1] == name
+             or f.uri.rsplit("/", 1)[1].startswith((name + ".", stem + "-", stem + "_"))]
+
+    def order(piece: Any) -> tuple[bool, float, list[int]]:
+        suffix = piece.uri.rsplit("/", 1)[1][len(stem):]
+        return piece.uri == documented, piece.mtime, [int(n) for n in re.findall(r"\d+", suffix)]
+
+    return [(f.uri, f.size) for f in sorted(found, key=order)]
+
+
+def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
+    """The exported log from byte ``offset`` on (its pieces read as one stream, by ranged reads);
+    None before the first export."""
+    from jobs.core import storage
+    from jobs.core.errors import NotFoundError
+
+    pieces, data, base = log_pieces(info, task), b"", 0
+    if not pieces:
         return None
+    for uri, size in pieces:
+        position = offset + len(data) - base
+        if position < size or uri == pieces[-1][0]:  # the current file may have grown since the listing
+            try:
+                while True:
+                    chunk = storage.read_range(uri, position, LOG_CHUNK)
+                    data, position = data + chunk, position + len(chunk)
+                    if len(chunk) < LOG_CHUNK:
+                        break
+            except NotFoundError:
+                pass
+        base += size
+    return data
 
 
 def _previewed(info: dict[str, Any], task: str, offset: int) -> tuple[bytes, int]:

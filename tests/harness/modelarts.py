@@ -303,10 +303,18 @@ class ModelArtsServer(ServerThread):
                    VC_WORKER_HOSTS=",".join(hosts), MA_TASK_NAME="worker", MA_VJ_NAME=vj, MA_CURRENT_IP=f"192.168.0.{node + 10}")
         return argv, env
 
-    def export_logs(self, put: Any) -> None:
+    def export_logs(self, put: Any, rotate_at: int | None = None) -> None:
         """Upload every task's full log to the job's ``log_export_path`` as ModelArts does
-        (every few seconds while the job runs): ``put(bucket, key, data)`` writes one object."""
+        (every few seconds while the job runs): ``put(bucket, key, data)`` writes one object.
+        With ``rotate_at`` the log is rotated every that many bytes, as newer platform versions
+        do: the older pieces as ``modelarts-job-<job id>-<task>-<n>.log`` (1 the oldest, names
+        the docs do not give), the newest under the documented name."""
         for (job_id, task), text in self.state.logs.items():
             folder = self.state.jobs[job_id]["spec"]["log_export_path"]["obs_url"].strip("/")
             bucket, _, prefix = folder.partition("/")
-            put(bucket, f"{prefix}/modelarts-job-{job_id}-{task}.log".lstrip("/"), text.encode())
+            data = text.encode()
+            step = rotate_at or max(len(data), 1)
+            pieces = [data[at:at + step] for at in range(0, len(data), step)] or [b""]
+            for number, piece in enumerate(pieces[:-1], 1):
+                put(bucket, f"{prefix}/modelarts-job-{job_id}-{task}-{number}.log".lstrip("/"), piece)
+            put(bucket, f"{prefix}/modelarts-job-{job_id}-{task}.log".lstrip("/"), pieces[-1])

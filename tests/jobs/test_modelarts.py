@@ -433,6 +433,34 @@ def test_logs_follow_past_the_preview_window(runner, modelarts, spec, s3_env, s3
     assert sum(1 for r in modelarts.state.requests if r[1].endswith("/logs/preview")) == previews
 
 
+def test_a_rotated_exported_log_is_read_as_one_stream(runner, modelarts, spec, s3_env, s3_bucket):
+    """Newer platform versions rotate the exported log: the pieces named after the task's log are
+    read oldest first and the documented file last, from the same byte offsets, so a follower
+    misses and repeats nothing across a rotation; no preview is asked for."""
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1"))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    modelarts.set_phase(job_id, "Running")
+    from jobs.backends.modelarts import ModelArtsBackend
+
+    def put(bucket: str, key: str, data: bytes) -> None:
+        s3_env.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+    record = Store().get("face-recognition", 1)
+    modelarts.append_log(job_id, "worker-0", "".join(f"line {n}\n" for n in range(1, 8)))
+    modelarts.export_logs(put, rotate_at=20)
+    first, cursor = ModelArtsBackend().read_logs(record, None)
+    assert first == [f"line {n}" for n in range(1, 8)]
+    modelarts.append_log(job_id, "worker-0", "".join(f"line {n}\n" for n in range(8, 13)))
+    modelarts.export_logs(put, rotate_at=20)
+    assert f"modelarts-job-{job_id}-worker-0-3.log" in modelarts_export_keys(s3_env, s3_bucket)
+    assert ModelArtsBackend().read_logs(record, cursor)[0] == [f"line {n}" for n in range(8, 13)]
+    modelarts.set_phase(job_id, "Completed")
+    follow = runner("job", "logs", "face-recognition", "--follow").output.splitlines()
+    assert follow == [f"line {n}" for n in range(1, 13)]
+    assert not [r for r in modelarts.state.requests if r[1].endswith("/logs/preview")]
+
+
 def test_a_running_jobs_metrics_are_read_live_from_its_log(runner, modelarts, spec, s3_env, s3_bucket, tmp_path):
     """While ModelArts runs the job, `job metrics` returns the rows its container printed so far:
     from the log preview before the first export, then from the log exported to OBS; once the job
@@ -612,6 +640,22 @@ def test_bootstrap_runs_as_the_modelarts_user(tmp_path):
         assert runs["root"].returncode != 0 and "Permission denied" in runs["root"].stderr
     finally:
         shutil.rmtree(base)
+
+
+def test_europe_regions_use_their_own_domain(runner, modelarts, spec, monkeypatch):
+    """Huawei Cloud Europe (eu-west-101, Dublin) serves its APIs and SWR under myhuaweicloud.eu
+    (the Europe site's "Endpoints" pages); other regions, Paris's eu-west-0 too, under .com."""
+    from jobs.backends.modelarts import console_link
+
+    monkeypatch.delenv("FACEOPS_MODELARTS_ENDPOINT")
+    for region, endpoint in (("eu-west-101", "https://modelarts.eu-west-101.myhuaweicloud.eu"),
+                             ("eu-west-0", "https://modelarts.eu-west-0.myhuaweicloud.com")):
+        monkeypatch.setenv("HUAWEICLOUD_SDK_REGION", region)
+        result = runner("job", "submit", spec, "--set", f"image=swr.{region}.{endpoint.rsplit('.', 2)[1]}."
+                        f"{endpoint.rsplit('.', 1)[1]}/faceops/train:gpu", "--dry-run", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["plan"]["endpoint"] == endpoint
+    assert console_link("eu-west-101", "j1").startswith("https://console.eu.huaweicloud.com/modelarts/?region=eu-west-101")
 
 
 def test_image_given_by_digest_is_pulled_by_digest(runner, modelarts, spec):
