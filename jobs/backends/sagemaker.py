@@ -13,6 +13,7 @@ role_arn, staging, input_mode (File or FastFile), volume_gb, endpoint_url (for a
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from jobs.backends import cloud, entry_argv, sharded
@@ -48,17 +49,29 @@ PROCESSING_STATES = {"InProgress": "running", "Stopping": "running", "Completed"
                      "Stopped": "stopped"}
 
 
+@lru_cache(maxsize=1)
+def _loader() -> Any:
+    """One botocore data loader for the process: a client's session reads the service's model
+    through it, so the models (megabytes of JSON) are parsed once, not on every status poll."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
+
+
 def client(service: str = "sagemaker"):
-    """A boto3 client for ``sagemaker`` or ``logs`` in the configured region. Made afresh each
-    time so credentials and settings changed since the last call are honoured."""
-    import boto3
+    """A botocore client for ``sagemaker`` or ``logs`` in the configured region. Its session is
+    made afresh each time (sharing only the parsed models) so credentials and settings changed
+    since the last call are honoured."""
+    import botocore.session
     from botocore.config import Config
 
     region = region_name()
     # One retry policy for both services: cloud.retrying backs off on throttling.
     config = Config(region_name=region, connect_timeout=5, read_timeout=60, retries={"total_max_attempts": 1})
     endpoint = setting("sagemaker", "endpoint_url", ("FACEOPS_SAGEMAKER_ENDPOINT",))
-    return boto3.session.Session().client(service, endpoint_url=endpoint, config=config)
+    session = botocore.session.Session()
+    session.register_component("data_loader", _loader())
+    return session.create_client(service, endpoint_url=endpoint, config=config)
 
 
 def region_name() -> str:
