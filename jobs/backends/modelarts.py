@@ -12,18 +12,23 @@ URIs; the API gets them as OBS paths (``/bucket/key``). AK/SK are never printed 
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 import shlex
 from typing import Any
 
-from jobs.backends import entry_argv, sharded
-from jobs.backends import cloud
+from jobs.backends import cloud, entry_argv, sharded
 from jobs.backends.cloud import CloudError, Setting
+from jobs.core import storage
 from jobs.core.config import setting
-from jobs.core.contract import (BOOTSTRAP_PATH, CHECKPOINT_CHANNEL, CHECKPOINT_MARKER, CODE_CHANNEL, CONTAINER_ROOT, IMAGE_PYTHON,
-                                JOB_CHANNEL, OUTPUT_CHANNEL, PARAMETERS_FLAG, RESUME_CHANNEL, Contract, service_layout)
-from jobs.core.errors import FaceopsError, SpecError
-from jobs.store import TERMINAL
+from jobs.core.contract import (BOOTSTRAP_PATH, CHECKPOINT_CHANNEL, CHECKPOINT_MARKER, CODE_CHANNEL, CONTAINER_ROOT,
+                                IMAGE_PYTHON, JOB_CHANNEL, OUTPUT_CHANNEL, PARAMETERS_FLAG, RESUME_CHANNEL, Contract,
+                                service_layout)
+from jobs.core.errors import FaceopsError, NotFoundError, SpecError
+from jobs.core.tasks import get_task
+from jobs.metrics import metrics_from
+from jobs.store import TERMINAL, Store
 
 AK = Setting("modelarts", "ak", ("HUAWEICLOUD_SDK_AK",), "access key (AK)")
 SK = Setting("modelarts", "sk", ("HUAWEICLOUD_SDK_SK",), "secret key (SK)")
@@ -51,8 +56,6 @@ PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Term
 
 def obs_path(uri: str) -> str:
     """``s3://bucket/key`` -> ``/bucket/key``, the OBS path form training jobs take."""
-    from jobs.core import storage
-
     loc = storage.parse(uri)
     return f"/{loc.bucket}/{loc.key}"
 
@@ -82,8 +85,6 @@ def environments(record: dict[str, Any]) -> dict[str, str]:
     """What the bootstrap needs to read the container ModelArts starts: which channels and outputs
     are the job's, and on several nodes whether to start MXNet's dist_sync roles (training) or to
     take one shard of the inputs (batch tasks)."""
-    from jobs.core.tasks import get_task
-
     spec = record["spec"]
     env = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])}
     if (spec["resources"].get("instance_count") or 1) > 1 and get_task(spec["task"]).kind == "training":
@@ -120,8 +121,6 @@ def job_files(record: dict[str, Any], staging: str, name: str) -> dict[str, byte
     """What :class:`ModelArtsBackend` puts on OBS before the create call: the typed hyperparameters
     the bootstrap reads (the ``faceops_job`` input), and for a training job the marker that makes
     its checkpoint folder exist before its first start."""
-    import json
-
     files = {_job_folder(staging, name) + "config/hyperparameters.json": json.dumps(record["spec"]["hyperparameters"]).encode()}
     if _is_training(record["spec"]):
         files[checkpoint_folder(staging, name) + CHECKPOINT_MARKER] = b"faceops: this job's checkpoints\n"
@@ -129,8 +128,6 @@ def job_files(record: dict[str, Any], staging: str, name: str) -> dict[str, byte
 
 
 def _is_training(spec: dict[str, Any]) -> bool:
-    from jobs.core.tasks import get_task
-
     return get_task(spec["task"]).kind == "training"
 
 
@@ -310,7 +307,7 @@ class ModelArtsBackend(cloud.CloudBackend):
             except FaceopsError as exc:
                 return cloud.Remote("failed", phase, f"merging the nodes' parts: {exc}", info_out, {})
             return cloud.Remote(status, phase, None, info_out, metrics)
-        metrics = cloud.metrics_from(*metrics_source(record)) if status in TERMINAL else None
+        metrics = metrics_from(*metrics_source(record)) if status in TERMINAL else None
         return cloud.Remote(status, phase, _reason(job, phase, status), info_out, metrics)
 
     def cancel(self, record: dict[str, Any]) -> None:
@@ -368,11 +365,6 @@ def log_pieces(info: dict[str, Any], task: str) -> list[tuple[str, int]]:
     out of it and named after it (``...-<task>-<n>.log``, ``...-<task>.log.<n>``, as newer
     platform versions write; their names are not documented, so any such name is taken), ordered
     by upload time, then by their numbers."""
-    import re
-
-    from jobs.core import storage
-    from jobs.core.errors import NotFoundError
-
     documented = log_export(info, task)
     folder, name = documented.rsplit("/", 1)
     stem = name[:-len(".log")]
@@ -393,9 +385,6 @@ def log_pieces(info: dict[str, Any], task: str) -> list[tuple[str, int]]:
 def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
     """The exported log from byte ``offset`` on (its pieces read as one stream, by ranged reads);
     None before the first export."""
-    from jobs.core import storage
-    from jobs.core.errors import NotFoundError
-
     pieces, data, base = log_pieces(info, task), b"", 0
     if not pieces:
         return None
@@ -436,8 +425,6 @@ def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str],
     from that offset (a few bytes per poll); the preview API, which can only return the whole last
     5 MB, is used only until the first export. Lines are given out whole, the last partial one once
     the job has ended."""
-    from jobs.store import Store
-
     current = Store().get(record["name"], record["version"])
     info, final = current["backend_info"], current["status"] in TERMINAL
     tasks = info.get("tasks") or ["worker-0"]

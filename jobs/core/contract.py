@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ def resolve_env(hyperparameters: dict[str, Any], environ: Any) -> dict[str, Any]
         match = ENV_REF.fullmatch(value.strip()) if isinstance(value, str) else None
         if match:
             if match.group(1) not in environ:
-                from jobs.core.errors import SpecError
+                from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
 
                 raise SpecError(f"hyperparameters.{key}: the job's environment has no variable {match.group(1)}")
             value = environ[match.group(1)]
@@ -318,8 +319,6 @@ def model_archives(folder: Path) -> list[Path]:
 def extract_archive(archive: Path, dest: Path) -> None:
     """Unpack the tarball ``archive`` into the folder ``dest`` with tarfile's ``data`` filter
     (no absolute paths, no links or members outside ``dest``, no device files)."""
-    import tarfile
-
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive) as tar:
