@@ -182,8 +182,6 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
     ``sheet`` names a contact sheet image of the doubtful faces (see inference.sheet). With
     ``shard`` this instance identifies its share of the images and ``out`` is its part folder
     (:func:`merge_reports` makes the parts one report)."""
-    from tqdm import tqdm
-
     db = gallery if isinstance(gallery, gallery_store.Gallery) else gallery_store.load(gallery)
     if not db.entries:
         raise DataError(f"{gallery}: the gallery is empty; add people with `faceops gallery add`")
@@ -202,9 +200,12 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
         if not listing.items and shard is None:  # a sharded instance may get none of the objects
             raise DataError(f"{images}: no images found")
         items, skipped = shards.share(listing.items, shard), shards.share(listing.skipped, shard, str)
-        results = tqdm(facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
-                                       batch_size=batch_size, workers=workers),
-                       total=len(items), unit="img", desc="identify", disable=not progress)
+        results = facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
+                                  batch_size=batch_size, workers=workers)
+        if progress:  # tqdm costs ~0.1 s to import: only when a bar is shown
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(items), unit="img", desc="identify")
         with open(out / "report.csv", "w", newline="") as csv_fh, open(out / "report.jsonl", "w") as jsonl_fh:
             writer = csv.DictWriter(csv_fh, fieldnames=CSV_FIELDS)
             writer.writeheader()
