@@ -71,11 +71,21 @@ def _gallery(folder) -> None:
     save(Gallery(manifest, vectors, entries), folder)
 
 
-@pytest.mark.parametrize("damage, named", [
-    (lambda db: (db / "index.faiss").write_bytes(os.urandom((db / "index.faiss").stat().st_size)), "index.faiss"),
-    (lambda db: os.truncate(db / "embeddings.npy", (db / "embeddings.npy").stat().st_size // 2), "embeddings.npy"),
-])
-@pytest.mark.parametrize("checksums", [True, False], ids=["checksummed", "older-gallery"])
+def _random_index(db) -> None:
+    (db / "index.faiss").write_bytes(os.urandom((db / "index.faiss").stat().st_size))
+
+
+def _truncated_embeddings(db) -> None:
+    os.truncate(db / "embeddings.npy", (db / "embeddings.npy").stat().st_size // 2)
+
+
+# An older gallery (no checksums) with a flat index never reads index.faiss (flat galleries are
+# scanned), so random bytes there harm nothing; its truncated embeddings are still named.
+@pytest.mark.parametrize("damage, named, checksums", [
+    (_random_index, "index.faiss", True),
+    (_truncated_embeddings, "embeddings.npy", True),
+    (_truncated_embeddings, "embeddings.npy", False),
+], ids=["index-checksummed", "embeddings-checksummed", "embeddings-older-gallery"])
 def test_a_damaged_gallery_file_is_named(tmp_path, damage, named, checksums):
     control, db = tmp_path / "control", tmp_path / "db"
     _gallery(control)
