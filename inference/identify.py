@@ -189,7 +189,6 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
     threshold = db.threshold if threshold is None else float(threshold)
     labels = read_truth(Path(truth)) if truth else {}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     probes: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     start = time.perf_counter()
@@ -198,10 +197,14 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
         listing = list_images(folder)
         if not listing.items and shard is None:  # a sharded instance may get none of the objects
             raise DataError(f"{images}: no images found")
+        if truth_from_folders and listing.items and not any("/" in item.name for item in listing.items):
+            raise DataError(f"{images}: --truth-from-folders takes each image's first folder as its person, but "
+                            "every image sits directly in it (expected IMAGES/<person>/photo.jpg); use --truth CSV")
         items, skipped = shards.share(listing.items, shard), shards.share(listing.skipped, shard, str)
         results = tqdm(facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
                                        batch_size=batch_size, workers=workers),
                        total=len(items), unit="img", desc="identify", disable=not progress)
+        out.mkdir(parents=True, exist_ok=True)
         with open(out / "report.csv", "w", newline="") as csv_fh, open(out / "report.jsonl", "w") as jsonl_fh:
             writer = csv.DictWriter(csv_fh, fieldnames=CSV_FIELDS)
             writer.writeheader()

@@ -108,6 +108,17 @@ def test_truth_csv_and_a_fixed_threshold(split, built, models, tmp_path):
     assert summary["unknown"] == summary["faces"]
 
 
+def test_truth_from_folders_of_a_flat_folder_is_refused(runner, split, built, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for photo in sorted((split / "probe").rglob("*.jpg"))[:2]:
+        (flat / photo.name).symlink_to(photo)
+    result = runner("identify", flat, "--gallery", built[0], "--out", tmp_path / "out", "--truth-from-folders")
+    assert result.exit_code == 2
+    assert "--truth-from-folders takes each image's first folder as its person, but every image sits directly in it" in result.output
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
 def test_labels_stay_inside_the_image():
     from inference.identify import label_origin
 
