@@ -279,8 +279,10 @@ def job_metrics(ref: str, wanted: tuple[str, ...], as_json: bool, as_csv: bool) 
     elif as_csv:
         click.echo(metrics.to_csv(table), nl=False)
     else:
-        columns = list(dict.fromkeys(k for row in table for k in row if k != "time"))
-        click.echo(report.table(columns, ([row.get(k) for k in columns] for row in table)) if table else "no metrics rows yet")
+        columns = list(dict.fromkeys([k for k in metrics.AXES if any(k in row for row in table)]
+                                     + [k for row in table for k in row]))
+        click.echo(report.table(columns, ([report.clock(row[k]) if k == "time" and k in row else row.get(k) for k in columns]
+                                          for row in table)) if table else "no metrics rows yet")
 
 
 @job.command("plot")

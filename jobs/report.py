@@ -64,11 +64,23 @@ def best_values(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(name, entry) for name, entry in (record.get("metric_summary") or {}).items() if "best" in entry]
 
 
-def best_summary(record: dict[str, Any], limit: int = 4) -> str:
-    """``loss 0.1 (min @40)``: the best value of each declared metric, its direction and the step
-    (or epoch) it was reached at."""
-    items = best_values(record)[:limit]
-    return ", ".join(f"{name} {fmt(e['best'])} ({e['direction']} @{fmt(e['best_at'])})" for name, e in items) or "-"
+def best_at(entry: dict[str, Any]) -> str:
+    """Where a best value was reached, naming the axis: ``step 40``, ``epoch 3``; empty for a
+    metric of rows without either (a processing job's one final row)."""
+    axis = entry.get("best_axis")
+    return f"{axis} {fmt(entry['best_at'])}" if axis else ""
+
+
+def best_summary(record: dict[str, Any]) -> str:
+    """``loss 0.1 (min @step 40)``: the best value of every declared metric, its direction and the
+    step or epoch it was reached at."""
+    return ", ".join(f"{name} {fmt(e['best'])} ({e['direction']}" + (f" @{best_at(e)})" if best_at(e) else ")")
+                     for name, e in best_values(record)) or "-"
+
+
+def clock(seconds: Any) -> str:
+    """A metrics row's ``time`` (seconds since the epoch) as the local clock time it was written."""
+    return time.strftime("%H:%M:%S", time.localtime(seconds)) if isinstance(seconds, (int, float)) else fmt(seconds)
 
 
 def diff(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> list[tuple[str, Any, Any]]:
@@ -231,7 +243,8 @@ def show_text(record: dict[str, Any]) -> str:
         ("backend", {k: v for k, v in (record.get("backend_info") or {}).items() if v not in (None, "")}),
         ("timings (s)", record.get("timings") or {}),
         ("metrics", record.get("metrics") or {}),
-        ("best", {f"{name} ({e['direction']})": f"{fmt(e['best'])} at {fmt(e['best_at'])}" for name, e in best_values(record)}),
+        ("best", {f"{name} ({e['direction']})": fmt(e["best"]) + (f" at {best_at(e)}" if best_at(e) else "")
+                  for name, e in best_values(record)}),
     ]
     for title, values in sections:
         if values:

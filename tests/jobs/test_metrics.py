@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from jobs import metrics as history
+from jobs import report
 from jobs.core.tasks import Metric
 from jobs.store import Store
 
@@ -70,7 +72,8 @@ def test_job_metrics_returns_every_row(runner, two_versions):
     assert len(rows) == ROWS and list(rows[0])[:3] == ["step", "epoch", "time"]
     assert float(rows[9]["loss"]) == pytest.approx(2.0 * 2.718281828 ** (-0.1 * 10), rel=1e-6)
     text = runner("job", "metrics", "curves:1", "--metric", "acc").output.splitlines()
-    assert text[0].split() == ["step", "epoch", "acc"] and len(text) == ROWS + 1
+    assert text[0].split() == ["step", "epoch", "time", "acc"] and len(text) == ROWS + 1
+    assert re.fullmatch(r"1 +1 +\d\d:\d\d:\d\d +[0-9.]+", text[1]), text[1]
 
 
 def test_versions_and_diff_show_last_best_and_direction(runner, two_versions):
@@ -83,10 +86,11 @@ def test_versions_and_diff_show_last_best_and_direction(runner, two_versions):
     assert first["loss"]["best"] < first["loss"]["last"]  # the step-50 bump: the best is not the last
     assert first["loss"]["best_at"] == losses.index(min(losses)) + 1
     table = runner("job", "versions", "curves").output
-    assert "BEST" in table and f"loss {first['loss']['best']:.6g} (min @{first['loss']['best_at']})" in table
+    assert first["loss"]["best_axis"] == "step"
+    assert "BEST" in table and f"loss {first['loss']['best']:.6g} (min @step {first['loss']['best_at']})" in table
     keys = {row["key"] for row in json.loads(runner("job", "diff", "curves:1", "curves:2", "--json").output)}
     assert {"best.loss (min)", "best.acc (max)", "metrics.loss", "hyperparameters.lr"} <= keys
-    assert "best:" in runner("job", "show", "curves:1").output
+    assert f"loss (min): {first['loss']['best']:.6g} at step {first['loss']['best_at']}" in runner("job", "show", "curves:1").output
 
 
 def test_plot_names_the_change_and_is_not_blank(runner, two_versions, tmp_path):
@@ -149,10 +153,19 @@ def test_summary_follows_the_schema_patterns():
     table = [{"step": 1, "loss": 3.0, "val_lfw_acc": 0.5, "lr": 0.1}, {"step": 2, "loss": 2.0, "val_lfw_acc": 0.7},
              {"step": 3, "loss": 2.5, "val_lfw_acc": 0.6, "note": "text"}]
     summary = history.summarize(table, {"loss": Metric("min"), "val_*_acc": Metric("max")})
-    assert summary["loss"] == {"last": 2.5, "rows": 3, "direction": "min", "unit": "", "best": 2.0, "best_at": 2}
+    assert summary["loss"] == {"last": 2.5, "rows": 3, "direction": "min", "unit": "", "best": 2.0, "best_at": 2,
+                               "best_axis": "step"}
     assert summary["val_lfw_acc"]["best"] == 0.7 and summary["val_lfw_acc"]["direction"] == "max"
     assert summary["lr"] == {"last": 0.1, "rows": 1, "direction": None, "unit": ""}  # undeclared: no best
     assert "note" not in summary and "step" not in summary
+    # Epoch-only rows are told apart from steps; a processing job's single row has no axis to name.
+    epochs = history.summarize([{"step": 5, "loss": 1.0}, {"epoch": 1, "epoch_acc": 0.4}, {"epoch": 2, "epoch_acc": 0.6}],
+                               {"loss": Metric("min"), "epoch_acc": Metric("max")})
+    assert (epochs["epoch_acc"]["best_at"], epochs["epoch_acc"]["best_axis"]) == (2, "epoch")
+    final = history.summarize([{"rank1": 1.0}], {"rank1": Metric("max")})
+    assert final["rank1"]["best_axis"] is None
+    record = {"metric_summary": {**epochs, **final}}
+    assert report.best_summary(record) == "loss 1 (min @step 5), epoch_acc 0.6 (max @epoch 2), rank1 1 (max)"
 
 
 def test_rows_survive_a_torn_line(tmp_path):
