@@ -153,8 +153,14 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def metrics_summary(record: dict[str, Any], limit: int = 4) -> str:
-    """The first few final metrics as ``k=v`` (step/epoch counters left out)."""
-    items = [(k, v) for k, v in (record.get("metrics") or {}).items() if k not in ("step", "epoch")]
+    """The first few final metrics as ``k=v``, those the spec or task declares first (an identify
+    job's rank1, tar_at_far and unknown_rejection before its counts); step/epoch counters left out."""
+    from jobs.core.tasks import find_metric
+    from jobs.metrics import schema
+
+    declared = schema(record)
+    items = sorted(((k, v) for k, v in (record.get("metrics") or {}).items() if k not in ("step", "epoch")),
+                   key=lambda item: find_metric(declared, item[0]) is None)
     return " ".join(f"{k}={fmt(v)}" for k, v in items[:limit]) or "-"
 
 

@@ -172,3 +172,10 @@ def test_rows_survive_a_torn_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1, "loss": 1}\n{"step": 2, "lo\n{"step": 3, "loss": 0.5}\n[1, 2]\n')
     assert history.read_rows(path) == [{"step": 1, "loss": 1}, {"step": 3, "loss": 0.5}]
+
+
+def test_a_finished_identify_job_is_summed_up_by_its_declared_metrics():
+    record = {"task": "identify", "spec": {}, "metrics": {
+        "images": 40, "faces": 98, "no_face": 0, "errors": 0, "unknown": 6, "faces_per_s": 70.5,
+        "rank1": 1.0, "tar_at_far": 0.97, "unknown_rejection": 1.0}}
+    assert report.metrics_summary(record) == "faces_per_s=70.5 rank1=1 tar_at_far=0.97 unknown_rejection=1"
