@@ -82,6 +82,13 @@ def environments(record: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def _resources(resources: dict[str, Any]) -> None:
+    if not resources.get("instance_type"):
+        raise SpecError("resources.instance_type: ModelArts needs a flavor, like modelarts.p3.large.public")
+    if resources.get("spot"):
+        raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
+
+
 def build_job(record: dict[str, Any], staging: str):
     """The SDK's ``Job`` body for CreateTrainingJob. Inputs and outputs use ``access_method: env``:
     the SDK's Input/Output default, ``parameter``, would append ``--<name>=<local_dir>`` to the
@@ -90,10 +97,7 @@ def build_job(record: dict[str, Any], staging: str):
 
     spec, res = record["spec"], record["spec"]["resources"]
     cloud.check_remote_uris("modelarts", spec)
-    if not res.get("instance_type"):
-        raise SpecError("resources.instance_type: ModelArts needs a flavor, like modelarts.p3.large.public")
-    if res.get("spot"):
-        raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
+    _resources(res)
     digest = (record.get("image") or {}).get("digest")
     image = image_url(spec.get("image"), digest)
     name = cloud.remote_name(record)
@@ -193,6 +197,14 @@ class ModelArtsBackend(cloud.CloudBackend):
 
     name = "modelarts"
     id_key = "job_id"
+
+    def needs(self, spec: dict[str, Any]) -> list[str]:
+        """Outputs and staging on OBS, a flavor, an image in SWR, AK/SK, the project id and the
+        region (or endpoint): what building the request, masking its secrets and naming its API
+        call would otherwise refuse one by one."""
+        return cloud.staging_needs(self.name, spec) + cloud.gather(
+            lambda: _resources(spec["resources"]), lambda: image_url(spec.get("image"), None),
+            AK.require, SK.require, PROJECT.require, endpoint)
 
     def check(self, spec: dict[str, Any]) -> None:
         """ModelArts' own limit, before anything is stored or uploaded: the auto-restart count

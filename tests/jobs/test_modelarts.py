@@ -174,6 +174,17 @@ def test_missing_credentials_name_the_setting(runner, modelarts, spec, monkeypat
     assert modelarts.state.requests == []
 
 
+def test_a_dry_run_names_every_missing_setting_at_once(runner, modelarts, spec, monkeypatch):
+    for name in ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "HUAWEICLOUD_SDK_PROJECT_ID"):
+        monkeypatch.delenv(name)
+    output = refused(runner, spec, "--dry-run", "--set", "resources.instance_type=")
+    assert "modelarts: 4 things to set before this job can run" in output, output
+    for expected in ("resources.instance_type: ModelArts needs a flavor", "no access key (AK)", "no secret key (SK)",
+                     "no project id"):
+        assert expected in output, output
+    assert modelarts.state.requests == []
+
+
 def test_missing_region_without_endpoint(runner, modelarts, spec, monkeypatch):
     monkeypatch.delenv("HUAWEICLOUD_SDK_REGION")
     monkeypatch.delenv("FACEOPS_MODELARTS_ENDPOINT")

@@ -512,6 +512,19 @@ def test_missing_settings_say_where_to_set_them(runner, sagemaker, train_spec, m
     assert expected in output, output
 
 
+def test_a_dry_run_names_every_missing_setting_at_once(runner, sagemaker, train_spec, monkeypatch, tmp_path):
+    for name in ("FACEOPS_SAGEMAKER_ROLE_ARN", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    output = refused(runner, train_spec, "--dry-run", "--set", "resources.instance_type=",
+                     "--set", f"outputs.model={tmp_path / 'model'}", "--set", "image=ghcr.io/team/train:gpu")
+    assert "sagemaker: 5 things to set before this job can run" in output, output
+    for expected in (f"outputs.model: {tmp_path / 'model'} is on this machine, where sagemaker cannot write",
+                     "resources.instance_type: SageMaker needs an instance type",
+                     "image: ghcr.io/team/train:gpu is not in Amazon ECR",
+                     "no execution role ARN", "no AWS region"):
+        assert expected in output, output
+
+
 def test_missing_credentials(runner, sagemaker, train_spec, s3_env, faceops_home, monkeypatch, tmp_path):
     # Object storage keeps its own keys (config.yaml); SageMaker finds no AWS credentials anywhere.
     (faceops_home / "config.yaml").write_text(json.dumps({"s3": {"access_key": s3_env.access_key,
