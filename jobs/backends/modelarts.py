@@ -89,6 +89,17 @@ def _resources(resources: dict[str, Any]) -> None:
         raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
 
 
+def runtime_note(resources: dict[str, Any]) -> dict[str, str]:
+    """A ``note`` for the plan when ``max_runtime`` is not whole hours: ModelArts' auto_stop counts
+    hours, so the job may run up to the next whole hour, and the user should know before paying."""
+    seconds = resources.get("max_runtime")
+    if not seconds or seconds % 3600 == 0:
+        return {}
+    hours = math.ceil(seconds / 3600)
+    return {"note": f"max_runtime {seconds / 60:g}m is rounded up to auto_stop {hours} HOURS: ModelArts stops "
+                    f"jobs in whole hours, so this one may run (and bill) up to {hours}h"}
+
+
 def build_job(record: dict[str, Any], staging: str):
     """The SDK's ``Job`` body for CreateTrainingJob. Inputs and outputs use ``access_method: env``:
     the SDK's Input/Output default, ``parameter``, would append ``--<name>=<local_dir>`` to the
@@ -220,7 +231,8 @@ class ModelArtsBackend(cloud.CloudBackend):
 
         job = build_job(record, staging)
         return cloud.Request(api=f"POST /v2/{PROJECT.require()}/training-jobs", name=job.metadata.name, body=job,
-                             shown=sanitize_for_serialization(job), about={"endpoint": endpoint()})
+                             shown=sanitize_for_serialization(job),
+                             about={"endpoint": endpoint(), **runtime_note(record["spec"]["resources"])})
 
     def ready(self) -> None:
         client()  # fail on missing credentials before uploading anything

@@ -71,6 +71,8 @@ def test_dry_run_shows_the_request_without_keys(runner, modelarts, spec, s3_buck
     out = json.loads(result.output)
     plan = out["plan"]
     assert plan["api"] == f"POST /v2/{modelarts.state.project_id}/training-jobs"
+    assert plan["note"] == ("max_runtime 90m is rounded up to auto_stop 2 HOURS: ModelArts stops jobs in whole hours, "
+                            "so this one may run (and bill) up to 2h")
     assert modelarts.state.secret_key not in result.output and modelarts.state.access_key not in result.output
     body = plan["request"]
     code_hash = out["record"]["code"]["hash"]
