@@ -538,7 +538,7 @@ def eval_recognition(model_path: str, bins: tuple[str, ...], flip: bool, as_json
 
     from train.verification import evaluate_bins, onnx_forward
 
-    results = evaluate_bins(onnx_forward(Path(model_path)), [Path(b) for b in bins], flip)
+    results = evaluate_bins(onnx_forward(Path(model_path)), [Path(b) for b in bins], flip, progress=not as_json)
     if as_json:
         click.echo(json.dumps(results))
         return
