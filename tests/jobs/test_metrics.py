@@ -179,3 +179,60 @@ def test_a_finished_identify_job_is_summed_up_by_its_declared_metrics():
         "images": 40, "faces": 98, "no_face": 0, "errors": 0, "unknown": 6, "faces_per_s": 70.5,
         "rank1": 1.0, "tar_at_far": 0.97, "unknown_rejection": 1.0}}
     assert report.metrics_summary(record) == "faces_per_s=70.5 rank1=1 tar_at_far=0.97 unknown_rejection=1"
+
+
+def test_epoch_metrics_get_an_epoch_axis_and_steps_run_smoothly_across_epochs():
+    import numpy as np
+
+    from jobs.plot import Curve, render
+
+    # A recognition job's rows: per-step loss (step and the epoch it is in), then each epoch's summary.
+    rows = []
+    for epoch in (1, 2, 3):
+        rows += [{"step": step, "epoch": epoch, "loss": 3.0 / step} for step in range(5 * epoch - 4, 5 * epoch + 1)]
+        rows.append({"epoch": epoch, "epoch_loss": 3.0 / epoch})
+    curves = [Curve("recog:1", rows)]
+    fig = render(curves, ["loss", "epoch_loss"], {"loss": Metric("min"), "epoch_loss": Metric("min")}, x="step")
+    loss, epoch_loss = fig.axes[:2]
+    assert (loss.get_xlabel(), epoch_loss.get_xlabel()) == ("step", "epoch")
+    assert list(epoch_loss.lines[0].get_xdata()) == [1, 2, 3]
+
+    fig = render(curves, ["loss", "epoch_loss"], {}, x="epoch")
+    steps = fig.axes[0].lines[0].get_xdata()
+    assert np.all(np.diff(steps) > 0), steps  # no sawtooth: each step at its share of its epoch
+    assert steps[0] == pytest.approx(0.2) and steps[4] == 1 and steps[-1] == 3
+    assert list(fig.axes[1].lines[0].get_xdata()) == [1, 2, 3]
+
+
+FINAL = textwrap.dedent("""
+    import json, os
+    with open(os.environ["FACEOPS_METRICS_FILE"], "a") as fh:
+        fh.write(json.dumps({"images": 40, "faces": 98, "no_face": 0, "errors": 0, "unknown": 6, "rank1": 0.9,
+                             "tar_at_far": 0.8, "unknown_rejection": 1.0}) + "\\n")
+""")
+
+
+def test_a_processing_job_plots_its_declared_metrics_as_dots_with_a_legend_that_fits(runner, tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from jobs.plot import plot_versions
+
+    (tmp_path / "final.py").write_text(FINAL)
+    (tmp_path / "job.yaml").write_text(textwrap.dedent("""
+        name: finals
+        task: custom
+        entrypoint: [python, final.py]
+        hyperparameters: {threshold_for_the_gallery_people: 0.3, detector_input_size_in_pixels: 640}
+        metrics: {rank1: max, tar_at_far: max, unknown_rejection: max}
+    """))
+    assert runner("job", "submit", str(tmp_path / "job.yaml")).exit_code == 0
+    result = runner("job", "rerun", "finals:1", "--set", "threshold_for_the_gallery_people=0.45",
+                    "--set", "detector_input_size_in_pixels=320", "--set", "a_third_setting_with_a_long_name=yes")
+    assert result.exit_code == 0, result.output
+    _, fig = plot_versions(history.expand_refs(["finals"]), tmp_path / "finals.png")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title().split()[0] for ax in panels] == ["rank1", "tar_at_far", "unknown_rejection"]
+    assert all(line.get_marker() == "o" for line in panels[0].lines)
+    FigureCanvasAgg(fig).draw()
+    legend, page = fig.legends[0].get_window_extent(), fig.bbox
+    assert page.x0 <= legend.x0 and legend.x1 <= page.x1, (legend, page)
