@@ -87,13 +87,14 @@ class Supervisor:
 
         metrics = final_metrics(self.contract.metrics_file)
         reason = diskspace.note_full(reason, self.folder) if status == "failed" else reason
+        # Tracking first, bounded: its run is complete, or its warning said, before the user sees the end.
+        self.tracker.finish(status, self.stopping)
         self._say(status + (f": {reason}" if reason and status != "done" else ""))
         try:
             diskspace.with_reserve(lambda: self.store.update(self.record["name"], self.record["version"], status=status,
                                                              reason=reason, metrics=metrics))
         except RecordFrozen:
             pass  # stopped before it started: the CLI already closed the record
-        self.tracker.finish(status)
 
     def _stage(self) -> None:
         from jobs.core import storage
