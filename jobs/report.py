@@ -9,7 +9,10 @@ import json
 import time
 from typing import Any, Iterable
 
+from jobs.core.contract import Contract
 from jobs.core.secrets import MASK, mask
+from jobs.core.tasks import Metric, find_metric, get_task
+from jobs.store import workdir
 
 # What `job diff` compares, in this order. `status` and timings are shown by --all only, since two
 # versions almost always differ there and it hides what was changed on purpose.
@@ -152,15 +155,12 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-def metrics_summary(record: dict[str, Any], limit: int = 4) -> str:
-    """The first few final metrics as ``k=v``, those the spec or task declares first (an identify
-    job's rank1, tar_at_far and unknown_rejection before its counts); step/epoch counters left out."""
-    from jobs.core.tasks import find_metric
-    from jobs.metrics import schema
-
-    declared = schema(record)
+def metrics_summary(record: dict[str, Any], limit: int = 4, declared: dict[str, Metric] | None = None) -> str:
+    """The first few final metrics as ``k=v``, those ``declared`` (the version's metric schema,
+    :func:`jobs.metrics.schema`) first: an identify job's rank1, tar_at_far and unknown_rejection
+    before its counts; step/epoch counters left out."""
     items = sorted(((k, v) for k, v in (record.get("metrics") or {}).items() if k not in ("step", "epoch")),
-                   key=lambda item: find_metric(declared, item[0]) is None)
+                   key=lambda item: find_metric(declared or {}, item[0]) is None)
     return " ".join(f"{k}={fmt(v)}" for k, v in items[:limit]) or "-"
 
 
@@ -207,10 +207,6 @@ def locations(record: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     backend; it stays there when the spec names no upload) and ``remote`` (the spec's URI; for a
     SageMaker training job's model, the model.tar.gz it wrote). Every output the task declares is
     listed, so ``job show`` tells where the model is even without an ``outputs:`` section."""
-    from jobs.core.contract import Contract
-    from jobs.core.tasks import get_task
-    from jobs.store import workdir
-
     spec = record["spec"]
     try:
         declared = get_task(spec["task"]).outputs

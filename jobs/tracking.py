@@ -24,13 +24,18 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from jobs.core.config import setting
+from jobs.core.config import home, setting
 from jobs.core.errors import FaceopsError, SpecError
+from jobs.core.files import atomic_write
+from jobs.metrics import metrics_file, parse_rows, rows
+from jobs.report import locations
+from jobs.store import TERMINAL, Store, workdir
 
 STATE_FOLDER = "tracking"
 BATCH = 1000  # MLflow's log_batch takes at most 1000 metrics, 100 params and 100 tags
@@ -60,8 +65,6 @@ def artifact_home(uri: str) -> Path | None:
     """The folder MLflow's default artifact root (``mlruns/``) goes in for a database store:
     beside a SQLite file, else in ``$FACEOPS_HOME``; never the folder the command happens to run
     in (a user's project, a version folder). None for a server, which keeps its own."""
-    from jobs.core.config import home
-
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in DATABASE_SCHEMES:
         return None
@@ -89,8 +92,6 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    from jobs.core.files import atomic_write
-
     atomic_write(path, json.dumps(state))
 
 
@@ -101,8 +102,6 @@ def metric_key(name: str) -> str:
 
 def run_tags(record: dict[str, Any]) -> dict[str, str]:
     """The tags that tie a run to its version, plus links to where its outputs are."""
-    from jobs.store import workdir
-
     tags = {
         "faceops.job": record["name"],
         "faceops.version": str(record["version"]),
@@ -115,8 +114,6 @@ def run_tags(record: dict[str, Any]) -> dict[str, str]:
         "mlflow.note.content": f"faceops {record['name']}:{record['version']}"
                                + (f", rerun of {record['name']}:{record['parent']}" if record.get("parent") else ""),
     }
-    from jobs.report import locations
-
     for name, where in locations(record).items():
         if where.get("remote") or where.get("local"):
             tags[f"faceops.output.{name}"] = str(where.get("remote") or where.get("local"))
@@ -240,8 +237,6 @@ def sync(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> 
     """Deliver the version's metrics rows beyond those delivered before; end the run when the
     record is terminal. Returns the delivery state (run id, rows sent). Raises
     whatever the tracking store raised; the state then still says what was delivered."""
-    from jobs.store import TERMINAL, workdir
-
     path = state_file(workdir(record), uri)
     state = _read_state(path)
     store = store or MlflowStore(uri)
@@ -271,8 +266,6 @@ def _undelivered(record: dict[str, Any], state: dict[str, Any]) -> tuple[list[di
     read from the byte offset delivered so far (a line still being written waits for its
     newline); a cloud job's rows, which come from its log and then from its uploaded file, are
     counted by position."""
-    from jobs.metrics import metrics_file, parse_rows, rows
-
     if record["backend"] != "local":
         return rows(record)[state["rows"]:], state["offset"]
     try:
@@ -301,8 +294,6 @@ def deliver(record: dict[str, Any]) -> None:
     delivery state as a local job's :class:`Tracker`. Never raises: a store that is down (or mlflow
     missing) is said once per process and tracking URI on stderr, and a later refresh or
     ``job export`` sends the rest."""
-    from jobs.store import Store
-
     uri = None
     try:
         uri = configured_uri()
@@ -316,7 +307,6 @@ def deliver(record: dict[str, Any]) -> None:
         if uri in _WARNED:
             return
         _WARNED.add(uri)
-        import sys
 
         ref = f"{record['name']}:{record['version']}"
         what = str(exc) if isinstance(exc, FaceopsError) else f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -377,8 +367,6 @@ class Tracker:
         the version is marked terminal (so its run is complete when the user sees it end). While
         the store is unreachable keep trying for ``tracking.flush_seconds`` at most, or until
         ``abort`` is set (SIGTERM); then say how to send the rest. True when all was delivered."""
-        from jobs.store import Store
-
         self.done.set()
         self.thread.join()
         try:

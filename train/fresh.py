@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 from jobs.core.bundle import faceops_root
 from jobs.core.errors import FaceopsError
@@ -31,8 +32,6 @@ def run(module: str, *args: str, capture: bool = False) -> subprocess.CompletedP
     command = [sys.executable, "-m", module, *args]
     if not capture:
         return subprocess.run(command, env=env(), check=True)
-    import tempfile
-
     last = ""
     with tempfile.TemporaryFile("w+") as stdout:
         with subprocess.Popen(command, env=env(), stdout=stdout, stderr=subprocess.PIPE, text=True) as child:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from jobs.core.errors import DataError
+from train.importer import init_source
 
 THRESHOLDS = np.arange(0, 4, 0.01)
 
@@ -54,8 +56,6 @@ def embeddings(forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
     ``f(x) + f(mirror(x))``. ``forward`` maps a normalised float32 batch to ``(n, D)``: a Gluon
     network in a job, onnxruntime in ``faceops eval``, the same protocol for both. ``progress``
     names a progress bar (on stderr) over the faces; None draws none."""
-    from tqdm import tqdm
-
     out = []
     bar = tqdm(total=len(images), unit="face", desc=progress, disable=progress is None)
     for start in range(0, len(images), batch_size):
@@ -105,8 +105,6 @@ def evaluate(net: Any, folder: Path, ctx: Any) -> dict[str, float]:
 def onnx_forward(model: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A recognizer ONNX file (or a model folder's ``model.onnx``) as a batch function."""
     import onnxruntime
-
-    from train.importer import init_source
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
