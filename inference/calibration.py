@@ -145,8 +145,9 @@ def _unresolved(far: float, pairs: int, threshold: float, measured: float | None
 
 
 # A recognizer separates people when strangers score well below the same person: trained ArcFace
-# models give impostor cosines around 0 (pretrained MobileFaceNet on LFW: mean 0.03) and a
-# genuine-over-impostor AUC near 1; an untrained or collapsed one scores everyone alike (~0.99).
+# models give impostor cosines around 0 (pretrained MobileFaceNet on the shared LFW photos: mean 0.017,
+# genuine 0.63, AUC 1.0); an untrained or collapsed one scores everyone alike (the example recognizer
+# after 4 steps: 1.0; a random colour projection: 0.58).
 IMPOSTOR_MEAN_CEILING = 0.5
 MIN_AUC = 0.75
 AUC_PAIRS = 10  # genuine pairs below which the AUC is too coarse to judge by
