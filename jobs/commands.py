@@ -1,4 +1,4 @@
-"""The commands that drive jobs: ``job``, ``task``, ``storage``, ``doctor`` and ``demo``. Thin: they
+"""The commands that drive jobs: ``job``, ``task``, ``storage``, ``doctor``, ``demo`` and ``deploy``. Thin: they
 parse arguments, call the jobs orchestration and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from inference.commands import _model_options
 from jobs import demo as demo_steps
+from jobs import deploy as deployment
 from jobs import metrics, report, spec, submit, tracking
 from jobs.backends import BACKENDS, DEFAULT_GRACE
 from jobs.core import storage as store
@@ -330,3 +332,30 @@ def doctor() -> None:
     click.echo(f"{store.path}: {len(problems)} problems" if problems else f"{store.path}: OK")
     if problems:
         sys.exit(1)
+
+
+@click.command()
+@click.argument("source", metavar="GALLERY|NAME:V")
+@click.option("--backend", type=click.Choice(deployment.BACKENDS), required=True, help="Where the endpoint runs.")
+@click.option("--image", required=True, help="The faceops image to serve with (in ECR for SageMaker, SWR for ModelArts).")
+@click.option("--instance-type", required=True, help="SageMaker instance type (ml.c5.xlarge) or ModelArts flavor.")
+@click.option("--instance-count", default=1, show_default=True, help="Instances behind the endpoint.")
+@_model_options
+@click.option("--dry-run", is_flag=True, help="Build and check the requests and show them; upload and create nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment (or the plan) as JSON.")
+def deploy(source: str, backend: str, image: str, instance_type: str, instance_count: int, models_dir: str | None,
+           det_model: str | None, rec_model: str | None, dry_run: bool, as_json: bool) -> None:
+    """Deploy a gallery as a real-time endpoint on SageMaker or ModelArts. SOURCE is a gallery
+    (folder or s3:// prefix) or the job version NAME:V that built one; `faceops serve` in IMAGE
+    answers: SageMaker CreateModel,
+    CreateEndpointConfig and CreateEndpoint (GET /ping, POST /invocations on 8080, the model
+    under /opt/ml/model), or a ModelArts real-time service with its health check on 8080."""
+    result = deployment.deploy(source, backend, image, instance_type, instance_count, models_dir, det_model, rec_model,
+                               dry_run)
+    if as_json or dry_run:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(f"deployed gallery revision {result['gallery_revision']} as {result['name']} on {backend} "
+               f"(model folder {result['artifact']})")
+    for answer in result["answers"]:
+        click.echo("  " + ", ".join(f"{k}={v}" for k, v in answer.items()))

@@ -28,6 +28,8 @@ def test_demo_runs_the_pipeline(runner, tmp_path, monkeypatch, faceops_home):
     assert "1 face(s) left out as someone already made" in result.output
     assert (metrics["known_probes"], metrics["unknown_probes"]) == (32, 6)
     assert metrics["rank1"] >= 0.9 and metrics["unknown_rejection"] >= 0.8
+    # It ends with the command that serves the gallery it built.
+    assert result.output.rstrip().endswith("$ faceops serve --gallery demo/gallery")
 
     # A second run reuses the finished versions and photos, says so, and rebuilds the gallery.
     monkeypatch.delenv("FACEOPS_HOME")
