@@ -11,7 +11,7 @@ from images.build import DEFAULT_REPO, DEFAULT_TARGET, TARGETS
 from jobs.backends import BACKENDS, DEFAULT_GRACE
 from inference.index import INDEX_KINDS
 from jobs.core.errors import FaceopsError
-from jobs.store import STATUSES
+from jobs.store import LIST_LIMIT, STATUSES
 
 __version__ = "0.1.0"
 
@@ -176,21 +176,32 @@ def job_resume(ref: str, wait: bool, as_json: bool) -> None:
 @job.command("list")
 @click.option("--name", help="Only versions of this job.")
 @click.option("--status", type=click.Choice(STATUSES))
+@click.option("--user", help="Only versions this user submitted (a shared store holds everyone's).")
+@click.option("--host", help="Only versions submitted from this machine (its host name).")
+@click.option("--limit", default=LIST_LIMIT, show_default=True, help="Show at most this many, newest first.")
+@click.option("--all", "show_all", is_flag=True, help="Show every version (no --limit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of version records.")
-def job_list(name: str | None, status: str | None, as_json: bool) -> None:
-    """List job versions, newest first."""
+def job_list(name: str | None, status: str | None, user: str | None, host: str | None, limit: int,
+             show_all: bool, as_json: bool) -> None:
+    """List job versions, newest first: who submitted each from where, its status and metrics."""
     import json
 
     from jobs import report, submit
-    from jobs.store import Store
+    from jobs.store import TERMINAL, Store
 
-    records = [submit.refreshed(r, within=LIST_CHECK_SECONDS) for r in Store().list(name=name)]
+    # A live version's status may change on refresh, so only a terminal one is filtered (and
+    # limited) by the store; a live status is filtered after the refresh.
+    final = status is None or status in TERMINAL
+    records = Store().list(name=name, user=user, host=host, status=status if final else None,
+                           limit=None if show_all or not final else limit)
+    records = [submit.refreshed(r, within=LIST_CHECK_SECONDS) for r in records]
     records = [r for r in records if not status or r["status"] == status]
     if as_json or records:
         click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
                    else report.list_table(records))
-    elif name or status:
-        asked = " and ".join(part for part in (f"of job {name}" if name else "", f"with status {status}" if status else "") if part)
+    elif name or status or user or host:
+        asked = " and ".join(part for part in (f"of job {name}" if name else "", f"with status {status}" if status else "",
+                                               f"by {user}" if user else "", f"from {host}" if host else "") if part)
         click.echo(f"no versions {asked}")
     else:
         click.echo("no jobs yet")
@@ -871,17 +882,37 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
 
 @main.command()
 def doctor() -> None:
-    """Check the state folder in full: the store's integrity, every version record, and version
-    folders that no record owns. Exit code 1 when something is wrong."""
+    """Check the state folder and the version store in full (the shared database too, when
+    store.url names one): a schema upgrade that is due, the store's integrity, every version
+    record, and version folders that no record owns. Exit code 1 when something is wrong."""
     from jobs.store import Store
 
     store = Store()
     problems = store.check()
     for problem in problems:
         click.echo(problem)
-    click.echo(f"{store.path}: {len(problems)} problems" if problems else f"{store.path}: OK")
+    click.echo(f"{store.where}: {len(problems)} problems" if problems else f"{store.where}: OK")
     if problems:
         sys.exit(1)
+
+
+@main.group("store", cls=FaceopsGroup)
+def store_group() -> None:
+    """Look after the version store: the embedded SQLite file (default) or a team's PostgreSQL
+    database (store.url / FACEOPS_STORE_URL)."""
+
+
+@store_group.command("upgrade")
+def store_upgrade() -> None:
+    """Bring the store's schema up to this faceops (a SQLite file is copied to
+    store.sqlite.bak-vN first). No other command changes the schema; they say when to run this."""
+    from jobs.store import Store
+
+    store = Store()
+    done = store.upgrade()
+    for step in done:
+        click.echo(f"applied {step}")
+    click.echo(f"{store.where}: schema {store.schema_version()}" + ("" if done else " (up to date)"))
 
 
 if __name__ == "__main__":

