@@ -216,12 +216,11 @@ def job_show(ref: str, as_json: bool) -> None:
     phase timings and metrics."""
     import json
 
-    from jobs import report, submit
+    from jobs import artifacts, report, submit
+    from jobs.metrics import with_summary
     from jobs.store import Store
 
-    from jobs.metrics import with_summary
-
-    record = with_summary(submit.refreshed(Store().resolve(ref)))
+    record = with_summary(submit.refreshed(artifacts.localized(Store().resolve(ref))))
     if as_json:
         click.echo(json.dumps({**report.public(record), "locations": report.locations(record)}, indent=2, default=str))
     else:
@@ -237,11 +236,11 @@ def job_versions(name: str, as_json: bool) -> None:
     task's metric schema or the spec's metrics: section declares), with the step it was reached at."""
     import json
 
-    from jobs import report, submit
+    from jobs import artifacts, report, submit
     from jobs.metrics import with_summary
     from jobs.store import Store
 
-    records = [with_summary(submit.refreshed(r)) for r in Store().versions(name)]
+    records = [with_summary(submit.refreshed(artifacts.localized(r))) for r in Store().versions(name)]
     click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
                else report.versions_table(records))
 
@@ -257,12 +256,12 @@ def job_diff(ref_a: str, ref_b: str, show_all: bool, as_json: bool) -> None:
     can be compared too."""
     import json
 
-    from jobs import report
+    from jobs import artifacts, report
     from jobs.metrics import with_summary
     from jobs.store import Store
 
     store = Store()
-    a, b = with_summary(store.resolve(ref_a)), with_summary(store.resolve(ref_b))
+    a, b = (with_summary(artifacts.localized(store.resolve(ref))) for ref in (ref_a, ref_b))
     if as_json:
         click.echo(json.dumps([{"key": k, "a": va, "b": vb} for k, va, vb in report.diff(a, b, show_all)], default=str))
     else:
@@ -279,12 +278,12 @@ def job_metrics(ref: str, wanted: tuple[str, ...], as_json: bool, as_csv: bool) 
     backend: a local job's rows as it runs, a cloud job's once the service has uploaded them."""
     import json
 
-    from jobs import metrics, report, submit
+    from jobs import artifacts, metrics, report, submit
     from jobs.store import Store
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
-    table = metrics.select(metrics.rows(submit.refreshed(Store().resolve(ref))), list(wanted))
+    table = metrics.select(metrics.rows(submit.refreshed(artifacts.localized(Store().resolve(ref)))), list(wanted))
     if as_json:
         click.echo(json.dumps(table))
     elif as_csv:
@@ -306,10 +305,10 @@ def job_plot(refs: tuple[str, ...], wanted: tuple[str, ...], x_axis: str, smooth
     version, the legend naming each version by what changed against the first (recog:2 lr
     0.2->0.1), the best point of each marked. NAME alone means every version; NAME:1..6 a range.
     Needs matplotlib (pip install 'faceops[plot]')."""
-    from jobs import metrics, submit
+    from jobs import artifacts, metrics, submit
     from jobs.plot import plot_versions
 
-    records = [submit.refreshed(r) for r in metrics.expand_refs(refs)]
+    records = [submit.refreshed(artifacts.localized(r)) for r in metrics.expand_refs(refs)]
     path, _ = plot_versions(records, out, list(wanted), x=x_axis, smooth=smooth, log_y=log_y)
     click.echo(str(path))
 
@@ -337,11 +336,11 @@ def job_export(refs: tuple[str, ...], mlflow_uri: str | None) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 def job_logs(ref: str, follow: bool) -> None:
     """Print a version's log (entry point output plus [faceops] phase lines)."""
-    from jobs import submit
+    from jobs import artifacts, submit
     from jobs.store import Store
 
     try:
-        for line in submit.follow_logs(Store().resolve(ref), follow):
+        for line in submit.follow_logs(artifacts.localized(Store().resolve(ref)), follow):
             click.echo(line)
     except KeyboardInterrupt:
         pass

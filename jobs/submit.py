@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from images.digests import lookup
-from jobs import preflight
+from jobs import artifacts, preflight
 from jobs.backends import Launch, get_backend
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
 from jobs.core.errors import FaceopsError, NotFoundError
@@ -76,7 +76,13 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
     store = Store()
     if store.shared:
         refuse_literal_secrets(spec.to_dict(), spec.backend, shared_store=store.where)
+        if spec.backend == "local":
+            artifacts.require(store.where)
+        if code_hash:
+            artifacts.fetch_bundle(code_hash)
     bundle, code = _code(spec, code_hash, store=not dry_run)
+    if store.shared and not dry_run and artifacts.root():
+        artifacts.upload_bundle(bundle.path, code["hash"])
     if dry_run:
         latest = _latest_version(store, spec.name)
         record = new_record(spec.to_dict(), parent=latest if parent is LATEST else parent, code=code,

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from jobs import diskspace, tracking
+from jobs import artifacts, diskspace, tracking
 from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime, merge_parts, sharded
 from jobs.backends.runtimes import ParameterServerRuntime, ShardRuntime
 from jobs.core.contract import PARTS, Contract, final_metrics, log_metrics, unpack_model_archives
@@ -60,6 +60,7 @@ class Supervisor:
         diskspace.ensure_reserve()
         with open(self.folder / LOG_NAME, "ab", buffering=0) as self.log:
             self.tracker = tracking.start(self.record, self._say)
+            self.uploader = artifacts.Uploader(self.record, self._say, artifacts.root() if self.store.shared else None)
             try:
                 self._advance("staging", backend_info={**self.record["backend_info"], "supervisor_pid": os.getpid()})
                 self._stage()
@@ -88,6 +89,8 @@ class Supervisor:
         metrics = final_metrics(self.contract.metrics_file)
         reason = diskspace.note_full(reason, self.folder) if status == "failed" else reason
         self._say(status + (f": {reason}" if reason and status != "done" else ""))
+        if getattr(self, "uploader", None) is not None:
+            self.uploader.finish()  # everything another machine reads is there before the record ends
         try:
             diskspace.with_reserve(lambda: self.store.update(self.record["name"], self.record["version"], status=status,
                                                              reason=reason, metrics=metrics))

@@ -79,11 +79,22 @@ def test_concurrent_submits_from_two_machines_get_dense_versions_and_right_paren
     assert [r["parent"] for r in records] == [None, *range(1, 40)]
 
 
-def test_two_machines_share_versions(team_store, tmp_path):
-    """Alice and Bob submit at once from their own FACEOPS_HOMEs; each lists, shows, diffs and
-    reads the versions of the other, and `job list --user` tells them apart."""
-    alice, bob = machine(tmp_path / "alice", team_store, "alice"), machine(tmp_path / "bob", team_store, "bob")
-    spec = custom_job(tmp_path / "proj", name="shared", hyperparameters={"lr": 0.1})
+# The job both machines run: metrics rows and log lines that depend on the learning rate.
+TRAIN = ("from jobs.core.contract import from_env, log_metrics\n"
+         "lr = from_env().hyperparameters['lr']\n"
+         "for step in range(1, 4):\n"
+         "    print(f'step {step} lr {lr}', flush=True)\n"
+         "    log_metrics(step=step, loss=round(lr / step, 4))\n")
+
+
+def test_two_machines_share_versions(team_store, s3_env, s3_bucket, tmp_path):
+    """Alice and Bob submit at once from their own FACEOPS_HOMEs; each lists, shows, diffs,
+    reads the log and metrics of, and reruns the other's version; `job list --user` tells
+    them apart. Only the store and the artifact root are shared."""
+    artifacts = f"s3://{s3_bucket}/team/"
+    alice, bob = (machine(tmp_path / user, team_store, user) | {"FACEOPS_STORE_ARTIFACTS": artifacts}
+                  for user in ("alice", "bob"))
+    spec = custom_job(tmp_path / "proj", name="shared", script=TRAIN, hyperparameters={"lr": 0.1})
     runs = [subprocess.Popen([sys.executable, "-c", "import cli; cli.main()", "job", "submit", str(spec), "--set", f"lr={lr}"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for env, lr in ((alice, 0.1), (bob, 0.2))]
@@ -96,16 +107,33 @@ def test_two_machines_share_versions(team_store, tmp_path):
         assert [(r["version"], r["parent"], r["status"]) for r in records] == [(1, None, "done"), (2, 1, "done")]
         assert {r["user"] for r in records} == {"alice", "bob"}
         theirs = next(r for r in records if r["user"] == other)
-        shown = faceops(env, "job", "show", f"shared:{theirs['version']}")
+        ref, lr = f"shared:{theirs['version']}", theirs["spec"]["hyperparameters"]["lr"]
+        shown = faceops(env, "job", "show", ref)
         assert shown.returncode == 0 and f"by:        {other}@" in shown.stdout, shown.stderr
+        logs = faceops(env, "job", "logs", ref)
+        assert f"step 3 lr {lr}" in logs.stdout and "[faceops] done" in logs.stdout, logs.stdout + logs.stderr
+        rows = json.loads(faceops(env, "job", "metrics", ref, "--json").stdout)
+        assert [row["loss"] for row in rows] == [round(lr / step, 4) for step in (1, 2, 3)]
         listing = faceops(env, "job", "list", "--user", other)
-        assert f"shared:{theirs['version']}" in listing.stdout and listing.stdout.count("shared:") == 1
+        assert f"{ref} " in listing.stdout and listing.stdout.count("shared:") == 1
         diff = faceops(env, "job", "diff", "shared:1", "shared:2")
-        assert diff.returncode == 0 and "hyperparameters.lr" in diff.stdout, diff.stdout + diff.stderr
+        assert diff.returncode == 0 and "hyperparameters.lr" in diff.stdout and "loss" in diff.stdout, diff.stdout
+    rerun = faceops(alice, "job", "rerun", f"shared:{theirs['version']}", "--set", "lr=0.4")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    again = json.loads(faceops(bob, "job", "show", "shared:3", "--json").stdout)
+    assert (again["parent"], again["user"], again["code"]["hash"]) == (theirs["version"], "alice", theirs["code"]["hash"])
+    assert again["metrics"]["loss"] == 0.1333
     assert faceops(alice, "doctor").returncode == 0
 
 
-def test_literal_secrets_never_enter_a_shared_store(team_store, tmp_path, runner, monkeypatch):
+def test_local_jobs_need_an_artifact_root_on_a_shared_store(team_store, tmp_path, runner):
+    result = runner("job", "submit", custom_job(tmp_path / "proj"), "--detach")
+    assert result.exit_code == 2 and "FACEOPS_STORE_ARTIFACTS=s3://BUCKET/PREFIX/" in result.output, result.output
+    assert Store().list() == []
+
+
+def test_literal_secrets_never_enter_a_shared_store(team_store, s3_env, s3_bucket, tmp_path, runner, monkeypatch):
+    monkeypatch.setenv("FACEOPS_STORE_ARTIFACTS", f"s3://{s3_bucket}/team/")
     spec = custom_job(tmp_path / "proj", hyperparameters={"api_token": "s3cr3t-value"})
     result = runner("job", "submit", spec, "--detach")
     assert result.exit_code == 2 and "hyperparameters.api_token" in result.output
@@ -121,3 +149,26 @@ def test_a_store_url_of_another_kind_is_a_usage_error(monkeypatch, runner):
     monkeypatch.setenv("FACEOPS_STORE_URL", "mysql://db/faceops")
     result = runner("job", "list")
     assert result.exit_code == 2 and "expected sqlite:///PATH or postgresql://" in result.output
+
+
+def test_a_running_version_is_readable_elsewhere_within_the_upload_lag(team_store, s3_env, s3_bucket, tmp_path):
+    """Bob follows Alice's version while it runs: its log reaches him through the artifact
+    root within a few upload rounds, and the final log once it ends."""
+    from tests.harness.process import wait_for
+
+    artifacts = f"s3://{s3_bucket}/team/"
+    alice, bob = (machine(tmp_path / user, team_store, user) | {"FACEOPS_STORE_ARTIFACTS": artifacts}
+                  for user in ("alice", "bob"))
+    release = tmp_path / "release"
+    script = ("import pathlib, time\nprint('halfway', flush=True)\ndeadline = time.time() + 120\n"
+              f"while not pathlib.Path({str(release)!r}).exists() and time.time() < deadline:\n    time.sleep(0.2)\n"
+              "print('finished', flush=True)\n")
+    spec = custom_job(tmp_path / "proj", name="slow", script=script)
+    assert faceops(alice, "job", "submit", spec, "--detach").returncode == 0
+    wait_for(lambda: "halfway" in faceops(bob, "job", "logs", "slow:1").stdout, timeout=60,
+             what="the running version's log on the other machine")
+    assert json.loads(faceops(bob, "job", "show", "slow:1", "--json").stdout)["status"] == "running"
+    release.touch()
+    wait_for(lambda: "finished" in faceops(bob, "job", "logs", "slow:1").stdout, timeout=90,
+             what="the final log on the other machine")
+    assert "[faceops] done" in faceops(bob, "job", "logs", "slow:1").stdout
