@@ -70,6 +70,10 @@ class StoreError(FaceopsError):
     """The version store is damaged or unreadable; the message says what to do."""
 
 
+class StoreUnreachable(StoreError):
+    """The store's database server did not answer (within :data:`CONNECT_SECONDS`)."""
+
+
 class RecordFrozen(FaceopsError):
     """An update was attempted on a version that already reached a terminal state."""
 
@@ -493,10 +497,6 @@ _ENGINES: dict[str, Any] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-class StoreUnreachable(StoreError):
-    """The database server did not answer within :data:`CONNECT_SECONDS`."""
-
-
 def shown(url: str) -> str:
     """``url`` with any password masked, for messages."""
     scheme, sep, rest = url.partition("://")
@@ -627,6 +627,52 @@ def _first_line(exc: Exception) -> str:
     """The driver's own message without SQLAlchemy's statement dump and links."""
     original = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+
+
+class Outbox:
+    """Updates of a running version that could not reach the store, kept in order in its folder
+    (``outbox.jsonl``) and delivered when the store answers again, as the MLflow delivery does:
+    a job keeps running through a lost database connection, and its final state is recorded
+    once the database is back (by its supervisor, or by the next command on this machine)."""
+
+    NAME = "outbox.jsonl"
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.name, self.version = record["name"], record["version"]
+        self.path = workdir(record) / self.NAME
+
+    def pending(self) -> bool:
+        return self.path.exists()
+
+    def update(self, store: "Store", status: str | None = None, reason: str | None = None,
+               **fields: Any) -> dict[str, Any] | None:
+        """Deliver this update (after any kept before it) and return the stored record, or keep
+        it and return None while the store is unreachable."""
+        if not self.pending():
+            try:
+                return store.update(self.name, self.version, status=status, reason=reason, **fields)
+            except StoreUnreachable:
+                pass
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"status": status, "reason": reason, "fields": fields}, default=str) + "\n")
+        return store.get(self.name, self.version) if self.flush(store) else None
+
+    def flush(self, store: "Store") -> bool:
+        """Deliver every kept update in order; True when none is left. A frozen record takes
+        no more (it ended meanwhile), so those are dropped."""
+        if not self.path.exists():
+            return True
+        entries = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        for done, entry in enumerate(entries):
+            try:
+                store.update(self.name, self.version, status=entry["status"], reason=entry["reason"], **entry["fields"])
+            except RecordFrozen:
+                pass
+            except StoreUnreachable:  # keep what is left, so nothing is delivered twice
+                atomic_write(self.path, "".join(json.dumps(e) + "\n" for e in entries[done:]))
+                return False
+        self.path.unlink(missing_ok=True)
+        return True
 
 
 def _version_folders(root: Path) -> list[Path]:

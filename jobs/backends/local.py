@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
 from jobs.core.errors import FaceopsError
-from jobs.store import TERMINAL, Store, is_here, workdir
+from jobs.store import TERMINAL, Outbox, Store, is_here, workdir
 
 
 class LocalBackend(Backend):
@@ -53,6 +53,9 @@ class LocalBackend(Backend):
         if record["status"] in TERMINAL or not is_here(record):  # another machine's pid means nothing here
             return
         pid = record.get("backend_info", {}).get("supervisor_pid")
+        if pid and not _alive(pid) and Outbox(record).pending():
+            Outbox(record).flush(Store())  # its final state, kept while the store was unreachable
+            return
         if pid and not _alive(pid):
             from jobs.store import RecordFrozen
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,9 +27,14 @@ from jobs.core.contract import PARTS, Contract, final_metrics, log_metrics, unpa
 from jobs.core.files import atomic_write
 from jobs.core.secrets import read_secrets, reveal
 from jobs.core.tasks import get_task
-from jobs.store import TERMINAL, Store, workdir
+from jobs.store import TERMINAL, Outbox, Store, moved, workdir
 
 LOG_NAME = "job.log"
+
+
+# How long a finished version's supervisor waits for an unreachable store to take its final state.
+OUTBOX_SECONDS = 300
+OUTBOX_RETRY_SECONDS = 2.0
 
 
 def contract_for(record: dict[str, Any], folder: Path) -> Contract:
@@ -50,6 +56,8 @@ class Supervisor:
         self.stopping = threading.Event()
         self.timed_out = False
         self.log: IO[bytes] | None = None
+        self.outbox = Outbox(self.record)
+        self.said: set[str] = set()
 
     def run(self) -> None:
         """Stage, run, upload; every way out of here leaves the record terminal."""
@@ -81,7 +89,33 @@ class Supervisor:
 
     def _advance(self, status: str, **fields: Any) -> None:
         self._say(status)
-        self.record = self.store.update(self.record["name"], self.record["version"], status=status, **fields)
+        self._record(status=status, **fields)
+
+    def _record(self, status: str | None = None, reason: str | None = None, **fields: Any) -> None:
+        """Store an update, or keep it in the version's outbox while the store is unreachable
+        (the job goes on; the outbox is delivered when the store answers again)."""
+        stored = self.outbox.update(self.store, status=status, reason=reason, **fields)
+        if stored is not None:
+            self.record = stored
+            return
+        self.record = moved(dict(self.record), status, reason, fields)
+        self._say_once(f"the store {self.store.where} is unreachable; keeping its updates in {self.outbox.path} "
+                       "until it answers")
+
+    def _say_once(self, message: str) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            self._say(message)
+
+    def _deliver(self) -> None:
+        """Wait (at most :data:`OUTBOX_SECONDS`) for the store to take the kept updates; what is
+        left then is delivered by the next command on this machine (LocalBackend.refresh)."""
+        deadline = time.monotonic() + OUTBOX_SECONDS
+        while not self.outbox.flush(self.store) and time.monotonic() < deadline:
+            time.sleep(OUTBOX_RETRY_SECONDS)
+        if self.outbox.pending():
+            self._say(f"the store is still unreachable after {OUTBOX_SECONDS}s; the final state stays in "
+                      f"{self.outbox.path} for the next faceops command on this machine to deliver")
 
     def _finish(self, status: str, reason: str | None) -> None:
         from jobs.store import RecordFrozen
@@ -92,10 +126,10 @@ class Supervisor:
         if getattr(self, "uploader", None) is not None:
             self.uploader.finish()  # everything another machine reads is there before the record ends
         try:
-            diskspace.with_reserve(lambda: self.store.update(self.record["name"], self.record["version"], status=status,
-                                                             reason=reason, metrics=metrics))
+            diskspace.with_reserve(lambda: self._record(status=status, reason=reason, metrics=metrics))
         except RecordFrozen:
             pass  # stopped before it started: the CLI already closed the record
+        self._deliver()
         self.tracker.finish(status)
 
     def _stage(self) -> None:
