@@ -914,5 +914,26 @@ def store_upgrade() -> None:
     click.echo(f"{store.where}: schema {store.schema_version()}" + ("" if done else " (up to date)"))
 
 
+
+@store_group.command("migrate")
+@click.option("--to", "url", required=True, metavar="URL", help="The team store: postgresql://USER@HOST:PORT/DB.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was copied as one JSON object.")
+def store_migrate(url: str, as_json: bool) -> None:
+    """Copy this machine's history (every finished version, and its log, metrics, small outputs
+    and code bundle to store.artifacts) into the store at URL. Versions are appended after the
+    ones there (renumbered where needed, parents with them); running it again copies nothing twice.
+    The store at URL must be upgraded first (FACEOPS_STORE_URL=URL faceops store upgrade)."""
+    import json
+
+    from jobs.migrate import migrate
+    from jobs.store import Store
+
+    done = migrate(Store(), url, say=(lambda line: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps({"copied": dict(done.copied), "present": dict(done.present), "skipped": done.skipped}))
+    else:
+        click.echo(f"{len(done.copied)} versions copied, {len(done.present)} already there"
+                   + (f", {len(done.skipped)} still running (skipped)" if done.skipped else ""))
+
 if __name__ == "__main__":
     main()

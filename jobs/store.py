@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import secrets
 import socket
 import sqlite3
 import threading
@@ -31,7 +32,7 @@ from typing import Any, Iterator
 
 from jobs.core.config import home, setting
 from jobs.core.errors import FaceopsError, NotFoundError, SpecError
-from jobs.core.files import atomic_write
+from jobs.core.files import atomic_write, write_once
 
 TERMINAL = ("done", "failed", "stopped")
 STATUSES = ("queued", "staging", "running", "uploading", *TERMINAL)
@@ -59,6 +60,8 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# The stores (by where) this process found at the current schema; only an upgrade changes that.
+_READY: set[str] = set()
 # How many versions `job list` shows unless asked for more: a team store holds many thousands.
 LIST_LIMIT = 50
 
@@ -113,7 +116,7 @@ def is_shared(url: str) -> bool:
     return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
 
-def _sqlite_path(url: str) -> Path:
+def sqlite_path(url: str) -> Path:
     """The file of a ``sqlite:///PATH`` URL; any other scheme that is not PostgreSQL is a
     usage error naming the setting."""
     if not url.startswith("sqlite:///"):
@@ -140,7 +143,7 @@ def is_here(record: dict[str, Any]) -> bool:
 def next_version(record: dict[str, Any], latest: int | None, parent_is_latest: bool) -> dict[str, Any]:
     """``record`` as the version after ``latest``: queued now, saying who submitted it."""
     now = time.time()
-    record = {**who(), **record, "version": (latest or 0) + 1, "created": now, "status": "queued",
+    record = {**who(), **record, "home_id": home_id(), "version": (latest or 0) + 1, "created": now, "status": "queued",
               "status_history": [{"status": "queued", "at": now}]}
     if parent_is_latest:
         record["parent"] = latest
@@ -195,7 +198,7 @@ class Store:
         return object.__new__(cls)
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or _sqlite_path(store_url())
+        self.path = path or sqlite_path(store_url())
         self.where = str(self.path)
         self._check_file()
         if self.path.exists() and self.path.stat().st_size:
@@ -247,14 +250,14 @@ class Store:
 
     def _ready(self) -> None:
         """Refuse to use a store at another schema: only ``faceops store upgrade`` changes it.
-        Checked once per Store object (an extra round trip otherwise on every call)."""
-        if getattr(self, "_is_ready", False):
+        Checked once per store and process (an extra round trip otherwise on every call)."""
+        if self.where in _READY:
             return
         due = self.pending()
         if due:
             raise StoreError(f"{self.where} is at schema {SCHEMA_VERSION - len(due)}, this faceops needs "
                              f"{SCHEMA_VERSION}; run faceops store upgrade")
-        self._is_ready = True
+        _READY.add(self.where)
 
     def upgrade(self) -> list[str]:
         """Apply every pending migration, each in its own transaction, after copying an existing
@@ -372,13 +375,18 @@ class Store:
             self._insert(db, record)
         return record
 
-    def _insert(self, db: Any, record: dict[str, Any]) -> None:
-        """Write ``record`` as a new row (inside the caller's transaction)."""
-        self._rows(db, "INSERT INTO versions (name, version, parent, status, created, record, user_name, host) "
+    def _insert(self, db: Any, *records: dict[str, Any]) -> None:
+        """Write ``records`` as new rows (inside the caller's transaction), in one batch."""
+        self._many(db, "INSERT INTO versions (name, version, parent, status, created, record, user_name, host) "
                        "VALUES (:name, :version, :parent, :status, :created, :record, :user, :host)",
-                   name=record["name"], version=record["version"], parent=record["parent"], status=record["status"],
-                   created=record["created"], record=json.dumps(record), user=record.get("user"),
-                   host=record.get("host"))
+                   [{"name": r["name"], "version": r["version"], "parent": r["parent"], "status": r["status"],
+                     "created": r["created"], "record": json.dumps(r), "user": r.get("user"), "host": r.get("host")}
+                    for r in records])
+
+    @staticmethod
+    def _many(db: Any, sql: str, params: list[dict[str, Any]]) -> None:
+        """Run ``sql`` once per parameter set, as one batch."""
+        db.executemany(sql, params)
 
     def get(self, name: str, version: int | None = None) -> dict[str, Any]:
         """The record of ``name:version`` (latest when version is None); NotFoundError otherwise."""
@@ -461,16 +469,17 @@ class Store:
             rows = self._rows(db, "SELECT name, version, status, record FROM versions")
         known = set()
         for name, version, status, text in rows:
-            known.add((name, version))
+            known.add(home() / "jobs" / name / str(version))
             try:
                 record = self._decode(text)
             except StoreError:
                 problems.append(f"{name}:{version}: record is not readable JSON")
                 continue
+            known.add(workdir(record))
             if (record.get("name"), record.get("version"), record.get("status")) != (name, version, status):
                 problems.append(f"{name}:{version}: record disagrees with its row")
         for folder in _version_folders(home()):
-            if (folder.parent.name, int(folder.name)) not in known:
+            if folder not in known:
                 problems.append(f"{folder}: version folder without a record")
         return problems
 
@@ -581,6 +590,12 @@ class PostgresStore(Store):
         result = db.execute(text(sql), params)
         return [tuple(row) for row in result.fetchall()] if result.returns_rows else []
 
+    @staticmethod
+    def _many(db: Any, sql: str, params: list[dict[str, Any]]) -> None:
+        from sqlalchemy import text
+
+        db.execute(text(sql), params)
+
     def schema_version(self) -> int:
         with self._connect() as db:
             present = self._rows(db, "SELECT to_regclass('schema_version') IS NOT NULL")[0][0]
@@ -684,5 +699,18 @@ def _version_folders(root: Path) -> list[Path]:
 
 
 def workdir(record: dict[str, Any]) -> Path:
-    """The local folder of a version: logs, the container-contract folders, local outputs."""
-    return home() / "jobs" / record["name"] / str(record["version"])
+    """The local folder of a version: logs, the container-contract folders, local outputs.
+
+    A version this ``$FACEOPS_HOME`` created lives in ``jobs/NAME/V`` (or the folder its record
+    names, for one whose number changed when ``store migrate`` copied it into a team store);
+    another machine's version of a shared store gets ``shared/NAME/V``, where its files are
+    fetched (:mod:`jobs.artifacts`), so it never mixes with a local folder of the same number."""
+    if record.get("home_id") not in (None, home_id()):
+        return home() / "shared" / record["name"] / str(record["version"])
+    return home() / (record.get("folder") or f"jobs/{record['name']}/{record['version']}")
+
+
+def home_id() -> str:
+    """This ``$FACEOPS_HOME``'s random id (made on first use), which records carry so a shared
+    store tells which versions have their folder here."""
+    return write_once(home() / "home.id", secrets.token_hex(8).encode()).decode()

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from secrets import token_bytes
 from typing import Any, Iterable
@@ -30,7 +31,7 @@ from typing import Any, Iterable
 from jobs.core.config import home
 from jobs.core.contract import ENV_REF
 from jobs.core.errors import SpecError
-from jobs.core.files import atomic_write
+from jobs.core.files import atomic_write, write_once
 
 MASK = "***"
 # Where a local version's literal secrets live (in its folder), and the marker its record holds.
@@ -49,6 +50,7 @@ MIN_VALUE_LENGTH = 4
 _YAML_LINE = re.compile(rb"^(\s*(?:-\s+)?[\"']?)([A-Za-z0-9_.\-]+)([\"']?\s*:[ \t]*)([^\s#][^#\r\n]*?)(\s*(?:#.*)?)$")
 
 
+@lru_cache(maxsize=4096)  # views ask it of every key of every record (100 versions: ~40,000 calls)
 def is_secret(key: str) -> bool:
     """True when the name ``key`` says it holds a secret (``api_token``, ``db_password``, ``api_key``)."""
     name = str(key).lower()
@@ -209,18 +211,6 @@ def read_secrets(folder: Path) -> dict[str, Any]:
 
 
 def _home_key() -> bytes:
-    """The random HMAC key of this ``$FACEOPS_HOME``, made on first use (0600). A new key is
-    linked into place, never renamed over one, so two first submits at once agree on the key."""
-    path = home() / KEY_FILE
-    if not path.exists():
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(token_bytes(32))
-            try:
-                os.link(name, path)
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(name)
-    return path.read_bytes()
+    """The random HMAC key of this ``$FACEOPS_HOME``, made on first use (0600, as mkstemp makes
+    files); two first submits at once agree on the key (see :func:`write_once`)."""
+    return write_once(home() / KEY_FILE, token_bytes(32))

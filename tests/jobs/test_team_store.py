@@ -172,3 +172,31 @@ def test_a_running_version_is_readable_elsewhere_within_the_upload_lag(team_stor
     wait_for(lambda: "finished" in faceops(bob, "job", "logs", "slow:1").stdout, timeout=90,
              what="the final log on the other machine")
     assert "[faceops] done" in faceops(bob, "job", "logs", "slow:1").stdout
+
+
+def test_store_migrate_copies_a_personal_history_once(team_store, s3_env, s3_bucket, tmp_path):
+    """Alice ran two versions on her laptop's SQLite store while Bob already ran one in the team
+    store; migrating appends hers as 2 and 3 (parents renumbered), a second run copies nothing,
+    and both read her versions from the team store afterwards."""
+    artifacts = f"s3://{s3_bucket}/team/"
+    bob = machine(tmp_path / "bob", team_store, "bob") | {"FACEOPS_STORE_ARTIFACTS": artifacts}
+    laptop = {k: v for k, v in machine(tmp_path / "alice", team_store, "alice").items() if k != "FACEOPS_STORE_URL"}
+    alice = laptop | {"FACEOPS_STORE_URL": team_store, "FACEOPS_STORE_ARTIFACTS": artifacts}
+    spec = custom_job(tmp_path / "proj", name="shared", script=TRAIN, hyperparameters={"lr": 0.1})
+    assert faceops(bob, "job", "submit", spec).returncode == 0
+    for lr in (0.2, 0.3):
+        assert faceops(laptop, "job", "submit", spec, "--set", f"lr={lr}").returncode == 0
+    first = faceops(laptop | {"FACEOPS_STORE_ARTIFACTS": artifacts}, "store", "migrate", "--to", team_store, "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"copied": {"shared:1": "shared:2", "shared:2": "shared:3"}, "present": {},
+                                        "skipped": []}
+    again = faceops(laptop | {"FACEOPS_STORE_ARTIFACTS": artifacts}, "store", "migrate", "--to", team_store)
+    assert again.returncode == 0 and again.stdout.strip().endswith("0 versions copied, 2 already there"), again.stdout
+    records = json.loads(faceops(bob, "job", "versions", "shared", "--json").stdout)
+    assert [(r["version"], r["parent"], r["user"]) for r in records] == [(1, None, "bob"), (2, None, "alice"), (3, 2, "alice")]
+    assert [row["loss"] for row in json.loads(faceops(bob, "job", "metrics", "shared:3", "--json").stdout)] == [0.3, 0.15, 0.1]
+    assert "step 3 lr 0.3" in faceops(alice, "job", "logs", "shared:3").stdout
+    bobs = faceops(alice, "job", "logs", "shared:1").stdout
+    assert "step 1 lr 0.1" in bobs and "lr 0.2" not in bobs  # Bob's version 1, not her laptop's
+    assert "step 1 lr 0.2" in faceops(alice, "job", "logs", "shared:2").stdout
+    assert faceops(alice, "doctor").returncode == 0
