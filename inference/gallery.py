@@ -5,6 +5,7 @@ the threshold :mod:`inference.calibration`.
 """
 from __future__ import annotations
 
+import difflib
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from inference import faces as facelib
 from inference import shards
 from inference.calibration import DEFAULT_FAR, calibrate, reference_for
 from inference.calibration import warnings as calibration_warnings
-from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
+from inference.gallery_store import MANIFEST, Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
 from inference.models import Models, load_models, sha256
 from inference.sources import ImageItem, list_images, local
+from jobs.core import storage
 from jobs.core.contract import Shard
 from jobs.core.errors import DataError, NotFoundError
 
@@ -160,9 +162,6 @@ def _new_photos(entries: list[dict[str, Any]], items: list[ImageItem]) -> tuple[
 
 def _existing_gallery(out: str | Path) -> Gallery | None:
     """The gallery already at ``out`` (None when there is none), so build never replaces one unasked."""
-    from inference.gallery_store import MANIFEST
-    from jobs.core import storage
-
     return load(out) if storage.exists(storage.join(str(out), MANIFEST)) else None
 
 
@@ -295,8 +294,6 @@ def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | 
 
 def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
     """Remove every embedding of the named people from the gallery at ``path``."""
-    import difflib
-
     gallery = load(path)
     for name in people:
         if name not in gallery.names:

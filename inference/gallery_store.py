@@ -30,6 +30,7 @@ from inference.calibration import DEFAULT_THRESHOLD
 from inference.index import make_index
 from inference.models import Models
 from inference.sources import local
+from jobs.core import storage
 from jobs.core.errors import DataError
 from jobs.core.files import atomic_write
 
@@ -285,8 +286,6 @@ def save(gallery: Gallery, path: str | Path) -> Path:
 def publish(gallery: Gallery, out: str | Path) -> None:
     """Save to a local folder, or to an object-storage prefix (written locally, then uploaded
     through jobs.core.storage, whose manifest-last upload keeps readers from seeing half a gallery)."""
-    from jobs.core import storage
-
     if not storage.is_remote(out):
         save(gallery, storage.parse(out).path)
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -234,8 +235,6 @@ def merge_reports(parts: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[s
     ``shard``): report.csv and report.jsonl in image order, annotated/ joined, metrics.json over
     all the rows; the summary :func:`identify` returns, its speed the faces of all parts over the
     slowest part's time (the instances run side by side)."""
-    import shutil
-
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for folder, _ in parts
             for line in (folder / "report.jsonl").read_text().splitlines() if line.strip()]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from jobs.core import storage
 from jobs.core.errors import DataError, NotFoundError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif"}
@@ -43,8 +44,6 @@ class Listing:
 def local(source: str | Path) -> Iterator[Path]:
     """A local path for ``source``: plain paths and ``file://`` as they are, object-storage URIs
     (``s3://bucket/prefix/``) downloaded through jobs.core.storage into a folder removed afterwards."""
-    from jobs.core import storage
-
     if not storage.is_remote(source):
         yield storage.parse(source).path
         return

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from jobs.core import storage
 from jobs.core.config import home, setting
-from jobs.core.errors import FaceopsError, NotFoundError
+from jobs.core.errors import FaceopsError, NotFoundError, SpecError
 from jobs.store import TERMINAL, workdir
 
 LAG_SECONDS = 5.0
@@ -40,8 +40,6 @@ def root() -> str | None:
 def require(store_where: str) -> str:
     """The artifact root a shared store needs for local-backend jobs; a usage error saying what
     to set when there is none."""
-    from jobs.core.errors import SpecError
-
     found = root()
     if not found:
         raise SpecError(f"the shared store {store_where} needs an artifact root for local-backend jobs, so other "

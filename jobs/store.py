@@ -520,7 +520,7 @@ def engine(url: str) -> Any:
     with _ENGINES_LOCK:
         if url not in _ENGINES:
             try:
-                import sqlalchemy
+                import sqlalchemy  # heavy (~0.5 s): only a team store loads it, never `faceops --help`
             except ImportError:
                 raise FaceopsError("a PostgreSQL store needs SQLAlchemy and psycopg 3: "
                                    "pip install 'faceops[team]'") from None
@@ -559,7 +559,7 @@ class PostgresStore(Store):
     def _connect(self, write: bool = False) -> Iterator[Any]:
         """A connection in a transaction (committed when the block ends); the driver's errors
         become a StoreError that says which server and what to do."""
-        from sqlalchemy import exc as errors
+        from sqlalchemy import exc as errors  # heavy (~0.5 s): only a team store loads it
 
         try:
             with engine(self.url).begin() as db:

@@ -18,8 +18,9 @@ from typing import Any, Iterator
 
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
+from jobs.core.bundle import faceops_root
 from jobs.core.errors import FaceopsError
-from jobs.store import TERMINAL, Outbox, Store, is_here, workdir
+from jobs.store import TERMINAL, Outbox, RecordFrozen, Store, is_here, workdir
 
 
 class LocalBackend(Backend):
@@ -57,8 +58,6 @@ class LocalBackend(Backend):
             Outbox(record).flush(Store())  # its final state, kept while the store was unreachable
             return
         if pid and not _alive(pid):
-            from jobs.store import RecordFrozen
-
             try:
                 Store().update(record["name"], record["version"], status="failed",
                                reason=f"the local supervisor (pid {pid}) exited without finishing the job; see {workdir(record) / 'supervisor.log'}")
@@ -103,8 +102,6 @@ class LocalBackend(Backend):
 
 
 def _faceops_pythonpath() -> str:
-    from jobs.core.bundle import faceops_root
-
     return os.pathsep.join(p for p in (str(faceops_root()), os.environ.get("PYTHONPATH")) if p)
 
 

@@ -14,13 +14,15 @@ import math
 import shlex
 from typing import Any
 
-from jobs.backends import entry_argv, sharded
-from jobs.backends import cloud
+from jobs.backends import cloud, entry_argv, sharded
 from jobs.backends.cloud import CloudError, Setting
+from jobs.core import storage
 from jobs.core.config import setting
 from jobs.core.contract import BOOTSTRAP, CODE_CHANNEL, OUTPUT_CHANNEL, PARAMETERS_FLAG, service_layout
-from jobs.core.errors import FaceopsError, SpecError
-from jobs.store import TERMINAL
+from jobs.core.errors import FaceopsError, NotFoundError, SpecError
+from jobs.core.tasks import get_task
+from jobs.metrics import metrics_from
+from jobs.store import TERMINAL, Store
 
 AK = Setting("modelarts", "ak", ("HUAWEICLOUD_SDK_AK",), "access key (AK)")
 SK = Setting("modelarts", "sk", ("HUAWEICLOUD_SDK_SK",), "secret key (SK)")
@@ -44,8 +46,6 @@ PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Term
 
 def obs_path(uri: str) -> str:
     """``s3://bucket/key`` -> ``/bucket/key``, the OBS path form training jobs take."""
-    from jobs.core import storage
-
     loc = storage.parse(uri)
     return f"/{loc.bucket}/{loc.key}"
 
@@ -70,8 +70,6 @@ def environments(record: dict[str, Any]) -> dict[str, str]:
     """What the bootstrap needs to read the container ModelArts starts: which channels, outputs
     and appended ``--name=value`` parameters are the job's, and on several nodes whether to start
     MXNet's dist_sync roles (training) or to take one shard of the inputs (batch tasks)."""
-    from jobs.core.tasks import get_task
-
     spec = record["spec"]
     env = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"]),
            "FACEOPS_PARAMETERS": ",".join(spec["hyperparameters"])}
@@ -246,7 +244,7 @@ class ModelArtsBackend(cloud.CloudBackend):
             except FaceopsError as exc:
                 return cloud.Remote("failed", phase, f"merging the nodes' parts: {exc}", info_out, {})
             return cloud.Remote(status, phase, None, info_out, metrics)
-        metrics = cloud.metrics_from(*metrics_source(record)) if status in TERMINAL else None
+        metrics = metrics_from(*metrics_source(record)) if status in TERMINAL else None
         return cloud.Remote(status, phase, _reason(job, phase, status), info_out, metrics)
 
     def cancel(self, record: dict[str, Any]) -> None:
@@ -300,9 +298,6 @@ def log_export(info: dict[str, Any], task: str) -> str:
 
 def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
     """The exported log from byte ``offset`` on, by ranged reads (None before the first export)."""
-    from jobs.core import storage
-    from jobs.core.errors import NotFoundError
-
     uri, data = log_export(info, task), b""
     try:
         while True:
@@ -336,8 +331,6 @@ def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str],
     from that offset (a few bytes per poll); the preview API, which can only return the whole last
     5 MB, is used only until the first export. Lines are given out whole, the last partial one once
     the job has ended."""
-    from jobs.store import Store
-
     current = Store().get(record["name"], record["version"])
     info, final = current["backend_info"], current["status"] in TERMINAL
     tasks = info.get("tasks") or ["worker-0"]

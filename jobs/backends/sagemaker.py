@@ -19,9 +19,11 @@ from jobs.backends import cloud, entry_argv, sharded
 from jobs.backends.cloud import CloudError, Setting
 from jobs.backends.service_model import limits, problems
 from jobs.core.config import setting
-from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL,
-                                SHARD_COUNT, SHARD_INDEX, Contract, service_layout)
+from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL, SHARD_COUNT,
+                                SHARD_INDEX, Contract, metric_regex, service_layout)
 from jobs.core.errors import FaceopsError, SpecError
+from jobs.core.tasks import get_task
+from jobs.metrics import metrics_from
 from jobs.store import TERMINAL
 
 REGION = Setting("sagemaker", "region", ("FACEOPS_SAGEMAKER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), "AWS region")
@@ -59,8 +61,6 @@ def client(service: str = "sagemaker"):
 
 
 def is_training(record: dict[str, Any]) -> bool:
-    from jobs.core.tasks import get_task
-
     return get_task(record["spec"]["task"]).kind == "training"
 
 
@@ -159,9 +159,6 @@ def metric_definitions(spec: dict[str, Any]) -> list[dict[str, str]]:
     """SageMaker's MetricDefinitions for the metrics the task's schema declares (a custom job's
     ``metrics:``), each matching the line :func:`jobs.core.contract.log_metrics` prints, so the
     console charts them live and DescribeTrainingJob's FinalMetricDataList holds their last values."""
-    from jobs.core.contract import metric_regex
-    from jobs.core.tasks import get_task
-
     names = [*get_task(spec["task"]).metrics, *(spec.get("metrics") or {})]
     return [{"Name": name, "Regex": metric_regex(name)} for name in dict.fromkeys(names)]
 
@@ -182,8 +179,6 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
     environment = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])}
     split = None
     if sharded(spec):
-        from jobs.core.tasks import get_task
-
         # ShardedByS3Key hands each instance its own objects of the sharded input, so each keeps
         # all it got (shard 0 of 1; the bootstrap names its part after the host) and uploads its
         # part under the job's folder; the client merges them into the outputs once the job has
@@ -222,8 +217,6 @@ def check_limits(spec: dict[str, Any]) -> None:
     stored: retries (MaximumRetryAttempts 1-30, training jobs only), the hyperparameters' count
     and lengths, the instance count. The numbers are botocore's model of CreateTrainingJob and
     CreateProcessingJob (the SageMaker API Reference's constraints), read here, not copied."""
-    from jobs.core.tasks import get_task
-
     res, training = spec["resources"], get_task(spec["task"]).kind == "training"
     api = "CreateTrainingJob" if training else "CreateProcessingJob"
     retries = res.get("retries") or 0
@@ -388,7 +381,7 @@ def _final_metrics(job: dict[str, Any], info: dict[str, Any], training: bool) ->
     bootstrap writes where the service uploads it)."""
     metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}
     output_path = job["OutputDataConfig"]["S3OutputPath"] if training else None
-    metrics.update(cloud.metrics_from(*_metrics_location(info, training, output_path)))
+    metrics.update(metrics_from(*_metrics_location(info, training, output_path)))
     return metrics
 
 

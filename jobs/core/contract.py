@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from jobs.core.errors import SpecError
 
 CONTAINER_ROOT = Path("/opt/ml")
 # ``${env:NAME}`` in a hyperparameter: the secret stays out of the spec, the record and the
@@ -171,7 +174,6 @@ class JobEnv:
         if name not in self.channels:
             # Imported here, not at the top: only tasks ask for channels, and they run with faceops
             # on the path, while the images' scripts use this file alone.
-            from jobs.core.errors import SpecError
 
             known = ", ".join(self.channels) or "none"
             raise SpecError(f"this task needs an input channel '{name}' (job has: {known})")
@@ -190,8 +192,6 @@ def resolve_env(hyperparameters: dict[str, Any], environ: Any) -> dict[str, Any]
         match = ENV_REF.fullmatch(value.strip()) if isinstance(value, str) else None
         if match:
             if match.group(1) not in environ:
-                from jobs.core.errors import SpecError
-
                 raise SpecError(f"hyperparameters.{key}: the job's environment has no variable {match.group(1)}")
             value = environ[match.group(1)]
         resolved[key] = value
@@ -300,8 +300,6 @@ def model_archives(folder: Path) -> list[Path]:
 def extract_archive(archive: Path, dest: Path) -> None:
     """Unpack the tarball ``archive`` into the folder ``dest`` with tarfile's ``data`` filter
     (no absolute paths, no links or members outside ``dest``, no device files)."""
-    import tarfile
-
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive) as tar:
@@ -370,8 +368,6 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
     index, count, part = env.get(SHARD_INDEX, "0"), env.get(SHARD_COUNT, "1"), env[SHARD_PART]
     if not (index.isdigit() and count.isdigit() and int(index) < int(count)) \
             or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part):
-        from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
-
         raise SpecError(f"{SHARD_INDEX}={index}, {SHARD_COUNT}={count}, {SHARD_PART}={part!r}: expected "
                         "0 <= index < count and a plain folder name")
     return Shard(int(index), int(count), part)
