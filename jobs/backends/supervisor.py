@@ -25,6 +25,7 @@ from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_
 from jobs.backends.runtimes import ParameterServerRuntime, ShardRuntime
 from jobs.core import storage
 from jobs.core.bundle import extract_bundle
+from jobs.core.config import setting
 from jobs.core.contract import PARTS, Contract, final_metrics, log_metrics, unpack_model_archives
 from jobs.core.errors import DataError, FaceopsError
 from jobs.core.files import atomic_write
@@ -36,8 +37,9 @@ from jobs.store import TERMINAL, Outbox, RecordFrozen, Store, moved, workdir
 LOG_NAME = "job.log"
 
 
-# How long a finished version's supervisor waits for an unreachable store to take its final state.
-OUTBOX_SECONDS = 300
+# How long a finished version's supervisor waits for an unreachable store to take its final state
+# (store.outbox_seconds / FACEOPS_STORE_OUTBOX_SECONDS).
+OUTBOX_SECONDS = 300.0
 OUTBOX_RETRY_SECONDS = 2.0
 
 
@@ -114,11 +116,12 @@ class Supervisor:
     def _deliver(self) -> None:
         """Wait (at most :data:`OUTBOX_SECONDS`) for the store to take the kept updates; what is
         left then is delivered by the next command on this machine (LocalBackend.refresh)."""
-        deadline = time.monotonic() + OUTBOX_SECONDS
+        bound = float(setting("store", "outbox_seconds", ("FACEOPS_STORE_OUTBOX_SECONDS",), OUTBOX_SECONDS))
+        deadline = time.monotonic() + bound
         while not self.outbox.flush(self.store) and time.monotonic() < deadline:
             time.sleep(OUTBOX_RETRY_SECONDS)
         if self.outbox.pending():
-            self._say(f"the store is still unreachable after {OUTBOX_SECONDS}s; the final state stays in "
+            self._say(f"the store is still unreachable after {bound:g}s; the final state stays in "
                       f"{self.outbox.path} for the next faceops command on this machine to deliver")
 
     def _finish(self, status: str, reason: str | None) -> None:

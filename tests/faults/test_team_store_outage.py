@@ -63,3 +63,23 @@ def test_a_running_version_outlives_a_lost_database(link, tmp_path):
                     what="the final state delivered once the store is back")
     assert done["metrics"]["loss"] == 0.25 and not Outbox(record).pending()
     assert [h["status"] for h in done["status_history"]] == ["queued", "staging", "running", "uploading", "done"]
+
+
+def test_the_next_command_delivers_what_a_supervisor_could_not(link, tmp_path, monkeypatch):
+    """The database stays down longer than the supervisor waits: its final state stays in the
+    outbox, and the first command on this machine once the database is back records it."""
+    monkeypatch.setenv("FACEOPS_STORE_OUTBOX_SECONDS", "1")
+    release = tmp_path / "release"
+    script = ("import pathlib, time\ndeadline = time.time() + 120\n"
+              f"while not pathlib.Path({str(release)!r}).exists() and time.time() < deadline:\n    time.sleep(0.2)\n")
+    spec = custom_job(tmp_path / "proj", script=script)
+    assert cli("job", "submit", str(spec), "--detach").returncode == 0
+    wait_for(lambda: Store().get("fault-job", 1)["status"] == "running", what="the version running")
+    link.down()
+    release.touch()
+    log = Outbox({"name": "fault-job", "version": 1}).path.parent / "job.log"
+    wait_for(lambda: "final state stays in" in log.read_text(), timeout=60, what="the supervisor giving up")
+    assert "still unreachable after 1s" in log.read_text()
+    link.up()  # the supervisor exits right after saying so; the next look finds it gone
+    wait_for(lambda: " done " in cli("job", "list").stdout, timeout=60, what="job list delivering the outbox")
+    assert Store().get("fault-job", 1)["status"] == "done" and not Outbox({"name": "fault-job", "version": 1}).pending()
