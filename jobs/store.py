@@ -10,7 +10,8 @@ transaction that takes its lock up front (SQLite's ``BEGIN IMMEDIATE``, a Postgr
 
 The schema is versioned (:data:`MIGRATIONS`); only ``faceops store upgrade`` moves it forward,
 so a read command never alters a store and a store at an older schema is an error that says to
-run it. A brand-new personal store is created at the current schema on first use.
+run it. A personal store is created at the current schema by its first submit; reading a home
+that has none creates nothing.
 
 Opening the store checks it cheaply (the SQLite header, and that an empty or missing store is not
 hiding version folders that exist), so a damaged file is an error that says what to do instead of
@@ -201,9 +202,14 @@ class Store:
         self.path = path or sqlite_path(store_url())
         self.where = str(self.path)
         self._check_file()
-        if self.path.exists() and self.path.stat().st_size:
-            return
-        self.upgrade()  # a brand-new personal store: nothing to keep, nothing to start
+
+    def _unborn(self) -> bool:
+        """True while no store file exists yet (a new home): reads see an empty store and create
+        nothing; the first submit (or ``store upgrade``) creates it at the current schema."""
+        try:
+            return self.path.stat().st_size == 0
+        except FileNotFoundError:
+            return True
 
     def _check_file(self) -> None:
         """The cheap check on open: a real SQLite file, and not an empty one beside old versions."""
@@ -257,15 +263,18 @@ class Store:
         if due:
             raise StoreError(f"{self.where} is at schema {SCHEMA_VERSION - len(due)}, this faceops needs "
                              f"{SCHEMA_VERSION}; run faceops store upgrade")
-        _READY.add(self.where)
+        if not self._unborn():  # an empty store read from memory is not the file a submit creates
+            _READY.add(self.where)
 
     def upgrade(self) -> list[str]:
         """Apply every pending migration, each in its own transaction, after copying an existing
         store aside (``store.sqlite.bak-vN``); returns what was done."""
+        if self._unborn():
+            return self._create()
         due = self.pending()
         if not due:
             return []
-        with self._connect() as db:  # SQLite cannot back up from inside a write transaction
+        with self._connect(write=True) as db:  # SQLite cannot back up from inside a write transaction
             current = db.execute("PRAGMA user_version").fetchone()[0]
             if self._columns(db):
                 self._backup(db, self.path.with_name(f"{self.path.name}.bak-v{current}"))
@@ -278,6 +287,16 @@ class Store:
                         db.execute(statement.format(float="REAL"))
                 db.execute(f"PRAGMA user_version = {step + 1}")
         return due
+
+    def _create(self) -> list[str]:
+        """Create a new store at the current schema in one transaction, so two first submits at
+        once agree (the second finds it made); a file that already holds a table is left to
+        :meth:`upgrade`. Returns the steps taken."""
+        with self._transaction() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] or self._columns(db):
+                return []
+            _create_schema(db)
+        return [f"schema {i + 1}: {text}" for i, (text, _) in enumerate(MIGRATIONS)]
 
     def _has_column(self, db: sqlite3.Connection, statement: str) -> bool:
         """True when ``statement`` adds a column the table already has (a store whose schema
@@ -312,11 +331,15 @@ class Store:
 
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection; SQLite's errors about a damaged or full store become a StoreError."""
+        """A connection; SQLite's errors about a damaged or full store become a StoreError. A
+        reader of a store not created yet gets an empty one in memory, so reading creates nothing."""
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA journal_mode=WAL")
+            if not write and self._unborn():
+                db = _empty_store()
+            else:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute("PRAGMA busy_timeout=30000")
+                db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.OperationalError as exc:
             db = self._read_only(exc, write)
         except sqlite3.Error as exc:
@@ -361,6 +384,8 @@ class Store:
         transaction so parallel submits never share or skip a parent. The version's folder is
         created here too: one that already exists (left by a store that lost its records) is
         never reused, since its log and outputs belong to another run."""
+        if self.where not in _READY and (self._unborn() or self.schema_version() == 0):
+            self._create()  # a personal store's first version: nothing to keep, nothing to start
         self._ready()
         with self._transaction(record["name"]) as db:
             ((latest,),) = self._rows(db, "SELECT MAX(version) FROM versions WHERE name = :name", name=record["name"])
@@ -555,6 +580,12 @@ class PostgresStore(Store):
     def _advice(self) -> str:
         return "run faceops doctor for details"
 
+    def _unborn(self) -> bool:
+        return False  # the database exists on the server; only `faceops store upgrade` makes its tables
+
+    def _create(self) -> list[str]:
+        return []  # a team's schema is made by `faceops store upgrade` alone, never by a submit
+
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[Any]:
         """A connection in a transaction (committed when the block ends); the driver's errors
@@ -688,6 +719,21 @@ class Outbox:
                 return False
         self.path.unlink(missing_ok=True)
         return True
+
+
+def _empty_store() -> sqlite3.Connection:
+    """An in-memory store at the current schema with no versions."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    _create_schema(db)
+    return db
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    """Every migration at once, on a SQLite database that has none of them."""
+    for _, statements in MIGRATIONS:
+        for statement in statements:
+            db.execute(statement.format(float="REAL"))
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _version_folders(root: Path) -> list[Path]:

@@ -43,7 +43,7 @@ def test_emptied_store_does_not_restart_numbering(tmp_path, faceops_home):
 def test_version_folder_that_exists_is_never_reused(tmp_path, faceops_home):
     spec = custom_job(tmp_path / "proj")
     leftover = faceops_home / "jobs" / "fault-job" / "1"
-    Store()
+    Store().upgrade()
     leftover.mkdir(parents=True)
     (leftover / "job.log").write_text("an older run\n")
     result = cli("job", "submit", str(spec), "--detach")

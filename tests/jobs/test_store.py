@@ -26,6 +26,15 @@ def test_round_trip_and_numbering():
     assert {(r["name"], r["version"]) for r in store.list()} == {("recog", 1), ("recog", 2), ("detect", 1)}
 
 
+def test_reading_a_new_home_creates_no_store(faceops_home, runner):
+    """Read commands never create a store (nor its schema); the first submit does."""
+    assert runner("job", "list").output.strip() == "no jobs yet"
+    assert runner("doctor").exit_code == 0 and Store().list() == []
+    assert not (faceops_home / "store.sqlite").exists()
+    Store().create(make())
+    assert Store().schema_version() == 2 and [r["version"] for r in Store().list()] == [1]
+
+
 def test_status_history_timings_and_freeze():
     store = Store()
     record = store.create(make())
