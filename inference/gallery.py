@@ -271,8 +271,9 @@ def merge_galleries(parts: list[tuple[Path, dict[str, Any]]], out: Path, far: fl
 def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | Path | None = None, *,
                    det: str | Path | None = None, rec: str | Path | None = None, batch_size: int = 16,
                    workers: int | None = None, strict: bool = False, progress: bool = False) -> dict[str, Any]:
-    """Add the people/photos of ``source`` to the gallery at ``path`` (a local folder) without
-    rebuilding it: same models enforced, detection settings and calibration target kept."""
+    """Add the people/photos of ``source`` to the gallery at ``path`` (a folder or an
+    object-storage prefix) without rebuilding it: same models enforced, detection settings and
+    calibration target kept; the new revision is published atomically (:func:`publish`)."""
     gallery = load(path)
     models = load_models(models, det, rec)
     gallery.check_models(models, path)
@@ -287,13 +288,14 @@ def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | 
     gallery.issues.extend(issues + _skipped(skipped))
     _record(gallery, "add", source=str(source), images=len(items), added=len(kept), duplicates=len(duplicates))
     summary = _finish(gallery, _target_far(gallery))
-    save(gallery, path)
+    publish(gallery, path)
     return {**summary, "gallery": str(path), "images": len(items), "added": len(kept), "duplicates": len(duplicates),
             "issues": _issue_counts(issues)}
 
 
 def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
-    """Remove every embedding of the named people from the gallery at ``path``."""
+    """Remove every embedding of the named people from the gallery at ``path`` (a folder or an
+    object-storage prefix), published as a new revision."""
     gallery = load(path)
     for name in people:
         if name not in gallery.names:
@@ -307,7 +309,7 @@ def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
     gallery.changed()
     _record(gallery, "remove", people=people, removed=int((~keep).sum()))
     summary = _finish(gallery, _target_far(gallery))
-    save(gallery, path)
+    publish(gallery, path)
     return {**summary, "gallery": str(path), "removed": int((~keep).sum())}
 
 

@@ -87,7 +87,18 @@ ROLES: dict[str, Callable[[list[list[Any]], list[list[Any]]], bool]] = {
 
 def model_role(path: Path) -> str | None:
     """'detector', 'recognizer' or None, decided from the ONNX graph's inputs and outputs the same
-    way insightface's model router does (so files may have any name)."""
+    way insightface's model router does (so files may have any name). Each file is parsed once per
+    process while it is unchanged: finding both models in a folder of ten asks about every file twice."""
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return _role(Path(path).resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _role(path: Path, size: int, mtime_ns: int) -> str | None:
+    """:func:`model_role` of ``path`` as it was at ``size`` and ``mtime_ns`` (the cache key)."""
     import onnx
 
     try:

@@ -25,11 +25,13 @@ LIST_EXTENSIONS = {".txt", ".lst"}
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One input image: where to read it, the name reports use, its person label (or None)."""
+    """One input image: where to read it, the name reports use, its person label (or None), and
+    its bytes when it arrived in memory (an upload to ``faceops serve``) rather than as a file."""
 
     path: Path
     name: str
     label: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

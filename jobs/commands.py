@@ -1,4 +1,4 @@
-"""The commands that drive jobs: ``job``, ``task``, ``storage``, ``store``, ``doctor`` and ``demo``. Thin: they
+"""The commands that drive jobs: ``job``, ``task``, ``storage``, ``store``, ``doctor``, ``demo`` and ``deploy``. Thin: they
 parse arguments, call the jobs orchestration and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
+from inference.commands import _model_options
 from jobs import demo as demo_steps
 from jobs import artifacts, metrics, report, spec, submit, tracking
+from jobs import deploy as deployment
 from jobs.backends import BACKENDS, DEFAULT_GRACE
 from jobs.core import storage as store
 from jobs.core.commandline import FaceopsGroup
@@ -331,8 +333,8 @@ def task_show(name: str, as_json: bool) -> None:
 
 @click.command()
 def doctor() -> None:
-    """Check the state folder and the version store in full (the shared database too, when
-    store.url names one): a schema upgrade that is due, the store's integrity, every version
+    """Check the state folder and the version store in full. That is the shared database too,
+    when store.url names one: a schema upgrade that is due, the store's integrity, every version
     record, and version folders that no record owns. Exit code 1 when something is wrong."""
     store = Store()
     problems = store.check()
@@ -374,3 +376,30 @@ def store_migrate(url: str, as_json: bool) -> None:
     else:
         click.echo(f"{len(done.copied)} versions copied, {len(done.present)} already there"
                    + (f", {len(done.skipped)} still running (skipped)" if done.skipped else ""))
+
+
+@click.command()
+@click.argument("source", metavar="GALLERY|NAME:V")
+@click.option("--backend", type=click.Choice(deployment.BACKENDS), required=True, help="Where the endpoint runs.")
+@click.option("--image", required=True, help="The faceops image to serve with (in ECR for SageMaker, SWR for ModelArts).")
+@click.option("--instance-type", required=True, help="SageMaker instance type (ml.c5.xlarge) or ModelArts flavor.")
+@click.option("--instance-count", default=1, show_default=True, help="Instances behind the endpoint.")
+@_model_options
+@click.option("--dry-run", is_flag=True, help="Build and check the requests and show them; upload and create nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment (or the plan) as JSON.")
+def deploy(source: str, backend: str, image: str, instance_type: str, instance_count: int, models_dir: str | None,
+           det_model: str | None, rec_model: str | None, dry_run: bool, as_json: bool) -> None:
+    """Deploy a gallery as a real-time endpoint on SageMaker or ModelArts. SOURCE is a gallery
+    (folder or s3:// prefix) or the job version NAME:V that built one; `faceops serve` in IMAGE
+    answers: SageMaker CreateModel,
+    CreateEndpointConfig and CreateEndpoint (GET /ping, POST /invocations on 8080, the model
+    under /opt/ml/model), or a ModelArts real-time service with its health check on 8080."""
+    result = deployment.deploy(source, backend, image, instance_type, instance_count, models_dir, det_model, rec_model,
+                               dry_run)
+    if as_json or dry_run:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(f"deployed gallery revision {result['gallery_revision']} as {result['name']} on {backend} "
+               f"(model folder {result['artifact']})")
+    for answer in result["answers"]:
+        click.echo("  " + ", ".join(f"{k}={v}" for k, v in answer.items()))

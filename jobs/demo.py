@@ -156,6 +156,9 @@ def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], wor
          "--truth-from-folders")
     echo(f"\nDone. Report: {workdir / 'report'}; versions: FACEOPS_HOME={_short(workdir / HOME)} "
          "faceops job versions demo-recognizer")
+    echo("\n== Identify online: serve the gallery, then open http://127.0.0.1:8080/ and drop a photo on the page "
+         f"(or curl -s --data-binary @PHOTO -H 'Content-Type: image/jpeg' 127.0.0.1:8080/identify)\n"
+         f"$ faceops {shlex.join(['serve', '--gallery', _short(workdir / 'gallery')])}")
 
 
 def _short(path: Path) -> str:

@@ -4,7 +4,7 @@ and :class:`CloudBackend`, the one backend flow (plan -> start -> refresh -> sto
 service fills in with its requests and calls.
 
 A cloud job runs the same entry point as a local one. The service downloads the job's inputs and
-the code bundle (an extra input channel, ``faceops-code``) into the container, whose command is
+the code bundle (an extra input channel, ``faceops_code``) into the container, whose command is
 ``faceops-cloud-bootstrap`` (images/bin): it unpacks the bundle into ``/opt/ml/code``, turns the
 service's string parameters back into typed JSON and sets the contract's variables, so entry points
 never know where they run. Nothing here imports boto3 or the Huawei SDK.
@@ -26,7 +26,7 @@ from jobs import tracking
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, merge_parts
 from jobs.core import retry, storage
 from jobs.core.config import home, setting
-from jobs.core.contract import CODE_CHANNEL, PARTS
+from jobs.core.contract import PARTS, RESERVED_CHANNELS
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.core.secrets import mask, refuse_literal_secrets
 from jobs.store import TERMINAL, RecordFrozen, Store
@@ -97,8 +97,9 @@ def check_remote_uris(section: str, spec: dict[str, Any]) -> None:
             raise SpecError(f"outputs.{name}: {uri} is on this machine, where {section} cannot write; "
                             f"use an s3:// URI")
     for kind in ("inputs", "outputs"):
-        if CODE_CHANNEL in spec[kind]:
-            raise SpecError(f"{kind}.{CODE_CHANNEL}: this name is reserved for the code bundle; rename the channel")
+        for name in RESERVED_CHANNELS:
+            if name in spec[kind]:
+                raise SpecError(f"{kind}.{name}: this name is reserved for faceops' own files; rename the channel")
 
 
 def remote_inputs(record: dict[str, Any], staging: str) -> dict[str, str]:

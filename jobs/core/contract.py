@@ -20,18 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from jobs.core.errors import SpecError
-
 CONTAINER_ROOT = Path("/opt/ml")
 # ``${env:NAME}`` in a hyperparameter: the secret stays out of the spec, the record and the
 # bundle, and is read from the job's environment only when the job starts.
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 BOOTSTRAP = "faceops-cloud-bootstrap"
-# Channel and output names faceops itself uses on cloud services (reserved for users).
-CODE_CHANNEL = "faceops-code"
-JOB_CHANNEL = "faceops-job"
-OUTPUT_CHANNEL = "faceops-output"
-# ModelArts appends the job's parameters to the command after this marker, as --name=value.
+# Where the images install the bootstrap and the interpreter it runs on: ModelArts presets PATH in
+# training containers, so its start command names both by absolute path.
+BOOTSTRAP_PATH = "/opt/faceops/bin/" + BOOTSTRAP
+IMAGE_PYTHON = "/opt/venv/bin/python3"
+# Channel and output names faceops itself uses on cloud services (reserved for users). Letters,
+# digits and underscores: ModelArts' ``access_method: env`` names a variable after each, and
+# variable names take only those.
+CODE_CHANNEL = "faceops_code"
+JOB_CHANNEL = "faceops_job"
+OUTPUT_CHANNEL = "faceops_output"
+# ModelArts: the job's checkpoints, uploaded to OBS under the remote job's name as they are
+# written (an output) and downloaded again when the job starts (an input, into RESUME_CHANNEL).
+CHECKPOINT_CHANNEL = "faceops_checkpoints"
+RESUME_CHANNEL = "faceops_resume"
+# Put in a new checkpoint folder on OBS so that it exists when ModelArts first downloads it; never
+# copied into the checkpoints.
+CHECKPOINT_MARKER = ".faceops-checkpoints"
+RESERVED_CHANNELS = (CODE_CHANNEL, JOB_CHANNEL, OUTPUT_CHANNEL, CHECKPOINT_CHANNEL, RESUME_CHANNEL)
+# What ModelArts (or a console edit) appends to the start command comes after this marker.
 PARAMETERS_FLAG = "--faceops-parameters"
 
 
@@ -126,6 +138,7 @@ class ServiceLayout:
     inputs: Path
     outputs: Path
     metrics_file: Path
+    failure_file: Path
     model_dir: Path | None = None
 
     def channel_dir(self, name: str) -> Path:
@@ -147,13 +160,16 @@ def service_layout(kind: str, root: Path = CONTAINER_ROOT) -> ServiceLayout:
     faceops' own output channel."""
     if kind == "sagemaker-training":
         return ServiceLayout(root / "input" / "data", root / "output" / "data",
-                             root / "output" / "data" / "metrics.jsonl", root / "model")
+                             root / "output" / "data" / "metrics.jsonl", root / "output" / "failure", root / "model")
     if kind == "sagemaker-processing":
+        # A processing job reports /opt/ml/output/message as DescribeProcessingJob's ExitMessage
+        # (https://docs.aws.amazon.com/sagemaker/latest/dg/byoc-metadata.html); it has no failure file.
         base = root / "processing"
-        return ServiceLayout(base / "input", base / "output", base / "output" / OUTPUT_CHANNEL / "metrics.jsonl")
+        return ServiceLayout(base / "input", base / "output", base / "output" / OUTPUT_CHANNEL / "metrics.jsonl",
+                             root / "output" / "message")
     if kind == "modelarts":
         return ServiceLayout(root / "input" / "data", root / "output" / "data",
-                             root / "output" / "faceops" / "metrics.jsonl", root / "model")
+                             root / "output" / "faceops" / "metrics.jsonl", root / "output" / "failure", root / "model")
     raise ValueError(f"unknown service layout {kind!r}; known: {', '.join(SERVICE_LAYOUTS)}")
 
 
@@ -174,6 +190,7 @@ class JobEnv:
         if name not in self.channels:
             # Imported here, not at the top: only tasks ask for channels, and they run with faceops
             # on the path, while the images' scripts use this file alone.
+            from jobs.core.errors import SpecError
 
             known = ", ".join(self.channels) or "none"
             raise SpecError(f"this task needs an input channel '{name}' (job has: {known})")
@@ -192,6 +209,8 @@ def resolve_env(hyperparameters: dict[str, Any], environ: Any) -> dict[str, Any]
         match = ENV_REF.fullmatch(value.strip()) if isinstance(value, str) else None
         if match:
             if match.group(1) not in environ:
+                from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
+
                 raise SpecError(f"hyperparameters.{key}: the job's environment has no variable {match.group(1)}")
             value = environ[match.group(1)]
         resolved[key] = value
@@ -368,6 +387,8 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
     index, count, part = env.get(SHARD_INDEX, "0"), env.get(SHARD_COUNT, "1"), env[SHARD_PART]
     if not (index.isdigit() and count.isdigit() and int(index) < int(count)) \
             or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part):
+        from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
+
         raise SpecError(f"{SHARD_INDEX}={index}, {SHARD_COUNT}={count}, {SHARD_PART}={part!r}: expected "
                         "0 <= index < count and a plain folder name")
     return Shard(int(index), int(count), part)

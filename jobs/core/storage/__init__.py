@@ -15,9 +15,9 @@ Huawei OBS, MinIO and SeaweedFS behave exactly like a local folder. Callers use 
 from jobs.core.storage.cleanup import ORPHAN_SECONDS, gc
 from jobs.core.storage.publish import PART_SIZE, PROGRESS_MIN_BYTES, upload, write_bytes
 from jobs.core.storage.read import download, exists, list, read_bytes, read_range, stat
-from jobs.core.storage.s3 import StorageUnavailable, s3_client, timeouts
+from jobs.core.storage.s3 import StorageUnavailable, aws_region, s3_client, timeouts
 from jobs.core.storage.uris import MANIFEST, STAGING_MARK, Location, ObjectInfo, is_remote, join, parse
 
 __all__ = ["MANIFEST", "ORPHAN_SECONDS", "PART_SIZE", "PROGRESS_MIN_BYTES", "STAGING_MARK", "Location", "ObjectInfo",
-           "StorageUnavailable", "download", "exists", "gc", "is_remote", "join", "list", "parse", "read_bytes",
+           "StorageUnavailable", "aws_region", "download", "exists", "gc", "is_remote", "join", "list", "parse", "read_bytes",
            "read_range", "s3_client", "stat", "timeouts", "upload", "write_bytes"]

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterator
 
 from jobs.core.config import setting
-from jobs.core.errors import FaceopsError, NotFoundError, StorageError
+from jobs.core.errors import FaceopsError, NotFoundError, SpecError, StorageError
 from jobs.core.retry import retrying
 from jobs.core.storage.uris import Location, ObjectInfo, _prefix
 
@@ -36,12 +36,29 @@ def s3_client():
     return _client(
         connect, read,
         endpoint,
-        setting("s3", "region", ("AWS_REGION", "AWS_DEFAULT_REGION"), "us-east-1"),
+        aws_region("s3") or "us-east-1",
         setting("s3", "addressing_style", ("FACEOPS_S3_ADDRESSING_STYLE",), "path" if endpoint else "auto"),
         setting("s3", "access_key", ("AWS_ACCESS_KEY_ID",)),
         setting("s3", "secret_key", ("AWS_SECRET_ACCESS_KEY",)),
         setting("s3", "session_token", ("AWS_SESSION_TOKEN",)),
     )
+
+
+def aws_region(section: str, env: tuple[str, ...] = ()) -> str | None:
+    """The AWS region for ``section``: its config.yaml ``region``, the variables ``env``,
+    ``AWS_REGION`` or ``AWS_DEFAULT_REGION``, else the one boto3 resolves itself: the ``region``
+    of the profile (``AWS_PROFILE`` or ``default``) in the AWS config file (``AWS_CONFIG_FILE``,
+    ``~/.aws/config``), where ``aws configure`` writes it. None when none is set anywhere."""
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    configured = setting(section, "region", (*env, "AWS_REGION", "AWS_DEFAULT_REGION"))
+    if configured:
+        return str(configured)
+    try:
+        return boto3.session.Session().region_name
+    except ProfileNotFound as exc:
+        raise SpecError(f"{section}: {exc}; check AWS_PROFILE and the AWS config file") from None
 
 
 def timeouts() -> tuple[float, float]:
