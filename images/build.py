@@ -13,12 +13,13 @@ import re
 import shutil
 import tempfile
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from images.engine import client as engine
-from jobs.core.bundle import build_bundle
+from jobs.core.bundle import Bundle, build_bundle
 from jobs.core.errors import FaceopsError
 
 IMAGES_DIR = Path(__file__).resolve().parent
@@ -62,15 +63,7 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
     """Build the faceops ``target`` (``gpu`` or ``cpu``) or a user's ``dockerfile`` (its folder is
     the context). ``base`` overrides the ``BASE`` build argument (the image to build FROM);
     ``cache_from`` names images (pulled or loaded) whose layers the build may reuse."""
-    context, name, kind = _context(target, dockerfile)
-    args = {**(build_args or {}), **({"BASE": base} if base else {})}
-    with tempfile.TemporaryDirectory(prefix="faceops-context-") as staged:
-        if target:
-            context = _target_context(target, Path(staged))
-        bundle = build_bundle(context, store=False)
-    try:
-        digest = content_hash(bundle.sha256, name, args)
-        ref = tag or f"{DEFAULT_REPO if target else _repo_for(context)}:{kind}-{digest[:12]}"
+    with _staged(target, dockerfile, tag, base, build_args) as (bundle, name, args, digest, ref):
         docker = engine()
         found = _existing(docker, ref, digest)
         if found:
@@ -81,6 +74,35 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
             image_id = _stream(docker, fh, name, ref, args, {HASH_LABEL: digest}, echo, verbose, cache_from)
         size = docker.api.inspect_image(image_id)["Size"]
         return BuildResult(ref, image_id, size, digest, built=True)
+
+
+def plan(target: str | None = None, dockerfile: Path | None = None, tag: str | None = None,
+         base: str | None = None, build_args: dict[str, str] | None = None) -> dict[str, object]:
+    """What :func:`build` would do, without an engine: the Dockerfile (path and text), the image
+    it builds FROM (``base``, else the Dockerfile's ``ARG BASE`` default), the build args, the
+    tag and the content hash it derives from, and the number of files in the context."""
+    with _staged(target, dockerfile, tag, base, build_args) as (bundle, name, args, digest, ref):
+        path = IMAGES_DIR / name if target else Path(dockerfile).resolve()
+        text = path.read_text()
+        default = re.search(r"^ARG BASE=(\S+)", text, re.MULTILINE)
+        return {"ref": ref, "content_hash": digest, "dockerfile": str(path), "base": base or (default and default.group(1)),
+                "build_args": args, "context_files": bundle.files, "dockerfile_text": text}
+
+
+@contextmanager
+def _staged(target: str | None, dockerfile: Path | None, tag: str | None, base: str | None,
+            build_args: dict[str, str] | None) -> Iterator[tuple[Bundle, str, dict[str, str], str, str]]:
+    """The build context packed (removed afterwards), the Dockerfile's name in it, the build
+    args (``base`` as ``BASE``), the content hash and the tag it gives."""
+    context, name, kind = _context(target, dockerfile)
+    args = {**(build_args or {}), **({"BASE": base} if base else {})}
+    with tempfile.TemporaryDirectory(prefix="faceops-context-") as staged:
+        if target:
+            context = _target_context(target, Path(staged))
+        bundle = build_bundle(context, store=False)
+    try:
+        digest = content_hash(bundle.sha256, name, args)
+        yield bundle, name, args, digest, tag or f"{DEFAULT_REPO if target else _repo_for(context)}:{kind}-{digest[:12]}"
     finally:
         shutil.rmtree(bundle.path.parent, ignore_errors=True)
 

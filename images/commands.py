@@ -8,7 +8,7 @@ import sys
 import click
 
 from images import login
-from images.build import DEFAULT_REPO, DEFAULT_TARGET, TARGETS, build
+from images.build import DEFAULT_REPO, DEFAULT_TARGET, TARGETS, build, plan
 from images.catalog import list_images
 from images.push import push
 from jobs.core.commandline import FaceopsGroup
@@ -37,11 +37,22 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--base", help="Build FROM this image instead of the Dockerfile's default base.")
 @click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="A build argument, e.g. PIP_OPTIONS=\"--index-url URL\".")
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the build output, not only the steps.")
+@click.option("--dry-run", is_flag=True, help="Show the Dockerfile, base, build args and tag; needs no engine, builds nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def image_build(target: str | None, dockerfile: str | None, tag: str | None, base: str | None,
-                build_args: tuple[str, ...], verbose: bool, as_json: bool) -> None:
+                build_args: tuple[str, ...], verbose: bool, dry_run: bool, as_json: bool) -> None:
     """Build a training image; an image whose Dockerfile, requirements and build args did not
     change is found by its content hash and not rebuilt. Prints the reference, id and size."""
+    if dry_run:
+        planned = plan(target=target or (None if dockerfile else DEFAULT_TARGET), dockerfile=dockerfile, tag=tag,
+                       base=base, build_args=_key_values(build_args, "--build-arg"))
+        if as_json:
+            click.echo(json.dumps(planned))
+            return
+        click.echo(f"dry run: would build {planned['ref']} (content {planned['content_hash'][:12]}); nothing was built")
+        click.echo(f"FROM {planned['base']}\nbuild args: " + (" ".join(f"{k}={v}" for k, v in planned["build_args"].items()) or "-"))
+        click.echo(f"context: {planned['context_files']} files\n--- {planned['dockerfile']}\n{planned['dockerfile_text']}", nl=False)
+        return
     result = build(target=target or (None if dockerfile else DEFAULT_TARGET), dockerfile=dockerfile, tag=tag, base=base,
                    build_args=_key_values(build_args, "--build-arg"),
                    echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo, verbose=verbose)

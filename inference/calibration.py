@@ -102,23 +102,14 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float = DEFAULT_F
     impostor = np.sort(np.concatenate([own, cross]))[::-1]
     sources = ["gallery pairs"] + (["background"] if len(cross) else [])
     resolvable = len(impostor) * far >= TAIL_PAIRS
-    candidates = [_threshold_at(impostor, far)] if len(impostor) else []
+    measured = _threshold_at(impostor, far) if len(impostor) else None
+    floor = reference_threshold(reference, far) if reference is not None else DEFAULT_THRESHOLD
+    threshold = measured if resolvable else max(c for c in (measured, floor) if c is not None)
     warning = None
     if not resolvable:
-        need = f"{len(impostor)} measured impostor pairs resolve a FAR of {1 / len(impostor):.2g} at best" if len(impostor) else "no measured impostor pairs"
-        if reference is not None:
-            candidates.append(reference_threshold(reference, far))
-            sources.append(f"reference ({reference['pairs']} pairs, normal tail fit)")
-            warning = (f"target FAR {far:g} is not resolved by measurement ({need}; ~{int(TAIL_PAIRS / far)} needed): "
-                       f"the threshold rests on the recognizer's reference distribution; "
-                       f"pass --background DIR (photos of other people) to measure it")
-        else:
-            candidates.append(DEFAULT_THRESHOLD)
-            sources.append("default floor")
-            warning = (f"target FAR {far:g} is not resolved by measurement ({need}) and this recognizer has no "
-                       f"reference distribution: the threshold is the default floor {DEFAULT_THRESHOLD}; "
-                       f"pass --background DIR (photos of other people) to measure it")
-    threshold = max(candidates)
+        sources.append(f"reference ({reference['pairs']} pairs, normal tail fit)" if reference is not None
+                       else "default floor")
+        warning = _unresolved(far, len(impostor), threshold, measured, floor, reference is not None, background is not None)
     return {
         "target_far": far,
         "threshold": round(threshold, 6),
@@ -131,8 +122,78 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float = DEFAULT_F
         "min_resolvable_far": 1.0 / len(impostor) if len(impostor) else None,
         "resolvable": bool(resolvable),
         "reference_pairs": reference["pairs"] if reference is not None and not resolvable else None,
+        **separation(genuine, impostor),
         "warning": warning,
     }
+
+
+def _unresolved(far: float, pairs: int, threshold: float, measured: float | None, floor: float,
+                has_reference: bool, has_background: bool) -> str:
+    """Why the threshold for ``far`` is not measured alone, naming the number it really is and
+    which of the estimates set it, and what would resolve it."""
+    counted = (f"{pairs} measured impostor pairs leave {int(far * pairs)} above a FAR {far:g} threshold; standing "
+               f"on measurement alone takes {TAIL_PAIRS}, i.e. ~{int(TAIL_PAIRS / far)} pairs") if pairs \
+        else "there are no measured impostor pairs"
+    floor_name = "the recognizer's reference distribution" if has_reference else "the default floor (this recognizer has no reference distribution)"
+    if measured is not None and measured >= floor:
+        rests = f"the threshold {threshold:.6g} is the measured estimate, above the {floor:.6g} of {floor_name}"
+    else:
+        rests = f"the threshold {threshold:.6g} comes from {floor_name}"
+    more = ("add more background photos (people not in the gallery)" if has_background
+            else "pass --background DIR (photos of people not in the gallery)")
+    return f"target FAR {far:g} is not resolved by measurement ({counted}): {rests}; {more} to measure it"
+
+
+# A recognizer separates people when strangers score well below the same person: trained ArcFace
+# models give impostor cosines around 0 (pretrained MobileFaceNet on the shared LFW photos: mean 0.017,
+# genuine 0.63, AUC 1.0); an untrained or collapsed one scores everyone alike (the example recognizer
+# after 4 steps: 1.0; a random colour projection: 0.58).
+IMPOSTOR_MEAN_CEILING = 0.5
+MIN_AUC = 0.75
+AUC_PAIRS = 10  # genuine pairs below which the AUC is too coarse to judge by
+
+
+def separation(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, Any]:
+    """How far apart a recognizer puts people: the mean impostor and genuine similarity and the
+    AUC (the chance that a genuine pair scores above an impostor pair; None without both kinds)."""
+    auc = None
+    if len(genuine) and len(impostor):
+        ascending = np.sort(impostor)
+        below = np.searchsorted(ascending, genuine, side="left")
+        ties = np.searchsorted(ascending, genuine, side="right") - below
+        auc = round(float(np.mean((below + ties / 2) / len(ascending))), 4)
+    return {"impostor_mean": round(float(impostor.mean()), 4) if len(impostor) else None,
+            "genuine_mean": round(float(genuine.mean()), 4) if len(genuine) else None, "auc": auc}
+
+
+def separation_problem(calibration: dict[str, Any] | None) -> str | None:
+    """Why the calibrated recognizer does not separate people, with the figures, or None when it
+    does (or when there are no impostor pairs to tell)."""
+    if not calibration or calibration.get("impostor_mean") is None:
+        return None
+    pairs = calibration["impostor_pairs"] + calibration["background_pairs"]
+    found = []
+    if calibration["impostor_mean"] > IMPOSTOR_MEAN_CEILING:
+        found.append(f"different people score {calibration['impostor_mean']:.3g} on average against each other "
+                     f"({pairs} impostor pairs; a trained recognizer stays below {IMPOSTOR_MEAN_CEILING})")
+    if calibration.get("auc") is not None and calibration["genuine_pairs"] >= AUC_PAIRS and calibration["auc"] < MIN_AUC:
+        found.append(f"a photo scores above a stranger's for the same person only {calibration['auc']:.3g} of the time "
+                     f"(AUC over {calibration['genuine_pairs']} genuine and {pairs} impostor pairs; genuine mean "
+                     f"{calibration['genuine_mean']:.3g}, impostor mean {calibration['impostor_mean']:.3g}; "
+                     f"0.5 is chance, at least {MIN_AUC} expected)")
+    if not found:
+        return None
+    return ("the recognizer does not separate people: " + "; ".join(found)
+            + f"; at threshold {calibration['threshold']:.6g} identify would not tell them apart")
+
+
+def check_separation(calibration: dict[str, Any] | None, force: bool) -> None:
+    """Refuse (:class:`DataError`, with the figures) a calibration whose recognizer does not
+    separate people, unless ``force``: such a gallery would name strangers as anyone."""
+    problem = separation_problem(calibration)
+    if problem and not force:
+        raise DataError(f"{problem}. Use a trained recognizer (check it with `faceops eval recognition`), "
+                        "or pass --force (a gallery job: hyperparameters force: true) to keep it anyway")
 
 
 LOW_TAR = 0.2  # below this most genuine photos fall under the threshold: identify says "unknown"
@@ -150,6 +211,8 @@ def warnings(calibration: dict[str, Any] | None, labels: np.ndarray) -> list[str
         return found
     if calibration.get("warning"):
         found.append(calibration["warning"])
+    if separation_problem(calibration):
+        found.append(separation_problem(calibration))
     tar = calibration.get("tar")
     if calibration.get("genuine_pairs") and (tar is None or tar < LOW_TAR):
         found.append(f"TAR {0 if tar is None else tar:.3g} at threshold {calibration['threshold']:.6g}: almost no photo "

@@ -51,10 +51,10 @@ def _echo_summary(summary: dict, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     for key, value in summary.items():
-        if key in ("warning", "warnings"):  # said once, on stderr, below
+        if key in ("warning", "warnings") or value is None:  # warnings said once, on stderr, below; None: not measured
             continue
         if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k != "warning"}
+            value = {k: v for k, v in value.items() if k != "warning" and v is not None}
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()) or "-"
         click.echo(f"{key}: {value}")
     for warning in summary.get("warnings") or []:
@@ -75,7 +75,8 @@ _BACKGROUND = click.option("--background", type=click.Path(), help=(
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate for the calibrated threshold.")
 @click.option("--index", type=click.Choice(INDEX_KINDS), default="flat", show_default=True,
               help="faiss index: flat is exact; hnsw/ivf are approximate (recall is measured and stored).")
-@click.option("--force", is_flag=True, help="Rebuild a gallery already at OUT, as its next revision (history kept).")
+@click.option("--force", is_flag=True, help="Rebuild a gallery already at OUT, as its next revision (history kept); "
+              "and build even with a recognizer that does not separate people.")
 @_BACKGROUND
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_build(source: str, out: str, models_dir: str | None, det_model: str | None, rec_model: str | None,
@@ -85,7 +86,8 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
     photos per person, or a CSV of path,person rows. One embedding per photo (largest face),
     per-person templates, a faiss index and a threshold calibrated for --far. Photos with no face,
     several faces or the same content as another are listed in OUT/issues.csv. An existing
-    gallery at OUT is refused without --force."""
+    gallery at OUT is refused without --force, and so (exit 2, with the figures) is a recognizer
+    that does not separate people: strangers scoring like the same person."""
     from inference.gallery import build_gallery  # numpy-built: loaded by the command, not by --help
 
     _echo_summary(build_gallery(source, out, models_dir, det=det_model, rec=rec_model, det_size=det_size,
@@ -128,15 +130,19 @@ def gallery_remove(database: str, people: tuple[str, ...], as_json: bool) -> Non
 @click.option("--far", default=1e-3, show_default=True, help="Target false-accept rate.")
 @_BACKGROUND
 @_model_options
+@click.option("--force", is_flag=True, help="Save the calibration even when the recognizer does not separate people.")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 def gallery_calibrate(database: str, far: float, background: str | None, models_dir: str | None,
-                      det_model: str | None, rec_model: str | None, as_json: bool) -> None:
+                      det_model: str | None, rec_model: str | None, force: bool, as_json: bool) -> None:
     """Set DATABASE's similarity threshold for a target false-accept rate from impostor scores: its
     own pairs, a --background of other people (stored with it) and the recognizer's reference
-    distribution when those are too few. Prints what the threshold rests on. identify uses it by default."""
+    distribution when those are too few. Prints what the threshold rests on. identify uses it by
+    default. A recognizer that does not separate people is refused (exit 2, with the figures)
+    unless --force."""
     from inference.gallery import calibrate_gallery  # numpy-built: loaded by the command, not by --help
 
-    _echo_summary(calibrate_gallery(database, far, background, models_dir, det=det_model, rec=rec_model), as_json)
+    _echo_summary(calibrate_gallery(database, far, background, models_dir, det=det_model, rec=rec_model, force=force),
+                  as_json)
 
 
 @click.command()

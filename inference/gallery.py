@@ -14,7 +14,7 @@ import numpy as np
 
 from inference import faces as facelib
 from inference import shards
-from inference.calibration import DEFAULT_FAR, calibrate, reference_for
+from inference.calibration import DEFAULT_FAR, calibrate, check_separation, reference_for
 from inference.calibration import warnings as calibration_warnings
 from inference.gallery_store import MANIFEST, Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
@@ -120,9 +120,12 @@ def _record(gallery: Gallery, action: str, **detail: Any) -> None:
                                         "time": gallery.manifest["updated"], **detail})
 
 
-def _finish(gallery: Gallery, far: float | None) -> dict[str, Any]:
-    """Recalibrate, measure an approximate index's recall, and summarise."""
+def _finish(gallery: Gallery, far: float | None, force: bool = True) -> dict[str, Any]:
+    """Recalibrate, refuse a recognizer that does not separate people unless ``force``
+    (:func:`inference.calibration.check_separation`), measure an approximate index's recall, and
+    summarise."""
     calibration = recalibrate(gallery, far) if far is not None and gallery.entries else gallery.manifest.get("calibration")
+    check_separation(calibration, force)
     if gallery.manifest["index"]["type"] != "flat" and gallery.entries:
         gallery.manifest["index"]["recall_at_1"] = index_recall(gallery.index(), gallery.embeddings)
     return {
@@ -207,6 +210,8 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
 
     A gallery already at ``out`` is refused unless ``force``; then the new one continues its
     revision numbers and history (the rebuild is one more revision), so nothing is lost silently.
+    So is a recognizer that does not separate people (strangers scoring like the same person),
+    with the figures, before anything is written.
     With ``shard`` this instance embeds its share of the photos into the part folder ``out``
     (uncalibrated; :func:`merge_galleries` makes the parts one gallery)."""
     check_kind(index)
@@ -230,12 +235,13 @@ def build_gallery(source: str | Path, out: str | Path, models: Models | str | Pa
         gallery.manifest.update(revision=previous.manifest["revision"], history=previous.manifest["history"])
     _record(gallery, "build", source=str(source), images=images, added=len(gallery.entries),
             **({"replaced_revision": previous.manifest["revision"]} if previous is not None else {}))
-    summary = _finish(gallery, far)
+    summary = _finish(gallery, far, force)
     publish(gallery, out)
     return {**summary, "gallery": str(out), "images": images, "issues": _issue_counts(gallery.issues)}
 
 
-def merge_galleries(parts: list[tuple[Path, dict[str, Any]]], out: Path, far: float = DEFAULT_FAR) -> dict[str, Any]:
+def merge_galleries(parts: list[tuple[Path, dict[str, Any]]], out: Path, far: float = DEFAULT_FAR,
+                    force: bool = False) -> dict[str, Any]:
     """One gallery at ``out`` from the parts sharded instances built (:func:`build_gallery` with
     ``shard``), as one instance over all the photos builds it: entries in image order (so people
     get the same ids), a photo that two parts hold kept once, calibrated over all the embeddings.
@@ -263,7 +269,7 @@ def merge_galleries(parts: list[tuple[Path, dict[str, Any]]], out: Path, far: fl
     details = [{k: v for k, v in entry.items() if k not in ("person_id", "person")} for entry, _ in kept]
     _append(gallery, [entry["person"] for entry, _ in kept], np.stack([e for _, e in kept]), details)
     _record(gallery, "build", source=source, images=images, added=len(kept))
-    summary = _finish(gallery, far)
+    summary = _finish(gallery, far, force)
     save(gallery, out)
     return {**summary, "gallery": str(out), "images": images, "issues": _issue_counts(gallery.issues)}
 
@@ -315,10 +321,11 @@ def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
 
 def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR, background: str | Path | None = None,
                       models: Models | str | Path | None = None, *, det: str | Path | None = None,
-                      rec: str | Path | None = None) -> dict[str, Any]:
+                      rec: str | Path | None = None, force: bool = False) -> dict[str, Any]:
     """Recalibrate the gallery at ``path`` for a new target false-accept rate and save it;
     ``background`` (photos of other people, embedded with the gallery's models) replaces the
-    stored background."""
+    stored background. A recognizer that does not separate people is refused (nothing saved)
+    unless ``force``."""
     gallery = load(path)
     if not gallery.entries:
         raise DataError(f"{path}: the gallery is empty; nothing to calibrate")
@@ -328,6 +335,7 @@ def calibrate_gallery(path: str | Path, far: float = DEFAULT_FAR, background: st
         settings = gallery.manifest["detection"]
         gallery.background = background_embeddings(models, background, settings["det_size"], settings["det_thresh"])
     calibration = recalibrate(gallery, far)
+    check_separation(calibration, force)
     _record(gallery, "calibrate", target_far=far, **({"background": str(background)} if background is not None else {}))
     save(gallery, path)
     return {"gallery": str(path), "revision": gallery.manifest["revision"], **calibration,

@@ -145,24 +145,34 @@ def label_origin(box: tuple[int, int, int, int], text: tuple[int, int], image: t
     return x, y
 
 
+DRAWING_SIDE = 800  # pixels of the longer side up to which labels and boxes keep their base size
+
+
+def drawing_size(width: int, height: int) -> float:
+    """How much larger than on an 800 px photo labels and boxes are drawn, so they read the same
+    share of a large photo viewed whole (a 4352 px photo: 5.4 times)."""
+    return max(1.0, max(width, height) / DRAWING_SIDE)
+
+
 def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
     """Write a copy of the image with each face's box and name (green known, red unknown), each
-    label on a filled band kept inside the image."""
+    label on a filled band kept inside the image, both sized with the image (:func:`drawing_size`)."""
     import cv2
 
     image = facelib.read_image(image_path)
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    size = drawing_size(image.shape[1], image.shape[0])
+    font, scale, line = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * size, max(1, round(size))
     for row in rows:
         if row["status"] != "ok":
             continue
         x1, y1, x2, y2 = (int(v) for v in row["box"])
         color = (0, 0, 255) if row["person"] == UNKNOWN else (0, 200, 0)
-        cv2.rectangle(image, (x1, y1), (x2, y2), color, 2)
+        cv2.rectangle(image, (x1, y1), (x2, y2), color, 2 * line)
         label = f"{row['person']} {row['similarity']:.2f}"
-        (text_w, text_h), base = cv2.getTextSize(label, font, scale, 1)
+        (text_w, text_h), base = cv2.getTextSize(label, font, scale, line)
         x, y = label_origin((x1, y1, x2, y2), (text_w, text_h), (image.shape[1], image.shape[0]))
-        cv2.rectangle(image, (x, y - text_h - 2), (x + text_w, y + base), color, cv2.FILLED)
-        cv2.putText(image, label, (x, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.rectangle(image, (x, y - text_h - 2 * line), (x + text_w, y + base), color, cv2.FILLED)
+        cv2.putText(image, label, (x, y), font, scale, (255, 255, 255), line, cv2.LINE_AA)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out.with_suffix(".jpg")), image):
         raise DataError(f"cannot write annotated image {out}")
@@ -192,7 +202,6 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
     labels = read_truth(Path(truth)) if truth else {}
     out = Path(out)
     storage.check_target(out, into_existing=(out / "report.csv").is_file())  # a report folder of ours, or a new one
-    out.mkdir(parents=True, exist_ok=True)
     probes: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     start = time.perf_counter()
@@ -201,6 +210,9 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
         listing = list_images(folder)
         if not listing.items and shard is None:  # a sharded instance may get none of the objects
             raise DataError(f"{images}: no images found")
+        if truth_from_folders and listing.items and not any("/" in item.name for item in listing.items):
+            raise DataError(f"{images}: --truth-from-folders takes each image's first folder as its person, but "
+                            "every image sits directly in it (expected IMAGES/<person>/photo.jpg); use --truth CSV")
         items, skipped = shards.share(listing.items, shard), shards.share(listing.skipped, shard, str)
         results = facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
                                   batch_size=batch_size, workers=workers)
@@ -208,6 +220,7 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
             from tqdm import tqdm
 
             results = tqdm(results, total=len(items), unit="img", desc="identify")
+        out.mkdir(parents=True, exist_ok=True)
         with open(out / "report.csv", "w", newline="") as csv_fh, open(out / "report.jsonl", "w") as jsonl_fh:
             writer = csv.DictWriter(csv_fh, fieldnames=CSV_FIELDS)
             writer.writeheader()

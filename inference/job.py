@@ -54,7 +54,7 @@ def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
     out = env.output("database") if at is None else shards.part_folder(env.output("database"), at)
     summary = build_gallery(env.channel("images"), out, **_models(env), shard=at,
                             background=None if at else env.channels.get("background"),
-                            **_pick(hp, DETECTION_KEYS + ("strict", "far", "index")), progress=False)
+                            **_pick(hp, DETECTION_KEYS + ("strict", "far", "index", "force")), progress=False)
     return None if at else summary
 
 
@@ -84,7 +84,8 @@ def merge_gallery(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any
     from inference.gallery import merge_galleries  # numpy-built: loaded in the job, not when tasks are listed
 
     out = outputs["database"]
-    return merge_galleries(shards.read_parts(out), out, hp.get("far", GALLERY.params["far"].default))
+    return merge_galleries(shards.read_parts(out), out, hp.get("far", GALLERY.params["far"].default),
+                           force=bool(hp.get("force")))
 
 
 def merge_identify(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 A reviewer looks at pictures faster than at CSV rows: the sheet shows the faces that came out
 ``unknown`` (those nearest the threshold first: they may be gallery people the threshold rejected),
 then the matches with the smallest margin (the least change of similarity that would have changed
-the answer). Each tile is the face crop with its answer, similarity, margin and image name.
+the answer). Each tile is the face crop with its answer, similarity, margin (``under t`` for an
+unknown face: how far below the threshold; ``lead`` for a match: how far above the threshold or
+the runner-up) and image name (its end, which tells photos apart, kept when it is too long).
 
 Faces are ranked as the report streams by, keeping only the ``limit`` most doubtful crops in
 memory, so a run over a million images costs the same as one over a hundred.
@@ -24,7 +26,7 @@ from jobs.core.errors import DataError
 
 UNKNOWN = "unknown"
 TILE = 112
-CAPTION = 34
+CAPTION = 46  # three caption lines: answer and similarity, margin, image name
 COLUMNS = 8
 HEADER = 30
 LIMIT = 48
@@ -143,12 +145,37 @@ def layout(tiles: list[Tile], title: str) -> np.ndarray:
         sheet[y:y + TILE, x:x + TILE] = tile.crop
         color = RED if tile.key[0] == 0 else GREEN
         cv2.rectangle(sheet, (x, y), (x + TILE - 1, y + TILE - 1), color, 2)
-        row = tile.row
-        top = row.get("top_k") or [{}]
-        name = row["person"] if row["person"] != UNKNOWN else f"? {top[0].get('person', '-')}"
-        similarity = row.get("similarity")
-        line1 = f"{name[:10]} {similarity:.2f}" if similarity is not None else name[:14]
-        line2 = f"m{tile.key[1]:+.2f} {Path(str(row['image'])).name[-9:]}"
+        line1, line2, line3 = captions(tile)
         cv2.putText(sheet, line1, (x + 2, y + TILE + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, color, 1, cv2.LINE_AA)
-        cv2.putText(sheet, line2, (x + 2, y + TILE + 28), cv2.FONT_HERSHEY_SIMPLEX, 0.34, GREY, 1, cv2.LINE_AA)
+        cv2.putText(sheet, line2, (x + 2, y + TILE + 27), cv2.FONT_HERSHEY_SIMPLEX, 0.34, color, 1, cv2.LINE_AA)
+        cv2.putText(sheet, line3, (x + 2, y + TILE + 41), cv2.FONT_HERSHEY_SIMPLEX, 0.34, GREY, 1, cv2.LINE_AA)
     return sheet
+
+
+def captions(tile: Tile) -> tuple[str, str, str]:
+    """A tile's three caption lines: the answer (``? nearest`` for an unknown face) and
+    similarity; the margin, ``under t`` (below the threshold) for an unknown face and ``lead``
+    (over the threshold or runner-up) for a match; the image name's end."""
+    row = tile.row
+    top = row.get("top_k") or [{}]
+    name = row["person"] if row["person"] != UNKNOWN else f"? {top[0].get('person', '-')}"
+    similarity = row.get("similarity")
+    answer = f"{name[:10]} {similarity:.2f}" if similarity is not None else name[:14]
+    doubt_line = f"under t {tile.key[1]:.2f}" if tile.key[0] == 0 else f"lead {tile.key[1]:.2f}"
+    return answer, doubt_line, fit_end(Path(str(row["image"])).name, TILE - 4, 0.34)
+
+
+def fit_end(text: str, width: int, scale: float) -> str:
+    """``text`` as drawn in ``width`` pixels at font ``scale``: whole when it fits, else ``..``
+    and as much of its end as fits (a file name's end tells photos apart; its start often does not)."""
+    import cv2
+
+    def drawn(candidate: str) -> int:
+        return cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+
+    if drawn(text) <= width:
+        return text
+    for start in range(1, len(text)):
+        if drawn(".." + text[start:]) <= width:
+            return ".." + text[start:]
+    return ".." + text[-1:]

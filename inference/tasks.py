@@ -38,6 +38,7 @@ GALLERY = Task(
         "strict": Param("bool", False, "skip images with several faces instead of using the largest"),
         "far": Param("float", 1e-3, "target false-accept rate for the calibrated threshold", min=1e-9, max=0.5),
         "index": Param("str", "flat", "faiss index: flat (exact) or an approximate one", choices=INDEX_KINDS),
+        "force": Param("bool", False, "build even with a recognizer that does not separate people"),
     },
     metrics={"tar": Metric("max"), "far": Metric("min")},
     inputs={"images": Slot("one folder of photos per person, or a path,person CSV"), **MODELS,

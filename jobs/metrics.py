@@ -157,11 +157,13 @@ def metric_names(table: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def summarize(table: list[dict[str, Any]], declared: dict[str, Metric]) -> dict[str, dict[str, Any]]:
-    """Per metric: ``last``, ``rows`` and, when the schema declares a direction, ``best`` with the
-    ``step`` (or ``epoch``) it was reached at, ``direction`` and ``unit``."""
+    """Per metric: ``last``, ``rows`` and, when the schema declares a direction, ``best`` with
+    where it was reached (``best_at``, on the ``best_axis``: ``step``, or ``epoch`` for rows that
+    carry only an epoch; None, with the row number, for rows with neither), ``direction`` and ``unit``."""
     out: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(table):
-        where = row.get("step", row.get("epoch", index))
+        axis = "step" if "step" in row else "epoch" if "epoch" in row else None
+        where = row[axis] if axis else index
         for key, value in row.items():
             if key in AXES or not _number(value):
                 continue
@@ -174,7 +176,7 @@ def summarize(table: list[dict[str, Any]], declared: dict[str, Metric]) -> dict[
             entry["rows"] += 1
             metric = entry["_metric"]
             if metric is not None and value == value and ("best" not in entry or metric.best(value, entry["best"])):
-                entry["best"], entry["best_at"] = value, where
+                entry["best"], entry["best_at"], entry["best_axis"] = value, where, axis
     for entry in out.values():
         entry.pop("_metric")
     return out

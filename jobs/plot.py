@@ -13,6 +13,7 @@ the points to lay out and rasterize.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,23 +53,56 @@ def legend_labels(records: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def axis_for(curves: list[Curve], metric: str, x: str) -> str:
+    """The axis ``metric``'s panel is drawn against: ``x``, except that with ``x=step`` a metric
+    logged only per epoch (its rows carry an epoch and no step: ``epoch_loss``) is drawn against
+    epochs, and its panel says so, instead of its epoch numbers passing for steps."""
+    rows = [row for curve in curves for row in curve.rows if _number(row.get(metric))]
+    if x == "step" and rows and all("step" not in row and "epoch" in row for row in rows):
+        return "epoch"
+    return x
+
+
+def fractional_epochs(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """For rows with a step and an epoch (1-based, the epoch the step is in): each step's place
+    on an epoch axis, ``epoch - 1`` plus its share of that epoch's steps, so per-step values run
+    smoothly from one epoch to the next (an end-of-epoch row, which has no step, sits at its epoch)."""
+    last: dict[int, int] = {}
+    for row in rows:
+        if _number(row.get("step")) and _number(row.get("epoch")):
+            last[row["epoch"]] = max(last.get(row["epoch"], row["step"]), row["step"])
+    places = {}
+    for epoch, end in last.items():
+        start = max((step for other, step in last.items() if other < epoch), default=0)
+        for row in rows:
+            if row.get("epoch") == epoch and _number(row.get("step")):
+                places[row["step"]] = epoch - 1 + (row["step"] - start) / max(end - start, 1)
+    return places
+
+
 def xy(rows: list[dict[str, Any]], metric: str, x: str) -> tuple[list[float], list[float]]:
     """The points of ``metric`` against ``x``. Rows without the metric are skipped; with
-    ``x=step`` a row without a step counts as the next step (jobs that log per epoch); with
-    ``x=time`` the x is seconds since the version's first row."""
+    ``x=step`` a row without a step counts as the next step; with ``x=epoch`` a per-step row
+    sits at its fraction of the epoch (:func:`fractional_epochs`), not on its epoch's integer
+    with every other step of it; with ``x=time`` the x is seconds since the version's first row."""
     xs: list[float] = []
     ys: list[float] = []
     start = next((r["time"] for r in rows if isinstance(r.get("time"), (int, float))), None)
+    places = fractional_epochs(rows) if x == "epoch" else {}
     count = 0
     for row in rows:
         value = row.get(metric)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not _number(value):
             continue
         count += 1
         if x == "step":
             where = row.get("step", count)
         elif x == "epoch":
-            where = row.get("epoch")
+            where = places.get(row.get("step"), row.get("epoch")) if "step" in row else row.get("epoch")
         else:
             where = row["time"] - start if start is not None and isinstance(row.get("time"), (int, float)) else None
         if where is None:
@@ -145,13 +179,15 @@ def render(curves: list[Curve], metrics: list[str], schema: dict[str, Metric], *
         raise SpecError("no metrics to plot: the versions have not logged any numeric metric yet")
     cols = 1 if len(metrics) == 1 else 2
     rows = math.ceil(len(metrics) / cols)
-    legend_rows = math.ceil(len(curves) / (2 if cols == 2 else 1))
+    labels, ncols = legend_layout([c.label for c in curves], PANEL_SIZE[0] * cols)
+    legend_rows = math.ceil(len(curves) / ncols) * max(label.count("\n") + 1 for label in labels)
     size = (PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows + 0.25 * legend_rows + 0.6)
     fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors = [f"C{i}" for i in range(10)] if len(curves) <= 10 else [_tab20(i) for i in range(20)]
     columns = int(PANEL_SIZE[0] * DPI)
-    points = [[xy(curve.rows, metric, x) for metric in metrics] for curve in curves]
+    axes_x = [axis_for(curves, metric, x) for metric in metrics]
+    points = [[xy(curve.rows, metric, axis) for metric, axis in zip(metrics, axes_x)] for curve in curves]
     span = max((max(p[0]) for per in points for p in per if p[0]), default=0.0)
     unit, scale = _time_unit(span) if x == "time" else ("", 1.0)
     handles = []
@@ -166,19 +202,21 @@ def render(curves: list[Curve], metrics: list[str], schema: dict[str, Metric], *
                 xs = xs / scale
                 if smooth:
                     ax.plot(*envelope(xs, ys, columns), color=color, alpha=0.25, linewidth=0.8)
+                # A value logged once (a processing job's final metrics) is a dot, not an invisible line.
                 line, = ax.plot(*envelope(xs, smoothed(ys, smooth), columns), color=color, linewidth=1.4,
-                                label=curve.label)
+                                label=curve.label, marker="o" if len(xs) == 1 else None)
                 if declared is not None and np.isfinite(ys).any():
                     best = int(np.nanargmin(ys) if declared.direction == "min" else np.nanargmax(ys))
                     ax.plot([xs[best]], [ys[best]], marker="o", markersize=4, color=color, linestyle="none")
             if m_index == 0:
                 handles.append(line)
+        axis = axes_x[m_index]
         if not any(len(points[c][m_index][0]) for c in range(len(curves))):
-            ax.text(0.5, 0.5, f"no version logged {metric} against {x}", ha="center", va="center",
+            ax.text(0.5, 0.5, f"no version logged {metric} against {axis}", ha="center", va="center",
                     transform=ax.transAxes, color="0.4")
         better = f" ({'lower' if declared.direction == 'min' else 'higher'} is better, dot = best)" if declared else ""
         ax.set_title(metric + better, fontsize=10)
-        ax.set_xlabel(x if x != "time" else f"time since start ({unit})")
+        ax.set_xlabel(axis if axis != "time" else f"time since start ({unit})")
         ax.set_ylabel(metric + (f" ({declared.unit})" if declared and declared.unit else ""))
         if log_y:
             ax.set_yscale("log")
@@ -187,9 +225,22 @@ def render(curves: list[Curve], metrics: list[str], schema: dict[str, Metric], *
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.legend(handles, [c.label for c in curves], loc="outside lower center", ncols=2 if cols == 2 else 1,
-               fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=9, frameon=False)
     return fig
+
+
+LEGEND_CHAR_WIDTH = 0.075  # inches per character at the legend's 9 pt, with room to spare
+LEGEND_ENTRY_EXTRA = 0.7  # inches of line sample and padding per legend entry
+
+
+def legend_layout(labels: list[str], width: float) -> tuple[list[str], int]:
+    """Labels wrapped and a column count so the legend fits the figure's ``width`` (inches):
+    two columns when the longest label fits half of it, else one, labels wrapped to fit."""
+    def chars(columns: int) -> int:
+        return max(10, int((width / columns - LEGEND_ENTRY_EXTRA) / LEGEND_CHAR_WIDTH))
+
+    ncols = 2 if len(labels) > 1 and max(len(label) for label in labels) <= chars(2) else 1
+    return [textwrap.fill(label, chars(ncols)) for label in labels], ncols
 
 
 def _tab20(index: int) -> Any:
@@ -208,6 +259,18 @@ def save(fig: Any, out: str | Path) -> Path:
     return out
 
 
+def default_metrics(curves: list[Curve], schema: dict[str, Metric]) -> list[str]:
+    """The panels when none are asked for: every metric the versions logged, in first-seen order;
+    but when no version logged any metric more than once (a processing job's final values), only
+    the declared ones (an identify job's rank1, TAR, rejection, speed), not a panel per count."""
+    names = history.metric_names(row for curve in curves for row in curve.rows)
+    repeated = [n for n in names if any(sum(_number(r.get(n)) for r in c.rows) > 1 for c in curves)]
+    if repeated:
+        return names
+    declared = [n for n in names if find_metric(schema, n) is not None]
+    return declared or names
+
+
 def plot_versions(records: list[dict[str, Any]], out: str | Path, metrics: list[str] | None = None, *,
                   x: str = "step", smooth: float = 0.0, log_y: bool = False) -> tuple[Path, Any]:
     """``job plot``: read every version's rows, draw and save the figure; returns the path and
@@ -219,12 +282,10 @@ def plot_versions(records: list[dict[str, Any]], out: str | Path, metrics: list[
     if not records:
         raise SpecError("no versions to plot")
     curves = [Curve(label, history.rows(record)) for label, record in zip(legend_labels(records), records)]
-    wanted = list(metrics or [])
-    if not wanted:
-        wanted = history.metric_names(row for curve in curves for row in curve.rows)
     schema: dict[str, Metric] = {}
     for record in reversed(records):
         schema.update(history.schema(record))
+    wanted = list(metrics or []) or default_metrics(curves, schema)
     names = sorted({r["name"] for r in records})
     title = f"{', '.join(names)}: {len(records)} version{'s' if len(records) > 1 else ''} by {x}"
     fig = render(curves, wanted, schema, x=x, smooth=smooth, log_y=log_y, title=title)

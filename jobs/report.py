@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from jobs.core.contract import Contract
 from jobs.core.secrets import MASK, mask
-from jobs.core.tasks import get_task
+from jobs.core.tasks import Metric, find_metric, get_task
 from jobs.store import workdir
 
 # What `job diff` compares, in this order. `status` and timings are shown by --all only, since two
@@ -67,11 +67,23 @@ def best_values(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(name, entry) for name, entry in (record.get("metric_summary") or {}).items() if "best" in entry]
 
 
-def best_summary(record: dict[str, Any], limit: int = 4) -> str:
-    """``loss 0.1 (min @40)``: the best value of each declared metric, its direction and the step
-    (or epoch) it was reached at."""
-    items = best_values(record)[:limit]
-    return ", ".join(f"{name} {fmt(e['best'])} ({e['direction']} @{fmt(e['best_at'])})" for name, e in items) or "-"
+def best_at(entry: dict[str, Any]) -> str:
+    """Where a best value was reached, naming the axis: ``step 40``, ``epoch 3``; empty for a
+    metric of rows without either (a processing job's one final row)."""
+    axis = entry.get("best_axis")
+    return f"{axis} {fmt(entry['best_at'])}" if axis else ""
+
+
+def best_summary(record: dict[str, Any]) -> str:
+    """``loss 0.1 (min @step 40)``: the best value of every declared metric, its direction and the
+    step or epoch it was reached at."""
+    return ", ".join(f"{name} {fmt(e['best'])} ({e['direction']}" + (f" @{best_at(e)})" if best_at(e) else ")")
+                     for name, e in best_values(record)) or "-"
+
+
+def clock(seconds: Any) -> str:
+    """A metrics row's ``time`` (seconds since the epoch) as the local clock time it was written."""
+    return time.strftime("%H:%M:%S", time.localtime(seconds)) if isinstance(seconds, (int, float)) else fmt(seconds)
 
 
 def diff(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> list[tuple[str, Any, Any]]:
@@ -143,9 +155,12 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-def metrics_summary(record: dict[str, Any], limit: int = 4) -> str:
-    """The first few final metrics as ``k=v`` (step/epoch counters left out)."""
-    items = [(k, v) for k, v in (record.get("metrics") or {}).items() if k not in ("step", "epoch")]
+def metrics_summary(record: dict[str, Any], limit: int = 4, declared: dict[str, Metric] | None = None) -> str:
+    """The first few final metrics as ``k=v``, those ``declared`` (the version's metric schema,
+    :func:`jobs.metrics.schema`) first: an identify job's rank1, tar_at_far and unknown_rejection
+    before its counts; step/epoch counters left out."""
+    items = sorted(((k, v) for k, v in (record.get("metrics") or {}).items() if k not in ("step", "epoch")),
+                   key=lambda item: find_metric(declared or {}, item[0]) is None)
     return " ".join(f"{k}={fmt(v)}" for k, v in items[:limit]) or "-"
 
 
@@ -176,8 +191,9 @@ def list_table(records: list[dict[str, Any]]) -> str:
     """`job list`: one line per version, newest first."""
     records = [public(r) for r in records]
     rows = [[f"{r['name']}:{r['version']}", r["task"], r["backend"], r["status"], started(r),
-             fmt_duration(duration(r)), metrics_summary(r, 2)] for r in records]
-    return table(["JOB", "TASK", "BACKEND", "STATUS", "STARTED", "DURATION", "METRICS"], rows)
+             fmt_duration(duration(r)), f"{r['user']}@{r['host']}" if r.get("user") else "-", metrics_summary(r, 2)]
+            for r in records]
+    return table(["JOB", "TASK", "BACKEND", "STATUS", "STARTED", "DURATION", "BY", "METRICS"], rows)
 
 
 def diff_text(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> str:
@@ -213,6 +229,8 @@ def show_text(record: dict[str, Any]) -> str:
         f"{record['name']}:{record['version']}  task={record['task']}  backend={record['backend']}  status={record['status']}",
         f"parent:    {record['parent'] if record['parent'] is not None else '-'}",
         f"started:   {started(record)}   duration: {fmt_duration(duration(record))}",
+        *([f"by:        {record['user']}@{record['host']}  (faceops {record.get('faceops_version') or '?'})"]
+          if record.get("user") else []),
         f"image:     {fmt((record.get('image') or {}).get('ref'))}  digest: {fmt((record.get('image') or {}).get('digest'))}",
         f"code:      {record['code']['hash'][:12]}  ({record['code'].get('files', '?')} files, {record['code'].get('size', 0)} bytes)"
         + (f"  git {record['code']['git_commit'][:10]}{' dirty' if record['code'].get('git_dirty') else ''}" if record["code"].get("git_commit") else ""),
@@ -230,7 +248,8 @@ def show_text(record: dict[str, Any]) -> str:
         ("backend", {k: v for k, v in (record.get("backend_info") or {}).items() if v not in (None, "")}),
         ("timings (s)", record.get("timings") or {}),
         ("metrics", record.get("metrics") or {}),
-        ("best", {f"{name} ({e['direction']})": f"{fmt(e['best'])} at {fmt(e['best_at'])}" for name, e in best_values(record)}),
+        ("best", {f"{name} ({e['direction']})": fmt(e["best"]) + (f" at {best_at(e)}" if best_at(e) else "")
+                  for name, e in best_values(record)}),
     ]
     for title, values in sections:
         if values:

@@ -11,8 +11,9 @@ Delivery is durable and never fails a job: the metrics rows are the outbox. A sm
 version and tracking store (``<version folder>/tracking/mlflow-<hash>.json``) holds the run id and
 how much has been delivered: bytes of a local job's metrics file, rows of a cloud job's (read from
 its log while it runs, its uploaded file at the end: :func:`jobs.metrics.rows`). A tracking server
-that is down only delays delivery: the local supervisor keeps trying while the job runs and for a
-while after it ends; a cloud version is delivered by every refresh of it (:func:`deliver`, called by
+that is down only delays delivery: the local supervisor keeps trying while the job runs and, for a
+few seconds at its end, before the version is marked terminal (then it says, in the log the user
+follows, how to send the rest); a cloud version is delivered by every refresh of it (:func:`deliver`, called by
 the cloud backends: ``job submit`` waiting, ``job logs --follow``, ``job show``, ``job list``), which
 also ends its run; ``faceops job export`` sends whatever is left. Resending is harmless: a row keeps
 its own timestamp and step, which MLflow stores once.
@@ -29,10 +30,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from jobs.core.config import setting
+from jobs.core.config import home, setting
 from jobs.core.errors import FaceopsError, SpecError
 from jobs.core.files import atomic_write
 from jobs.metrics import metrics_file, parse_rows, rows
+from jobs.report import locations
 from jobs.store import TERMINAL, Store, workdir
 
 STATE_FOLDER = "tracking"
@@ -50,9 +52,25 @@ def configured_uri() -> str | None:
     return str(uri) if uri else None
 
 
-def retry_seconds() -> float:
-    """How long a supervisor keeps trying to deliver after its job has ended."""
-    return float(setting("tracking", "retry_seconds", ("FACEOPS_TRACKING_RETRY_SECONDS",), 900))
+def flush_seconds() -> float:
+    """How long a supervisor keeps trying to deliver the last rows when its job ends, before it
+    says how to send them later and exits (the job's result waits that long at most)."""
+    return float(setting("tracking", "flush_seconds", ("FACEOPS_TRACKING_FLUSH_SECONDS",), 10))
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def artifact_home(uri: str) -> Path | None:
+    """The folder MLflow's default artifact root (``mlruns/``) goes in for a database store:
+    beside a SQLite file, else in ``$FACEOPS_HOME``; never the folder the command happens to run
+    in (a user's project, a version folder). None for a server, which keeps its own."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in DATABASE_SCHEMES:
+        return None
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return Path(uri[len("sqlite:///"):]).resolve().parent
+    return home()
 
 
 def safe(message: str) -> str:
@@ -96,8 +114,9 @@ def run_tags(record: dict[str, Any]) -> dict[str, str]:
         "mlflow.note.content": f"faceops {record['name']}:{record['version']}"
                                + (f", rerun of {record['name']}:{record['parent']}" if record.get("parent") else ""),
     }
-    for name, uri in (record.get("outputs") or {}).items():
-        tags[f"faceops.output.{name}"] = uri
+    for name, where in locations(record).items():
+        if where.get("remote") or where.get("local"):
+            tags[f"faceops.output.{name}"] = str(where.get("remote") or where.get("local"))
     console = (record.get("backend_info") or {}).get("console")
     if console:
         tags["faceops.console"] = console
@@ -122,7 +141,8 @@ class MlflowStore:
         except ModuleNotFoundError:
             raise SpecError("MLflow tracking needs mlflow: pip install 'faceops[tracking]'") from None
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        folder = artifact_home(uri)
+        self.client = _opened_in(folder, lambda: MlflowClient(tracking_uri=uri)) if folder else MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, name: str) -> str:
         """The experiment named after the job, created on first use."""
@@ -191,6 +211,26 @@ class MlflowStore:
     def end_run(self, run_id: str, record: dict[str, Any]) -> None:
         ended = (record.get("status_history") or [{}])[-1].get("at") or time.time()
         self.client.set_terminated(run_id, STATUSES[record["status"]], end_time=int(ended * 1000))
+
+
+_CWD_LOCK = threading.Lock()
+
+
+def _opened_in(folder: Path, open_client: Callable[[], Any]) -> Any:
+    """A client whose database store is opened with ``folder`` as the current folder: MLflow
+    creates and roots its default artifact location at ``./mlruns`` of whatever folder the store
+    is opened in (when the client is made), and keeps that store for the process. Called before a
+    supervisor starts its job or any thread, and by single-threaded commands."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _CWD_LOCK:
+        previous = os.getcwd()
+        os.chdir(folder)
+        try:
+            client = open_client()
+            client.search_experiments(max_results=1)
+            return client
+        finally:
+            os.chdir(previous)
 
 
 def sync(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> dict[str, Any]:
@@ -284,6 +324,11 @@ class Tracker:
         self.say = say
         self.store: MlflowStore | None = None
         self.down: str | None = None
+        if artifact_home(uri) is not None:  # opened now, before any thread: it changes folder briefly
+            try:
+                self.store = MlflowStore(uri)
+            except Exception as exc:  # noqa: BLE001 - said, and tried again by the loop
+                self._warn(f"MLflow tracking store not opened ({type(exc).__name__}: {safe(str(exc))[:200]})")
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="faceops-tracking", daemon=True)
         self.thread.start()
@@ -317,33 +362,35 @@ class Tracker:
             if self.done.wait(INTERVAL if not self.down else 3 * INTERVAL):
                 return
 
-    def finish(self, status: str) -> None:
-        """Stop the background loop, deliver the last rows and end the run. While the store is
-        unreachable keep trying (the record is already terminal, so nobody waits) until
-        ``tracking.retry_seconds``; then say how to send the rest."""
+    def finish(self, status: str, abort: threading.Event | None = None) -> bool:
+        """Stop the background loop, deliver the last rows and end the run as ``status``, before
+        the version is marked terminal (so its run is complete when the user sees it end). While
+        the store is unreachable keep trying for ``tracking.flush_seconds`` at most, or until
+        ``abort`` is set (SIGTERM); then say how to send the rest. True when all was delivered."""
         self.done.set()
         self.thread.join()
         try:
             record = Store().get(self.record["name"], self.record["version"])
         except FaceopsError:
-            record = {**self.record, "status": status}
-        deadline = time.monotonic() + retry_seconds()
+            record = self.record
+        history = [*(record.get("status_history") or []), {"status": status, "at": time.time()}]
+        record = {**record, "status": status, "status_history": history}
+        deadline = time.monotonic() + flush_seconds()
         wait = INTERVAL
         while not self._attempt(record):
-            if time.monotonic() + wait > deadline:
+            if time.monotonic() + wait > deadline or (abort is not None and abort.wait(wait)):
                 ref = f"{record['name']}:{record['version']}"
-                self.say(f"warning: MLflow rows of {ref} not delivered; send them with: "
-                         f"faceops job export {ref} --mlflow URI")
-                return
-            time.sleep(wait)
-            wait = min(wait * 2, 30.0)
+                self.say(f"warning: MLflow run of {ref} incomplete ({self.down or 'store unreachable'}); "
+                         f"send the rest with: faceops job export {ref} --mlflow URI")
+                return False
+        return True
 
 
 class _NoTracker:
     """Tracking not configured: nothing to do."""
 
-    def finish(self, status: str) -> None:
-        return None
+    def finish(self, status: str, abort: threading.Event | None = None) -> bool:
+        return True
 
 
 def start(record: dict[str, Any], say: Callable[[str], None]) -> Tracker | _NoTracker:

@@ -73,6 +73,7 @@ def test_trained_recognizer_builds_a_gallery_and_identifies(runner, photos, pack
           database: {database}
         hyperparameters:
           det_size: 320
+          force: true  # the few steps trained here need not separate people (test_gallery tests the refusal)
         """)
     result = runner("job", "submit", spec)
     assert result.exit_code == 0, result.output

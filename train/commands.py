@@ -124,7 +124,7 @@ def eval_recognition(model_path: str, bins: tuple[str, ...], flip: bool, as_json
     the tenth, mean +- std. A job's val input is measured by the same code."""
     from train.verification import evaluate_bins, onnx_forward  # numpy-built: loaded by the command, not by --help
 
-    results = evaluate_bins(onnx_forward(Path(model_path)), [Path(b) for b in bins], flip)
+    results = evaluate_bins(onnx_forward(Path(model_path)), [Path(b) for b in bins], flip, progress=not as_json)
     if as_json:
         click.echo(json.dumps(results))
         return

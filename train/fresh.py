@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 from jobs.core.bundle import faceops_root
 from jobs.core.errors import FaceopsError
@@ -25,13 +26,25 @@ def env() -> dict[str, str]:
 
 def run(module: str, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
     """``python -m module args`` without oneDNN. With ``capture`` the child's stdout is returned
-    and a failing child raises :class:`FaceopsError` with its exit code and last stderr line;
+    while its stderr (its progress) reaches ours as it is written, and a failing child raises
+    :class:`FaceopsError` with its exit code and last stderr line (not repeated on stderr);
     otherwise its output goes to ours and a failure raises ``CalledProcessError``."""
-    done = subprocess.run([sys.executable, "-m", module, *args], env=env(), check=not capture,
-                          capture_output=capture, text=True)
-    if capture and done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        error = FaceopsError(lines[-1].removeprefix("error: ") if lines else f"{module} exited with {done.returncode}")
+    command = [sys.executable, "-m", module, *args]
+    if not capture:
+        return subprocess.run(command, env=env(), check=True)
+    last = ""
+    with tempfile.TemporaryFile("w+") as stdout:
+        with subprocess.Popen(command, env=env(), stdout=stdout, stderr=subprocess.PIPE, text=True) as child:
+            for line in child.stderr:
+                if not line.startswith("error: "):  # the error becomes the exception's message instead
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                last = line if line.strip() else last
+        stdout.seek(0)
+        done = subprocess.CompletedProcess(command, child.returncode, stdout.read(), last)
+    if done.returncode != 0:
+        message = last.strip().removeprefix("error: ") or f"{module} exited with {done.returncode}"
+        error = FaceopsError(message)
         error.exit_code = done.returncode if done.returncode in (1, 2) else 1
         raise error
     return done

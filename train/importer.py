@@ -341,6 +341,12 @@ def agreement(net: Any, path: Path, crops: np.ndarray) -> dict[str, float]:
     return {"faces": int(len(crops)), "min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6)}
 
 
+def say(step: str) -> None:
+    """A progress line on stderr (stdout carries only the report), so the minute an import takes
+    is not silent."""
+    print(step, file=sys.stderr, flush=True)
+
+
 def import_model(onnx_path: Path, out: Path, network: str | None = None, photos: Path | None = None,
                  detector: Path | None = None, min_cosine: float = 0.999) -> dict[str, Any]:
     """``faceops model import``: load the ONNX recognizer into our backbone (batch norms calibrated
@@ -351,13 +357,17 @@ def import_model(onnx_path: Path, out: Path, network: str | None = None, photos:
     photos = photos or default_model_dir()
     if photos is None:
         raise DataError("no photos to verify on: pass --faces DIR")
+    say(f"[1/4] finding and aligning faces in {photos}")
     crops = face_crops(photos, detector)
+    say(f"[2/4] loading {onnx_path.name} into our backbone, batch norms calibrated on {len(crops)} faces")
     net, imported = load_onnx(onnx_path, network, crops)
+    say(f"[3/4] comparing our {imported.network} embeddings with onnxruntime's")
     report = {"network": imported.network, "embedding_size": imported.embedding_size, **agreement(net, onnx_path, crops),
               "unfolded_batch_norms": len(imported.folded), "source": onnx_path.name, "sha256": sha256(onnx_path)}
     if report["min_cosine"] < min_cosine:
         raise JobFailed(f"{onnx_path.name} as our {imported.network}: embeddings disagree with onnxruntime's "
                         f"(min cosine {report['min_cosine']} < {min_cosine} over {report['faces']} faces)")
+    say(f"[4/4] writing the model folder {out} (Gluon symbol + params, model.onnx)")
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(net, (None, *IMAGE_SHAPE), out / "model.onnx", example_shape=(1, *IMAGE_SHAPE))
     export_gluon(net, out, "model")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from jobs.core.errors import DataError
 from train.importer import init_source
@@ -50,15 +51,19 @@ def write_bin(images: Sequence[bytes], issame: Sequence[bool], path: Path) -> Pa
 
 
 def embeddings(forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, flip: bool = True,
-               batch_size: int = 64) -> np.ndarray:
+               batch_size: int = 64, progress: str | None = None) -> np.ndarray:
     """L2-normalised embeddings of uint8 RGB ``(N, 3, H, W)`` images; with ``flip`` the protocol's
     ``f(x) + f(mirror(x))``. ``forward`` maps a normalised float32 batch to ``(n, D)``: a Gluon
-    network in a job, onnxruntime in ``faceops eval``, the same protocol for both."""
+    network in a job, onnxruntime in ``faceops eval``, the same protocol for both. ``progress``
+    names a progress bar (on stderr) over the faces; None draws none."""
     out = []
+    bar = tqdm(total=len(images), unit="face", desc=progress, disable=progress is None)
     for start in range(0, len(images), batch_size):
+        bar.update(min(batch_size, len(images) - start))
         x = (images[start:start + batch_size].astype(np.float32) - 127.5) / 127.5
         emb = forward(x)
         out.append(emb + forward(np.ascontiguousarray(x[:, :, :, ::-1])) if flip else emb)
+    bar.close()
     emb = np.concatenate(out)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
@@ -79,12 +84,13 @@ def accuracy(embeddings: np.ndarray, issame: np.ndarray, folds: int = 10) -> tup
 
 
 def evaluate_bins(forward: Callable[[np.ndarray], np.ndarray], paths: Sequence[Path],
-                  flip: bool = True) -> dict[str, float]:
-    """``{"val_<name>_acc": mean, "val_<name>_std": std}`` for every ``.bin`` in ``paths``."""
+                  flip: bool = True, progress: bool = False) -> dict[str, float]:
+    """``{"val_<name>_acc": mean, "val_<name>_std": std}`` for every ``.bin`` in ``paths``; with
+    ``progress`` a bar per set on stderr."""
     results: dict[str, float] = {}
     for path in paths:
         images, issame = load_bin(Path(path))
-        mean, std = accuracy(embeddings(forward, images, flip), issame)
+        mean, std = accuracy(embeddings(forward, images, flip, progress=Path(path).stem if progress else None), issame)
         results[f"val_{Path(path).stem}_acc"], results[f"val_{Path(path).stem}_std"] = round(mean, 5), round(std, 5)
     return results
 

@@ -89,6 +89,30 @@ def staging_uri(section: str, record: dict[str, Any]) -> str:
     return f"s3://{storage.parse(uri).bucket}/faceops"
 
 
+def gather(*checks: Callable[[], Any]) -> list[str]:
+    """The message of every check that raises a SpecError, in order, so a spec and the settings a
+    service needs are judged in one pass and a user fixes them all in one round."""
+    found = []
+    for check in checks:
+        try:
+            check()
+        except SpecError as exc:
+            found.append(str(exc))
+    return found
+
+
+def staging_needs(section: str, spec: dict[str, Any]) -> list[str]:
+    """What :func:`staging_uri` needs: every output on the service's object storage, and a
+    bucket to stage the code in (a staging setting, or an output to take the bucket from)."""
+    found = gather(*[lambda name=name, uri=uri: check_remote_uris(section, {"inputs": {}, "outputs": {name: uri}})
+                     for name, uri in spec["outputs"].items()],
+                   lambda: check_remote_uris(section, {"inputs": spec["inputs"], "outputs": {}}))
+    if not spec["outputs"] and not setting(section, "staging", (f"FACEOPS_{section.upper()}_STAGING",)):
+        found.append(f"outputs: none given, so there is no bucket to stage the code in; add an s3:// output "
+                     f"or set FACEOPS_{section.upper()}_STAGING or {section}.staging in $FACEOPS_HOME/config.yaml")
+    return found
+
+
 def check_remote_uris(section: str, spec: dict[str, Any]) -> None:
     """Outputs must be on the service's object storage (it writes them there), and the code
     bundle's channel name is taken."""
@@ -325,8 +349,19 @@ class CloudBackend(Backend):
         """Credentials a plan must not show (the spec's own secret values are always hidden)."""
         return []
 
+    def needs(self, spec: dict[str, Any]) -> list[str]:
+        """Every setting and spec value the service's request needs that is missing or wrong,
+        each in its own words (default: none); :meth:`check` reports them all at once."""
+        return []
+
     def check(self, spec: dict[str, Any]) -> None:
         refuse_literal_secrets(spec, self.name)
+        found = self.needs(spec)
+        if len(found) == 1:
+            raise SpecError(found[0])
+        if found:
+            raise SpecError(f"{self.name}: {len(found)} things to set before this job can run (a dry run "
+                            "needs them too, to show the exact request):\n  " + "\n  ".join(found))
 
     def _request(self, launch: Launch) -> tuple[str, Request]:
         self.check(launch.spec)

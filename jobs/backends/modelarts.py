@@ -94,6 +94,24 @@ def environments(record: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def _resources(resources: dict[str, Any]) -> None:
+    if not resources.get("instance_type"):
+        raise SpecError("resources.instance_type: ModelArts needs a flavor, like modelarts.p3.large.public")
+    if resources.get("spot"):
+        raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
+
+
+def runtime_note(resources: dict[str, Any]) -> dict[str, str]:
+    """A ``note`` for the plan when ``max_runtime`` is not whole hours: ModelArts' auto_stop counts
+    hours, so the job may run up to the next whole hour, and the user should know before paying."""
+    seconds = resources.get("max_runtime")
+    if not seconds or seconds % 3600 == 0:
+        return {}
+    hours = math.ceil(seconds / 3600)
+    return {"note": f"max_runtime {seconds / 60:g}m is rounded up to auto_stop {hours} HOURS: ModelArts stops "
+                    f"jobs in whole hours, so this one may run (and bill) up to {hours}h"}
+
+
 def start_command(spec: dict[str, Any]) -> str:
     """The job's start command: the images' interpreter and bootstrap by absolute path (ModelArts
     presets PATH in training containers: "Environment Variables Preset in a Training Container",
@@ -144,10 +162,7 @@ def build_job(record: dict[str, Any], staging: str):
 
     spec, res = record["spec"], record["spec"]["resources"]
     cloud.check_remote_uris("modelarts", spec)
-    if not res.get("instance_type"):
-        raise SpecError("resources.instance_type: ModelArts needs a flavor, like modelarts.p3.large.public")
-    if res.get("spot"):
-        raise SpecError("resources.spot: ModelArts training jobs have no spot capacity; set resources.spot=false")
+    _resources(res)
     digest = (record.get("image") or {}).get("digest")
     image = image_url(spec.get("image"), digest)
     name = cloud.remote_name(record)
@@ -254,6 +269,14 @@ class ModelArtsBackend(cloud.CloudBackend):
     name = "modelarts"
     id_key = "job_id"
 
+    def needs(self, spec: dict[str, Any]) -> list[str]:
+        """Outputs and staging on OBS, a flavor, an image in SWR, AK/SK, the project id and the
+        region (or endpoint): what building the request, masking its secrets and naming its API
+        call would otherwise refuse one by one."""
+        return cloud.staging_needs(self.name, spec) + cloud.gather(
+            lambda: _resources(spec["resources"]), lambda: image_url(spec.get("image"), None),
+            AK.require, SK.require, PROJECT.require, endpoint)
+
     def check(self, spec: dict[str, Any]) -> None:
         """ModelArts' own limit, before anything is stored or uploaded: the auto-restart count
         (``fault-tolerance/job-retry-num``) takes 1 to 128 ("Enabling Unconditional Auto Restart",
@@ -269,7 +292,7 @@ class ModelArtsBackend(cloud.CloudBackend):
         job = build_job(record, staging)
         return cloud.Request(api=f"POST /v2/{PROJECT.require()}/training-jobs", name=job.metadata.name, body=job,
                              shown=sanitize_for_serialization(job), files=job_files(record, staging, job.metadata.name),
-                             about={"endpoint": endpoint()})
+                             about={"endpoint": endpoint(), **runtime_note(record["spec"]["resources"])})
 
     def ready(self) -> None:
         client()  # fail on missing credentials before uploading anything

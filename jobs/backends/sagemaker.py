@@ -128,12 +128,16 @@ def _job_folder(staging: str, name: str) -> str:
     return f"{staging}/jobs/{name}/"
 
 
+def _instance_type(resources: dict[str, Any]) -> None:
+    if not resources.get("instance_type"):
+        raise SpecError("resources.instance_type: SageMaker needs an instance type, like ml.p3.2xlarge")
+
+
 def build_request(record: dict[str, Any], staging: str) -> tuple[str, dict[str, Any]]:
     """The API call (``CreateTrainingJob`` or ``CreateProcessingJob``) and its exact request."""
     spec, res = record["spec"], record["spec"]["resources"]
     cloud.check_remote_uris("sagemaker", spec)
-    if not res.get("instance_type"):
-        raise SpecError("resources.instance_type: SageMaker needs an instance type, like ml.p3.2xlarge")
+    _instance_type(res)
     image = cloud.image_in_registry(spec.get("image"), (record.get("image") or {}).get("digest"), "SageMaker",
                                     "Amazon ECR", _is_ecr)
     check_image_region(image, region_name())
@@ -359,6 +363,14 @@ class SageMakerBackend(cloud.CloudBackend):
 
     name = "sagemaker"
     id_key = "remote_name"
+
+    def needs(self, spec: dict[str, Any]) -> list[str]:
+        """Outputs and staging on S3, an instance type, an image in ECR, the execution role and
+        the region: what :func:`build_request` and :meth:`build` would otherwise refuse one by one."""
+        return cloud.staging_needs(self.name, spec) + cloud.gather(
+            lambda: _instance_type(spec["resources"]),
+            lambda: cloud.image_in_registry(spec.get("image"), None, "SageMaker", "Amazon ECR", _is_ecr),
+            ROLE.require, region_name)
 
     def check(self, spec: dict[str, Any]) -> None:
         super().check(spec)

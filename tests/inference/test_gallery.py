@@ -198,8 +198,9 @@ def test_calibration_that_cannot_be_trusted_says_why(gallery_copy, runner):
     assert gallerylib.calibrate_gallery(gallery_copy, far=0.05)["warnings"] == []  # 700 pairs resolve 5%
     result = runner("gallery", "calibrate", gallery_copy, "--far", "0.0001")
     assert result.exit_code == 0
-    assert ("warning: target FAR 0.0001 is not resolved by measurement (700 measured impostor pairs resolve a FAR "
-            "of 0.0014 at best" in result.output)
+    assert ("warning: target FAR 0.0001 is not resolved by measurement (700 measured impostor pairs leave 0 above a "
+            "FAR 0.0001 threshold; standing on measurement alone takes 10, i.e. ~100000 pairs): the threshold " in result.output)
+    assert "pass --background DIR" in result.output and "None" not in result.output
     summary = json.loads(runner("gallery", "calibrate", gallery_copy, "--far", "0.0001", "--json").output)
     assert len(summary["warnings"]) == 1 and "not resolved by measurement" in summary["warnings"][0]
 
@@ -213,3 +214,34 @@ def test_calibration_that_cannot_be_trusted_says_why(gallery_copy, runner):
     assert found[1].startswith("TAR 0 at threshold") and "identify will answer `unknown` for most faces" in found[1]
     assert found[-1].startswith("8 of 10 people have one photo: they give no genuine pairs, so the TAR rests on 2 pairs")
     assert warnings(None, np.array([0, 0]))[0].startswith("not calibrated: it needs at least two people")
+
+
+def test_a_recognizer_that_does_not_separate_people_is_refused(runner, split, model_dir, tiny_recognizer, tmp_path):
+    untrained = tiny_recognizer(tmp_path / "untrained.onnx", 512)
+    out = tmp_path / "db"
+    build = ("gallery", "build", split / "gal", out, "--det-model", model_dir / "scrfd_500m_bnkps.onnx",
+             "--rec-model", untrained, "--det-size", "320")
+    result = runner(*build)
+    assert result.exit_code == 2, result.output
+    assert "the recognizer does not separate people: different people score 0." in result.output
+    assert "(700 impostor pairs; a trained recognizer stays below 0.5)" in result.output
+    assert "AUC over 80 genuine and 700 impostor pairs" in result.output and "pass --force" in result.output
+    assert not out.exists()  # nothing written
+
+    summary = json.loads(runner(*build, "--force", "--json").output)
+    assert summary["calibration"]["impostor_mean"] > 0.5 and summary["calibration"]["auc"] < 0.75
+    # The warnings name the threshold the gallery really has, and what set it.
+    assert any(f"the threshold {summary['threshold']:.6g} is the measured estimate, above the 0.3 of the default "
+               "floor" in w for w in summary["warnings"]), summary["warnings"]
+    assert any(w.startswith("the recognizer does not separate people") for w in summary["warnings"])
+
+    calibrated = runner("gallery", "calibrate", out, "--far", "0.01")
+    assert calibrated.exit_code == 2 and "does not separate people" in calibrated.output
+    assert gallery_store.load(out).manifest["revision"] == 1  # refused: nothing saved
+    assert runner("gallery", "calibrate", out, "--far", "0.01", "--force").exit_code == 0
+
+
+def test_a_recognizer_that_separates_people_passes_with_its_figures(built):
+    calibration = built[1]["calibration"]
+    assert calibration["impostor_mean"] < 0.2 and calibration["auc"] > 0.95, calibration
+    assert not [w for w in built[1]["warnings"] if "does not separate" in w]

@@ -54,6 +54,29 @@ def test_annotated_images_are_written(probe_run, split):
     assert written == sorted(p.relative_to(split / "probe").as_posix() for p in (split / "probe").rglob("*.jpg"))
 
 
+def test_annotations_scale_with_the_photo(split, built, models, tmp_path):
+    """Boxes and labels cover the same share of a photo enlarged to 4000 px as of it at 1000 px,
+    not a sixteenth of it: above 800 px they are drawn to be read on the whole picture."""
+    import cv2
+    import numpy as np
+
+    photo = cv2.imread(str(sorted((split / "probe").rglob("*.jpg"))[0]))  # 250 x 250
+    for name, side in (("small", 1000), ("large", 4000)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "photos" / name / "face.png"),
+                    cv2.resize(photo, (side, side), interpolation=cv2.INTER_CUBIC))
+    identify(tmp_path / "photos", built[0], tmp_path / "out", models, annotate_dir=tmp_path / "annotated")
+
+    def drawn_share(name: str) -> float:
+        image = cv2.imread(str(tmp_path / "annotated" / name / "face.jpg")).astype(int)
+        green, red = (image[..., 1] > 170) & (image[..., 2] < 80), (image[..., 2] > 200) & (image[..., 1] < 60)
+        return float(np.mean(green | red))
+
+    small_share, large_share = drawn_share("small"), drawn_share("large")
+    assert small_share > 0.002  # a box and a label were drawn
+    assert 0.5 < large_share / small_share < 2, (small_share, large_share)
+
+
 def test_group_photo_gives_one_row_per_face(model_dir, built, models, tmp_path):
     shutil.copy(model_dir / "players.jpg", tmp_path / "players.jpg")
     summary = identify(tmp_path / "players.jpg", built[0], tmp_path / "out", models)
@@ -83,6 +106,17 @@ def test_truth_csv_and_a_fixed_threshold(split, built, models, tmp_path):
     # Nobody reaches 0.99: every known face is below the threshold, yet rank-1 still counts hits.
     assert metrics["tar_at_far"] == 0.0 and metrics["rank1"] >= 0.9
     assert summary["unknown"] == summary["faces"]
+
+
+def test_truth_from_folders_of_a_flat_folder_is_refused(runner, split, built, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for photo in sorted((split / "probe").rglob("*.jpg"))[:2]:
+        (flat / photo.name).symlink_to(photo)
+    result = runner("identify", flat, "--gallery", built[0], "--out", tmp_path / "out", "--truth-from-folders")
+    assert result.exit_code == 2
+    assert "--truth-from-folders takes each image's first folder as its person, but every image sits directly in it" in result.output
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_labels_stay_inside_the_image():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference.identify import UNKNOWN
-from inference.sheet import CAPTION, COLUMNS, HEADER, TILE, DoubtfulFaces, doubt, margin
+from inference.sheet import CAPTION, COLUMNS, HEADER, TILE, DoubtfulFaces, captions, doubt, fit_end, margin
 
 
 @pytest.fixture(scope="module")
@@ -61,5 +61,15 @@ def test_ranking_keeps_the_most_doubtful_and_decodes_only_those(tmp_path, lfw10)
     assert all(t.crop.shape == (TILE, TILE, 3) and t.crop.std() > 10 for t in ranked)
     faces.add(tmp_path / "never-read.jpg", [rows[0]])  # less doubtful than all kept: not decoded
     assert faces.seen == {"unknown": 2, "matches": 3}
+    assert [captions(t)[1] for t in ranked] == ["under t 0.05", "under t 0.20", "lead 0.05"]
     out = faces.write(tmp_path / "s.png")
     assert out.exists() and np.asarray(bytearray(out.read_bytes())).size > 1000
+
+
+def test_captions_keep_the_end_of_a_long_file_name():
+    import cv2
+
+    assert fit_end("Jane_Doe_0001.jpg", 200, 0.34) == "Jane_Doe_0001.jpg"
+    cut = fit_end("a_very_long_name_of_many_people_0042.jpg", TILE - 4, 0.34)
+    assert cut.startswith("..") and cut.endswith("_0042.jpg") and len(cut) > 11
+    assert cv2.getTextSize(cut, cv2.FONT_HERSHEY_SIMPLEX, 0.34, 1)[0][0] <= TILE - 4

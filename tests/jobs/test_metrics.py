@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from jobs import metrics as history
+from jobs import report
 from jobs.core.tasks import Metric
 from jobs.store import Store
 
@@ -70,7 +72,8 @@ def test_job_metrics_returns_every_row(runner, two_versions):
     assert len(rows) == ROWS and list(rows[0])[:3] == ["step", "epoch", "time"]
     assert float(rows[9]["loss"]) == pytest.approx(2.0 * 2.718281828 ** (-0.1 * 10), rel=1e-6)
     text = runner("job", "metrics", "curves:1", "--metric", "acc").output.splitlines()
-    assert text[0].split() == ["step", "epoch", "acc"] and len(text) == ROWS + 1
+    assert text[0].split() == ["step", "epoch", "time", "acc"] and len(text) == ROWS + 1
+    assert re.fullmatch(r"1 +1 +\d\d:\d\d:\d\d +[0-9.]+", text[1]), text[1]
 
 
 def test_versions_and_diff_show_last_best_and_direction(runner, two_versions):
@@ -83,10 +86,11 @@ def test_versions_and_diff_show_last_best_and_direction(runner, two_versions):
     assert first["loss"]["best"] < first["loss"]["last"]  # the step-50 bump: the best is not the last
     assert first["loss"]["best_at"] == losses.index(min(losses)) + 1
     table = runner("job", "versions", "curves").output
-    assert "BEST" in table and f"loss {first['loss']['best']:.6g} (min @{first['loss']['best_at']})" in table
+    assert first["loss"]["best_axis"] == "step"
+    assert "BEST" in table and f"loss {first['loss']['best']:.6g} (min @step {first['loss']['best_at']})" in table
     keys = {row["key"] for row in json.loads(runner("job", "diff", "curves:1", "curves:2", "--json").output)}
     assert {"best.loss (min)", "best.acc (max)", "metrics.loss", "hyperparameters.lr"} <= keys
-    assert "best:" in runner("job", "show", "curves:1").output
+    assert f"loss (min): {first['loss']['best']:.6g} at step {first['loss']['best_at']}" in runner("job", "show", "curves:1").output
 
 
 def test_plot_names_the_change_and_is_not_blank(runner, two_versions, tmp_path):
@@ -149,13 +153,87 @@ def test_summary_follows_the_schema_patterns():
     table = [{"step": 1, "loss": 3.0, "val_lfw_acc": 0.5, "lr": 0.1}, {"step": 2, "loss": 2.0, "val_lfw_acc": 0.7},
              {"step": 3, "loss": 2.5, "val_lfw_acc": 0.6, "note": "text"}]
     summary = history.summarize(table, {"loss": Metric("min"), "val_*_acc": Metric("max")})
-    assert summary["loss"] == {"last": 2.5, "rows": 3, "direction": "min", "unit": "", "best": 2.0, "best_at": 2}
+    assert summary["loss"] == {"last": 2.5, "rows": 3, "direction": "min", "unit": "", "best": 2.0, "best_at": 2,
+                               "best_axis": "step"}
     assert summary["val_lfw_acc"]["best"] == 0.7 and summary["val_lfw_acc"]["direction"] == "max"
     assert summary["lr"] == {"last": 0.1, "rows": 1, "direction": None, "unit": ""}  # undeclared: no best
     assert "note" not in summary and "step" not in summary
+    # Epoch-only rows are told apart from steps; a processing job's single row has no axis to name.
+    epochs = history.summarize([{"step": 5, "loss": 1.0}, {"epoch": 1, "epoch_acc": 0.4}, {"epoch": 2, "epoch_acc": 0.6}],
+                               {"loss": Metric("min"), "epoch_acc": Metric("max")})
+    assert (epochs["epoch_acc"]["best_at"], epochs["epoch_acc"]["best_axis"]) == (2, "epoch")
+    final = history.summarize([{"rank1": 1.0}], {"rank1": Metric("max")})
+    assert final["rank1"]["best_axis"] is None
+    record = {"metric_summary": {**epochs, **final}}
+    assert report.best_summary(record) == "loss 1 (min @step 5), epoch_acc 0.6 (max @epoch 2), rank1 1 (max)"
 
 
 def test_rows_survive_a_torn_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1, "loss": 1}\n{"step": 2, "lo\n{"step": 3, "loss": 0.5}\n[1, 2]\n')
     assert history.read_rows(path) == [{"step": 1, "loss": 1}, {"step": 3, "loss": 0.5}]
+
+
+def test_a_finished_identify_job_is_summed_up_by_its_declared_metrics():
+    record = {"task": "identify", "spec": {}, "metrics": {
+        "images": 40, "faces": 98, "no_face": 0, "errors": 0, "unknown": 6, "faces_per_s": 70.5,
+        "rank1": 1.0, "tar_at_far": 0.97, "unknown_rejection": 1.0}}
+    line = report.metrics_summary(record, declared=history.schema(record))
+    assert line == "faces_per_s=70.5 rank1=1 tar_at_far=0.97 unknown_rejection=1"
+
+
+def test_epoch_metrics_get_an_epoch_axis_and_steps_run_smoothly_across_epochs():
+    import numpy as np
+
+    from jobs.plot import Curve, render
+
+    # A recognition job's rows: per-step loss (step and the epoch it is in), then each epoch's summary.
+    rows = []
+    for epoch in (1, 2, 3):
+        rows += [{"step": step, "epoch": epoch, "loss": 3.0 / step} for step in range(5 * epoch - 4, 5 * epoch + 1)]
+        rows.append({"epoch": epoch, "epoch_loss": 3.0 / epoch})
+    curves = [Curve("recog:1", rows)]
+    fig = render(curves, ["loss", "epoch_loss"], {"loss": Metric("min"), "epoch_loss": Metric("min")}, x="step")
+    loss, epoch_loss = fig.axes[:2]
+    assert (loss.get_xlabel(), epoch_loss.get_xlabel()) == ("step", "epoch")
+    assert list(epoch_loss.lines[0].get_xdata()) == [1, 2, 3]
+
+    fig = render(curves, ["loss", "epoch_loss"], {}, x="epoch")
+    steps = fig.axes[0].lines[0].get_xdata()
+    assert np.all(np.diff(steps) > 0), steps  # no sawtooth: each step at its share of its epoch
+    assert steps[0] == pytest.approx(0.2) and steps[4] == 1 and steps[-1] == 3
+    assert list(fig.axes[1].lines[0].get_xdata()) == [1, 2, 3]
+
+
+FINAL = textwrap.dedent("""
+    import json, os
+    with open(os.environ["FACEOPS_METRICS_FILE"], "a") as fh:
+        fh.write(json.dumps({"images": 40, "faces": 98, "no_face": 0, "errors": 0, "unknown": 6, "rank1": 0.9,
+                             "tar_at_far": 0.8, "unknown_rejection": 1.0}) + "\\n")
+""")
+
+
+def test_a_processing_job_plots_its_declared_metrics_as_dots_with_a_legend_that_fits(runner, tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from jobs.plot import plot_versions
+
+    (tmp_path / "final.py").write_text(FINAL)
+    (tmp_path / "job.yaml").write_text(textwrap.dedent("""
+        name: finals
+        task: custom
+        entrypoint: [python, final.py]
+        hyperparameters: {threshold_for_the_gallery_people: 0.3, detector_input_size_in_pixels: 640}
+        metrics: {rank1: max, tar_at_far: max, unknown_rejection: max}
+    """))
+    assert runner("job", "submit", str(tmp_path / "job.yaml")).exit_code == 0
+    result = runner("job", "rerun", "finals:1", "--set", "threshold_for_the_gallery_people=0.45",
+                    "--set", "detector_input_size_in_pixels=320", "--set", "a_third_setting_with_a_long_name=yes")
+    assert result.exit_code == 0, result.output
+    _, fig = plot_versions(history.expand_refs(["finals"]), tmp_path / "finals.png")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title().split()[0] for ax in panels] == ["rank1", "tar_at_far", "unknown_rejection"]
+    assert all(line.get_marker() == "o" for line in panels[0].lines)
+    FigureCanvasAgg(fig).draw()
+    legend, page = fig.legends[0].get_window_extent(), fig.bbox
+    assert page.x0 <= legend.x0 and legend.x1 <= page.x1, (legend, page)

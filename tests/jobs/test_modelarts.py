@@ -72,6 +72,8 @@ def test_dry_run_shows_the_request_without_keys(runner, modelarts, spec, s3_buck
     out = json.loads(result.output)
     plan = out["plan"]
     assert plan["api"] == f"POST /v2/{modelarts.state.project_id}/training-jobs"
+    assert plan["note"] == ("max_runtime 90m is rounded up to auto_stop 2 HOURS: ModelArts stops jobs in whole hours, "
+                            "so this one may run (and bill) up to 2h")
     assert modelarts.state.secret_key not in result.output and modelarts.state.access_key not in result.output
     body = plan["request"]
     code_hash = out["record"]["code"]["hash"]
@@ -182,6 +184,17 @@ def test_missing_credentials_name_the_setting(runner, modelarts, spec, monkeypat
     monkeypatch.delenv(variable)
     output = refused(runner, spec, "--detach")
     assert expected in output, output
+    assert modelarts.state.requests == []
+
+
+def test_a_dry_run_names_every_missing_setting_at_once(runner, modelarts, spec, monkeypatch):
+    for name in ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "HUAWEICLOUD_SDK_PROJECT_ID"):
+        monkeypatch.delenv(name)
+    output = refused(runner, spec, "--dry-run", "--set", "resources.instance_type=")
+    assert "modelarts: 4 things to set before this job can run" in output, output
+    for expected in ("resources.instance_type: ModelArts needs a flavor", "no access key (AK)", "no secret key (SK)",
+                     "no project id"):
+        assert expected in output, output
     assert modelarts.state.requests == []
 
 

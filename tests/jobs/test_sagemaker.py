@@ -516,6 +516,19 @@ def test_missing_settings_say_where_to_set_them(runner, sagemaker, train_spec, m
     assert expected in output, output
 
 
+def test_a_dry_run_names_every_missing_setting_at_once(runner, sagemaker, train_spec, monkeypatch, tmp_path):
+    for name in ("FACEOPS_SAGEMAKER_ROLE_ARN", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    output = refused(runner, train_spec, "--dry-run", "--set", "resources.instance_type=",
+                     "--set", f"outputs.model={tmp_path / 'model'}", "--set", "image=ghcr.io/team/train:gpu")
+    assert "sagemaker: 5 things to set before this job can run" in output, output
+    for expected in (f"outputs.model: {tmp_path / 'model'} is on this machine, where sagemaker cannot write",
+                     "resources.instance_type: SageMaker needs an instance type",
+                     "image: ghcr.io/team/train:gpu is not in Amazon ECR",
+                     "no execution role ARN", "no AWS region"):
+        assert expected in output, output
+
+
 def test_the_region_comes_from_the_aws_profile_as_boto3_finds_it(runner, sagemaker, train_spec, monkeypatch, tmp_path):
     """`aws configure` writes the region to the config file; boto3 reads it from the profile
     AWS_PROFILE names (else ``default``), and so do SageMaker and object storage here."""

@@ -38,7 +38,9 @@ def test_w600k_mbf_imports_as_our_mbf_with_the_same_embeddings(lfw10, tmp_path):
     result = CliRunner().invoke(main, ["model", "import", str(src), str(tmp_path / "mbf"), "--faces", str(lfw10),
                                        "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output.strip().splitlines()[-1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # The minute it takes is not silent: each stage is said on stderr as it starts.
+    assert [line[:5] for line in result.stderr.splitlines() if line.startswith("[")] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     assert report["network"] == "mbf" and report["embedding_size"] == 512
     assert report["faces"] >= 40 and report["min_cosine"] >= 0.999, report
     assert report["unfolded_batch_norms"] > 0  # the published file has its batch norms folded

@@ -56,4 +56,5 @@ def test_eval_recognition_of_the_published_model_on_our_own_pairs(lfw10, tmp_pat
     assert scores["val_resized_acc"] <= scores["val_aligned_acc"] - 0.05, scores
     text = CliRunner().invoke(main, ["eval", "recognition", str(models / "w600k_mbf.onnx"), "--bin", str(aligned),
                                      "--no-flip"])
-    assert text.exit_code == 0 and text.output.startswith("aligned: ") and "% +- " in text.output
+    assert text.exit_code == 0 and text.stdout.startswith("aligned: ") and "% +- " in text.stdout
+    assert "aligned: 100%" in text.stderr and "face/s" in text.stderr  # a progress bar over the faces
