@@ -159,3 +159,30 @@ def test_rows_survive_a_torn_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1, "loss": 1}\n{"step": 2, "lo\n{"step": 3, "loss": 0.5}\n[1, 2]\n')
     assert history.read_rows(path) == [{"step": 1, "loss": 1}, {"step": 3, "loss": 0.5}]
+
+
+def test_job_show_flags_a_final_metric_at_its_chance_level(runner, tmp_path):
+    """A metric declared with its chance level (0.5 for verification accuracy on balanced pairs,
+    as the recognition task declares val_*_acc) is flagged by `job show` when the finished job
+    ends within 0.1 of it, and not when it ends clear of it."""
+    (tmp_path / "train.py").write_text(textwrap.dedent("""
+        import json, os
+        hp = json.load(open(os.environ["FACEOPS_HYPERPARAMETERS"]))
+        with open(os.environ["FACEOPS_METRICS_FILE"], "a") as fh:
+            fh.write(json.dumps({"epoch": 1, "val_pairs_acc": hp["acc"]}) + "\\n")
+    """))
+    (tmp_path / "job.yaml").write_text(SPEC.replace("curves", "verify").replace(
+        "acc: {direction: max, unit: fraction}", "val_*_acc: {direction: max, chance: 0.5}"))
+    for version, acc in ((1, 0.52), (2, 0.97)):
+        result = runner("job", "submit", str(tmp_path / "job.yaml"), "--set", f"acc={acc}")
+        assert result.exit_code == 0, result.output
+    flagged, clear = (runner("job", "show", f"verify:{v}").output for v in (1, 2))
+    assert "warning:   val_pairs_acc 0.52: at chance (0.5), nothing was learned" in flagged, flagged
+    assert "warning" not in clear, clear
+    assert json.loads(runner("job", "show", "verify:1", "--json").output)["warnings"] == [
+        "val_pairs_acc 0.52: at chance (0.5), nothing was learned"]
+    from train.config import RECOGNITION
+    from jobs.core.tasks import chance_warnings
+
+    assert chance_warnings({"val_lfw_acc": 0.523}, RECOGNITION.metrics) == [
+        "val_lfw_acc 0.52: at chance (0.5), this recognizer does not separate people"]
