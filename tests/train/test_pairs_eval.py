@@ -28,7 +28,8 @@ def test_pairs_are_balanced_distinct_and_alternate():
 
 def test_pack_verification_writes_insightface_bin(lfw10, tmp_path):
     out = tmp_path / "mine.bin"
-    result = CliRunner().invoke(main, ["data", "pack-verification", str(lfw10), str(out), "--pairs", "40", "--resize", "--json"])
+    result = CliRunner().invoke(main, ["data", "pack-verification", str(lfw10), str(out), "--pairs", "40", "--resize",
+                                       "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert (report["positive"], report["negative"], report["people"], report["photos"]) == (20, 20, 10, 100)

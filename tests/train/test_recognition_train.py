@@ -1,6 +1,7 @@
 """Recognition training for real, on CPU: the example job submitted through the CLI (fine-tuning
-the published w600k_mbf) learns the shared LFW people, exports an ONNX model insightface loads, resumes after SIGTERM, and runs as
-two dist_sync workers with a parameter server on loopback."""
+the published w600k_mbf) learns the shared LFW people and exports an ONNX model insightface
+loads; a small job from scratch resumes after SIGTERM and runs as two dist_sync workers with a
+parameter server on loopback."""
 from __future__ import annotations
 
 import json
