@@ -24,7 +24,9 @@ TRAIN_PER_PERSON = 7
 # learn the people (the learning tests' docstrings give the measured figures).
 LEARNS = {"fresh_embedding": True, "batch_size": 14, "epochs": 2, "lr": 2.0, "freeze_backbone_epochs": 2,
           "warmup_epochs": 0}
-MARGIN_OVER_CONTROL = 0.5
+# Three times the spread of the measured figures (the control's: 0.00-0.20 over seeds; trained
+# 1.00 for every seed and thread count): 18 of the 30 held-out photos.
+MARGIN_OVER_CONTROL = 0.6
 
 
 def face112(photo: Path, aligner) -> np.ndarray:

@@ -33,7 +33,12 @@ def test_example_job_learns_and_exports_for_insightface(runner, lfw_split, align
     network as the job starts it (published features, fresh embedding layer, fresh head; seed,
     calibration and export as the job's, :func:`initial_model`), by MARGIN_OVER_CONTROL.
 
-    Measured (5 seeds x OMP_NUM_THREADS 1 and 2, on the 2-core machine): FIGURES_RECOGNITION.
+    Measured on the 2-core machine (the job as here, seeds 0-3 with OMP_NUM_THREADS=1, seeds 0-1
+    also with 2 threads): trained 1.000 for every seed (30 of 30 held-out photos; the nearest
+    person centre of its embeddings, too), control 0.067 / 0.200 / 0.067 / 0.000 for seeds 0-3;
+    1 and 2 threads gave the same losses to the last digit (5.03765 -> 0.32183 for seed 0) and
+    the same figures. The spread is the control's, 0.20; the margin is three times that, and the
+    test's seed 0 clears it by 0.33.
     From scratch (mbf_s1 on 70 photos) the same kind of test was a knife edge: 0.567 vs 0.467
     on one machine, 0.467 vs 0.467 on another; random features already keep the photos' geometry.
 
