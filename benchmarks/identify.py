@@ -301,12 +301,15 @@ def main() -> None:
     met = plain_ratio >= 3 and pool_ratio >= 1.5 and floor_ratio <= 1.3
     print(f"ours vs plain {plain_ratio:.2f}x (goal 3), vs pool {pool_ratio:.2f}x (goal 1.5), "
           f"{floor_ratio:.2f}x the floor (goal <= 1.3): goals {'met' if met else 'NOT met'}")
-    report("identify", round(pool_ratio, 3), 1.5, plain_ratio=round(plain_ratio, 3), plain_goal=3.0,
+    per_round = [pool / ours for pool, ours in zip(sides["pool"], sides["ours"])]
+    report("identify", round(pool_ratio, 3), 1.5, spread=[min(per_round), max(per_round)],
+           floor_spread=[round(min(o / f for o, f in zip(sides["ours"], sides["floor"])), 3),
+                         round(max(o / f for o, f in zip(sides["ours"], sides["floor"])), 3)],
+           plain_ratio=round(plain_ratio, 3), plain_goal=3.0,
            floor_ratio=round(floor_ratio, 3), floor_goal=1.3, goals_met=met,
            faces_per_s={side: round(faces[side] / med[side], 1) for side in ("plain", "pool", "ours")},
            faces=faces, seconds={side: [round(v, 2) for v in values] for side, values in sides.items()},
-           photos=len(photos), megapixels=[min(megapixels), max(megapixels)], rounds=args.rounds,
-           cores=cores, load=round(os.getloadavg()[0], 1))
+           photos=len(photos), megapixels=[min(megapixels), max(megapixels)], rounds=args.rounds)
 
 
 if __name__ == "__main__":

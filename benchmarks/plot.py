@@ -18,12 +18,11 @@ import math
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import report
 
 
 def make_versions(home: Path, versions: int, steps: int) -> list[dict]:
@@ -107,12 +106,12 @@ def main() -> None:
     for name in ("baseline", "ours"):
         values = times[name]
         print(f"{name:8s}: median {statistics.median(values):.3f} s, min {min(values):.3f} s, max {max(values):.3f} s")
-    print(json.dumps({"benchmark": "plot", "ratio": round(base_s / ours_s, 3), "goal": 1.0,
-                      "ours_s": round(ours_s, 3), "baseline_s": round(base_s, 3),
-                      "ours_spread_s": [round(min(times["ours"]), 3), round(max(times["ours"]), 3)],
-                      "baseline_spread_s": [round(min(times["baseline"]), 3), round(max(times["baseline"]), 3)],
-                      "under_2s": ours_s < 2.0, "versions": args.versions, "steps": args.steps,
-                      "rounds": args.rounds}))
+    per_round = [b / o for b, o in zip(times["baseline"], times["ours"])]
+    report("plot", round(base_s / ours_s, 3), 1.0, spread=[min(per_round), max(per_round)],
+           ours_s=round(ours_s, 3), baseline_s=round(base_s, 3),
+           ours_spread_s=[round(min(times["ours"]), 3), round(max(times["ours"]), 3)],
+           baseline_spread_s=[round(min(times["baseline"]), 3), round(max(times["baseline"]), 3)],
+           under_2s=ours_s < 2.0, versions=args.versions, steps=args.steps, rounds=args.rounds)
 
 
 if __name__ == "__main__":

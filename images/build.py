@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from images.engine import client as engine
+from jobs.core.bundle import build_bundle
 from jobs.core.errors import FaceopsError
 
 IMAGES_DIR = Path(__file__).resolve().parent
@@ -60,10 +62,6 @@ def build(target: str | None = None, dockerfile: Path | None = None, tag: str | 
     """Build the faceops ``target`` (``gpu`` or ``cpu``) or a user's ``dockerfile`` (its folder is
     the context). ``base`` overrides the ``BASE`` build argument (the image to build FROM);
     ``cache_from`` names images (pulled or loaded) whose layers the build may reuse."""
-    from jobs.core.bundle import build_bundle
-
-    from images.engine import client as engine
-
     context, name, kind = _context(target, dockerfile)
     args = {**(build_args or {}), **({"BASE": base} if base else {})}
     with tempfile.TemporaryDirectory(prefix="faceops-context-") as staged:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from images import digests
 from images.build import HASH_LABEL
+from images.engine import client
 
 
 def list_images() -> list[dict]:
     """Rows ``{ref, id, size, created, content_hash, digest}``, newest image first;
     ``digest`` is None for a tag that was never pushed."""
-    from images.engine import client
-
     rows = []
     images = client().api.images(filters={"label": HASH_LABEL})
     for image in sorted(images, key=lambda i: i["Created"], reverse=True):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from images.registry import split_ref
 from jobs.core.config import home
+from jobs.core.errors import FaceopsError
 from jobs.core.files import atomic_write
 
 FILE_NAME = "image-digests.json"
@@ -32,8 +33,6 @@ def load() -> dict[str, dict]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
-        from jobs.core.errors import FaceopsError
-
         raise FaceopsError(f"{path}: not valid JSON; delete it and push the images again") from None
     return data if isinstance(data, dict) else {}
 

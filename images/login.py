@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from images.engine import client
 from images.registry import RegistryError, is_denied, retrying
 from jobs.core.files import atomic_write
 
@@ -35,8 +36,6 @@ def config_path() -> Path:
 def login(registry: str, username: str, password: str, say: Callable[[str], None] | None = None) -> Path:
     """Check the credentials against ``registry`` (retrying while it is unreachable), then store
     them. Returns the docker config they are recorded in."""
-    from images.engine import client
-
     if not username or not password:
         raise RegistryError(f"logging in to {registry} needs a user name and a password")
     docker = client()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from images import digests
+from images.engine import client
 from images.registry import RegistryError, is_denied, repo_and_tag, retrying, split_ref
 from jobs.core.errors import NotFoundError
 
@@ -39,8 +40,6 @@ def destination(ref: str, registry: str | None) -> str:
 def push(ref: str, registry: str | None = None, progress: bool = True,
          say: Callable[[str], None] = print) -> PushResult:
     """Push local image ``ref`` (tagged first as ``destination(ref, registry)``) and record its digest."""
-    from images.engine import client
-
     docker = client()
     target = destination(ref, registry)
     host = split_ref(target)[0]

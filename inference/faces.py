@@ -97,6 +97,17 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG or PNG from its header, without decoding it (so a server can
+    refuse a decompression bomb first); None for other formats or an unreadable header."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return jpeg_size(data)
+
+
 def reduction(data: bytes, det_size: int) -> int:
     """The largest JPEG decode reduction (1, 2, 4 or 8) that still leaves the long side at least
     ``det_size``, so the detector sees the same pixels it would after a full decode."""
@@ -189,7 +200,7 @@ def _prepare(models: Models, item: ImageItem, det_size: int,
     that. Boxes and landmarks are returned in full-size pixels. Any failure becomes the image's
     ``error`` so one bad file never stops a run."""
     try:
-        data = read_file(item.path, item.name)
+        data = item.data if item.data is not None else read_file(item.path, item.name)
         scale = reduction(data, det_size)
         image = decode_image(data, item.name, scale)
     except DataError as exc:
@@ -219,18 +230,18 @@ CHUNK_IMAGES = 4  # images a worker takes end to end (decode, detect, align, emb
 
 
 def analyse(models: Models, items: Iterable[ImageItem], det_size: int = 640, det_thresh: float = 0.5,
-            batch_size: int = 16, workers: int | None = None) -> Iterator[ImageResult]:
+            batch_size: int = 16, workers: int | None = None, chunk: int = CHUNK_IMAGES) -> Iterator[ImageResult]:
     """Yield one :class:`ImageResult` per item, in input order, with embeddings filled in.
 
-    ``workers`` threads (default: one per core) each take :data:`CHUNK_IMAGES` images at a time
+    ``workers`` threads (default: one per core) each take ``chunk`` images at a time
     through every step, the recognizer included (``batch_size`` crops per call), with at most
     twice ``workers`` chunks in flight so memory stays flat on millions of images. Parallel images
     use the cores better than parallel operators: with one-thread onnxruntime sessions
     (:func:`inference.models.load_models`) two threads embed 1.5-2x faster than one two-thread
     session on a 2-core machine shared with other work, at any batch size."""
     workers = workers or os.cpu_count() or 1
-    chunks = _chunked(iter(items), CHUNK_IMAGES)
-    for results in bounded_map(lambda chunk: _analyse_chunk(models, chunk, det_size, det_thresh, batch_size),
+    chunks = _chunked(iter(items), max(1, chunk))
+    for results in bounded_map(lambda part: _analyse_chunk(models, part, det_size, det_thresh, batch_size),
                                chunks, workers, ahead=2 * workers, name="faces"):
         yield from results
 

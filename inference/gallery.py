@@ -5,6 +5,7 @@ the threshold :mod:`inference.calibration`.
 """
 from __future__ import annotations
 
+import difflib
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from inference import faces as facelib
 from inference import shards
 from inference.calibration import DEFAULT_FAR, calibrate, reference_for
 from inference.calibration import warnings as calibration_warnings
-from inference.gallery_store import Gallery, load, new_manifest, normalise, publish, save
+from inference.gallery_store import MANIFEST, Gallery, load, new_manifest, normalise, publish, save
 from inference.index import check_kind, index_recall
 from inference.models import Models, load_models, sha256
 from inference.sources import ImageItem, list_images, local
+from jobs.core import storage
 from jobs.core.contract import Shard
 from jobs.core.errors import DataError, NotFoundError
 
@@ -160,9 +162,6 @@ def _new_photos(entries: list[dict[str, Any]], items: list[ImageItem]) -> tuple[
 
 def _existing_gallery(out: str | Path) -> Gallery | None:
     """The gallery already at ``out`` (None when there is none), so build never replaces one unasked."""
-    from inference.gallery_store import MANIFEST
-    from jobs.core import storage
-
     return load(out) if storage.exists(storage.join(str(out), MANIFEST)) else None
 
 
@@ -272,8 +271,9 @@ def merge_galleries(parts: list[tuple[Path, dict[str, Any]]], out: Path, far: fl
 def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | Path | None = None, *,
                    det: str | Path | None = None, rec: str | Path | None = None, batch_size: int = 16,
                    workers: int | None = None, strict: bool = False, progress: bool = False) -> dict[str, Any]:
-    """Add the people/photos of ``source`` to the gallery at ``path`` (a local folder) without
-    rebuilding it: same models enforced, detection settings and calibration target kept."""
+    """Add the people/photos of ``source`` to the gallery at ``path`` (a folder or an
+    object-storage prefix) without rebuilding it: same models enforced, detection settings and
+    calibration target kept; the new revision is published atomically (:func:`publish`)."""
     gallery = load(path)
     models = load_models(models, det, rec)
     gallery.check_models(models, path)
@@ -288,15 +288,14 @@ def add_to_gallery(path: str | Path, source: str | Path, models: Models | str | 
     gallery.issues.extend(issues + _skipped(skipped))
     _record(gallery, "add", source=str(source), images=len(items), added=len(kept), duplicates=len(duplicates))
     summary = _finish(gallery, _target_far(gallery))
-    save(gallery, path)
+    publish(gallery, path)
     return {**summary, "gallery": str(path), "images": len(items), "added": len(kept), "duplicates": len(duplicates),
             "issues": _issue_counts(issues)}
 
 
 def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
-    """Remove every embedding of the named people from the gallery at ``path``."""
-    import difflib
-
+    """Remove every embedding of the named people from the gallery at ``path`` (a folder or an
+    object-storage prefix), published as a new revision."""
     gallery = load(path)
     for name in people:
         if name not in gallery.names:
@@ -310,7 +309,7 @@ def remove_from_gallery(path: str | Path, people: list[str]) -> dict[str, Any]:
     gallery.changed()
     _record(gallery, "remove", people=people, removed=int((~keep).sum()))
     summary = _finish(gallery, _target_far(gallery))
-    save(gallery, path)
+    publish(gallery, path)
     return {**summary, "gallery": str(path), "removed": int((~keep).sum())}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -66,7 +67,10 @@ def _search_chunks(gallery: gallery_store.Gallery, results: Iterator[facelib.Ima
 
     def flush() -> Iterator[tuple[facelib.ImageResult, np.ndarray, np.ndarray]]:
         embeddings = [f.embedding for r in batch for f in r.faces]
-        people, sims = gallery.search(np.stack(embeddings), top_k) if embeddings else (np.zeros((0, 0)), np.zeros((0, 0)))
+        if embeddings and gallery.entries:
+            people, sims = gallery.search(np.stack(embeddings), top_k)
+        else:  # no faces, or nobody to match them with (a served gallery whose last person was removed)
+            people, sims = np.zeros((len(embeddings), 0), np.int64), np.zeros((len(embeddings), 0), np.float32)
         start = 0
         for result in batch:
             n = len(result.faces)
@@ -82,6 +86,15 @@ def _search_chunks(gallery: gallery_store.Gallery, results: Iterator[facelib.Ima
             yield from flush()
             count = 0
     yield from flush()
+
+
+def answers(gallery: gallery_store.Gallery, results: Iterator[facelib.ImageResult], threshold: float, top_k: int = 5,
+            labels: dict[str, str] | None = None,
+            truth_from_folders: bool = False) -> Iterator[tuple[facelib.ImageResult, list[dict[str, Any]]]]:
+    """Each analysed image with its report rows: its faces searched in ``gallery`` (many images per
+    search) and named at ``threshold``. The one matching step of batch identify and ``faceops serve``."""
+    for result, people, sims in _search_chunks(gallery, results, top_k):
+        yield result, _rows(result, people, sims, gallery.names, threshold, _truth(result.item, labels or {}, truth_from_folders))
 
 
 def metrics(rows: list[dict[str, Any]], known: set[str], threshold: float) -> dict[str, Any]:
@@ -169,8 +182,6 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
     ``sheet`` names a contact sheet image of the doubtful faces (see inference.sheet). With
     ``shard`` this instance identifies its share of the images and ``out`` is its part folder
     (:func:`merge_reports` makes the parts one report)."""
-    from tqdm import tqdm
-
     db = gallery if isinstance(gallery, gallery_store.Gallery) else gallery_store.load(gallery)
     if not db.entries:
         raise DataError(f"{gallery}: the gallery is empty; add people with `faceops gallery add`")
@@ -189,14 +200,16 @@ def identify(images: str | Path, gallery: str | Path | gallery_store.Gallery, ou
         if not listing.items and shard is None:  # a sharded instance may get none of the objects
             raise DataError(f"{images}: no images found")
         items, skipped = shards.share(listing.items, shard), shards.share(listing.skipped, shard, str)
-        results = tqdm(facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
-                                       batch_size=batch_size, workers=workers),
-                       total=len(items), unit="img", desc="identify", disable=not progress)
+        results = facelib.analyse(models, items, det_size=det_size, det_thresh=det_thresh,
+                                  batch_size=batch_size, workers=workers)
+        if progress:  # tqdm costs ~0.1 s to import: only when a bar is shown
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(items), unit="img", desc="identify")
         with open(out / "report.csv", "w", newline="") as csv_fh, open(out / "report.jsonl", "w") as jsonl_fh:
             writer = csv.DictWriter(csv_fh, fieldnames=CSV_FIELDS)
             writer.writeheader()
-            for result, people, sims in _search_chunks(db, results, top_k):
-                image_rows = _rows(result, people, sims, db.names, threshold, _truth(result.item, labels, truth_from_folders))
+            for result, image_rows in answers(db, results, threshold, top_k, labels, truth_from_folders):
                 for row in image_rows:
                     writer.writerow(_csv_row(row))
                     jsonl_fh.write(json.dumps(row) + "\n")
@@ -234,8 +247,6 @@ def merge_reports(parts: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[s
     ``shard``): report.csv and report.jsonl in image order, annotated/ joined, metrics.json over
     all the rows; the summary :func:`identify` returns, its speed the faces of all parts over the
     slowest part's time (the instances run side by side)."""
-    import shutil
-
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for folder, _ in parts
             for line in (folder / "report.jsonl").read_text().splitlines() if line.strip()]

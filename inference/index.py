@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from jobs.core.errors import DataError
+
 INDEX_KINDS = ("flat", "hnsw", "ivf")  # flat is exact; hnsw and ivf are approximate
 
 
@@ -44,8 +46,6 @@ INDEXES: dict[str, Callable[[int, Any], Any]] = dict(zip(INDEX_KINDS, (_flat, _h
 def check_kind(kind: str) -> str:
     """``kind`` when it is one of :data:`INDEX_KINDS`, else a :class:`DataError` listing them."""
     if kind not in INDEXES:
-        from jobs.core.errors import DataError
-
         raise DataError(f"unknown index type '{kind}'; expected one of {', '.join(INDEX_KINDS)}")
     return kind
 

@@ -8,6 +8,7 @@ TAR@FAR and speed.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -47,7 +48,7 @@ def _models(env: JobEnv) -> dict[str, Path | None]:
 
 
 def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
-    from inference.gallery import build_gallery
+    from inference.gallery import build_gallery  # numpy-built: loaded in the job, not when tasks are listed
 
     at = shard_from_env()
     out = env.output("database") if at is None else shards.part_folder(env.output("database"), at)
@@ -66,7 +67,7 @@ def _identify_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
-    from inference.identify import identify
+    from inference.identify import identify  # numpy-built: loaded in the job, not when tasks are listed
 
     at = shard_from_env()
     out = env.output("report") if at is None else shards.part_folder(env.output("report"), at)
@@ -80,7 +81,7 @@ def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
 def merge_gallery(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
     """The gallery task's merge (its :class:`~jobs.core.tasks.Sharding`): the instances' parts of
     output ``database`` become one gallery, calibrated for ``far`` over all the embeddings."""
-    from inference.gallery import merge_galleries
+    from inference.gallery import merge_galleries  # numpy-built: loaded in the job, not when tasks are listed
 
     out = outputs["database"]
     return merge_galleries(shards.read_parts(out), out, hp.get("far", GALLERY.params["far"].default))
@@ -90,9 +91,7 @@ def merge_identify(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, An
     """The identify task's merge: the instances' parts of output ``report`` become one report. Each
     instance's contact sheet (``sheet``) ranks the doubtful faces of its own share of the photos,
     which only it could read, so the sheets are kept side by side as ``sheets/<part>.jpg``."""
-    import shutil
-
-    from inference.identify import merge_reports
+    from inference.identify import merge_reports  # numpy-built: loaded in the job, not when tasks are listed
 
     out = outputs["report"]
     parts = shards.read_parts(out)

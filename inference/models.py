@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from jobs.core.config import home
+from jobs.core.contract import extract_archive, model_archives
 from jobs.core.errors import DataError, NotFoundError
 
 # insightface routes these square inputs to its landmark and attribute models, not to a recognizer.
@@ -98,7 +102,18 @@ ROLES: dict[str, Callable[[list[list[Any]], list[list[Any]]], bool]] = {
 
 def model_role(path: Path) -> str | None:
     """'detector', 'recognizer' or None, decided from the ONNX graph's inputs and outputs the same
-    way insightface's model router does (so files may have any name)."""
+    way insightface's model router does (so files may have any name). Each file is parsed once per
+    process while it is unchanged: finding both models in a folder of ten asks about every file twice."""
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return _role(Path(path).resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _role(path: Path, size: int, mtime_ns: int) -> str | None:
+    """:func:`model_role` of ``path`` as it was at ``size`` and ``mtime_ns`` (the cache key)."""
     import onnx
 
     try:
@@ -118,12 +133,6 @@ def _unpacked(archive: Path) -> Path:
     """``archive`` unpacked once into ``$FACEOPS_HOME/models/<sha256>/`` (content-addressed, so a
     read-only input folder works and the same archive is never unpacked twice), by the contract's
     extractor that the cloud bootstrap and the local backend's staging use too."""
-    import os
-    import shutil
-
-    from jobs.core.config import home
-    from jobs.core.contract import extract_archive
-
     folder = home() / "models" / sha256(archive)[:16]
     if folder.is_dir():
         return folder
@@ -144,8 +153,6 @@ def _onnx_files(folder: Path) -> list[Path]:
     """The ONNX files under ``folder`` and inside its SageMaker model archive, found where
     :func:`jobs.core.contract.model_archives` looks (a job's output keeps its sub-folders, e.g.
     ``JOB/output/model.tar.gz``); a job's staging has usually unpacked it already."""
-    from jobs.core.contract import model_archives
-
     files = sorted(folder.rglob("*.onnx"))
     for archive in model_archives(folder):
         files.extend(sorted(_unpacked(archive).rglob("*.onnx")))

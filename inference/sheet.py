@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.faces import read_image
 from jobs.core.errors import DataError
 
 UNKNOWN = "unknown"
@@ -78,8 +79,6 @@ class DoubtfulFaces:
             if len(self._heap) >= self.limit and entry <= self._heap[0][:3]:
                 continue
             if image is None:
-                from inference.faces import read_image
-
                 image = read_image(image_path)
             tile = Tile(row, key, crop(image, row["box"]))
             if len(self._heap) >= self.limit:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from jobs.core import storage
 from jobs.core.errors import DataError, NotFoundError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif"}
@@ -24,11 +25,13 @@ LIST_EXTENSIONS = {".txt", ".lst"}
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One input image: where to read it, the name reports use, its person label (or None)."""
+    """One input image: where to read it, the name reports use, its person label (or None), and
+    its bytes when it arrived in memory (an upload to ``faceops serve``) rather than as a file."""
 
     path: Path
     name: str
     label: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -43,8 +46,6 @@ class Listing:
 def local(source: str | Path) -> Iterator[Path]:
     """A local path for ``source``: plain paths and ``file://`` as they are, object-storage URIs
     (``s3://bucket/prefix/``) downloaded through jobs.core.storage into a folder removed afterwards."""
-    from jobs.core import storage
-
     if not storage.is_remote(source):
         yield storage.parse(source).path
         return

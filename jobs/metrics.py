@@ -19,11 +19,17 @@ import csv
 import io
 import json
 import re
+import tarfile
+import tempfile
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterable
 
-from jobs.core.contract import METRICS_PREFIX
+from jobs.backends import BACKENDS, get_backend
+from jobs.core import storage
+from jobs.core.contract import METRICS_PREFIX, final_metrics
 from jobs.core.errors import NotFoundError
+from jobs.core.files import atomic_write
 from jobs.core.tasks import Metric, chance_warnings, find_metric, get_task
 from jobs.store import TERMINAL, Store, parse_ref, workdir
 
@@ -75,9 +81,6 @@ def remote_source(record: dict[str, Any]) -> tuple[str, str | None] | None:
     its backend says; None for a local job or one the service has not accepted yet."""
     if record["backend"] == "local" or not (record.get("backend_info") or {}).get("remote_name"):
         return None
-    from importlib import import_module
-
-    from jobs.backends import BACKENDS
 
     module, _ = BACKENDS[record["backend"]].split(":")
     return import_module(module).metrics_source(record)
@@ -93,9 +96,6 @@ def live_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows a cloud job has printed to its log so far. The rows already read are kept with the
     backend's log cursor in the version folder, so each call reads only the log that is new. Two
     processes reading at once read from the same cursor and write the same cache."""
-    from jobs.backends import get_backend
-    from jobs.core.files import atomic_write
-
     backend = get_backend(record["backend"])
     if not record["backend_info"].get(backend.id_key):
         return []
@@ -125,8 +125,6 @@ def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     if record["status"] not in TERMINAL:
         return live_rows(record)
-    from jobs.backends.cloud import fetch_metrics
-    from jobs.core.files import atomic_write
 
     data = fetch_metrics(*source)
     if data is None:
@@ -236,3 +234,31 @@ def expand_refs(refs: Iterable[str], store: Store | None = None) -> list[dict[st
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def fetch_metrics(uri: str, member: str | None = None) -> bytes | None:
+    """The bytes of a job's ``metrics.jsonl`` on object storage, or of the file ``member`` inside
+    the tarball at ``uri`` (SageMaker packs ``/opt/ml/output/data`` as ``output.tar.gz``); None
+    when the job wrote none (or the service has not uploaded it yet)."""
+    if not storage.exists(uri):
+        return None
+    data = storage.read_bytes(uri)
+    if member:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            names = [m for m in tar.getnames() if m.lstrip("./") == member]
+            if not names:
+                return None
+            data = tar.extractfile(names[0]).read()
+    return data
+
+
+def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
+    """Final metrics (the last value of each key) from the metrics file :func:`fetch_metrics`
+    finds; {} when the job wrote none."""
+    data = fetch_metrics(uri, member)
+    if data is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "metrics.jsonl"
+        path.write_bytes(data)
+        return final_metrics(path)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import metrics as history
 from jobs.core.errors import SpecError
 from jobs.core.tasks import Metric, find_metric
 from jobs.report import changed_settings, fmt
@@ -211,8 +212,6 @@ def plot_versions(records: list[dict[str, Any]], out: str | Path, metrics: list[
                   x: str = "step", smooth: float = 0.0, log_y: bool = False) -> tuple[Path, Any]:
     """``job plot``: read every version's rows, draw and save the figure; returns the path and
     the figure. Metrics default to every one the versions logged, in first-seen order."""
-    from jobs import metrics as history
-
     try:
         import matplotlib  # noqa: F401
     except ModuleNotFoundError:

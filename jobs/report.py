@@ -9,7 +9,10 @@ import json
 import time
 from typing import Any, Iterable
 
+from jobs.core.contract import Contract
 from jobs.core.secrets import MASK, mask
+from jobs.core.tasks import get_task
+from jobs.store import workdir
 
 # What `job diff` compares, in this order. `status` and timings are shown by --all only, since two
 # versions almost always differ there and it hides what was changed on purpose.
@@ -189,10 +192,6 @@ def locations(record: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     backend; it stays there when the spec names no upload) and ``remote`` (the spec's URI; for a
     SageMaker training job's model, the model.tar.gz it wrote). Every output the task declares is
     listed, so ``job show`` tells where the model is even without an ``outputs:`` section."""
-    from jobs.core.contract import Contract
-    from jobs.core.tasks import get_task
-    from jobs.store import workdir
-
     spec = record["spec"]
     try:
         declared = get_task(spec["task"]).outputs

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.backends import BACKENDS, RUNTIMES
+from jobs.core.config import setting
 from jobs.core.errors import SpecError
 from jobs.core.tasks import Param, Task, get_task, parse_metric, parse_untyped, registry, unknown_key_message
 
@@ -139,8 +141,6 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 def _read_text(path: Path) -> str:
     """The spec's text: refused when over ``spec.max_bytes`` or not UTF-8 (naming the line)."""
-    from jobs.core.config import setting
-
     limit = int(setting("spec", "max_bytes", ("FACEOPS_SPEC_MAX_BYTES",), DEFAULT_MAX_SPEC_BYTES))
     size = path.stat().st_size
     if size > limit:
@@ -257,7 +257,6 @@ def _build(raw: dict[str, Any], task: Task, source: _Source) -> JobSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         source.report("name", f"expected lowercase letters, digits and '-' (like recog-r50), got {name!r}")
-    from jobs.backends import BACKENDS, RUNTIMES
 
     backend = str(raw.get("backend") or "local")
     if backend not in BACKENDS:

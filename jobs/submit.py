@@ -8,14 +8,19 @@ Literal secret hyperparameters go to the version's ``secrets.json``, never to it
 """
 from __future__ import annotations
 
+import queue
+import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from images.digests import lookup
 from jobs import preflight
 from jobs.backends import Launch, get_backend
+from jobs.core import storage
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
-from jobs.core.errors import FaceopsError, NotFoundError
+from jobs.core.contract import Contract
+from jobs.core.errors import FaceopsError, NotFoundError, SpecError
 from jobs.core.secrets import hide, mask, read_secrets, write_secrets
 from jobs.spec import JobSpec, validate
 from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, StoreError, new_record, workdir
@@ -44,9 +49,6 @@ def resume(ref: str) -> dict[str, Any]:
     the same spec and code, parent ``ref``, its checkpoints copied in before it starts (the
     training loops restore the latest one). Local versions only: a cloud job's checkpoints stay
     with the service, and a spot restart there already resumes."""
-    from jobs.core.contract import Contract
-    from jobs.core.errors import SpecError
-
     parent = refreshed(Store().resolve(ref))
     name = f"{parent['name']}:{parent['version']}"
     if parent["status"] not in ("stopped", "failed"):
@@ -92,10 +94,6 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
     folder.mkdir(parents=True, exist_ok=True)
     write_secrets(folder, hidden)
     if checkpoints is not None:
-        import shutil
-
-        from jobs.core.contract import Contract
-
         shutil.copytree(checkpoints, Contract(folder).checkpoint_dir, dirs_exist_ok=True)
     info = backend.start(Launch(record, folder, bundle.path))
     try:
@@ -133,8 +131,6 @@ def refreshed(record: dict[str, Any], within: float | None = None) -> dict[str, 
 
     if within is None:
         return check()
-    import queue
-    import threading
 
     answer: queue.Queue[dict[str, Any]] = queue.Queue()
     threading.Thread(target=lambda: answer.put(check()), daemon=True).start()  # daemon: exit need not wait
@@ -166,9 +162,6 @@ def stop(record: dict[str, Any], grace: float) -> dict[str, Any]:
 def publish(record: dict[str, Any]) -> list[str]:
     """Upload a finished local version's outputs again from its folder (after an upload that
     failed, or to a place that lost them), without training again. Returns the URIs written."""
-    from jobs.core import storage
-    from jobs.core.contract import Contract
-
     if record["backend"] != "local":
         raise FaceopsError(f"{record['name']}:{record['version']} ran on {record['backend']}, which wrote its "
                            "outputs itself; only local versions keep theirs to publish again")
@@ -187,8 +180,6 @@ def publish(record: dict[str, Any]) -> list[str]:
 
 def _describe_input(uri: str) -> dict[str, Any]:
     """URI, size and ETag of an input; NotFoundError/StorageError when it cannot be read."""
-    from jobs.core import storage
-
     info = storage.stat(uri)
     return {"uri": uri, "size": info.size, "etag": info.etag}
 

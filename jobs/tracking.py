@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from typing import Any, Callable
 
 from jobs.core.config import setting
 from jobs.core.errors import FaceopsError, SpecError
+from jobs.core.files import atomic_write
+from jobs.metrics import metrics_file, parse_rows, rows
+from jobs.store import TERMINAL, Store, workdir
 
 STATE_FOLDER = "tracking"
 BATCH = 1000  # MLflow's log_batch takes at most 1000 metrics, 100 params and 100 tags
@@ -70,8 +74,6 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    from jobs.core.files import atomic_write
-
     atomic_write(path, json.dumps(state))
 
 
@@ -82,8 +84,6 @@ def metric_key(name: str) -> str:
 
 def run_tags(record: dict[str, Any]) -> dict[str, str]:
     """The tags that tie a run to its version, plus links to where its outputs are."""
-    from jobs.store import workdir
-
     tags = {
         "faceops.job": record["name"],
         "faceops.version": str(record["version"]),
@@ -197,8 +197,6 @@ def sync(record: dict[str, Any], uri: str, store: MlflowStore | None = None) -> 
     """Deliver the version's metrics rows beyond those delivered before; end the run when the
     record is terminal. Returns the delivery state (run id, rows sent). Raises
     whatever the tracking store raised; the state then still says what was delivered."""
-    from jobs.store import TERMINAL, workdir
-
     path = state_file(workdir(record), uri)
     state = _read_state(path)
     store = store or MlflowStore(uri)
@@ -228,8 +226,6 @@ def _undelivered(record: dict[str, Any], state: dict[str, Any]) -> tuple[list[di
     read from the byte offset delivered so far (a line still being written waits for its
     newline); a cloud job's rows, which come from its log and then from its uploaded file, are
     counted by position."""
-    from jobs.metrics import metrics_file, parse_rows, rows
-
     if record["backend"] != "local":
         return rows(record)[state["rows"]:], state["offset"]
     try:
@@ -258,8 +254,6 @@ def deliver(record: dict[str, Any]) -> None:
     delivery state as a local job's :class:`Tracker`. Never raises: a store that is down (or mlflow
     missing) is said once per process and tracking URI on stderr, and a later refresh or
     ``job export`` sends the rest."""
-    from jobs.store import Store
-
     uri = None
     try:
         uri = configured_uri()
@@ -273,7 +267,6 @@ def deliver(record: dict[str, Any]) -> None:
         if uri in _WARNED:
             return
         _WARNED.add(uri)
-        import sys
 
         ref = f"{record['name']}:{record['version']}"
         what = str(exc) if isinstance(exc, FaceopsError) else f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -328,8 +321,6 @@ class Tracker:
         """Stop the background loop, deliver the last rows and end the run. While the store is
         unreachable keep trying (the record is already terminal, so nobody waits) until
         ``tracking.retry_seconds``; then say how to send the rest."""
-        from jobs.store import Store
-
         self.done.set()
         self.thread.join()
         try:

@@ -129,3 +129,32 @@ def test_bottom_layer_imports_nothing_else_of_faceops():
 def test_images_never_imports_jobs_orchestration():
     places = import_graph().get("images", {}).get("jobs")
     assert not places, f"images imports jobs orchestration at {', '.join(places)}"
+
+
+def file_graph() -> dict[str, dict[str, list[str]]]:
+    """module -> imported module -> the "file:line" places that import it, between the product's
+    files (imports inside functions count): ``from a import b`` is an edge to ``a.b`` when that is a
+    file of its own, else to ``a``; imports of a module by itself are left out."""
+    modules = {module_of(path): path for path in product_files()}
+    graph: dict[str, dict[str, list[str]]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        graph.setdefault(module, {})
+        for imported, line in imports_in(path.read_text(), package):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != module:
+                graph[module].setdefault(imported, []).append(f"{path.relative_to(ROOT)}:{line}")
+    return graph
+
+
+def test_file_graph_resolves_names_to_files():
+    graph = file_graph()
+    assert "jobs.core.errors" in graph["jobs.core.retry"] or "jobs.core.errors" in graph["jobs.core.config"]
+    assert "jobs.core.storage" in graph["jobs.store"] or "jobs.core.storage" in graph["jobs.submit"]
+
+
+def test_no_import_cycle_between_files():
+    graph = file_graph()
+    cycle = find_cycle(graph)
+    assert cycle is None, f"import cycle {' -> '.join(cycle)}: {describe(graph, cycle)}"

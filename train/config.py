@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.core.entry import checked
 from jobs.core.tasks import Metric, Param, Slot, Task
 
 NETWORKS = ("r18", "r34", "r50", "r100", "mbf", "mbf_s1")
@@ -73,6 +74,4 @@ RECOGNITION = Task(
 def resolve(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """The full configuration: defaults, then ``hyperparameters`` checked against the schema
     (:func:`jobs.core.entry.checked`, what the entry point runs)."""
-    from jobs.core.entry import checked
-
     return checked(RECOGNITION, hyperparameters)

@@ -15,13 +15,12 @@ from jobs.core import entry
 from jobs.core.contract import JobEnv
 from train import widerface
 from train.detection_config import DETECTION
+from train.detection_data import find_splits, open_split
+from train.detection_train import fit
 
 
 def train(hp: dict[str, Any], env: JobEnv) -> dict[str, Any]:
     """Open the splits, train, evaluate, export; returns the final metrics."""
-    from train.detection_data import find_splits, open_split
-    from train.detection_train import fit
-
     splits = find_splits(env.channel("train"))
     val_dir = env.channels.get("val") or splits["val"]
     train_split = open_split(splits["train"], "train")

@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from inference.faces import read_image
 from jobs.core.errors import DataError, NotFoundError
+from train.data import DetectionDataset
 from train.recordio import FACE_FIELDS
 
 # RetinaFace landmark order: left eye, right eye, nose, left mouth corner, right mouth corner.
@@ -132,8 +134,6 @@ def read_rgb(path: Path) -> np.ndarray:
     names the file)."""
     import cv2
 
-    from inference.faces import read_image
-
     return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 
@@ -150,8 +150,6 @@ def open_folder(folder: Path, name: str) -> DetectionSplit:
 
 def open_records(uri: str, name: str) -> DetectionSplit:
     """A packed detection RecordIO (``faceops data pack-detection``), local or ``s3://``."""
-    from train.data import DetectionDataset
-
     data = DetectionDataset(uri)
 
     def read(i: int) -> tuple[np.ndarray, np.ndarray]:

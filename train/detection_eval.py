@@ -14,6 +14,7 @@ import numpy as np
 
 from train.anchors import anchors_for, decode, iou, nms
 from train.detection_data import Faces
+from train.retinaface import INPUT_MEAN, INPUT_STD
 
 IOU_MATCH = 0.5
 
@@ -40,8 +41,6 @@ def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
 def to_input(images: np.ndarray) -> Any:
     """``(N, H, W, 3)`` RGB uint8 -> the network's ``(N, 3, H, W)`` normalised input."""
     from mxnet import nd
-
-    from train.retinaface import INPUT_MEAN, INPUT_STD
 
     batch = (images.astype(np.float32) - INPUT_MEAN) / INPUT_STD
     return nd.array(batch.transpose(0, 3, 1, 2))

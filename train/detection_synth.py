@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from inference.faces import detect, read_image
+from inference.models import load_detector
 from jobs.core.errors import DataError
 from train.detection_data import Faces, read_rgb
 
@@ -20,9 +22,6 @@ from train.detection_data import Faces, read_rgb
 def teacher_faces(detector_path: Path, photos: Sequence[Path], threshold: float = 0.5) -> dict[Path, Faces]:
     """Faces the teacher finds in each photo (photos without any, or unreadable, are left out),
     found with the face toolkit at a 640x640 detector input."""
-    from inference.faces import detect, read_image
-    from inference.models import load_detector
-
     teacher = load_detector(detector_path)
     found = {}
     for photo in photos:

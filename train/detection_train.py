@@ -15,11 +15,15 @@ import numpy as np
 
 from jobs.core.contract import log_metrics
 from jobs.core.devices import mx_contexts
+from jobs.core.errors import SpecError
 from train.anchors import anchors_for, assign
 from train.augment import augment
+from train.checkpoint import Checkpointer
 from train.detection_data import DetectionSplit
 from train.detection_eval import EvalConfig, evaluate
-from train.detection_loss import LossConfig
+from train.detection_loss import LossConfig, detection_loss
+from train.export import export_gluon
+from train.retinaface import INPUT_MEAN, INPUT_STD, export_detector, get_model
 
 
 class TrainSamples:
@@ -37,8 +41,6 @@ class TrainSamples:
         return len(self.split)
 
     def __getitem__(self, idx: int) -> tuple[np.ndarray, ...]:
-        from train.retinaface import INPUT_MEAN, INPUT_STD
-
         img, faces = self.split[idx]
         rng = np.random.default_rng([self.seed, self.epoch, idx])
         img, faces = augment(img, faces, self.size, rng, self.flip, self.photometric, self.min_crop)
@@ -76,8 +78,6 @@ def build_net(hp: dict[str, Any], ctx: list[Any] | None = None) -> Any:
     """A freshly initialised, hybridized RetinaFace for ``hp['network']`` on ``ctx`` (default CPU)."""
     import mxnet as mx
 
-    from train.retinaface import get_model
-
     net = get_model(hp["network"])
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
@@ -89,8 +89,6 @@ def train_step(net: Any, trainer: Any, batch: list[Any], cfg: LossConfig, ctx: l
     (mean over devices) as floats."""
     import mxnet as mx
     from mxnet import autograd, gluon
-
-    from train.detection_loss import detection_loss
 
     ctx = ctx or [mx.cpu()]
     # split_and_load also moves the loader's shared-memory batches onto the devices the net lives on.
@@ -138,11 +136,7 @@ def fit(train: DetectionSplit, val: DetectionSplit | None, model_dir: Path, chec
     final ones are returned (the entry point logs them)."""
     import mxnet as mx
 
-    from train.checkpoint import Checkpointer
-
     if hp["image_size"] % 32 or hp["eval_size"] % 32:
-        from jobs.core.errors import SpecError
-
         raise SpecError(f"image_size and eval_size must be multiples of 32 (got {hp['image_size']}, {hp['eval_size']})")
     mx.random.seed(hp["seed"])
     if val is None:
@@ -195,9 +189,6 @@ def clean_metrics(split: DetectionSplit, prefix: str) -> dict[str, int]:
 def export(net: Any, model_dir: Path, hp: dict[str, Any], metrics: dict[str, Any]) -> Path:
     """``model.onnx`` (insightface detector), ``retinaface-symbol.json`` + params and
     ``metrics.json`` in ``model_dir``; returns the ONNX path."""
-    from train.export import export_gluon
-    from train.retinaface import export_detector
-
     import mxnet as mx
 
     model_dir.mkdir(parents=True, exist_ok=True)

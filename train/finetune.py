@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jobs.core.errors import DataError
+from train.importer import init_source, load_onnx
 
 HEAD = "head.params"
 CALIBRATION_IMAGES = 64
@@ -38,8 +39,6 @@ def start_from(model: Any, init: Path, data: Any, config: dict[str, Any],
     ``model.head``, or through ``load_head`` for a Partial FC head); returns a line saying what
     was loaded."""
     import mxnet as mx
-
-    from train.importer import init_source, load_onnx
 
     source = init_source(init)
     net, imported = load_onnx(source, config["network"], _training_images(data, CALIBRATION_IMAGES))

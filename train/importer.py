@@ -27,7 +27,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from inference.models import default_model_dir, sha256
+from inference.sources import IMAGE_EXTENSIONS
 from jobs.core.errors import DataError, FaceopsError, JobFailed
+from train.backbones import BACKBONES, get_model
+from train.export import export_gluon, export_onnx
+from train.pack import face_aligner
 
 BN_EPS = 1e-5
 IMAGE_SHAPE = (3, 112, 112)
@@ -138,8 +143,6 @@ def build(network: str, embedding_size: int) -> Any:
     """A fresh backbone with every shape known (initialised and run once on zeros)."""
     import mxnet as mx
 
-    from train.backbones import get_model
-
     net = get_model(network, embedding_size)
     net.initialize(ctx=mx.cpu())
     net(mx.nd.zeros((1, *IMAGE_SHAPE)))
@@ -247,8 +250,6 @@ def calibrate(model: Any, folded: list[tuple[Any, str, np.ndarray]], images: np.
 
 def guess_network(layers: list[OnnxLayer]) -> str:
     """The backbone whose layer kinds and shapes match ``layers`` (folded batch norms allowed)."""
-    from train.backbones import BACKBONES
-
     embedding = _embedding_size(layers)
     for name in BACKBONES:
         try:
@@ -306,10 +307,6 @@ def face_crops(photos: Path, detector: Path | None = None, limit: int = 64) -> n
     photo under ``photos``, found by ``detector`` (default: the pretrained models' folder)."""
     import cv2
 
-    from inference.models import default_model_dir
-    from inference.sources import IMAGE_EXTENSIONS
-    from train.pack import face_aligner
-
     detector = detector or default_model_dir()
     if detector is None:
         raise DataError("no face detector: pass --detector (an SCRFD/RetinaFace ONNX file or folder)")
@@ -351,9 +348,6 @@ def import_model(onnx_path: Path, out: Path, network: str | None = None, photos:
     embeddings agree with onnxruntime's on those faces (:class:`JobFailed` below ``min_cosine``,
     nothing written), then write a model folder (Gluon symbol + params, ``model.onnx``,
     ``import.json``). Run it without oneDNN (:mod:`train.fresh`)."""
-    from inference.models import default_model_dir, sha256
-    from train.export import export_gluon, export_onnx
-
     photos = photos or default_model_dir()
     if photos is None:
         raise DataError("no photos to verify on: pass --faces DIR")

@@ -9,16 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from inference.faces import decode_image
 from jobs.core.errors import DataError
-from train.recordio import (RecordFile, faces_of, locate, property_problems, read_layout, read_property,
-                            unpack)
+from train.recordio import RecordFile, faces_of, locate, property_problems, read_layout, read_property, unpack
 
 
 def image_size(image: bytes, key: int) -> list[int]:
     """``[H, W]`` of the image of record ``key``, decoded by the face toolkit's one decoder
     (:class:`DataError` naming the record when it does not decode)."""
-    from inference.faces import decode_image
-
     return list(decode_image(image, f"record {key}").shape[:2])
 
 

@@ -16,6 +16,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from inference.faces import align_main_face, decode_image, read_file
+from inference.models import load_detector
+from inference.sources import list_images
 from jobs.core import storage
 from jobs.core.errors import DataError, NotFoundError
 from jobs.core.parallel import bounded_map
@@ -61,9 +64,6 @@ def face_aligner(model: str | Path | bool, size: int = 112) -> Callable[[np.ndar
     """A function that returns the main face of an image 5-point aligned to ``size`` x ``size``
     (the face toolkit's :func:`inference.faces.align_main_face`). ``model`` is a detector ONNX
     file or a model folder holding one; True means the pretrained detector (the models extra)."""
-    from inference.faces import align_main_face
-    from inference.models import load_detector
-
     detector = load_detector(None if model is True else model)
     return lambda img: align_main_face(detector, img, size)
 
@@ -74,8 +74,6 @@ def encode_image(path: Path, resize: tuple[int, int] | None = None,
     bytes (lossless, no re-encode); aligned or resized ones are JPEG-encoded at ``quality``.
     Every :class:`DataError` names the photo."""
     import cv2
-
-    from inference.faces import decode_image, read_file
 
     raw = read_file(path)
     img = decode_image(raw, path)
@@ -122,8 +120,6 @@ def identity_images(src_dir: Path) -> tuple[list[tuple[str, list[Path]]], list[s
     """Identity folders (sorted) with their photos (sorted), and the skipped lines to report: empty
     identity folders and files that are not photos in an identity folder. Photos are what the face
     toolkit lists (:func:`inference.sources.list_images`), so a pack takes what a gallery takes."""
-    from inference.sources import list_images
-
     if not src_dir.is_dir():
         raise NotFoundError(f"{src_dir}: no such folder (expected one sub-folder of photos per identity)")
     listing = list_images(src_dir, labels=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.core.errors import DataError
+from train.pack import encode_image, face_aligner, identity_images
 from train.verification import write_bin
 
 SIDE = 112
@@ -70,8 +71,6 @@ def pack_verification(photos_dir: Path, out: Path, pairs: int = 600, seed: int =
                       detector: Path | bool | None = None, quality: int = 95) -> PairsReport:
     """Write ``out`` (a ``.bin``) with ``pairs`` pairs from ``photos_dir/<person>/<photo>``, faces
     aligned by ``detector`` (True: the pretrained one) or, without one, resized."""
-    from train.pack import encode_image, face_aligner, identity_images
-
     if pairs < 2:
         raise DataError("--pairs: at least 2 (one positive, one negative)")
     identities, skipped = identity_images(Path(photos_dir))

@@ -22,7 +22,7 @@ from train.config import RECOGNITION
 
 def train(hp: dict[str, Any], env: JobEnv) -> None:
     """Train with the checked hyperparameters; the loop logs its own metrics."""
-    from train.recognition_loop import train as loop
+    from train.recognition_loop import train as loop  # MXNet-built: loaded in the job, not when tasks are listed
 
     loop(hp, env)
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         import mxnet  # noqa: F401
         return 0
     if argv[:1] == ["export"]:
-        from train.recognition_loop import export_model
+        from train.recognition_loop import export_model  # MXNet-built: loaded in the job, not when tasks are listed
 
         params, network, embedding_size, model_dir, *val = argv[1:]
         export_model(Path(params), network, int(embedding_size), Path(model_dir), Path(val[0]) if val else None)

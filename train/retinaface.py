@@ -17,6 +17,7 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from train.anchors import ANCHORS_PER_LOCATION, STRIDES
+from train.export import export_onnx
 
 INPUT_MEAN, INPUT_STD = 127.5, 128.0
 SCORE_PRIOR_BIAS = -4.6  # log(0.01 / 0.99)
@@ -175,6 +176,4 @@ def get_model(name: str = "mobilenet0.25") -> RetinaFace:
 
 def export_detector(net: RetinaFace, path: Path, example_size: int = 640) -> Path:
     """Write ``model.onnx`` in insightface's SCRFD contract (9 outputs, dynamic batch, H and W)."""
-    from train.export import export_onnx
-
     return export_onnx(ExportedDetector(net), (None, 3, None, None), path, (1, 3, example_size, example_size))

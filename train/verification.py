@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jobs.core.errors import DataError
+from train.importer import init_source
 
 THRESHOLDS = np.arange(0, 4, 0.01)
 
@@ -98,8 +99,6 @@ def evaluate(net: Any, folder: Path, ctx: Any) -> dict[str, float]:
 def onnx_forward(model: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A recognizer ONNX file (or a model folder's ``model.onnx``) as a batch function."""
     import onnxruntime
-
-    from train.importer import init_source
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads

@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from inference.faces import detect, read_image
+from inference.models import load_detector
 from jobs.core.errors import DataError
 
 SETTINGS = ("easy", "medium", "hard")
@@ -189,8 +191,6 @@ def detect_set(detect: Callable[[np.ndarray], np.ndarray], val_dir: Path,
                truth: GroundTruth) -> dict[tuple[str, str], np.ndarray]:
     """``detect`` (a BGR image as decoded by the face toolkit -> ``(n, 5)`` corners + score) on every image of the set, read from
     ``val_dir/images/<event>/<file>.jpg``."""
-    from inference.faces import read_image
-
     out = {}
     for e, event in enumerate(truth.events):
         for name in truth.files[e]:
@@ -205,9 +205,6 @@ def onnx_detect(model: Path | str | None, det_size: int = 640, threshold: float 
     """An ONNX face detector (SCRFD, RetinaFace; file or model folder, None for the pretrained one)
     as ``image -> (n, 5)``, run at :func:`inference.faces.detector_size` with a low score
     threshold, as WIDER evaluations keep the whole precision-recall curve."""
-    from inference.faces import detect
-    from inference.models import load_detector
-
     detector = load_detector(model)
 
     def run(image: np.ndarray) -> np.ndarray:

@@ -7,14 +7,17 @@ The local backend additionally delegates *how* the entry point runs to a :class:
 """
 from __future__ import annotations
 
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from jobs.core.contract import Contract
+from jobs.core.contract import PARTS, Contract
+from jobs.core.entry import scalars
 from jobs.core.errors import SpecError
+from jobs.core.tasks import get_task
 
 # Seconds between SIGTERM and SIGKILL when a job is stopped (where the backend can choose).
 DEFAULT_GRACE = 10.0
@@ -114,8 +117,6 @@ RUNTIMES = {
 def entry_argv(spec: dict[str, Any]) -> list[str]:
     """The command a job (a resolved spec, as a version record holds it) runs in the container
     contract: a custom job's ``entrypoint``, or its task's own entry point."""
-    from jobs.core.tasks import get_task
-
     return list(spec.get("entrypoint") or get_task(spec["task"]).entrypoint)
 
 
@@ -144,8 +145,6 @@ def get_runtime(name: str) -> Runtime:
 def sharded(spec: dict[str, Any]) -> bool:
     """True when a version runs as several shards whose parts are merged: a task that can scale
     out (its :class:`~jobs.core.tasks.Sharding`) on ``instance_count > 1``."""
-    from jobs.core.tasks import get_task
-
     return (spec["resources"].get("instance_count") or 1) > 1 and get_task(spec["task"]).sharding is not None
 
 
@@ -153,12 +152,6 @@ def merge_parts(spec: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any
     """Run the task's merge over the parts in the local output folders ``outputs``
     (``<output>/parts/<part>/``), remove the parts, and return the job's metrics as one
     instance would have logged them (numbers only, nested ones flattened)."""
-    import shutil
-
-    from jobs.core.contract import PARTS
-    from jobs.core.entry import scalars
-    from jobs.core.tasks import get_task
-
     sharding = get_task(spec["task"]).sharding
     module, attr = sharding.merge.split(":")
     metrics = getattr(import_module(module), attr)(spec["hyperparameters"], outputs)

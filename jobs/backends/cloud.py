@@ -4,7 +4,7 @@ and :class:`CloudBackend`, the one backend flow (plan -> start -> refresh -> sto
 service fills in with its requests and calls.
 
 A cloud job runs the same entry point as a local one. The service downloads the job's inputs and
-the code bundle (an extra input channel, ``faceops-code``) into the container, whose command is
+the code bundle (an extra input channel, ``faceops_code``) into the container, whose command is
 ``faceops-cloud-bootstrap`` (images/bin): it unpacks the bundle into ``/opt/ml/code``, turns the
 service's string parameters back into typed JSON and sets the contract's variables, so entry points
 never know where they run. Nothing here imports boto3 or the Huawei SDK.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import tempfile
 import time
 from abc import abstractmethod
@@ -20,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from images.registry import split_ref
 from jobs import tracking
-from jobs.backends import DEFAULT_GRACE, Backend, Launch
-from jobs.core import retry
-from jobs.core.config import setting
-from jobs.core.contract import CODE_CHANNEL
+from jobs.backends import DEFAULT_GRACE, Backend, Launch, merge_parts
+from jobs.core import retry, storage
+from jobs.core.config import home, setting
+from jobs.core.contract import PARTS, RESERVED_CHANNELS
 from jobs.core.errors import FaceopsError, SpecError
+from jobs.core.secrets import mask, refuse_literal_secrets
 from jobs.store import TERMINAL, RecordFrozen, Store
 
 BUNDLE_NAME = "code.tar.gz"
@@ -63,10 +66,6 @@ def remote_name(record: dict[str, Any], limit: int = 63) -> str:
     """``NAME-vN-<hash>``: the hash covers the version's content and the state folder it lives
     in (machine and path), so a dry run shows the name the real submit uses while two people, or
     two state folders, submitting the same job never collide on the service."""
-    import socket
-
-    from jobs.core.config import home
-
     content = json.dumps([socket.gethostname(), str(home()), record["spec"], record["version"],
                           record["code"].get("hash"), (record.get("image") or {}).get("digest")],
                          sort_keys=True, default=str)
@@ -81,7 +80,6 @@ def staging_uri(section: str, record: dict[str, Any]) -> str:
     configured = setting(section, "staging", (f"FACEOPS_{section.upper()}_STAGING",))
     if configured:
         return str(configured).rstrip("/")
-    from jobs.core import storage
 
     outputs = record["spec"]["outputs"]
     uri = outputs.get("model") or next(iter(outputs.values()), None)
@@ -94,22 +92,19 @@ def staging_uri(section: str, record: dict[str, Any]) -> str:
 def check_remote_uris(section: str, spec: dict[str, Any]) -> None:
     """Outputs must be on the service's object storage (it writes them there), and the code
     bundle's channel name is taken."""
-    from jobs.core import storage
-
     for name, uri in spec["outputs"].items():
         if not storage.is_remote(uri):
             raise SpecError(f"outputs.{name}: {uri} is on this machine, where {section} cannot write; "
                             f"use an s3:// URI")
     for kind in ("inputs", "outputs"):
-        if CODE_CHANNEL in spec[kind]:
-            raise SpecError(f"{kind}.{CODE_CHANNEL}: this name is reserved for the code bundle; rename the channel")
+        for name in RESERVED_CHANNELS:
+            if name in spec[kind]:
+                raise SpecError(f"{kind}.{name}: this name is reserved for faceops' own files; rename the channel")
 
 
 def remote_inputs(record: dict[str, Any], staging: str) -> dict[str, str]:
     """Each input as the service reads it: ``s3://`` URIs as they are; a local file or folder
     at a place under ``staging`` named by its ETag (so an unchanged input is uploaded once)."""
-    from jobs.core import storage
-
     return {channel: uri if storage.is_remote(uri) else f"{staging}/inputs/{record['inputs'][channel]['etag']}/"
             for channel, uri in record["spec"]["inputs"].items()}
 
@@ -117,8 +112,6 @@ def remote_inputs(record: dict[str, Any], staging: str) -> dict[str, str]:
 def upload_inputs(record: dict[str, Any], staging: str) -> None:
     """Upload the local inputs to where :func:`remote_inputs` says the service reads them,
     unless a complete copy is already there (a folder's manifest, or the file)."""
-    from jobs.core import storage
-
     for channel, target in remote_inputs(record, staging).items():
         uri = record["spec"]["inputs"][channel]
         if storage.is_remote(uri):
@@ -147,8 +140,6 @@ def bundle_folder(staging: str, sha256: str) -> str:
 
 def upload_bundle(bundle: Path, staging: str) -> str:
     """Put the code bundle on object storage unless it is already there; return its folder."""
-    from jobs.core import storage
-
     sha256 = bundle.name.split(".")[0]
     folder = bundle_folder(staging, sha256)
     target = folder + BUNDLE_NAME
@@ -168,8 +159,6 @@ def image_in_registry(ref: str | None, digest: str | None, service: str, registr
     """The image as the service must pull it: by digest when faceops pushed it. The service can
     only pull from its own registry (``matches`` decides by host), so anything else is an error
     that says how to push it there."""
-    from images.registry import split_ref
-
     if not ref:
         raise SpecError(f"image: {service} runs a container image; set image: to one in {registry_hint}")
     host, repo, tag = split_ref(ref)
@@ -250,41 +239,6 @@ def follow_lines(backend: Any, record: dict[str, Any], read: Callable[[Any], tup
         if lines:  # a talking job is read again soon; a quiet one less and less often
             intervals = poll_intervals()
         time.sleep(next(intervals))
-
-
-def fetch_metrics(uri: str, member: str | None = None) -> bytes | None:
-    """The bytes of a job's ``metrics.jsonl`` on object storage, or of the file ``member`` inside
-    the tarball at ``uri`` (SageMaker packs ``/opt/ml/output/data`` as ``output.tar.gz``); None
-    when the job wrote none (or the service has not uploaded it yet)."""
-    import io
-    import tarfile
-
-    from jobs.core import storage
-
-    if not storage.exists(uri):
-        return None
-    data = storage.read_bytes(uri)
-    if member:
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            names = [m for m in tar.getnames() if m.lstrip("./") == member]
-            if not names:
-                return None
-            data = tar.extractfile(names[0]).read()
-    return data
-
-
-def metrics_from(uri: str, member: str | None = None) -> dict[str, Any]:
-    """Final metrics (the last value of each key) from the metrics file :func:`fetch_metrics`
-    finds; {} when the job wrote none."""
-    from jobs.core.contract import final_metrics
-
-    data = fetch_metrics(uri, member)
-    if data is None:
-        return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "metrics.jsonl"
-        path.write_bytes(data)
-        return final_metrics(path)
 
 
 @dataclass
@@ -372,8 +326,6 @@ class CloudBackend(Backend):
         return []
 
     def check(self, spec: dict[str, Any]) -> None:
-        from jobs.core.secrets import refuse_literal_secrets
-
         refuse_literal_secrets(spec, self.name)
 
     def _request(self, launch: Launch) -> tuple[str, Request]:
@@ -382,8 +334,6 @@ class CloudBackend(Backend):
         return staging, self.build(launch.record, staging)
 
     def plan(self, launch: Launch) -> dict[str, Any]:
-        from jobs.core.secrets import mask
-
         staging, request = self._request(launch)
         uploads = planned_uploads(launch, staging) + [{"from": "job file", "to": uri} for uri in request.files]
         shown = request.shown if request.shown is not None else request.body
@@ -391,8 +341,6 @@ class CloudBackend(Backend):
                 "request": mask(shown, self.secrets(launch.record))}
 
     def start(self, launch: Launch) -> dict[str, Any]:
-        from jobs.core import storage
-
         try:
             staging, request = self._request(launch)
             self.ready()
@@ -437,10 +385,6 @@ def merge_shards(spec: dict[str, Any], sources: dict[str, str]) -> dict[str, Any
     task's merge (:func:`jobs.backends.merge_parts`) and published to the spec's output URI;
     returns the job's metrics. The parts stay where they were, so a second merge (another
     process refreshing the same record) reads the same parts and writes the same output."""
-    from jobs.backends import merge_parts
-    from jobs.core import storage
-    from jobs.core.contract import PARTS
-
     with tempfile.TemporaryDirectory(prefix="faceops-merge-") as tmp:
         folders = {name: Path(tmp) / name for name in spec["outputs"]}
         for name, folder in folders.items():

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
-from jobs.store import TERMINAL, Store, workdir
+from jobs.core.bundle import faceops_root
+from jobs.store import TERMINAL, RecordFrozen, Store, workdir
 
 
 class LocalBackend(Backend):
@@ -53,8 +54,6 @@ class LocalBackend(Backend):
             return
         pid = record.get("backend_info", {}).get("supervisor_pid")
         if pid and not _alive(pid):
-            from jobs.store import RecordFrozen
-
             try:
                 Store().update(record["name"], record["version"], status="failed",
                                reason=f"the local supervisor (pid {pid}) exited without finishing the job; see {workdir(record) / 'supervisor.log'}")
@@ -96,8 +95,6 @@ class LocalBackend(Backend):
 
 
 def _faceops_pythonpath() -> str:
-    from jobs.core.bundle import faceops_root
-
     return os.pathsep.join(p for p in (str(faceops_root()), os.environ.get("PYTHONPATH")) if p)
 
 

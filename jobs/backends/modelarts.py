@@ -1,26 +1,34 @@
 """The ModelArts backend: every task becomes a ModelArts training job (API v2) through Huawei's
 official SDK (``huaweicloudsdkmodelarts``, ``huaweicloudsdkcore``), from the same spec the local
-backend runs: a custom image from SWR, OBS inputs and outputs, a flavor and node count, and the
-hyperparameters as job parameters (JSON-encoded; ``faceops-cloud-bootstrap`` types them again).
+backend runs: a custom image from SWR, OBS inputs and outputs, a flavor and node count; the
+hyperparameters travel as a JSON file in an input (``faceops-cloud-bootstrap`` reads it), training
+checkpoints are synced to OBS under the remote job's name and downloaded again on a restart.
 
 Settings (config.yaml section ``modelarts``, or the variables Huawei's SDKs read): ak, sk,
-project_id, region; endpoint (default ``https://modelarts.<region>.myhuaweicloud.com``), staging.
+project_id, region; endpoint (default ``https://modelarts.<region>.myhuaweicloud.com``, ``.eu`` in
+Huawei Cloud Europe), staging.
 Object storage goes through jobs.core.storage pointed at OBS (it speaks S3), so specs use ``s3://``
 URIs; the API gets them as OBS paths (``/bucket/key``). AK/SK are never printed or stored.
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 import shlex
 from typing import Any
 
-from jobs.backends import entry_argv, sharded
-from jobs.backends import cloud
+from jobs.backends import cloud, entry_argv, sharded
 from jobs.backends.cloud import CloudError, Setting
+from jobs.core import storage
 from jobs.core.config import setting
-from jobs.core.contract import BOOTSTRAP, CODE_CHANNEL, OUTPUT_CHANNEL, PARAMETERS_FLAG, service_layout
-from jobs.core.errors import FaceopsError, SpecError
-from jobs.store import TERMINAL
+from jobs.core.contract import (BOOTSTRAP_PATH, CHECKPOINT_CHANNEL, CHECKPOINT_MARKER, CODE_CHANNEL, CONTAINER_ROOT,
+                                IMAGE_PYTHON, JOB_CHANNEL, OUTPUT_CHANNEL, PARAMETERS_FLAG, RESUME_CHANNEL, Contract,
+                                service_layout)
+from jobs.core.errors import FaceopsError, NotFoundError, SpecError
+from jobs.core.tasks import get_task
+from jobs.metrics import metrics_from
+from jobs.store import TERMINAL, Store
 
 AK = Setting("modelarts", "ak", ("HUAWEICLOUD_SDK_AK",), "access key (AK)")
 SK = Setting("modelarts", "sk", ("HUAWEICLOUD_SDK_SK",), "secret key (SK)")
@@ -35,6 +43,10 @@ ACCESS_METHOD = "env"
 # "The expected {0} exceeds the quota limit." in ModelArts' error-code list
 # (https://support.huaweicloud.com/intl/en-us/api-modelarts/modelarts_03_0095.html).
 QUOTA_CODE = "ModelArts.0116"
+# Regions of Huawei Cloud Europe, whose endpoints are under myhuaweicloud.eu, not .com (the
+# Europe site's API references, https://support.huaweicloud.com/eu/, "Endpoints": EU-Dublin,
+# eu-west-101, ``<service>.eu-west-101.myhuaweicloud.eu``).
+EUROPE_REGIONS = ("eu-west-101",)
 # Bytes of an exported log read per ranged request.
 LOG_CHUNK = 1024 * 1024
 # status.phase -> our state (Terminating is still running until it is Terminated).
@@ -44,15 +56,18 @@ PHASES = {"Creating": "queued", "Pending": "queued", "Running": "running", "Term
 
 def obs_path(uri: str) -> str:
     """``s3://bucket/key`` -> ``/bucket/key``, the OBS path form training jobs take."""
-    from jobs.core import storage
-
     loc = storage.parse(uri)
     return f"/{loc.bucket}/{loc.key}"
 
 
+def domain(region: str) -> str:
+    """The domain of the region's service endpoints: ``myhuaweicloud.eu`` in Huawei Cloud Europe."""
+    return "myhuaweicloud.eu" if region in EUROPE_REGIONS else "myhuaweicloud.com"
+
+
 def _is_swr(host: str) -> bool:
     configured = setting("modelarts", "swr_registry", ("FACEOPS_SWR_REGISTRY",))
-    return host == configured or (host.startswith("swr.") and host.endswith(".myhuaweicloud.com"))
+    return host == configured or (host.startswith("swr.") and host.endswith((".myhuaweicloud.com", ".myhuaweicloud.eu")))
 
 
 def _job_folder(staging: str, name: str) -> str:
@@ -67,14 +82,11 @@ def image_url(ref: str | None, digest: str | None) -> str:
 
 
 def environments(record: dict[str, Any]) -> dict[str, str]:
-    """What the bootstrap needs to read the container ModelArts starts: which channels, outputs
-    and appended ``--name=value`` parameters are the job's, and on several nodes whether to start
-    MXNet's dist_sync roles (training) or to take one shard of the inputs (batch tasks)."""
-    from jobs.core.tasks import get_task
-
+    """What the bootstrap needs to read the container ModelArts starts: which channels and outputs
+    are the job's, and on several nodes whether to start MXNet's dist_sync roles (training) or to
+    take one shard of the inputs (batch tasks)."""
     spec = record["spec"]
-    env = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"]),
-           "FACEOPS_PARAMETERS": ",".join(spec["hyperparameters"])}
+    env = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])}
     if (spec["resources"].get("instance_count") or 1) > 1 and get_task(spec["task"]).kind == "training":
         env["FACEOPS_PARAMETER_SERVER"] = "1"
     elif sharded(spec):
@@ -82,10 +94,52 @@ def environments(record: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def start_command(spec: dict[str, Any]) -> str:
+    """The job's start command: the images' interpreter and bootstrap by absolute path (ModelArts
+    presets PATH in training containers: "Environment Variables Preset in a Training Container",
+    https://support.huaweicloud.com/intl/en-us/usermanual-standard-modelarts/develop-modelarts-0104.html),
+    then the entry point, then the marker after which anything ModelArts appends comes. It holds no
+    parameter (they travel as a file, see :func:`build_job`), and every word must read the same
+    whether ModelArts runs the command through a shell or splits it itself (its docs say both),
+    so a word a shell would change (quotes, spaces, ``$``, ``;``, globs) is refused."""
+    words = [IMAGE_PYTHON, BOOTSTRAP_PATH, "modelarts", *entry_argv(spec), PARAMETERS_FLAG]
+    for word in words:
+        if shlex.quote(word) != word:
+            raise SpecError(f"entrypoint: {word!r} would read differently with and without a shell in ModelArts' start "
+                            "command; pass such values as hyperparameters (they travel as a file)")
+    return " ".join(words)
+
+
+def checkpoint_folder(staging: str, name: str) -> str:
+    """Where a training job's checkpoints live on OBS: under the remote job's own name (unique to
+    this machine, state folder and version, as on SageMaker), so a restart after a fault resumes
+    from them and nobody else's job does."""
+    return f"{staging}/checkpoints/{name}/"
+
+
+def job_files(record: dict[str, Any], staging: str, name: str) -> dict[str, bytes]:
+    """What :class:`ModelArtsBackend` puts on OBS before the create call: the typed hyperparameters
+    the bootstrap reads (the ``faceops_job`` input), and for a training job the marker that makes
+    its checkpoint folder exist before its first start."""
+    files = {_job_folder(staging, name) + "config/hyperparameters.json": json.dumps(record["spec"]["hyperparameters"]).encode()}
+    if _is_training(record["spec"]):
+        files[checkpoint_folder(staging, name) + CHECKPOINT_MARKER] = b"faceops: this job's checkpoints\n"
+    return files
+
+
+def _is_training(spec: dict[str, Any]) -> bool:
+    return get_task(spec["task"]).kind == "training"
+
+
 def build_job(record: dict[str, Any], staging: str):
     """The SDK's ``Job`` body for CreateTrainingJob. Inputs and outputs use ``access_method: env``:
     the SDK's Input/Output default, ``parameter``, would append ``--<name>=<local_dir>`` to the
-    command, where it reads as a hyperparameter."""
+    command. The hyperparameters are not job parameters (ModelArts appends those to the command,
+    where a shell would strip their quotes and expand ``${...}``): they are a JSON file in the
+    ``faceops_job`` input (:func:`job_files`). A training job's checkpoints are an output synced to
+    OBS while it runs and the same folder an input downloaded when it starts (the documented way to
+    resume on ModelArts: "Resumable Training and Incremental Training",
+    https://support.huaweicloud.com/intl/en-us/develop-modelarts/develop-modelarts-0023.html)."""
     from huaweicloudsdkmodelarts.v1 import model as m
 
     spec, res = record["spec"], record["spec"]["resources"]
@@ -104,20 +158,24 @@ def build_job(record: dict[str, Any], staging: str):
         annotations["faceops/image-digest"] = digest
     if res.get("retries"):
         annotations["fault-tolerance/job-retry-num"] = str(res["retries"])
-    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"])}
+    inputs = {**cloud.remote_inputs(record, staging), CODE_CHANNEL: cloud.bundle_folder(staging, record["code"]["hash"]),
+              JOB_CHANNEL: folder + "config/"}
     # A sharded batch job's nodes all upload to the same OBS folder, each its own part
     # (parts/node-<index>/); the parts go to the job's staging folder and are merged into the
     # spec's outputs on the client once the job is done (cloud.merge_shards).
     outputs = {**({o: _parts_folder(folder, o) for o in spec["outputs"]} if sharded(spec) else spec["outputs"]),
                OUTPUT_CHANNEL: folder + "output/"}
+    local = {name: str(LAYOUT.output_dir(name)) for name in outputs}
+    if _is_training(spec):
+        inputs[RESUME_CHANNEL] = outputs[CHECKPOINT_CHANNEL] = checkpoint_folder(staging, name)
+        local[CHECKPOINT_CHANNEL] = str(Contract(root=CONTAINER_ROOT).checkpoint_dir)
     algorithm = m.JobAlgorithm(
-        command=shlex.join([BOOTSTRAP, "modelarts", *entry_argv(spec), PARAMETERS_FLAG]),
-        parameters=[m.Parameters(name=k, value=v) for k, v in cloud.typed_strings(spec["hyperparameters"]).items()],
+        command=start_command(spec),
         engine=m.JobEngine(image_url=image),
         inputs=[m.Input(name=c, local_dir=str(LAYOUT.channel_dir(c)), access_method=ACCESS_METHOD,
                         remote=m.InputDataInfo(obs=m.InputDataInfoObs(obs_url=obs_path(uri))))
                 for c, uri in inputs.items()],
-        outputs=[m.Output(name=o, local_dir=str(LAYOUT.output_dir(o)), access_method=ACCESS_METHOD,
+        outputs=[m.Output(name=o, local_dir=local[o], access_method=ACCESS_METHOD,
                           remote=m.Remote(obs=m.RemoteObs(obs_url=obs_path(uri))))
                  for o, uri in outputs.items()],
         environments=environments(record),
@@ -132,7 +190,8 @@ def build_job(record: dict[str, Any], staging: str):
 
 
 def endpoint() -> str:
-    return str(ENDPOINT.get() or f"https://modelarts.{REGION.require()}.myhuaweicloud.com")
+    region = None if ENDPOINT.get() else REGION.require()
+    return str(ENDPOINT.get() or f"https://modelarts.{region}.{domain(region)}")
 
 
 def client():
@@ -182,7 +241,8 @@ def _service_error(what: str, exc: Any) -> FaceopsError:
 
 
 def console_link(region: str, job_id: str) -> str:
-    return f"https://console.huaweicloud.com/modelarts/?region={region}#/trainingJobs/{job_id}"
+    console = "console.eu.huaweicloud.com" if region in EUROPE_REGIONS else "console.huaweicloud.com"
+    return f"https://{console}/modelarts/?region={region}#/trainingJobs/{job_id}"
 
 
 MAX_RETRIES = 128
@@ -208,7 +268,8 @@ class ModelArtsBackend(cloud.CloudBackend):
 
         job = build_job(record, staging)
         return cloud.Request(api=f"POST /v2/{PROJECT.require()}/training-jobs", name=job.metadata.name, body=job,
-                             shown=sanitize_for_serialization(job), about={"endpoint": endpoint()})
+                             shown=sanitize_for_serialization(job), files=job_files(record, staging, job.metadata.name),
+                             about={"endpoint": endpoint()})
 
     def ready(self) -> None:
         client()  # fail on missing credentials before uploading anything
@@ -246,7 +307,7 @@ class ModelArtsBackend(cloud.CloudBackend):
             except FaceopsError as exc:
                 return cloud.Remote("failed", phase, f"merging the nodes' parts: {exc}", info_out, {})
             return cloud.Remote(status, phase, None, info_out, metrics)
-        metrics = cloud.metrics_from(*metrics_source(record)) if status in TERMINAL else None
+        metrics = metrics_from(*metrics_source(record)) if status in TERMINAL else None
         return cloud.Remote(status, phase, _reason(job, phase, status), info_out, metrics)
 
     def cancel(self, record: dict[str, Any]) -> None:
@@ -298,20 +359,48 @@ def log_export(info: dict[str, Any], task: str) -> str:
     return _job_folder(info["staging"], info["remote_name"]) + f"logs/modelarts-job-{info['job_id']}-{task}.log"
 
 
-def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
-    """The exported log from byte ``offset`` on, by ranged reads (None before the first export)."""
-    from jobs.core import storage
-    from jobs.core.errors import NotFoundError
-
-    uri, data = log_export(info, task), b""
+def log_pieces(info: dict[str, Any], task: str) -> list[tuple[str, int]]:
+    """The exported log files of one task as (URI, size), oldest first: the documented
+    ``modelarts-job-<job id>-<task>.log`` last (the one being written), after any pieces rotated
+    out of it and named after it (``...-<task>-<n>.log``, ``...-<task>.log.<n>``, as newer
+    platform versions write; their names are not documented, so any such name is taken), ordered
+    by upload time, then by their numbers."""
+    documented = log_export(info, task)
+    folder, name = documented.rsplit("/", 1)
+    stem = name[:-len(".log")]
     try:
-        while True:
-            chunk = storage.read_range(uri, offset + len(data), LOG_CHUNK)
-            data += chunk
-            if len(chunk) < LOG_CHUNK:
-                return data
+        listed = storage.list(folder + "/")
     except NotFoundError:
+        return []
+    found = [f for f in listed if f.uri.rsplit("/", 1)[1] == name
+             or f.uri.rsplit("/", 1)[1].startswith((name + ".", stem + "-", stem + "_"))]
+
+    def order(piece: Any) -> tuple[bool, float, list[int]]:
+        suffix = piece.uri.rsplit("/", 1)[1][len(stem):]
+        return piece.uri == documented, piece.mtime, [int(n) for n in re.findall(r"\d+", suffix)]
+
+    return [(f.uri, f.size) for f in sorted(found, key=order)]
+
+
+def _exported(info: dict[str, Any], task: str, offset: int) -> bytes | None:
+    """The exported log from byte ``offset`` on (its pieces read as one stream, by ranged reads);
+    None before the first export."""
+    pieces, data, base = log_pieces(info, task), b"", 0
+    if not pieces:
         return None
+    for uri, size in pieces:
+        position = offset + len(data) - base
+        if position < size or uri == pieces[-1][0]:  # the current file may have grown since the listing
+            try:
+                while True:
+                    chunk = storage.read_range(uri, position, LOG_CHUNK)
+                    data, position = data + chunk, position + len(chunk)
+                    if len(chunk) < LOG_CHUNK:
+                        break
+            except NotFoundError:
+                pass
+        base += size
+    return data
 
 
 def _previewed(info: dict[str, Any], task: str, offset: int) -> tuple[bytes, int]:
@@ -336,8 +425,6 @@ def _read_logs(record: dict[str, Any], seen: dict[str, int]) -> tuple[list[str],
     from that offset (a few bytes per poll); the preview API, which can only return the whole last
     5 MB, is used only until the first export. Lines are given out whole, the last partial one once
     the job has ended."""
-    from jobs.store import Store
-
     current = Store().get(record["name"], record["version"])
     info, final = current["backend_info"], current["status"] in TERMINAL
     tasks = info.get("tasks") or ["worker-0"]

@@ -23,6 +23,7 @@ import threading
 from dataclasses import replace
 from typing import IO, Callable
 
+from images.engine import EngineError, client
 from jobs.backends import ContainerJob, Runtime
 from jobs.core import launch
 from jobs.core.contract import CONTAINER_ROOT, Contract, shard_env
@@ -151,8 +152,6 @@ class DockerRuntime(Runtime):
     def start(self, job: ContainerJob, log: IO[bytes]) -> None:
         """Create and start the container, then copy its output into ``log`` on a thread."""
         import docker as sdk
-
-        from images.engine import EngineError, client
 
         if not job.image:
             raise SpecError("runtime 'docker' needs an image: set `image:` in the job spec")

@@ -13,22 +13,29 @@ role_arn, staging, input_mode (File or FastFile), volume_gb, endpoint_url (for a
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from jobs.backends import cloud, entry_argv, sharded
 from jobs.backends.cloud import CloudError, Setting
 from jobs.backends.service_model import limits, problems
+from jobs.core import storage
 from jobs.core.config import setting
-from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL,
-                                SHARD_COUNT, SHARD_INDEX, Contract, service_layout)
+from jobs.core.contract import (BOOTSTRAP, CODE_CHANNEL, CONTAINER_ROOT, JOB_CHANNEL, OUTPUT_CHANNEL, SHARD_COUNT,
+                                SHARD_INDEX, Contract, metric_regex, service_layout)
 from jobs.core.errors import FaceopsError, SpecError
+from jobs.core.tasks import get_task
+from jobs.metrics import metrics_from
 from jobs.store import TERMINAL
 
-REGION = Setting("sagemaker", "region", ("FACEOPS_SAGEMAKER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), "AWS region")
+REGION_VARIABLES = ("FACEOPS_SAGEMAKER_REGION",)
 ROLE = Setting("sagemaker", "role_arn", ("FACEOPS_SAGEMAKER_ROLE_ARN",),
                "execution role ARN (the IAM role SageMaker assumes to read inputs and write outputs)")
 INPUT_MODES = ("File", "FastFile")
 DEFAULT_MAX_RUNTIME = 24 * 3600
+# StoppingCondition.MaxRuntimeInSeconds: "The default value is 1 day. The maximum value is 28 days."
+# (SageMaker API Reference, StoppingCondition; botocore's model carries the sentence, not a max).
+MAX_TRAINING_RUNTIME = 28 * 24 * 3600
 PROCESSING = service_layout("sagemaker-processing")
 THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
              "ServiceUnavailable", "InternalFailure"}
@@ -45,22 +52,44 @@ PROCESSING_STATES = {"InProgress": "running", "Stopping": "running", "Completed"
                      "Stopped": "stopped"}
 
 
+@lru_cache(maxsize=1)
+def _loader() -> Any:
+    """One botocore data loader for the process: a client's session reads the service's model
+    through it, so the models (megabytes of JSON) are parsed once, not on every status poll."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
+
+
 def client(service: str = "sagemaker"):
-    """A boto3 client for ``sagemaker`` or ``logs`` in the configured region. Made afresh each
-    time so credentials and settings changed since the last call are honoured."""
-    import boto3
+    """A botocore client for ``sagemaker`` or ``logs`` in the configured region. Its session is
+    made afresh each time (sharing only the parsed models) so credentials and settings changed
+    since the last call are honoured."""
+    import botocore.session
     from botocore.config import Config
 
-    region = REGION.require()
+    region = region_name()
     # One retry policy for both services: cloud.retrying backs off on throttling.
     config = Config(region_name=region, connect_timeout=5, read_timeout=60, retries={"total_max_attempts": 1})
     endpoint = setting("sagemaker", "endpoint_url", ("FACEOPS_SAGEMAKER_ENDPOINT",))
-    return boto3.session.Session().client(service, endpoint_url=endpoint, config=config)
+    session = botocore.session.Session()
+    session.register_component("data_loader", _loader())
+    return session.create_client(service, endpoint_url=endpoint, config=config)
+
+
+def region_name() -> str:
+    """The AWS region as the AWS CLI and boto3 find it (:func:`jobs.core.storage.aws_region`:
+    sagemaker.region, FACEOPS_SAGEMAKER_REGION, AWS_REGION, AWS_DEFAULT_REGION, then the profile's
+    ``region`` in the AWS config file), or a SpecError that names every place."""
+    region = storage.aws_region("sagemaker", REGION_VARIABLES)
+    if not region:
+        raise SpecError("sagemaker: no AWS region; set FACEOPS_SAGEMAKER_REGION or AWS_REGION or AWS_DEFAULT_REGION, "
+                        "sagemaker.region in $FACEOPS_HOME/config.yaml, or region in the AWS profile "
+                        "(aws configure; AWS_PROFILE picks the profile)")
+    return region
 
 
 def is_training(record: dict[str, Any]) -> bool:
-    from jobs.core.tasks import get_task
-
     return get_task(record["spec"]["task"]).kind == "training"
 
 
@@ -72,6 +101,21 @@ def console_link(region: str, name: str, training: bool) -> str:
 def _is_ecr(host: str) -> bool:
     parts = host.split(".")
     return len(parts) >= 6 and parts[1:3] == ["dkr", "ecr"] and parts[4] == "amazonaws"
+
+
+def check_image_region(image: str, region: str) -> None:
+    """SageMaker pulls images only from Amazon ECR in the job's own region: the Docker image "in
+    Amazon EC2 Container Registry must be in the same region" (ContainerDefinition.Image, SageMaker
+    API Reference), and Create*Job answers an image elsewhere with ValidationException ("Invalid
+    region ... in image URI", "Cross region ECR image pulls are not allowed"), after the uploads;
+    refuse it here, with the ways out."""
+    host = image.split("/", 1)[0]
+    image_region = host.split(".")[3]
+    if image_region != region:
+        raise SpecError(f"image: {image.split('@')[0]} is in Amazon ECR in {image_region}, but the job runs in {region}; "
+                        f"SageMaker pulls only from ECR in the job's region: push the image to {region} "
+                        f"(faceops image push ... --registry <account>.dkr.ecr.{region}.amazonaws.com/<namespace>) "
+                        f"or run the job in {image_region}")
 
 
 def _tags(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -92,6 +136,7 @@ def build_request(record: dict[str, Any], staging: str) -> tuple[str, dict[str, 
         raise SpecError("resources.instance_type: SageMaker needs an instance type, like ml.p3.2xlarge")
     image = cloud.image_in_registry(spec.get("image"), (record.get("image") or {}).get("digest"), "SageMaker",
                                     "Amazon ECR", _is_ecr)
+    check_image_region(image, region_name())
     name = cloud.remote_name(record)
     max_runtime = res.get("max_runtime") or DEFAULT_MAX_RUNTIME
     volume = int(setting("sagemaker", "volume_gb", ("FACEOPS_SAGEMAKER_VOLUME_GB",), 50))
@@ -124,7 +169,7 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
     channels.append(_channel(CODE_CHANNEL, code, "File"))
     stopping = {"MaxRuntimeInSeconds": max_runtime}
     if res.get("spot"):
-        stopping["MaxWaitTimeInSeconds"] = 2 * max_runtime  # room to wait for spot capacity
+        stopping["MaxWaitTimeInSeconds"] = spot_wait(max_runtime)
     request = {
         "TrainingJobName": name,
         "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": mode,
@@ -155,13 +200,18 @@ def _training(record: dict[str, Any], name: str, image: str, role: str, code: st
     return request
 
 
+def spot_wait(max_runtime: int) -> int:
+    """MaxWaitTimeInSeconds for a spot job: "the amount of time spent waiting for Spot capacity
+    plus the amount of time the job can run", which "must be equal to or greater than
+    MaxRuntimeInSeconds" (StoppingCondition). Twice the runtime leaves as long again to wait for
+    capacity, held to the 28 days a job may take at most, never below the runtime itself."""
+    return max(max_runtime, min(2 * max_runtime, MAX_TRAINING_RUNTIME))
+
+
 def metric_definitions(spec: dict[str, Any]) -> list[dict[str, str]]:
     """SageMaker's MetricDefinitions for the metrics the task's schema declares (a custom job's
     ``metrics:``), each matching the line :func:`jobs.core.contract.log_metrics` prints, so the
     console charts them live and DescribeTrainingJob's FinalMetricDataList holds their last values."""
-    from jobs.core.contract import metric_regex
-    from jobs.core.tasks import get_task
-
     names = [*get_task(spec["task"]).metrics, *(spec.get("metrics") or {})]
     return [{"Name": name, "Regex": metric_regex(name)} for name in dict.fromkeys(names)]
 
@@ -182,8 +232,6 @@ def _processing(record: dict[str, Any], name: str, image: str, role: str, code: 
     environment = {"FACEOPS_CHANNELS": ",".join(spec["inputs"]), "FACEOPS_OUTPUTS": ",".join(spec["outputs"])}
     split = None
     if sharded(spec):
-        from jobs.core.tasks import get_task
-
         # ShardedByS3Key hands each instance its own objects of the sharded input, so each keeps
         # all it got (shard 0 of 1; the bootstrap names its part after the host) and uploads its
         # part under the job's folder; the client merges them into the outputs once the job has
@@ -222,8 +270,6 @@ def check_limits(spec: dict[str, Any]) -> None:
     stored: retries (MaximumRetryAttempts 1-30, training jobs only), the hyperparameters' count
     and lengths, the instance count. The numbers are botocore's model of CreateTrainingJob and
     CreateProcessingJob (the SageMaker API Reference's constraints), read here, not copied."""
-    from jobs.core.tasks import get_task
-
     res, training = spec["resources"], get_task(spec["task"]).kind == "training"
     api = "CreateTrainingJob" if training else "CreateProcessingJob"
     retries = res.get("retries") or 0
@@ -231,6 +277,7 @@ def check_limits(spec: dict[str, Any]) -> None:
         raise SpecError("resources.retries: SageMaker processing jobs (gallery, identify) have no retry strategy; "
                         "set resources.retries=0 and submit again if one fails")
     most = limits("sagemaker", api, "RetryStrategy", "MaximumRetryAttempts")["max"] if training else 0
+    check_runtime(res.get("max_runtime") or DEFAULT_MAX_RUNTIME, api)
     if retries > most:
         raise SpecError(f"resources.retries: SageMaker retries a training job at most {most} times "
                         f"(RetryStrategy.MaximumRetryAttempts); got {retries}")
@@ -253,6 +300,20 @@ def check_limits(spec: dict[str, Any]) -> None:
         if len(value) > value_max:
             raise SpecError(f"hyperparameters.{key}: SageMaker takes values of at most {value_max} characters "
                             f"(JSON-encoded, this one has {len(value)}); put large values in an input channel")
+
+
+def check_runtime(max_runtime: int, api: str) -> None:
+    """resources.max_runtime against MaxRuntimeInSeconds: at most 28 days for a training job (the
+    StoppingCondition reference; the limit is in its text, not in botocore's model), and the
+    model's own maximum for a processing job (ProcessingStoppingCondition)."""
+    if api == "CreateTrainingJob":
+        most = MAX_TRAINING_RUNTIME
+    else:
+        most = limits("sagemaker", api, "StoppingCondition", "MaxRuntimeInSeconds")["max"]
+    if max_runtime > most:
+        kind = "training" if api == "CreateTrainingJob" else "processing"
+        raise SpecError(f"resources.max_runtime: a SageMaker {kind} job runs at most {most // 86400} days "
+                        f"({most} s, StoppingCondition.MaxRuntimeInSeconds); got {max_runtime} s")
 
 
 def _throttled(exc: Exception) -> bool:
@@ -305,7 +366,7 @@ class SageMakerBackend(cloud.CloudBackend):
 
     def build(self, record: dict[str, Any], staging: str) -> cloud.Request:
         api, request = build_request(record, staging)
-        region = REGION.require()
+        region = region_name()
         training = api == "CreateTrainingJob"
         name = request["TrainingJobName" if training else "ProcessingJobName"]
         files = {} if training else {_job_folder(staging, name) + "config/hyperparameters.json":
@@ -322,7 +383,7 @@ class SageMakerBackend(cloud.CloudBackend):
         training = request.api == "CreateTrainingJob"
         method = "sagemaker.create_training_job" if training else "sagemaker.create_processing_job"
         answer = _call(f"{request.api} {request.name}", method, **request.body)
-        region = REGION.require()
+        region = region_name()
         return {"arn": answer.get("TrainingJobArn") or answer.get("ProcessingJobArn"),
                 "kind": "training" if training else "processing", "region": region,
                 "console": console_link(region, request.name, training)}
@@ -388,7 +449,7 @@ def _final_metrics(job: dict[str, Any], info: dict[str, Any], training: bool) ->
     bootstrap writes where the service uploads it)."""
     metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}
     output_path = job["OutputDataConfig"]["S3OutputPath"] if training else None
-    metrics.update(cloud.metrics_from(*_metrics_location(info, training, output_path)))
+    metrics.update(metrics_from(*_metrics_location(info, training, output_path)))
     return metrics
 
 
@@ -414,7 +475,12 @@ def _reason(job: dict[str, Any], remote: str, status: str) -> str | None:
         return f"max_runtime of {job.get('StoppingCondition', {}).get('MaxRuntimeInSeconds')}s exceeded"
     if remote == "MaxWaitTimeExceeded":
         return "no spot capacity within the wait time (MaxWaitTimeInSeconds); retry or set resources.spot=false"
-    return job.get("FailureReason") or ("stopped" if status == "stopped" else f"SageMaker reports {remote}")
+    # A processing container's own reason is its /opt/ml/output/message, reported as ExitMessage
+    # ("Save and Access Metadata Information About Your Processing Job",
+    # https://docs.aws.amazon.com/sagemaker/latest/dg/byoc-metadata.html); a training container's
+    # /opt/ml/output/failure becomes FailureReason.
+    reasons = [text.strip() for text in (job.get("FailureReason"), job.get("ExitMessage")) if text and text.strip()]
+    return "; ".join(reasons) or ("stopped" if status == "stopped" else f"SageMaker reports {remote}")
 
 
 def _read_logs(group: str, name: str, tokens: dict[str, str]) -> tuple[list[str], dict[str, str]]:

@@ -22,11 +22,15 @@ from typing import IO, Any
 from jobs import diskspace, tracking
 from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime, merge_parts, sharded
 from jobs.backends.runtimes import ParameterServerRuntime, ShardRuntime
+from jobs.core import storage
+from jobs.core.bundle import extract_bundle
 from jobs.core.contract import PARTS, Contract, final_metrics, log_metrics, unpack_model_archives
+from jobs.core.errors import DataError, FaceopsError
 from jobs.core.files import atomic_write
 from jobs.core.secrets import read_secrets, reveal
 from jobs.core.tasks import get_task
-from jobs.store import TERMINAL, Store, workdir
+from jobs.given import as_given
+from jobs.store import TERMINAL, RecordFrozen, Store, workdir
 
 LOG_NAME = "job.log"
 
@@ -83,8 +87,6 @@ class Supervisor:
         self.record = self.store.update(self.record["name"], self.record["version"], status=status, **fields)
 
     def _finish(self, status: str, reason: str | None) -> None:
-        from jobs.store import RecordFrozen
-
         metrics = final_metrics(self.contract.metrics_file)
         reason = diskspace.note_full(reason, self.folder) if status == "failed" else reason
         self._say(status + (f": {reason}" if reason and status != "done" else ""))
@@ -96,9 +98,6 @@ class Supervisor:
         self.tracker.finish(status)
 
     def _stage(self) -> None:
-        from jobs.core import storage
-        from jobs.core.bundle import extract_bundle
-
         self.contract.make_dirs()
         extract_bundle(self.bundle, self.contract.code_dir)
         # The job alone sees the literal secrets kept beside the record, so the file is its owner's only.
@@ -114,9 +113,6 @@ class Supervisor:
     def _unpack(self, channel: str) -> None:
         """A SageMaker model output staged as channel ``channel`` becomes its files, as the
         cloud bootstrap does in a container (:func:`jobs.core.contract.unpack_model_archives`)."""
-        from jobs.core.errors import DataError
-        from jobs.given import as_given
-
         try:
             if unpack_model_archives(self.contract.channel_dir(channel)) is not None:
                 self._say(f"unpacked the model archive of input {channel}")
@@ -178,8 +174,6 @@ class Supervisor:
 
     def _merge(self) -> tuple[str, str | None]:
         """The shards' parts made one output, their metrics logged as one instance would have."""
-        from jobs.core.errors import FaceopsError
-
         spec = self.record["spec"]
         self._say(f"merging the parts of {spec['resources']['instance_count']} shards")
         try:
@@ -194,8 +188,6 @@ class Supervisor:
         or the end of its log, with the exit code."""
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         if self.contract.failure_file.exists():
-            from jobs.given import as_given
-
             return f"{as_given(self.contract.failure_file.read_text().strip(), self.folder, self.record['spec']['inputs'])} ({how})"
         tail = [line for line in (self.folder / LOG_NAME).read_text(errors="replace").splitlines()
                 if line.strip() and not line.startswith("[faceops]")][-3:]
@@ -226,8 +218,6 @@ class Supervisor:
             killer.start()
 
     def _upload(self) -> None:
-        from jobs.core import storage
-
         for name, uri in self.record["spec"]["outputs"].items():
             self._say(f"uploading output {name} to {uri}")
             storage.upload(self.contract.output_dir(name), uri, progress=False)

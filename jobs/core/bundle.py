@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Iterator, Sequence
 
 from jobs.core.config import home, setting
-from jobs.core.errors import SpecError
+from jobs.core.errors import NotFoundError, SpecError
 from jobs.core.secrets import redact_yaml
 
 EXCLUDED_DIRS = {".git", "__pycache__", ".venv", "venv", ".pytest_cache", "node_modules", "build", "dist",
@@ -165,8 +165,6 @@ def stored_bundle(sha256: str) -> Bundle:
     """The bundle with hash ``sha256`` from the state folder (``job rerun`` reuses the parent's)."""
     path = home() / "bundles" / f"{sha256}.tar.gz"
     if not path.exists():
-        from jobs.core.errors import NotFoundError
-
         raise NotFoundError(f"code bundle {sha256[:12]} is no longer in {path.parent}; rerun with --new-code")
     with tarfile.open(path) as tar:
         count = sum(1 for m in tar.getmembers() if m.isfile())

@@ -11,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from jobs.core.errors import SpecError
+
 
 def home() -> Path:
     """Return the faceops state folder, creating it on first use."""
@@ -36,8 +38,6 @@ def load_config() -> dict[str, Any]:
 @lru_cache(maxsize=8)
 def _read_config(path: str, mtime: int) -> dict[str, Any]:
     import yaml
-
-    from jobs.core.errors import SpecError
 
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}

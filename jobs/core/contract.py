@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,25 @@ CONTAINER_ROOT = Path("/opt/ml")
 # bundle, and is read from the job's environment only when the job starts.
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 BOOTSTRAP = "faceops-cloud-bootstrap"
-# Channel and output names faceops itself uses on cloud services (reserved for users).
-CODE_CHANNEL = "faceops-code"
-JOB_CHANNEL = "faceops-job"
-OUTPUT_CHANNEL = "faceops-output"
-# ModelArts appends the job's parameters to the command after this marker, as --name=value.
+# Where the images install the bootstrap and the interpreter it runs on: ModelArts presets PATH in
+# training containers, so its start command names both by absolute path.
+BOOTSTRAP_PATH = "/opt/faceops/bin/" + BOOTSTRAP
+IMAGE_PYTHON = "/opt/venv/bin/python3"
+# Channel and output names faceops itself uses on cloud services (reserved for users). Letters,
+# digits and underscores: ModelArts' ``access_method: env`` names a variable after each, and
+# variable names take only those.
+CODE_CHANNEL = "faceops_code"
+JOB_CHANNEL = "faceops_job"
+OUTPUT_CHANNEL = "faceops_output"
+# ModelArts: the job's checkpoints, uploaded to OBS under the remote job's name as they are
+# written (an output) and downloaded again when the job starts (an input, into RESUME_CHANNEL).
+CHECKPOINT_CHANNEL = "faceops_checkpoints"
+RESUME_CHANNEL = "faceops_resume"
+# Put in a new checkpoint folder on OBS so that it exists when ModelArts first downloads it; never
+# copied into the checkpoints.
+CHECKPOINT_MARKER = ".faceops-checkpoints"
+RESERVED_CHANNELS = (CODE_CHANNEL, JOB_CHANNEL, OUTPUT_CHANNEL, CHECKPOINT_CHANNEL, RESUME_CHANNEL)
+# What ModelArts (or a console edit) appends to the start command comes after this marker.
 PARAMETERS_FLAG = "--faceops-parameters"
 
 
@@ -123,6 +138,7 @@ class ServiceLayout:
     inputs: Path
     outputs: Path
     metrics_file: Path
+    failure_file: Path
     model_dir: Path | None = None
 
     def channel_dir(self, name: str) -> Path:
@@ -144,13 +160,16 @@ def service_layout(kind: str, root: Path = CONTAINER_ROOT) -> ServiceLayout:
     faceops' own output channel."""
     if kind == "sagemaker-training":
         return ServiceLayout(root / "input" / "data", root / "output" / "data",
-                             root / "output" / "data" / "metrics.jsonl", root / "model")
+                             root / "output" / "data" / "metrics.jsonl", root / "output" / "failure", root / "model")
     if kind == "sagemaker-processing":
+        # A processing job reports /opt/ml/output/message as DescribeProcessingJob's ExitMessage
+        # (https://docs.aws.amazon.com/sagemaker/latest/dg/byoc-metadata.html); it has no failure file.
         base = root / "processing"
-        return ServiceLayout(base / "input", base / "output", base / "output" / OUTPUT_CHANNEL / "metrics.jsonl")
+        return ServiceLayout(base / "input", base / "output", base / "output" / OUTPUT_CHANNEL / "metrics.jsonl",
+                             root / "output" / "message")
     if kind == "modelarts":
         return ServiceLayout(root / "input" / "data", root / "output" / "data",
-                             root / "output" / "faceops" / "metrics.jsonl", root / "model")
+                             root / "output" / "faceops" / "metrics.jsonl", root / "output" / "failure", root / "model")
     raise ValueError(f"unknown service layout {kind!r}; known: {', '.join(SERVICE_LAYOUTS)}")
 
 
@@ -190,7 +209,7 @@ def resolve_env(hyperparameters: dict[str, Any], environ: Any) -> dict[str, Any]
         match = ENV_REF.fullmatch(value.strip()) if isinstance(value, str) else None
         if match:
             if match.group(1) not in environ:
-                from jobs.core.errors import SpecError
+                from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
 
                 raise SpecError(f"hyperparameters.{key}: the job's environment has no variable {match.group(1)}")
             value = environ[match.group(1)]
@@ -300,8 +319,6 @@ def model_archives(folder: Path) -> list[Path]:
 def extract_archive(archive: Path, dest: Path) -> None:
     """Unpack the tarball ``archive`` into the folder ``dest`` with tarfile's ``data`` filter
     (no absolute paths, no links or members outside ``dest``, no device files)."""
-    import tarfile
-
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive) as tar:

@@ -17,8 +17,16 @@ Held to the service, not to our assumptions:
   the name pattern (1-64 letters, digits, ``_``, ``-``) and ``access_method`` outside parameter/env.
 - Channels: an input or output without ``access_method`` (default ``parameter``, per the SDK's
   Input/Output) is appended to the command as ``--<name>=<local_dir>``; with ``env`` it becomes
-  a variable named after the channel (https://support.huaweicloud.com/drawer-modelarts/ma_drawer_008.html).
+  a variable named after the channel (https://support.huaweicloud.com/drawer-modelarts/ma_drawer_008.html);
+  variable names are letters, digits and underscores, so a channel named otherwise gets none.
   Parameters are appended as ``--<name>=<value>``.
+- The start command: ModelArts' docs allow ``;`` and ``&&`` in it and want the script last when
+  there are hyperparameters (a shell), while another page says jobs do not run in a shell, so
+  :meth:`ModelArtsServer.container` reads it both ways (``shell=True``: the command with the
+  appended arguments as a POSIX shell splits it, quotes removed; ``False``: split on blanks,
+  each appended argument one word). PATH is among the variables ModelArts presets ("Environment
+  Variables Preset in a Training Container", below), so the container gets one without the image's
+  own folders; the start folder is /home/ma-user (:data:`START_FOLDER`).
 - Node variables: MA_NUM_HOSTS, VC_WORKER_NUM, VC_TASK_INDEX, VC_WORKER_HOSTS, MA_TASK_NAME,
   MA_VJ_NAME, MA_CURRENT_IP, as preset in training containers
   (https://support.huaweicloud.com/intl/en-us/usermanual-standard-modelarts/develop-modelarts-0104.html).
@@ -51,6 +59,9 @@ from urllib.parse import quote, unquote, urlsplit, parse_qsl
 
 from tests.harness.net import ServerThread
 
+START_FOLDER = "/home/ma-user"  # the working directory of a training container
+PRESET_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOG_WINDOW = 5 * 1024 * 1024  # the preview's "n MB": current_size "at most 5 MB"
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ACCESS_METHODS = ("parameter", "env")
@@ -265,31 +276,45 @@ class ModelArtsServer(ServerThread):
         key = (job_id, task)
         self.state.logs[key] = self.state.logs.get(key, "") + text
 
-    def container(self, job_id: str, node: int = 0, hosts: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    def container(self, job_id: str, node: int = 0, hosts: list[str] | None = None,
+                  shell: bool = True) -> tuple[list[str], dict[str, str]]:
         """The argv and the variables (beyond the image's own) that ModelArts starts node
-        ``node``'s container of a created job with: the command with parameters and
-        ``parameter``-access channels appended, ``env``-access channels and the job's
-        environments as variables, and the preset node variables; ``hosts`` stands in for the
-        nodes' domain names (the service's own: ``<vj>-worker-N.<vj>``)."""
+        ``node``'s container of a created job with: the command with ``parameter``-access
+        channels and the parameters appended (read through a shell, or split on blanks:
+        ``shell``), ``env``-access channels and the job's environments as variables, the preset
+        PATH and node variables; ``hosts`` stands in for the nodes' domain names (the service's
+        own: ``<vj>-worker-N.<vj>``)."""
         job = self.state.jobs[job_id]
         algorithm, count = job["algorithm"], job["spec"]["resource"].get("node_count") or 1
         vj = f"modelarts-job-{job_id}"
         hosts = hosts or [f"{vj}-worker-{n}.{vj}" for n in range(count)]
-        argv, env = shlex.split(algorithm["command"]), dict(algorithm.get("environments") or {})
+        appended, env = [], dict(algorithm.get("environments") or {})
         for channel in [*(algorithm.get("inputs") or []), *(algorithm.get("outputs") or [])]:
-            if channel.get("access_method", "parameter") == "env":
+            if channel.get("access_method", "parameter") != "env":
+                appended.append(f"--{channel['name']}={channel['local_dir']}")
+            elif VARIABLE_RE.match(channel["name"]):
                 env[channel["name"]] = channel["local_dir"]
-            else:
-                argv.append(f"--{channel['name']}={channel['local_dir']}")
-        argv += [f"--{p['name']}={p['value']}" for p in algorithm.get("parameters") or []]
-        env.update(MA_NUM_HOSTS=str(count), VC_WORKER_NUM=str(count), VC_TASK_INDEX=str(node),
+        appended += [f"--{p['name']}={p['value']}" for p in algorithm.get("parameters") or []]
+        if shell:
+            argv = shlex.split(" ".join([algorithm["command"], *appended]))
+        else:
+            argv = algorithm["command"].split() + appended
+        env.update(PATH=PRESET_PATH, MA_NUM_HOSTS=str(count), VC_WORKER_NUM=str(count), VC_TASK_INDEX=str(node),
                    VC_WORKER_HOSTS=",".join(hosts), MA_TASK_NAME="worker", MA_VJ_NAME=vj, MA_CURRENT_IP=f"192.168.0.{node + 10}")
         return argv, env
 
-    def export_logs(self, put: Any) -> None:
+    def export_logs(self, put: Any, rotate_at: int | None = None) -> None:
         """Upload every task's full log to the job's ``log_export_path`` as ModelArts does
-        (every few seconds while the job runs): ``put(bucket, key, data)`` writes one object."""
+        (every few seconds while the job runs): ``put(bucket, key, data)`` writes one object.
+        With ``rotate_at`` the log is rotated every that many bytes, as newer platform versions
+        do: the older pieces as ``modelarts-job-<job id>-<task>-<n>.log`` (1 the oldest, names
+        the docs do not give), the newest under the documented name."""
         for (job_id, task), text in self.state.logs.items():
             folder = self.state.jobs[job_id]["spec"]["log_export_path"]["obs_url"].strip("/")
             bucket, _, prefix = folder.partition("/")
-            put(bucket, f"{prefix}/modelarts-job-{job_id}-{task}.log".lstrip("/"), text.encode())
+            data = text.encode()
+            step = rotate_at or max(len(data), 1)
+            pieces = [data[at:at + step] for at in range(0, len(data), step)] or [b""]
+            for number, piece in enumerate(pieces[:-1], 1):
+                put(bucket, f"{prefix}/modelarts-job-{job_id}-{task}-{number}.log".lstrip("/"), piece)
+            put(bucket, f"{prefix}/modelarts-job-{job_id}-{task}.log".lstrip("/"), pieces[-1])

@@ -11,7 +11,11 @@ What is moto and what is ours, honestly:
   botocore's ``ParamValidator`` and :func:`jobs.backends.service_model.problems` for the
   max/pattern/enum limits ParamValidator skips, refused with the service's ``ValidationException``
   (https://docs.aws.amazon.com/sagemaker/latest/APIReference/CommonErrors.html);
-  StopTrainingJob (moto has none), refusing a duplicate job name
+  StopTrainingJob (moto has none), refusing an ECR image outside the job's region (the service's
+  ValidationException "Invalid region ... in image URI": cross-region ECR pulls are not allowed),
+  a processing job's ExitMessage (what its container wrote to /opt/ml/output/message,
+  https://docs.aws.amazon.com/sagemaker/latest/dg/byoc-metadata.html, set with
+  :meth:`SageMakerServer.set_processing`), refusing a duplicate job name
   (moto silently overwrites), quota errors for the
   instance types a test names, and ThrottlingException for the next N calls.
 - moto runs no containers, so jobs start Completed; :meth:`SageMakerServer.set_training` changes
@@ -95,6 +99,12 @@ class ExtrasMiddleware:
             kind, instance = "processing", request["ProcessingResources"]["ClusterConfig"]["InstanceType"]
         else:
             return None
+        image = (request.get("AlgorithmSpecification") or request.get("AppSpecification") or {}).get(
+            "TrainingImage") or request.get("AppSpecification", {}).get("ImageUri", "")
+        image_region = image.split("/", 1)[0].split(".")[3:4]
+        if image_region and image_region != [REGION]:
+            return "ValidationException", (f"Invalid region {image_region[0]} in image URI {image}. "
+                                           f"Please provide an image URI in region {REGION}.")
         if name in existing:
             return "ResourceInUse", (f"{kind.capitalize()} job names must be unique within an AWS account and region, "
                                      f"and a {kind} job with this name already exists ({existing[name].arn})")

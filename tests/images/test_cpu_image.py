@@ -24,6 +24,7 @@ import pytest
 
 from images.build import IMAGES_DIR, build
 from images.debian_base import BUILD_CA, host_mirror, import_rootfs, rootfs
+from jobs.core.contract import BOOTSTRAP_PATH, IMAGE_PYTHON
 from jobs.core.tasks import get_task
 from jobs.store import Store
 from tests.harness.docker import DockerEngine, running_docker_engine
@@ -244,15 +245,22 @@ def test_bootstrap_runs_as_the_modelarts_user_in_the_image(cpu_image, image_engi
         print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "hp": job.hyperparameters,
                           "model": sorted(os.listdir(job.model_dir)), "metrics": job.metrics_file.exists()}))
     """))
-    channel = tmp_path / "faceops-code"
+    channel = tmp_path / "faceops_code"
     stage_bundle(channel, code)
     for path in (channel, *channel.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
-    env = {"FACEOPS_CHANNELS": "", "FACEOPS_OUTPUTS": "model", "FACEOPS_PARAMETERS": "lr",
-           "faceops-code": "/opt/ml/input/data/faceops-code", "PYTHONPATH": "/opt/faceops/bin"}
+    job = tmp_path / "faceops_job"
+    job.mkdir()
+    (job / "hyperparameters.json").write_text('{"lr": 0.1}')
+    job.chmod(0o755), (job / "hyperparameters.json").chmod(0o644)
+    # As ModelArts starts it: interpreter and bootstrap by absolute path, under a PATH without the image's folders.
+    env = {"FACEOPS_CHANNELS": "", "FACEOPS_OUTPUTS": "model", "PATH": "/usr/bin:/bin",
+           "faceops_code": "/opt/ml/input/data/faceops_code", "faceops_job": "/opt/ml/input/data/faceops_job",
+           "PYTHONPATH": "/opt/faceops/bin"}
     out = image_engine.client().containers.run(
-        cpu_image, ["faceops-cloud-bootstrap", "modelarts", "python", "train.py", "--faceops-parameters", "--lr=0.1"],
-        user="1000:100", environment=env, remove=True, network_mode="none",
-        volumes={str(channel): {"bind": "/opt/ml/input/data/faceops-code", "mode": "ro"}})
+        cpu_image, [IMAGE_PYTHON, BOOTSTRAP_PATH, "modelarts", "python", "train.py", "--faceops-parameters"],
+        user="1000:100", environment=env, remove=True, network_mode="none", working_dir="/home/ma-user",
+        volumes={str(channel): {"bind": "/opt/ml/input/data/faceops_code", "mode": "ro"},
+                 str(job): {"bind": "/opt/ml/input/data/faceops_job", "mode": "ro"}})
     seen = json.loads(out.decode().strip().splitlines()[-1])
     assert seen == {"uid": 1000, "gid": 100, "hp": {"lr": 0.1}, "model": ["model.txt"], "metrics": True}

@@ -92,8 +92,8 @@ def test_requirements_match_setup_py():
     """The images' one requirements list pins what setup.py pins (mxnet aside: the build arg)."""
     tree = ast.parse((ROOT / "setup.py").read_text())
     lists = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-             for t in n.targets if isinstance(t, ast.Name) and t.id in ("TRAIN", "INFERENCE")}
-    wanted = requirement_names(lists["TRAIN"] + lists["INFERENCE"])
+             for t in n.targets if isinstance(t, ast.Name) and t.id in ("TRAIN", "INFERENCE", "SERVE")}
+    wanted = requirement_names(lists["TRAIN"] + lists["INFERENCE"] + lists["SERVE"])
     wanted.pop("mxnet")
     shipped = requirement_names((IMAGES_DIR / "requirements.txt").read_text().splitlines()
                                 + (IMAGES_DIR / "requirements-nodeps.txt").read_text().splitlines())

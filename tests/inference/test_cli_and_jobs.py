@@ -17,8 +17,10 @@ def test_gallery_commands_and_identify(runner, split, model_dir, tmp_path):
     built = json.loads(result.output)
     assert built["people"] == 8 and built["embeddings"] == 40 and (db / "gallery.json").exists()
 
+    # --detector/--recognizer: the names `faceops serve` documents, accepted by every model command
     result = runner("identify", split / "probe", "--gallery", db, "--out", tmp_path / "report",
-                    "--models", model_dir, "--truth-from-folders", "--top-k", "3", "--json")
+                    "--detector", model_dir, "--recognizer", model_dir, "--truth-from-folders",
+                    "--top-k", "3", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["metrics"]["rank1"] >= 0.9 and summary["metrics"]["unknown_rejection"] >= 0.85

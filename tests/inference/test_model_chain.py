@@ -92,9 +92,9 @@ def test_the_bootstrap_unpacks_a_model_output_in_every_channel(tmp_path, model_d
     (base / "init" / "model.tar.gz").write_bytes(model_tarball(model_dir / "w600k_mbf.onnx"))
     (base / "images").mkdir()
     (base / "images" / "a.jpg").write_bytes(b"jpeg")
-    stage_bundle(base / "faceops-code", code)
-    (base / "faceops-job").mkdir()
-    (base / "faceops-job" / "hyperparameters.json").write_text("{}")
+    stage_bundle(base / "faceops_code", code)
+    (base / "faceops_job").mkdir()
+    (base / "faceops_job" / "hyperparameters.json").write_text("{}")
     done = run_bootstrap(["sagemaker-processing", "python", "show.py"],
                          env={"FACEOPS_OPT_ML": str(tmp_path / "opt-ml"), "PYTHONPATH": str(REPO),
                               "FACEOPS_CHANNELS": "recognizer,init,images", "FACEOPS_OUTPUTS": ""})

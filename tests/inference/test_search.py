@@ -48,3 +48,24 @@ def test_faiss_path_is_exact_on_an_exact_index():
     scanned = gallery.search(queries, 5)
     indexed = search_index(index, gallery.labels, queries, 5)
     assert (scanned[0] == indexed[0]).all() and np.allclose(scanned[1], indexed[1], atol=1e-5)
+
+
+def test_an_exact_gallery_is_loaded_and_searched_without_faiss(tmp_path):
+    """faiss costs 0.1-0.2 s to import: a flat gallery (scanned) never needs it, an approximate one
+    still reads its stored index. Run in a fresh interpreter, where nothing imported faiss before."""
+    import subprocess
+    import sys
+
+    from inference.gallery_store import save
+
+    rng = np.random.default_rng(3)
+    embeddings = rng.standard_normal((40, DIM)).astype(np.float32)
+    names = [f"p{i // 4}" for i in range(40)]
+    for kind in ("flat", "hnsw"):
+        gallery = from_embeddings(embeddings, names, IDENTITY, index=kind)
+        save(gallery, tmp_path / kind)
+    probe = ("import sys; from inference.gallery_store import load; g = load(sys.argv[1]); "
+             "p, _ = g.search(g.embeddings[:3], 2); print(int(p[0, 0]), 'faiss' in sys.modules)")
+    runs = {kind: subprocess.run([sys.executable, "-c", probe, str(tmp_path / kind)], capture_output=True, text=True,
+                                 timeout=120, check=True).stdout.split() for kind in ("flat", "hnsw")}
+    assert runs == {"flat": ["0", "False"], "hnsw": ["0", "True"]}

@@ -32,11 +32,23 @@ def training_code(folder: Path) -> Path:
 
 def stage_bundle(dest: Path, root: Path, names: list[str] | None = None) -> None:
     """The code bundle of ``root`` (``names`` in it, else all) as ``dest/code.tar.gz``, where the
-    bootstrap finds the faceops-code input channel."""
+    bootstrap finds the faceops_code input channel."""
     from jobs.core.bundle import build_bundle
 
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "code.tar.gz").write_bytes(build_bundle(root, names, store=False).path.read_bytes())
+
+
+def stage_job_file(root: Path, hyperparameters: dict) -> None:
+    """The typed hyperparameters where a ModelArts container finds its faceops_job input under
+    ``root`` (the container's /opt/ml)."""
+    import json
+
+    from jobs.core.contract import JOB_CHANNEL
+
+    folder = root / "input" / "data" / JOB_CHANNEL
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hyperparameters.json").write_text(json.dumps(hyperparameters))
 
 
 def run_bootstrap(argv: list[str], env: dict[str, str], timeout: float = 60,

@@ -26,3 +26,6 @@ def test_demo_runs_the_pipeline(runner, tmp_path, monkeypatch, faceops_home):
     # 17 known people and 3 strangers, two probe photos each; measured: rank-1 1.0, rejection 0.67.
     assert (metrics["known_probes"], metrics["unknown_probes"]) == (34, 6)
     assert metrics["rank1"] >= 0.9 and metrics["unknown_rejection"] >= 0.5
+    # It ends with the command that serves the gallery it built.
+    assert result.output.rstrip().endswith("$ faceops serve --gallery demo/gallery")
+    assert (tmp_path / "demo" / "gallery" / "gallery.json").is_file()

@@ -17,8 +17,9 @@ import pytest
 
 from jobs.store import Store, workdir
 from tests.harness.modelarts import ModelArtsServer
+from jobs.core.contract import BOOTSTRAP_PATH, IMAGE_PYTHON, JOB_CHANNEL, RESUME_CHANNEL
 from tests.jobs.cloud import (METRICS_JOB, REPO, printed_metrics, pushed_job, refused, run_bootstrap, stage_bundle,
-                              training_code)
+                              stage_job_file, training_code)
 
 SWR = "swr.cn-north-4.myhuaweicloud.com"
 DIGEST = "sha256:" + "cd" * 32
@@ -81,22 +82,32 @@ def test_dry_run_shows_the_request_without_keys(runner, modelarts, spec, s3_buck
                                                "faceops/code": code_hash[:12], "faceops/image-digest": DIGEST,
                                                "fault-tolerance/job-retry-num": "2"}
     algorithm = body["algorithm"]
-    assert algorithm["command"] == "faceops-cloud-bootstrap modelarts python train.py --log-every 10 --faceops-parameters"
-    assert algorithm["parameters"] == [{"name": "lr", "value": "0.1"}, {"name": "epochs", "value": "20"},
-                                       {"name": "network", "value": '"r50"'}, {"name": "flip", "value": "true"}]
+    # Interpreter and bootstrap by absolute path; no parameters on the command (they travel as a file).
+    assert algorithm["command"] == ("/opt/venv/bin/python3 /opt/faceops/bin/faceops-cloud-bootstrap modelarts "
+                                    "python train.py --log-every 10 --faceops-parameters")
+    assert "parameters" not in algorithm
+    assert plan["uploads"][-2:] == [
+        {"from": "job file", "to": f"s3://{s3_bucket}/faceops/jobs/{name}/config/hyperparameters.json"},
+        {"from": "job file", "to": f"s3://{s3_bucket}/faceops/checkpoints/{name}/.faceops-checkpoints"}]
     assert algorithm["engine"] == {"image_url": f"faceops/train@{DIGEST}"}  # the pushed digest, not the tag
     assert algorithm["inputs"] == [
         {"name": "train", "local_dir": "/opt/ml/input/data/train", "access_method": "env",
          "remote": {"obs": {"obs_url": f"/{s3_bucket}/recognition_train_data/"}}},
-        {"name": "faceops-code", "local_dir": "/opt/ml/input/data/faceops-code", "access_method": "env",
-         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/bundles/{code_hash}/"}}}]
+        {"name": "faceops_code", "local_dir": "/opt/ml/input/data/faceops_code", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/bundles/{code_hash}/"}}},
+        {"name": "faceops_job", "local_dir": "/opt/ml/input/data/faceops_job", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/config/"}}},
+        {"name": "faceops_resume", "local_dir": "/opt/ml/input/data/faceops_resume", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/checkpoints/{name}/"}}}]
     assert algorithm["outputs"] == [
         {"name": "model", "local_dir": "/opt/ml/model", "access_method": "env",
          "remote": {"obs": {"obs_url": f"/{s3_bucket}/models/face-recognition/"}}},
-        {"name": "faceops-output", "local_dir": "/opt/ml/output/faceops", "access_method": "env",
-         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/output/"}}}]
+        {"name": "faceops_output", "local_dir": "/opt/ml/output/faceops", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/output/"}}},
+        # Checkpoints synced to OBS under the remote job's unique name, and downloaded again (faceops_resume).
+        {"name": "faceops_checkpoints", "local_dir": "/opt/ml/checkpoints", "access_method": "env",
+         "remote": {"obs": {"obs_url": f"/{s3_bucket}/faceops/checkpoints/{name}/"}}}]
     assert algorithm["environments"] == {"FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model",
-                                         "FACEOPS_PARAMETERS": "lr,epochs,network,flip",
                                          "FACEOPS_PARAMETER_SERVER": "1"}
     assert body["spec"] == {"resource": {"flavor_id": "modelarts.p3.large.public", "node_count": 2},
                             "log_export_path": {"obs_url": f"/{s3_bucket}/faceops/jobs/{name}/logs/"},
@@ -227,34 +238,56 @@ def test_name_collision_names_the_existing_job(runner, modelarts, spec):
 
 SHOW = ("import json, os, sys\nfrom jobs.core.contract import from_env\njob = from_env()\n"
         "(job.model_dir / 'seen.json').write_text(json.dumps({'hp': job.hyperparameters, 'argv': sys.argv[1:],\n"
-        "    'train': str(job.channel('train')), 'uid': os.getuid()}))\n")
+        "    'train': str(job.channel('train')), 'uid': os.getuid(), 'checkpoints': sorted(os.listdir(job.checkpoint_dir))}))\n")
 
 
-def container_run(modelarts, job_id: str, root: Path, tmp_path: Path, access: str | None = None, program: str = SHOW):
+def download_obs(s3_env, obs_url: str, dest: Path) -> None:
+    """What ModelArts does for an input before the container starts: the OBS folder's objects into ``dest``."""
+    bucket, _, prefix = obs_url.strip("/").partition("/")
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in s3_env.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", []):
+        target = dest / item["Key"][len(prefix) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(s3_env.client().get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+
+
+def container_run(modelarts, s3_env, job_id: str, root: Path, tmp_path: Path, access: str | None = None,
+                  program: str = SHOW, shell: bool = True, extra: dict[str, str] | None = None):
     """Node 0's container of a created job, as ModelArts starts it (tests/harness/modelarts.py),
-    run here with its /opt/ml at ``root`` and ``program`` as the spec's train.py; ``access``
-    overrides every channel's access_method (None: as submitted) to see what a job edited in the
-    console would pass."""
-    job = modelarts.state.jobs[job_id]
+    run here with its /opt/ml at ``root``, faceops' own inputs downloaded from the object storage
+    the submit staged them on, ``program`` as the spec's train.py, and the command read through a
+    shell or not (``shell``); ``access`` overrides every channel's access_method (None: as
+    submitted) to see what a job edited in the console would pass. The image's interpreter and
+    bootstrap (named by absolute path) are this Python and the checkout's; the start folder is an
+    empty stand-in for /home/ma-user."""
+    submitted = modelarts.state.jobs[job_id]
+    job = modelarts.state.jobs[job_id] = json.loads(json.dumps(submitted))  # this run's copy, for a restart to start afresh
     for channel in [*job["algorithm"]["inputs"], *job["algorithm"]["outputs"]]:
         if access == "parameter":
             channel.pop("access_method", None)  # the SDK's default
         channel["local_dir"] = channel["local_dir"].replace("/opt/ml", str(root))
+        if channel["name"] in (JOB_CHANNEL, RESUME_CHANNEL):
+            download_obs(s3_env, channel["remote"]["obs"]["obs_url"], Path(channel["local_dir"]))
     code = tmp_path / "src"
     code.mkdir(exist_ok=True)
     (code / "train.py").write_text(program)  # the spec's entrypoint
-    stage_bundle(root / "input" / "data" / "faceops-code", code)
-    argv, env = modelarts.container(job_id)
-    assert argv[0] == "faceops-cloud-bootstrap"
-    return run_bootstrap(argv[1:], env={**env, "FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
+    stage_bundle(root / "input" / "data" / "faceops_code", code)
+    argv, env = modelarts.container(job_id, shell=shell)
+    modelarts.state.jobs[job_id] = submitted
+    assert argv[:2] == [IMAGE_PYTHON, BOOTSTRAP_PATH] and "/opt/faceops/bin" not in env["PATH"]
+    start = tmp_path / "home-ma-user"
+    start.mkdir(exist_ok=True)
+    return run_bootstrap(argv[2:], env={**env, **(extra or {}), "FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)},
+                         cwd=start)
 
 
 @pytest.mark.parametrize("access", [None, "parameter"])
-def test_bootstrap_takes_what_a_modelarts_container_passes(runner, modelarts, spec, tmp_path, access):
+def test_bootstrap_takes_what_a_modelarts_container_passes(runner, modelarts, spec, tmp_path, s3_env, access):
     """The container side, started as the harness says ModelArts starts it: with the submitted
-    ``access_method: env`` the channels arrive as variables; with the default ``parameter`` (a
-    job edited in the console) they are appended as --train=... --model=..., and neither is taken
-    for a hyperparameter."""
+    ``access_method: env`` the channels arrive as variables (faceops' own are named with letters,
+    digits and underscores, as variable names must be); with the default ``parameter`` (a job
+    edited in the console) they are appended as --train=... --model=..., and neither is taken for
+    a hyperparameter."""
     spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1"))
     assert runner("job", "submit", spec, "--detach").exit_code == 0
     job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
@@ -262,12 +295,76 @@ def test_bootstrap_takes_what_a_modelarts_container_passes(runner, modelarts, sp
     argv, env = modelarts.container(job_id)
     if access is None:
         assert env["train"] == "/opt/ml/input/data/train" and not any(a.startswith("--train=") for a in argv)
-    done = container_run(modelarts, job_id, root, tmp_path, access)
+        assert {"faceops_code", "faceops_job", "faceops_resume", "faceops_output", "faceops_checkpoints"} <= set(env)
+    done = container_run(modelarts, s3_env, job_id, root, tmp_path, access)
     assert done.returncode == 0, done.stderr
     seen = json.loads((root / "model" / "seen.json").read_text())
     assert seen["hp"] == {"lr": 0.1, "network": "r50", "flip": True, "epochs": 20}
     assert seen["argv"] == ["--log-every", "10"] and seen["train"] == str(root / "input" / "data" / "train")
     assert "ignoring" not in done.stderr
+
+
+def test_a_channel_name_that_is_no_variable_name_falls_back_to_its_folder(runner, modelarts, spec, tmp_path, s3_env):
+    """ModelArts names a variable after each ``env`` channel, and variable names are letters,
+    digits and underscores: ``train-set`` gets none, and the bootstrap finds it in its folder."""
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1").replace("  train: ", "  train-set: "))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    assert "train-set" not in modelarts.container(job_id)[1]
+    root = tmp_path / "opt-ml"
+    program = SHOW.replace("job.channel('train')", "job.channel('train-set')")
+    done = container_run(modelarts, s3_env, job_id, root, tmp_path, program=program)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((root / "model" / "seen.json").read_text())["train"] == str(root / "input" / "data" / "train-set")
+
+
+@pytest.mark.parametrize("shell", [True, False])
+def test_parameters_read_the_same_with_and_without_a_shell(runner, modelarts, spec, tmp_path, s3_env, shell):
+    """The hyperparameters travel as a file in the faceops_job input and the command holds none, so
+    quotes, ``${env:NAME}`` and lists arrive typed whichever way ModelArts reads the command. The
+    double shows what parameters on the command would suffer: a shell strips JSON's quotes."""
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1").replace(
+        "flip: true}", 'flip: true, token: "${env:API_TOKEN}", sizes: [112, 96], note: "a b; c"}'))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    root = tmp_path / "opt-ml"
+    done = container_run(modelarts, s3_env, job_id, root, tmp_path, shell=shell, extra={"API_TOKEN": "tok-123"})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads((root / "model" / "seen.json").read_text())
+    assert seen["hp"] == {"lr": 0.1, "epochs": 20, "network": "r50", "flip": True, "token": "tok-123",
+                          "sizes": [112, 96], "note": "a b; c"}
+    assert seen["argv"] == ["--log-every", "10"]
+
+    modelarts.state.jobs[job_id]["algorithm"]["parameters"] = [{"name": "network", "value": '"r50"'}]
+    assert modelarts.container(job_id, shell=shell)[0][-1] == ("--network=r50" if shell else '--network="r50"')
+
+
+def test_an_entrypoint_word_a_shell_would_change_is_refused(runner, modelarts, spec):
+    spec.write_text(spec.read_text().replace('--log-every, "10"]', '--name, "a b"]'))
+    output = refused(runner, spec, "--dry-run")
+    assert "'a b' would read differently with and without a shell" in output
+
+
+def test_training_resumes_from_its_checkpoints_on_obs(runner, modelarts, spec, tmp_path, s3_env, s3_bucket):
+    """The checkpoint folder sits under the remote job's unique name; what the job's earlier run
+    synced there (the faceops_checkpoints output) is downloaded on a restart (faceops_resume) and
+    put where the training loop restores it, without the folder's marker."""
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1"))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    record = Store().get("face-recognition", 1)
+    job_id, name = record["backend_info"]["job_id"], record["backend_info"]["remote_name"]
+    folder = f"faceops/checkpoints/{name}/"
+    assert s3_env.client().get_object(Bucket=s3_bucket, Key=folder + ".faceops-checkpoints")
+    first = tmp_path / "first"
+    assert container_run(modelarts, s3_env, job_id, first, tmp_path).returncode == 0
+    assert json.loads((first / "model" / "seen.json").read_text())["checkpoints"] == []
+
+    s3_env.client().put_object(Bucket=s3_bucket, Key=folder + "model-0003.params", Body=b"weights")
+    again = tmp_path / "restart"
+    done = container_run(modelarts, s3_env, job_id, again, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((again / "model" / "seen.json").read_text())["checkpoints"] == ["model-0003.params"]
+    assert (again / "checkpoints" / "model-0003.params").read_bytes() == b"weights"
 
 
 def test_bootstrap_ignores_arguments_that_are_not_the_jobs(tmp_path):
@@ -276,14 +373,16 @@ def test_bootstrap_ignores_arguments_that_are_not_the_jobs(tmp_path):
     code.mkdir()
     (code / "show.py").write_text(SHOW)
     root = tmp_path / "opt-ml"
-    stage_bundle(root / "input" / "data" / "faceops-code", code)
-    done = run_bootstrap(["modelarts", "python", "show.py", "--faceops-parameters", "--lr=0.1", "--task_name=worker",
+    stage_bundle(root / "input" / "data" / "faceops_code", code)
+    stage_job_file(root, {"lr": 0.1})
+    done = run_bootstrap(["modelarts", "python", "show.py", "--faceops-parameters", "--lr=0.5", "--task_name=worker",
                           "--train=/elsewhere/train", "stray"],
                          env={"FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "train", "FACEOPS_OUTPUTS": "model",
-                              "FACEOPS_PARAMETERS": "lr", "PYTHONPATH": str(REPO)})
+                              "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     seen = json.loads((root / "model" / "seen.json").read_text())
     assert seen["hp"] == {"lr": 0.1} and seen["train"] == "/elsewhere/train"
+    assert "ignoring '--lr=0.5'" in done.stderr
     assert "ignoring '--task_name=worker'" in done.stderr and "ignoring 'stray'" in done.stderr
 
 
@@ -334,6 +433,34 @@ def test_logs_follow_past_the_preview_window(runner, modelarts, spec, s3_env, s3
     assert sum(1 for r in modelarts.state.requests if r[1].endswith("/logs/preview")) == previews
 
 
+def test_a_rotated_exported_log_is_read_as_one_stream(runner, modelarts, spec, s3_env, s3_bucket):
+    """Newer platform versions rotate the exported log: the pieces named after the task's log are
+    read oldest first and the documented file last, from the same byte offsets, so a follower
+    misses and repeats nothing across a rotation; no preview is asked for."""
+    spec.write_text(spec.read_text().replace("instance_count: 2", "instance_count: 1"))
+    assert runner("job", "submit", spec, "--detach").exit_code == 0
+    job_id = Store().get("face-recognition", 1)["backend_info"]["job_id"]
+    modelarts.set_phase(job_id, "Running")
+    from jobs.backends.modelarts import ModelArtsBackend
+
+    def put(bucket: str, key: str, data: bytes) -> None:
+        s3_env.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+    record = Store().get("face-recognition", 1)
+    modelarts.append_log(job_id, "worker-0", "".join(f"line {n}\n" for n in range(1, 8)))
+    modelarts.export_logs(put, rotate_at=20)
+    first, cursor = ModelArtsBackend().read_logs(record, None)
+    assert first == [f"line {n}" for n in range(1, 8)]
+    modelarts.append_log(job_id, "worker-0", "".join(f"line {n}\n" for n in range(8, 13)))
+    modelarts.export_logs(put, rotate_at=20)
+    assert f"modelarts-job-{job_id}-worker-0-3.log" in modelarts_export_keys(s3_env, s3_bucket)
+    assert ModelArtsBackend().read_logs(record, cursor)[0] == [f"line {n}" for n in range(8, 13)]
+    modelarts.set_phase(job_id, "Completed")
+    follow = runner("job", "logs", "face-recognition", "--follow").output.splitlines()
+    assert follow == [f"line {n}" for n in range(1, 13)]
+    assert not [r for r in modelarts.state.requests if r[1].endswith("/logs/preview")]
+
+
 def test_a_running_jobs_metrics_are_read_live_from_its_log(runner, modelarts, spec, s3_env, s3_bucket, tmp_path):
     """While ModelArts runs the job, `job metrics` returns the rows its container printed so far:
     from the log preview before the first export, then from the log exported to OBS; once the job
@@ -345,7 +472,7 @@ def test_a_running_jobs_metrics_are_read_live_from_its_log(runner, modelarts, sp
     info = Store().get("face-recognition", 1)["backend_info"]
     job_id = info["job_id"]
     root = tmp_path / "opt-ml"
-    printed, uploaded = printed_metrics(container_run(modelarts, job_id, root, tmp_path, program=METRICS_JOB),
+    printed, uploaded = printed_metrics(container_run(modelarts, s3_env, job_id, root, tmp_path, program=METRICS_JOB),
                                         root / "output" / "faceops" / "metrics.jsonl")
     modelarts.set_phase(job_id, "Running")
     half = printed.index(next(line for line in printed if '"step": 4' in line))
@@ -423,10 +550,12 @@ resources: {{instance_type: modelarts.p3.large.public, instance_count: 2}}
         "(part / 'part.json').write_text(json.dumps([shard.index, shard.count]))\n")
     for node in (0, 1):
         root = tmp_path / f"node{node}"
-        stage_bundle(root / "input" / "data" / "faceops-code", code)
+        stage_bundle(root / "input" / "data" / "faceops_code", code)
         argv, env = modelarts.container(job_id, node)
-        env = {**env, "faceops-code": str(root / "input" / "data" / "faceops-code"), "database": str(root / "db"),
+        env = {**env, "faceops_code": str(root / "input" / "data" / "faceops_code"), "database": str(root / "db"),
+               "faceops_job": str(root / "input" / "data" / "faceops_job"),
                "images": str(root / "input" / "data" / "images")}
+        stage_job_file(root, {})
         done = run_bootstrap(["modelarts", "python", "shard.py", *argv[argv.index("--faceops-parameters"):]],
                              env={**env, "FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
         assert done.returncode == 0, done.stderr
@@ -490,17 +619,18 @@ def test_bootstrap_runs_as_the_modelarts_user(tmp_path):
         for owner in ("ma-user", "root"):
             root = base / owner
             root.mkdir(mode=0o755)
-            stage_bundle(root / "input" / "data" / "faceops-code", code)
-            for path in [root / "input" / "data" / "faceops-code", *(root / "input" / "data" / "faceops-code").iterdir()]:
+            stage_bundle(root / "input" / "data" / "faceops_code", code)
+            for path in [root / "input" / "data" / "faceops_code", *(root / "input" / "data" / "faceops_code").iterdir()]:
                 path.chmod(0o755 if path.is_dir() else 0o644)
             (root / "input" / "data" / "train").mkdir()
+            stage_job_file(root, {"lr": 0.1})
             if owner == "ma-user":
                 os.chown(root, MA_USER, MA_GROUP)
                 root.chmod(0o2775)
             env = {"PATH": "/usr/bin:/bin", "FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "train",
-                   "FACEOPS_OUTPUTS": "model", "FACEOPS_PARAMETERS": "lr", "train": str(root / "input" / "data" / "train")}
+                   "FACEOPS_OUTPUTS": "model", "train": str(root / "input" / "data" / "train")}
             runs[owner] = subprocess.run([system_python(), str(REPO / "images" / "bin" / "faceops-cloud-bootstrap"),
-                                          "modelarts", "python", "train.py", "--faceops-parameters", "--lr=0.1"],
+                                          "modelarts", "python", "train.py", "--faceops-parameters"],
                                          env=env, user=MA_USER, group=MA_GROUP, cwd="/", capture_output=True,
                                          text=True, timeout=60)
         assert runs["ma-user"].returncode == 0, runs["ma-user"].stderr
@@ -510,6 +640,22 @@ def test_bootstrap_runs_as_the_modelarts_user(tmp_path):
         assert runs["root"].returncode != 0 and "Permission denied" in runs["root"].stderr
     finally:
         shutil.rmtree(base)
+
+
+def test_europe_regions_use_their_own_domain(runner, modelarts, spec, monkeypatch):
+    """Huawei Cloud Europe (eu-west-101, Dublin) serves its APIs and SWR under myhuaweicloud.eu
+    (the Europe site's "Endpoints" pages); other regions, Paris's eu-west-0 too, under .com."""
+    from jobs.backends.modelarts import console_link
+
+    monkeypatch.delenv("FACEOPS_MODELARTS_ENDPOINT")
+    for region, endpoint in (("eu-west-101", "https://modelarts.eu-west-101.myhuaweicloud.eu"),
+                             ("eu-west-0", "https://modelarts.eu-west-0.myhuaweicloud.com")):
+        monkeypatch.setenv("HUAWEICLOUD_SDK_REGION", region)
+        result = runner("job", "submit", spec, "--set", f"image=swr.{region}.{endpoint.rsplit('.', 2)[1]}."
+                        f"{endpoint.rsplit('.', 1)[1]}/faceops/train:gpu", "--dry-run", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["plan"]["endpoint"] == endpoint
+    assert console_link("eu-west-101", "j1").startswith("https://console.eu.huaweicloud.com/modelarts/?region=eu-west-101")
 
 
 def test_image_given_by_digest_is_pulled_by_digest(runner, modelarts, spec):

