@@ -6,7 +6,7 @@ import click
 
 from images.commands import image
 from inference.commands import gallery, identify, serve
-from jobs.commands import demo, deploy, doctor, job, storage, task
+from jobs.commands import demo, deploy, doctor, job, storage, store_group, task
 from jobs.core.commandline import FaceopsGroup
 from train.commands import data, eval, model  # noqa: A004 - eval is the command group's name
 
@@ -22,7 +22,8 @@ def main() -> None:
     State (job versions, logs, code bundles, config.yaml) lives in $FACEOPS_HOME (~/.faceops)."""
 
 
-for command in (data, demo, deploy, doctor, eval, gallery, identify, image, job, model, serve, storage, task):
+for command in (data, demo, deploy, doctor, eval, gallery, identify, image, job, model, serve, storage, store_group,
+                task):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ CLOUD = ["huaweicloudsdkmodelarts", "huaweicloudsdkcore"]
 # SQLite store imports a pool class SQLAlchemy 2.1 removed.
 PLOT = ["matplotlib>=3.7"]
 TRACKING = ["mlflow>=2.20,<3", "sqlalchemy>=1.4,<2.1"]
+# A version store a team shares (store.url = postgresql://...): SQLAlchemy Core over psycopg 3.
+TEAM = ["sqlalchemy>=1.4,<2.1", "psycopg[binary]>=3.1"]
 # `faceops serve`: Starlette on uvicorn, python-multipart for uploaded forms.
 SERVE = ["starlette>=0.37", "uvicorn>=0.29", "python-multipart"]
 # The serve page is tested in Debian's chromium through its chromedriver (scripts/setup-dev.sh).
@@ -33,10 +35,11 @@ setup(
         "cloud": CLOUD,
         "plot": PLOT,
         "tracking": TRACKING,
+        "team": TEAM,
         "serve": SERVE,
-        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + SERVE,
-        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + SERVE + TEST,
-        "bench": TRAIN + INFERENCE + MODELS + PLOT + SERVE + TEST,
+        "all": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM + SERVE,
+        "test": TRAIN + INFERENCE + MODELS + CLOUD + PLOT + TRACKING + TEAM + SERVE + TEST,
+        "bench": TRAIN + INFERENCE + MODELS + PLOT + TEAM + SERVE + TEST,
     },
     entry_points={
         "console_scripts": ["faceops = cli:main"],

@@ -1,4 +1,4 @@
-"""The commands that drive jobs: ``job``, ``task``, ``storage``, ``doctor``, ``demo`` and ``deploy``. Thin: they
+"""The commands that drive jobs: ``job``, ``task``, ``storage``, ``store``, ``doctor``, ``demo`` and ``deploy``. Thin: they
 parse arguments, call the jobs orchestration and print; ``cli.py`` adds them to ``faceops``."""
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ import click
 
 from inference.commands import _model_options
 from jobs import demo as demo_steps
+from jobs import artifacts, metrics, report, spec, submit, tracking
 from jobs import deploy as deployment
-from jobs import metrics, report, spec, submit, tracking
 from jobs.backends import BACKENDS, DEFAULT_GRACE
 from jobs.core import storage as store
 from jobs.core.commandline import FaceopsGroup
 from jobs.core.errors import NotFoundError
 from jobs.core.tasks import describe, get_task, reference, registry
 from jobs.metrics import with_summary
+from jobs.migrate import migrate
 from jobs.plot import plot_versions
-from jobs.store import STATUSES, TERMINAL, Store
+from jobs.store import LIST_LIMIT, STATUSES, TERMINAL, Store
 
 
 @click.command()
@@ -129,16 +130,27 @@ def job_resume(ref: str, wait: bool, as_json: bool) -> None:
 @job.command("list")
 @click.option("--name", help="Only versions of this job.")
 @click.option("--status", type=click.Choice(STATUSES))
+@click.option("--user", help="Only versions this user submitted (a shared store holds everyone's).")
+@click.option("--host", help="Only versions submitted from this machine (its host name).")
+@click.option("--limit", default=LIST_LIMIT, show_default=True, help="Show at most this many, newest first.")
+@click.option("--all", "show_all", is_flag=True, help="Show every version (no --limit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of version records.")
-def job_list(name: str | None, status: str | None, as_json: bool) -> None:
-    """List job versions, newest first."""
-    records = [submit.refreshed(r, within=LIST_CHECK_SECONDS) for r in Store().list(name=name)]
+def job_list(name: str | None, status: str | None, user: str | None, host: str | None, limit: int,
+             show_all: bool, as_json: bool) -> None:
+    """List job versions, newest first: who submitted each from where, its status and metrics."""
+    # A live version's status may change on refresh, so only a terminal one is filtered (and
+    # limited) by the store; a live status is filtered after the refresh.
+    final = status is None or status in TERMINAL
+    records = Store().list(name=name, user=user, host=host, status=status if final else None,
+                           limit=None if show_all or not final else limit)
+    records = [submit.refreshed(r, within=LIST_CHECK_SECONDS) for r in records]
     records = [r for r in records if not status or r["status"] == status]
     if as_json or records:
         click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
                    else report.list_table(records))
-    elif name or status:
-        asked = " and ".join(part for part in (f"of job {name}" if name else "", f"with status {status}" if status else "") if part)
+    elif name or status or user or host:
+        asked = " and ".join(part for part in (f"of job {name}" if name else "", f"with status {status}" if status else "",
+                                               f"by {user}" if user else "", f"from {host}" if host else "") if part)
         click.echo(f"no versions {asked}")
     else:
         click.echo("no jobs yet")
@@ -151,7 +163,7 @@ def job_show(ref: str, as_json: bool) -> None:
     """Show one version (the latest when V is left out): resolved spec, image digest, code hash,
     inputs with sizes and ETags, where each output is (local folder and remote URI), status,
     phase timings and metrics."""
-    record = with_summary(submit.refreshed(Store().resolve(ref)))
+    record = with_summary(submit.refreshed(artifacts.localized(Store().resolve(ref))))
     if as_json:
         click.echo(json.dumps({**report.public(record), "locations": report.locations(record)}, indent=2, default=str))
     else:
@@ -165,7 +177,7 @@ def job_versions(name: str, as_json: bool) -> None:
     """Table of every version of NAME: parent, status, start, duration, the parameters changed
     against the parent, the last value of each metric and the best one (min or max, as the
     task's metric schema or the spec's metrics: section declares), with the step it was reached at."""
-    records = [with_summary(submit.refreshed(r)) for r in Store().versions(name)]
+    records = [with_summary(submit.refreshed(artifacts.localized(r))) for r in Store().versions(name)]
     click.echo(json.dumps([report.public(r) for r in records], default=str) if as_json
                else report.versions_table(records))
 
@@ -180,7 +192,7 @@ def job_diff(ref_a: str, ref_b: str, show_all: bool, as_json: bool) -> None:
     resources, last metrics and best metrics (with their direction). Versions of different jobs
     can be compared too."""
     store = Store()
-    a, b = with_summary(store.resolve(ref_a)), with_summary(store.resolve(ref_b))
+    a, b = (with_summary(artifacts.localized(store.resolve(ref))) for ref in (ref_a, ref_b))
     if as_json:
         click.echo(json.dumps([{"key": k, "a": va, "b": vb} for k, va, vb in report.diff(a, b, show_all)], default=str))
     else:
@@ -197,7 +209,7 @@ def job_metrics(ref: str, wanted: tuple[str, ...], as_json: bool, as_csv: bool) 
     backend: a local job's rows as it runs, a cloud job's once the service has uploaded them."""
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
-    table = metrics.select(metrics.rows(submit.refreshed(Store().resolve(ref))), list(wanted))
+    table = metrics.select(metrics.rows(submit.refreshed(artifacts.localized(Store().resolve(ref)))), list(wanted))
     if as_json:
         click.echo(json.dumps(table))
     elif as_csv:
@@ -219,7 +231,7 @@ def job_plot(refs: tuple[str, ...], wanted: tuple[str, ...], x_axis: str, smooth
     version, the legend naming each version by what changed against the first (recog:2 lr
     0.2->0.1), the best point of each marked. NAME alone means every version; NAME:1..6 a range.
     Needs matplotlib (pip install 'faceops[plot]')."""
-    records = [submit.refreshed(r) for r in metrics.expand_refs(refs)]
+    records = [submit.refreshed(artifacts.localized(r)) for r in metrics.expand_refs(refs)]
     path, _ = plot_versions(records, out, list(wanted), x=x_axis, smooth=smooth, log_y=log_y)
     click.echo(str(path))
 
@@ -246,7 +258,7 @@ def job_export(refs: tuple[str, ...], mlflow_uri: str | None) -> None:
 def job_logs(ref: str, follow: bool) -> None:
     """Print a version's log (entry point output plus [faceops] phase lines)."""
     try:
-        for line in submit.follow_logs(Store().resolve(ref), follow):
+        for line in submit.follow_logs(artifacts.localized(Store().resolve(ref)), follow):
             click.echo(line)
     except KeyboardInterrupt:
         pass
@@ -321,15 +333,49 @@ def task_show(name: str, as_json: bool) -> None:
 
 @click.command()
 def doctor() -> None:
-    """Check the state folder in full: the store's integrity, every version record, and version
-    folders that no record owns. Exit code 1 when something is wrong."""
+    """Check the state folder and the version store in full. That is the shared database too,
+    when store.url names one: a schema upgrade that is due, the store's integrity, every version
+    record, and version folders that no record owns. Exit code 1 when something is wrong."""
     store = Store()
     problems = store.check()
     for problem in problems:
         click.echo(problem)
-    click.echo(f"{store.path}: {len(problems)} problems" if problems else f"{store.path}: OK")
+    click.echo(f"{store.where}: {len(problems)} problems" if problems else f"{store.where}: OK")
     if problems:
         sys.exit(1)
+
+
+@click.group("store", cls=FaceopsGroup)
+def store_group() -> None:
+    """Look after the version store: the embedded SQLite file (default) or a team's PostgreSQL
+    database (store.url / FACEOPS_STORE_URL)."""
+
+
+@store_group.command("upgrade")
+def store_upgrade() -> None:
+    """Bring the store's schema up to this faceops (a SQLite file is copied to
+    store.sqlite.bak-vN first). No other command changes the schema; they say when to run this."""
+    store = Store()
+    done = store.upgrade()
+    for step in done:
+        click.echo(f"applied {step}")
+    click.echo(f"{store.where}: schema {store.schema_version()}" + ("" if done else " (up to date)"))
+
+
+@store_group.command("migrate")
+@click.option("--to", "url", required=True, metavar="URL", help="The team store: postgresql://USER@HOST:PORT/DB.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was copied as one JSON object.")
+def store_migrate(url: str, as_json: bool) -> None:
+    """Copy this machine's history (every finished version, and its log, metrics, small outputs
+    and code bundle to store.artifacts) into the store at URL. Versions are appended after the
+    ones there (renumbered where needed, parents with them); running it again copies nothing twice.
+    The store at URL must be upgraded first (FACEOPS_STORE_URL=URL faceops store upgrade)."""
+    done = migrate(Store(), url, say=(lambda line: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps({"copied": dict(done.copied), "present": dict(done.present), "skipped": done.skipped}))
+    else:
+        click.echo(f"{len(done.copied)} versions copied, {len(done.present)} already there"
+                   + (f", {len(done.skipped)} still running (skipped)" if done.skipped else ""))
 
 
 @click.command()

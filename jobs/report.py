@@ -176,8 +176,9 @@ def list_table(records: list[dict[str, Any]]) -> str:
     """`job list`: one line per version, newest first."""
     records = [public(r) for r in records]
     rows = [[f"{r['name']}:{r['version']}", r["task"], r["backend"], r["status"], started(r),
-             fmt_duration(duration(r)), metrics_summary(r, 2)] for r in records]
-    return table(["JOB", "TASK", "BACKEND", "STATUS", "STARTED", "DURATION", "METRICS"], rows)
+             fmt_duration(duration(r)), f"{r['user']}@{r['host']}" if r.get("user") else "-", metrics_summary(r, 2)]
+            for r in records]
+    return table(["JOB", "TASK", "BACKEND", "STATUS", "STARTED", "DURATION", "BY", "METRICS"], rows)
 
 
 def diff_text(a: dict[str, Any], b: dict[str, Any], show_all: bool = False) -> str:
@@ -213,6 +214,8 @@ def show_text(record: dict[str, Any]) -> str:
         f"{record['name']}:{record['version']}  task={record['task']}  backend={record['backend']}  status={record['status']}",
         f"parent:    {record['parent'] if record['parent'] is not None else '-'}",
         f"started:   {started(record)}   duration: {fmt_duration(duration(record))}",
+        *([f"by:        {record['user']}@{record['host']}  (faceops {record.get('faceops_version') or '?'})"]
+          if record.get("user") else []),
         f"image:     {fmt((record.get('image') or {}).get('ref'))}  digest: {fmt((record.get('image') or {}).get('digest'))}",
         f"code:      {record['code']['hash'][:12]}  ({record['code'].get('files', '?')} files, {record['code'].get('size', 0)} bytes)"
         + (f"  git {record['code']['git_commit'][:10]}{' dirty' if record['code'].get('git_dirty') else ''}" if record["code"].get("git_commit") else ""),

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from images.digests import lookup
-from jobs import preflight
+from jobs import artifacts, preflight
 from jobs.backends import Launch, get_backend
 from jobs.core import storage
 from jobs.core.bundle import FACEOPS_CODE, Bundle, build_bundle, faceops_root, git_state, plan_bundle, stored_bundle
 from jobs.core.contract import Contract
 from jobs.core.errors import FaceopsError, NotFoundError, SpecError
-from jobs.core.secrets import hide, mask, read_secrets, write_secrets
+from jobs.core.secrets import hide, mask, read_secrets, refuse_literal_secrets, write_secrets
 from jobs.spec import JobSpec, validate
 from jobs.store import LATEST, TERMINAL, RecordFrozen, Store, StoreError, new_record, workdir
 
@@ -75,8 +75,16 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
     backend.check(spec.to_dict())
     inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
     preflight.check_outputs(spec.outputs)
-    bundle, code = _code(spec, code_hash, store=not dry_run)
     store = Store()
+    if store.shared:
+        refuse_literal_secrets(spec.to_dict(), spec.backend, shared_store=store.where)
+        if spec.backend == "local":
+            artifacts.require(store.where)
+        if code_hash:
+            artifacts.fetch_bundle(code_hash)
+    bundle, code = _code(spec, code_hash, store=not dry_run)
+    if store.shared and not dry_run and artifacts.root():
+        artifacts.upload_bundle(bundle.path, code["hash"])
     if dry_run:
         latest = _latest_version(store, spec.name)
         record = new_record(spec.to_dict(), parent=latest if parent is LATEST else parent, code=code,

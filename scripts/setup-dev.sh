@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need: Debian packages for the real services the
 # tests start (Docker engine, registry, htpasswd, a static busybox and debootstrap for local base
-# images; chromium and its driver for the serve page's browser test) and a virtual environment
-# with faceops and its test extras. Safe to run again: it only adds what is missing.
+# images; PostgreSQL for the team store's tests; chromium and its driver for the serve page's
+# browser test) and a virtual environment with faceops and its test extras. Safe to run again: it
+# only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io docker-registry apache2-utils busybox-static debootstrap chromium chromium-driver)
+APT_PACKAGES=(docker.io docker-registry apache2-utils busybox-static debootstrap postgresql chromium chromium-driver)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

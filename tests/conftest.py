@@ -11,6 +11,7 @@ import pytest
 
 from tests.harness import LFW10
 from tests.harness.docker import DockerEngine, busybox_rootfs, import_image, running_docker_engine
+from tests.harness.postgres import PostgresServer, running_postgres
 from tests.harness.registry import Registry, running_registry
 from tests.harness.s3 import S3Server, running_s3
 
@@ -65,6 +66,24 @@ def lfw10() -> Path:
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """A real SeaweedFS S3 server on loopback with a random access/secret key, for the session."""
     yield from serving(running_s3(tmp_path_factory.mktemp("seaweedfs")), "SeaweedFS")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (Debian's package, a cluster in a temp folder) for the session."""
+    yield from serving(running_postgres(), "PostgreSQL")
+
+
+@pytest.fixture
+def team_store(postgres_server, monkeypatch) -> str:
+    """A fresh, upgraded team store (its own database on the test server) that faceops uses for
+    one test through FACEOPS_STORE_URL; returns the URL."""
+    from jobs.store import Store
+
+    url = postgres_server.database()
+    monkeypatch.setenv("FACEOPS_STORE_URL", url)
+    Store().upgrade()
+    return url
 
 
 @pytest.fixture

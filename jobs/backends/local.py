@@ -19,7 +19,8 @@ from typing import Any, Iterator
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
 from jobs.core.bundle import faceops_root
-from jobs.store import TERMINAL, RecordFrozen, Store, workdir
+from jobs.core.errors import FaceopsError
+from jobs.store import TERMINAL, Outbox, RecordFrozen, Store, is_here, workdir
 
 
 class LocalBackend(Backend):
@@ -50,9 +51,12 @@ class LocalBackend(Backend):
         return {"supervisor_pid": proc.pid}
 
     def refresh(self, record: dict[str, Any]) -> None:
-        if record["status"] in TERMINAL:
+        if record["status"] in TERMINAL or not is_here(record):  # another machine's pid means nothing here
             return
         pid = record.get("backend_info", {}).get("supervisor_pid")
+        if pid and not _alive(pid) and Outbox(record).pending():
+            Outbox(record).flush(Store())  # its final state, kept while the store was unreachable
+            return
         if pid and not _alive(pid):
             try:
                 Store().update(record["name"], record["version"], status="failed",
@@ -63,6 +67,9 @@ class LocalBackend(Backend):
     def stop(self, record: dict[str, Any], grace: float = DEFAULT_GRACE) -> None:
         if record["status"] in TERMINAL:
             return
+        if not is_here(record):
+            raise FaceopsError(f"{record['name']}:{record['version']} runs on {record['host']}; stop it there "
+                               f"(faceops job stop {record['name']}:{record['version']} on that machine)")
         folder = workdir(record)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "stop.json").write_text(json.dumps({"grace": grace, "at": time.time()}))

@@ -16,23 +16,31 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
-from jobs import diskspace, tracking
+from jobs import artifacts, diskspace, tracking
 from jobs.backends import DEFAULT_GRACE, ContainerJob, Runtime, entry_argv, get_runtime, merge_parts, sharded
 from jobs.backends.runtimes import ParameterServerRuntime, ShardRuntime
 from jobs.core import storage
 from jobs.core.bundle import extract_bundle
+from jobs.core.config import setting
 from jobs.core.contract import PARTS, Contract, final_metrics, log_metrics, unpack_model_archives
 from jobs.core.errors import DataError, FaceopsError
 from jobs.core.files import atomic_write
 from jobs.core.secrets import read_secrets, reveal
 from jobs.core.tasks import get_task
 from jobs.given import as_given
-from jobs.store import TERMINAL, RecordFrozen, Store, workdir
+from jobs.store import TERMINAL, Outbox, RecordFrozen, Store, moved, workdir
 
 LOG_NAME = "job.log"
+
+
+# How long a finished version's supervisor waits for an unreachable store to take its final state
+# (store.outbox_seconds / FACEOPS_STORE_OUTBOX_SECONDS).
+OUTBOX_SECONDS = 300.0
+OUTBOX_RETRY_SECONDS = 2.0
 
 
 def contract_for(record: dict[str, Any], folder: Path) -> Contract:
@@ -54,6 +62,8 @@ class Supervisor:
         self.stopping = threading.Event()
         self.timed_out = False
         self.log: IO[bytes] | None = None
+        self.outbox = Outbox(self.record)
+        self.said: set[str] = set()
 
     def run(self) -> None:
         """Stage, run, upload; every way out of here leaves the record terminal."""
@@ -64,6 +74,7 @@ class Supervisor:
         diskspace.ensure_reserve()
         with open(self.folder / LOG_NAME, "ab", buffering=0) as self.log:
             self.tracker = tracking.start(self.record, self._say)
+            self.uploader = artifacts.Uploader(self.record, self._say, artifacts.root() if self.store.shared else None)
             try:
                 self._advance("staging", backend_info={**self.record["backend_info"], "supervisor_pid": os.getpid()})
                 self._stage()
@@ -84,17 +95,46 @@ class Supervisor:
 
     def _advance(self, status: str, **fields: Any) -> None:
         self._say(status)
-        self.record = self.store.update(self.record["name"], self.record["version"], status=status, **fields)
+        self._record(status=status, **fields)
+
+    def _record(self, status: str | None = None, reason: str | None = None, **fields: Any) -> None:
+        """Store an update, or keep it in the version's outbox while the store is unreachable
+        (the job goes on; the outbox is delivered when the store answers again)."""
+        stored = self.outbox.update(self.store, status=status, reason=reason, **fields)
+        if stored is not None:
+            self.record = stored
+            return
+        self.record = moved(dict(self.record), status, reason, fields)
+        self._say_once(f"the store {self.store.where} is unreachable; keeping its updates in {self.outbox.path} "
+                       "until it answers")
+
+    def _say_once(self, message: str) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            self._say(message)
+
+    def _deliver(self) -> None:
+        """Wait (at most :data:`OUTBOX_SECONDS`) for the store to take the kept updates; what is
+        left then is delivered by the next command on this machine (LocalBackend.refresh)."""
+        bound = float(setting("store", "outbox_seconds", ("FACEOPS_STORE_OUTBOX_SECONDS",), OUTBOX_SECONDS))
+        deadline = time.monotonic() + bound
+        while not self.outbox.flush(self.store) and time.monotonic() < deadline:
+            time.sleep(OUTBOX_RETRY_SECONDS)
+        if self.outbox.pending():
+            self._say(f"the store is still unreachable after {bound:g}s; the final state stays in "
+                      f"{self.outbox.path} for the next faceops command on this machine to deliver")
 
     def _finish(self, status: str, reason: str | None) -> None:
         metrics = final_metrics(self.contract.metrics_file)
         reason = diskspace.note_full(reason, self.folder) if status == "failed" else reason
         self._say(status + (f": {reason}" if reason and status != "done" else ""))
+        if getattr(self, "uploader", None) is not None:
+            self.uploader.finish()  # everything another machine reads is there before the record ends
         try:
-            diskspace.with_reserve(lambda: self.store.update(self.record["name"], self.record["version"], status=status,
-                                                             reason=reason, metrics=metrics))
+            diskspace.with_reserve(lambda: self._record(status=status, reason=reason, metrics=metrics))
         except RecordFrozen:
             pass  # stopped before it started: the CLI already closed the record
+        self._deliver()
         self.tracker.finish(status)
 
     def _stage(self) -> None:

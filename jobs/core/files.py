@@ -31,3 +31,21 @@ def atomic_write(path: Path, content: str | bytes | Callable[[Path], None], mode
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_once(path: Path, content: bytes) -> bytes:
+    """``path``'s content, writing ``content`` there first when the file does not exist yet. The
+    new file is linked into place, never renamed over one, so two processes doing this at once
+    agree on one content (the first link wins) and nobody reads a half-written file."""
+    if not path.exists():
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+            try:
+                os.link(name, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(name)
+    return path.read_bytes()

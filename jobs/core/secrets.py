@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from secrets import token_bytes
 from typing import Any, Iterable
@@ -30,7 +31,7 @@ from typing import Any, Iterable
 from jobs.core.config import home
 from jobs.core.contract import ENV_REF
 from jobs.core.errors import SpecError
-from jobs.core.files import atomic_write
+from jobs.core.files import atomic_write, write_once
 
 MASK = "***"
 # Where a local version's literal secrets live (in its folder), and the marker its record holds.
@@ -49,6 +50,7 @@ MIN_VALUE_LENGTH = 4
 _YAML_LINE = re.compile(rb"^(\s*(?:-\s+)?[\"']?)([A-Za-z0-9_.\-]+)([\"']?\s*:[ \t]*)([^\s#][^#\r\n]*?)(\s*(?:#.*)?)$")
 
 
+@lru_cache(maxsize=4096)  # views ask it of every key of every record (100 versions: ~40,000 calls)
 def is_secret(key: str) -> bool:
     """True when the name ``key`` says it holds a secret (``api_token``, ``db_password``, ``api_key``)."""
     name = str(key).lower()
@@ -120,15 +122,21 @@ def redact_yaml(data: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-def refuse_literal_secrets(spec: dict[str, Any], service: str) -> None:
+def refuse_literal_secrets(spec: dict[str, Any], service: str, shared_store: str | None = None) -> None:
     """Refuse a spec whose hyperparameters hold a secret as a literal value on a cloud service:
     the service shows every hyperparameter to anyone who may describe the job (SageMaker's
-    DescribeTrainingJob and console, ModelArts' job details). A ``${env:NAME}`` reference holds
-    nothing and passes; the message says how to use one."""
+    DescribeTrainingJob and console, ModelArts' job details). With ``shared_store`` (where a team
+    store is) the same holds for any backend: the team reads every record, and a rerun on
+    another machine could not find the value. A ``${env:NAME}`` reference holds nothing and
+    passes; the message says how to use one."""
     found = sorted(key for key, value in (spec.get("hyperparameters") or {}).items() if is_literal(key, value))
     if found:
         names = ", ".join(f"hyperparameters.{key}" for key in found)
         example = f"{found[0]}: ${{env:{found[0].upper()}}}"
+        if shared_store:
+            raise SpecError(f"{names}: a literal secret never enters the shared store {shared_store} (everyone using "
+                            f"it reads every version, and a rerun elsewhere could not find the value); write a "
+                            f"reference instead, like '{example}', and set that variable where the job runs")
         raise SpecError(f"{names}: a secret value would be visible to anyone who can describe the {service} job "
                         f"(its console and API show every hyperparameter); write a reference instead, like "
                         f"'{example}', and give the job that variable in its container's environment "
@@ -203,18 +211,6 @@ def read_secrets(folder: Path) -> dict[str, Any]:
 
 
 def _home_key() -> bytes:
-    """The random HMAC key of this ``$FACEOPS_HOME``, made on first use (0600). A new key is
-    linked into place, never renamed over one, so two first submits at once agree on the key."""
-    path = home() / KEY_FILE
-    if not path.exists():
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(token_bytes(32))
-            try:
-                os.link(name, path)
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(name)
-    return path.read_bytes()
+    """The random HMAC key of this ``$FACEOPS_HOME``, made on first use (0600, as mkstemp makes
+    files); two first submits at once agree on the key (see :func:`write_once`)."""
+    return write_once(home() / KEY_FILE, token_bytes(32))

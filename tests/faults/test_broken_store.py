@@ -43,7 +43,7 @@ def test_emptied_store_does_not_restart_numbering(tmp_path, faceops_home):
 def test_version_folder_that_exists_is_never_reused(tmp_path, faceops_home):
     spec = custom_job(tmp_path / "proj")
     leftover = faceops_home / "jobs" / "fault-job" / "1"
-    Store()
+    Store().upgrade()
     leftover.mkdir(parents=True)
     (leftover / "job.log").write_text("an older run\n")
     result = cli("job", "submit", str(spec), "--detach")
@@ -61,8 +61,15 @@ def test_damaged_record_and_schema_change_backup(tmp_path, faceops_home):
         db.execute("PRAGMA user_version = 0")  # as an older faceops left it
     db.close()
     result = cli("job", "show", "fault-job:1")
-    assert result.returncode == 2 and "damaged" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "run faceops store upgrade" in result.stderr, result.stderr
+    assert not (faceops_home / "store.sqlite.bak-v0").exists(), "a read command never changes the schema"
+    doctor = cli("doctor")
+    assert doctor.returncode == 1 and "an upgrade is due" in doctor.stdout, doctor.stdout
+    upgraded = cli("store", "upgrade")
+    assert upgraded.returncode == 0 and "applied schema 1" in upgraded.stdout, upgraded.stderr
     assert (faceops_home / "store.sqlite.bak-v0").exists()
+    result = cli("job", "show", "fault-job:1")
+    assert result.returncode == 2 and "damaged" in result.stderr and "Traceback" not in result.stderr
     doctor = cli("doctor")
     assert doctor.returncode == 1 and "fault-job:1: record is not readable JSON" in doctor.stdout
     listing = cli("job", "list")

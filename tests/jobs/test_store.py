@@ -26,6 +26,15 @@ def test_round_trip_and_numbering():
     assert {(r["name"], r["version"]) for r in store.list()} == {("recog", 1), ("recog", 2), ("detect", 1)}
 
 
+def test_reading_a_new_home_creates_no_store(faceops_home, runner):
+    """Read commands never create a store (nor its schema); the first submit does."""
+    assert runner("job", "list").output.strip() == "no jobs yet"
+    assert runner("doctor").exit_code == 0 and Store().list() == []
+    assert not (faceops_home / "store.sqlite").exists()
+    Store().create(make())
+    assert Store().schema_version() == 2 and [r["version"] for r in Store().list()] == [1]
+
+
 def test_status_history_timings_and_freeze():
     store = Store()
     record = store.create(make())
@@ -70,3 +79,65 @@ def test_concurrent_creates_get_unique_versions(faceops_home):
     for proc in procs:
         proc.join(60)
     assert [r["version"] for r in Store().versions("recog")] == list(range(1, 21))
+
+
+# The schema faceops 0.1.0 wrote (schema 1), before records said who and where.
+SCHEMA_1 = """CREATE TABLE versions (name TEXT NOT NULL, version INTEGER NOT NULL, parent INTEGER,
+    status TEXT NOT NULL, created REAL NOT NULL, record TEXT NOT NULL, PRIMARY KEY (name, version))"""
+
+
+def test_a_store_of_the_previous_schema_is_upgraded_only_on_request(faceops_home, runner):
+    """A user's existing store keeps its versions: reads say to upgrade (and change nothing), the
+    upgrade copies the file aside first, and then every command reads the old versions."""
+    import json
+    import sqlite3
+
+    faceops_home.mkdir(parents=True)
+    old = {**make(), "version": 1, "created": 1.0, "status": "done", "status_history": [{"status": "done", "at": 1.0}]}
+    with sqlite3.connect(faceops_home / "store.sqlite") as db:
+        db.execute(SCHEMA_1)
+        db.execute("INSERT INTO versions VALUES ('recog', 1, NULL, 'done', 1.0, ?)", (json.dumps(old),))
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    before = _dump(faceops_home / "store.sqlite")
+    listing = runner("job", "list")
+    assert listing.exit_code == 2 and "is at schema 1, this faceops needs 2; run faceops store upgrade" in listing.output
+    assert _dump(faceops_home / "store.sqlite") == before
+    assert "schema 2: who and where" in runner("doctor").output
+    upgraded = runner("store", "upgrade")
+    assert upgraded.exit_code == 0 and "applied schema 2" in upgraded.output, upgraded.output
+    assert _dump(faceops_home / "store.sqlite.bak-v1") == before
+    assert "(up to date)" in runner("store", "upgrade").output
+    assert Store().get("recog", 1) == old
+    assert "recog:1" in runner("job", "list").output
+    assert runner("doctor").exit_code == 0
+    assert Store().create(make(parent=1))["version"] == 2
+
+
+def test_records_say_who_and_where_and_list_filters_by_them(monkeypatch, runner):
+    import socket
+
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("LOGNAME", "alice")
+    first = Store().create(make())
+    monkeypatch.setenv("USER", "bob")
+    monkeypatch.setenv("LOGNAME", "bob")
+    Store().create(make())
+    assert (first["user"], first["host"], first["faceops_version"]) == ("alice", socket.gethostname(), "0.1.0")
+    assert [r["version"] for r in Store().list(user="alice")] == [1]
+    assert [r["version"] for r in Store().list(host=socket.gethostname())] == [2, 1]
+    assert Store().list(host="elsewhere") == [] and [r["version"] for r in Store().list(limit=1)] == [2]
+    listing = runner("job", "list", "--user", "bob")
+    assert "recog:2" in listing.output and "recog:1" not in listing.output and f"bob@{socket.gethostname()}" in listing.output
+    assert runner("job", "list", "--host", "elsewhere").output.strip() == "no versions from elsewhere"
+
+
+def _dump(path) -> tuple[int, list[str]]:
+    """A SQLite file's schema number and its content as SQL (the header's journal bytes aside)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0], list(db.iterdump())
+    finally:
+        db.close()
