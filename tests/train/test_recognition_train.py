@@ -34,7 +34,7 @@ def test_example_job_learns_and_exports_for_insightface(runner, lfw_split, align
     network as the job starts it (published features, fresh embedding layer, fresh head; seed,
     calibration and export as the job's, :func:`initial_model`), by MARGIN_OVER_CONTROL.
 
-    Measured on the 2-core machine (the job as here, seeds 0-4 with OMP_NUM_THREADS=1, seeds 0-1
+    Measured on the 2-core machine (the job as here, seeds 0-4 with OMP_NUM_THREADS=1, seeds 0-3
     also with 2 threads): trained 1.000 for every seed (30 of 30 held-out photos; the nearest
     person centre of its embeddings, too), control 0.067 / 0.200 / 0.067 / 0.000 / 0.033 for seeds 0-4;
     1 and 2 threads gave the same losses to the last digit (5.03765 -> 0.32183 for seed 0) and
