@@ -63,6 +63,21 @@ def default_model_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def pretrained_file(name: str) -> Path:
+    """``name`` itself when it is a file, else the pretrained model of that name (``w600k_mbf``
+    or ``w600k_mbf.onnx``) in the models extra's folder; NotFoundError otherwise."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    folder = default_model_dir()
+    candidate = folder / (name if name.endswith(".onnx") else f"{name}.onnx") if folder else None
+    if candidate is None or path.name != name or not candidate.is_file():
+        known = (", ".join(sorted(p.stem for p in folder.glob("*.onnx"))) if folder
+                 else "none (pip install 'faceops[models]')")
+        raise NotFoundError(f"{name}: no such file, nor a pretrained model (pretrained: {known})")
+    return candidate
+
+
 def _dims(value_info: Any) -> list[Any]:
     return [d.dim_value or d.dim_param or None for d in value_info.type.tensor_type.shape.dim]
 

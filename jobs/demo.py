@@ -189,12 +189,15 @@ def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], wor
     echo(f"{counts['people']} people ({UNKNOWN} of them strangers): {counts['train']} training crops, "
          f"{counts['gallery']} gallery photos, {counts['probe']} photos to identify"
          + (f"; {counts['repeated']} face(s) left out as someone already made" if counts.get("repeated") else ""))
-    if not reused("Pack the training photos and train a recognizer in two versions", "demo-recognizer"):
-        step("Pack the training photos as insightface RecordIO", "data", "pack-recognition",
-             photos / "train", workdir / "recognition-data")
+    if not reused("Pack the training photos and fine-tune a recognizer in two versions", "demo-recognizer"):
+        step("Pack the training crops (aligned already) as insightface RecordIO", "data", "pack-recognition",
+             photos / "train", workdir / "recognition-data", "--as-is")
+        step("Import the published recognizer to fine-tune from", "model", "import", "w600k_mbf",
+             workdir / "w600k-mbf")
         recognition = examples() / "recognition.yaml"
-        step("Train a recognizer (version 1)", "job", "submit", recognition, "--set", "name=demo-recognizer",
-             "--set", f"inputs.train={_short(workdir / 'recognition-data')}", "--set", "epochs=3")
+        step("Fine-tune it on the demo people (version 1)", "job", "submit", recognition,
+             "--set", "name=demo-recognizer", "--set", f"inputs.train={_short(workdir / 'recognition-data')}",
+             "--set", f"inputs.init={_short(workdir / 'w600k-mbf')}")
         step("Train version 2 with a different learning rate", "job", "rerun", "demo-recognizer", "--set", "lr=0.1")
     step("Compare the two versions", "job", "diff", "demo-recognizer:1", "demo-recognizer:2")
     gallery = workdir / "gallery"

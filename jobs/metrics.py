@@ -30,7 +30,7 @@ from jobs.core import storage
 from jobs.core.contract import METRICS_PREFIX, final_metrics
 from jobs.core.errors import NotFoundError
 from jobs.core.files import atomic_write
-from jobs.core.tasks import Metric, find_metric, get_task
+from jobs.core.tasks import Metric, chance_warnings, find_metric, get_task
 from jobs.store import TERMINAL, Store, parse_ref, workdir
 
 # Keys that place a row (x axes and bookkeeping), never plotted or ranked as metrics.
@@ -138,7 +138,8 @@ def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 def schema(record: dict[str, Any]) -> dict[str, Metric]:
     """The version's metric declarations: the spec's ``metrics:`` first, then the task's."""
     spec = record.get("spec") or {}
-    declared = {name: Metric(m["direction"], m.get("unit", "")) for name, m in (spec.get("metrics") or {}).items()}
+    declared = {name: Metric(m["direction"], m.get("unit", ""), m.get("chance"))
+                for name, m in (spec.get("metrics") or {}).items()}
     try:
         task = get_task(record["task"]).metrics
     except KeyError:
@@ -192,8 +193,11 @@ def until_final(record: dict[str, Any], table: list[dict[str, Any]]) -> list[dic
 
 
 def with_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` plus ``metric_summary`` (see :func:`summarize`) for views; never stored."""
-    return {**record, "metric_summary": summarize(rows(record), schema(record))}
+    """``record`` plus ``metric_summary`` (see :func:`summarize`) and ``warnings`` (final metrics
+    at their chance level, see :func:`jobs.core.tasks.chance_warnings`) for views; never stored."""
+    declared = schema(record)
+    return {**record, "metric_summary": summarize(rows(record), declared),
+            "warnings": chance_warnings(record.get("metrics") or {}, declared)}
 
 
 def select(table: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:

