@@ -72,6 +72,11 @@ def _start(record_or_plan: dict, dry_run: bool, wait: bool, as_json: bool) -> No
                    + (f" from {record['code']['source']}: {bundle['source_bytes']} bytes, biggest "
                       + ", ".join(f"{name} {size}" for name, size in bundle["biggest"]) if bundle["biggest"] else ""))
         click.echo(json.dumps(plan, indent=2, default=str))
+        skipped = record_or_plan.get("skipped")
+        if skipped:
+            click.echo(f"{skipped['reason']}; planned without it, so a real submit still runs these checks:")
+            for check in skipped["checks"]:
+                click.echo(f"  skipped: {check}")
         return
     record = record_or_plan
     ref = f"{record['name']}:{record['version']}"

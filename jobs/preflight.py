@@ -1,12 +1,15 @@
 """Checks a version must pass before it is created, so a job never trains for hours and then
 fails at its last step: every output can be written (the local folder, or the S3 bucket with the
-credentials in effect). ``job submit``, ``--dry-run``, ``rerun`` and ``resume`` all run them.
+credentials in effect). ``job submit``, ``--dry-run``, ``rerun`` and ``resume`` all run them; a
+dry run whose S3 endpoint does not answer one quick probe skips the S3 ones and says so
+(:func:`s3_skipped`), since it only shows a plan.
 """
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 from jobs.core import storage
 from jobs.core.errors import FaceopsError, StorageError
@@ -21,6 +24,23 @@ def check_outputs(outputs: dict[str, str], into_existing: bool = False) -> None:
             writable(uri)
         except FaceopsError as exc:
             raise type(exc)(f"outputs.{name}: {exc}") from None
+
+
+def s3_skipped(inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any] | None:
+    """For a dry run: when the job reads or writes S3 and the endpoint does not answer one quick
+    probe (:func:`jobs.core.storage.probe`), the checks that need it, which the plan goes without:
+    ``{"reason": why, "checks": [...]}`` (outputs first, then inputs). None when there is nothing
+    on S3 or the endpoint answers, so every check runs as in a real submit."""
+    remote_outputs = {name: uri for name, uri in outputs.items() if storage.is_remote(uri)}
+    remote_inputs = {name: uri for name, uri in inputs.items() if storage.is_remote(uri)}
+    first = next(iter({**remote_outputs, **remote_inputs}.values()), None)
+    reason = storage.probe(first) if first else None
+    if reason is None:
+        return None
+    checks = [f"outputs.{name}: {uri} is writable and holds no files faceops did not write"
+              for name, uri in remote_outputs.items()]
+    checks += [f"inputs.{name}: {uri} exists (its size and ETag)" for name, uri in remote_inputs.items()]
+    return {"reason": reason, "checks": checks}
 
 
 def writable(uri: str) -> None:

@@ -2,7 +2,8 @@
 
 ``submit`` and ``rerun`` share one path (:func:`launch`): check the inputs exist and note their
 sizes/ETags, check every output can be written (:mod:`jobs.preflight`), pack or reuse the code bundle, resolve the image digest, then either describe what
-would happen (``dry_run``, which writes nothing) or store the record and start the backend.
+would happen (``dry_run``, which writes nothing, and plans without S3 when its endpoint does not
+answer a quick probe, naming the checks it skipped) or store the record and start the backend.
 Literal secret hyperparameters go to the version's ``secrets.json``, never to its record
 (:func:`jobs.core.secrets.hide`); a rerun or resume takes its parent's for the keys it keeps.
 """
@@ -69,14 +70,23 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
            secrets: dict[str, Any] | None = None, into_existing: bool = False) -> dict[str, Any]:
     """Freeze and start one version (``parent`` may be :data:`LATEST`). Returns the stored record,
     or with ``dry_run`` a plan: ``{"record": ..., "plan": ...}`` describing the version that would
-    be created, with secrets masked. ``checkpoints`` (a folder) seeds the new version's checkpoint
-    folder before it starts; ``secrets`` (the parent's secrets file) gives the values of the
-    ``${secret:ID}`` markers a rerun's spec kept. ``into_existing`` (kept in the record as
-    ``outputs_into_existing``) lets outputs go beside files faceops did not write."""
+    be created, with secrets masked, and ``skipped`` (reason and checks) when the S3 endpoint did
+    not answer the dry run's one quick probe, so the S3 checks were left to the real submit.
+    ``checkpoints`` (a folder) seeds the new version's checkpoint folder before it starts;
+    ``secrets`` (the parent's secrets file) gives the values of the ``${secret:ID}`` markers a
+    rerun's spec kept. ``into_existing`` (kept in the record as ``outputs_into_existing``) lets
+    outputs go beside files faceops did not write."""
     backend = get_backend(spec.backend)
     backend.check(spec.to_dict())
-    inputs = {channel: _describe_input(uri) for channel, uri in spec.inputs.items()}
-    preflight.check_outputs(spec.outputs, into_existing=into_existing)
+    skipped = preflight.s3_skipped(spec.inputs, spec.outputs) if dry_run else None
+
+    def checked(uri: str) -> bool:  # a dry run without a reachable S3 endpoint plans its S3 URIs unchecked
+        return not (skipped and storage.is_remote(uri))
+
+    inputs = {channel: _describe_input(uri) if checked(uri) else {"uri": uri, "size": None, "etag": None}
+              for channel, uri in spec.inputs.items()}
+    preflight.check_outputs({name: uri for name, uri in spec.outputs.items() if checked(uri)},
+                            into_existing=into_existing)
     store = Store()
     if store.shared:
         refuse_literal_secrets(spec.to_dict(), spec.backend, shared_store=store.where)
@@ -95,7 +105,7 @@ def launch(spec: JobSpec, *, parent: int | None | object, code_hash: str | None 
         plan = backend.plan(Launch(preview, workdir(preview), bundle.path))
         packed = {"path": str(bundle.path), "files": bundle.files, "source_bytes": bundle.source_bytes,
                   "biggest": [list(item) for item in bundle.biggest]}
-        return mask({"record": preview, "plan": plan, "bundle": packed})
+        return mask({"record": preview, "plan": plan, "bundle": packed, **({"skipped": skipped} if skipped else {})})
     hyperparameters, hidden = hide(spec.hyperparameters, secrets or {})
     record = new_record({**spec.to_dict(), "hyperparameters": hyperparameters}, parent=None if parent is LATEST else parent,
                         code=code, inputs=inputs, image=_image(spec.image))

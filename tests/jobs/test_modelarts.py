@@ -684,3 +684,22 @@ def test_retries_over_the_services_limit_are_refused_before_anything_is_stored(r
     result = runner("job", "submit", spec, "--dry-run", "--set", "resources.retries=129")
     assert result.exit_code == 2 and "at most 128" in result.output
     assert runner("job", "submit", spec, "--dry-run", "--set", "resources.retries=128").exit_code == 0
+
+
+def test_a_dry_run_without_a_reachable_obs_endpoint_plans_anyway_and_names_what_it_skipped(runner, modelarts, spec,
+                                                                                            s3_bucket, s3_nowhere):
+    """The request is built and checked against the SDK's models without OBS; a dry run probes
+    the endpoint once and names the checks it left to the real submit."""
+    result = runner("job", "submit", spec, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"POST /v2/{modelarts.state.project_id}/training-jobs" in result.output
+    assert f'"obs_url": "/{s3_bucket}/recognition_train_data/"' in result.output
+    assert f"S3 endpoint {s3_nowhere}" in result.output and "a real submit still runs these checks" in result.output
+    for check in (f"outputs.model: s3://{s3_bucket}/models/face-recognition/ is writable",
+                  f"inputs.train: s3://{s3_bucket}/recognition_train_data/ exists (its size and ETag)"):
+        assert f"  skipped: {check}" in result.output, result.output
+    assert modelarts.state.requests == [] and Store().list() == []
+
+    output = refused(runner, spec, "--detach")
+    assert f"cannot reach S3 endpoint {s3_nowhere}" in output, output
+    assert modelarts.state.requests == [] and Store().list() == []

@@ -879,3 +879,30 @@ def test_a_sharded_gallery_job_is_merged_on_the_client_when_it_completes(runner,
     assert sorted(e["image"] for e in gallery.entries) == sorted(f"{p.parent.name}/{p.name}" for p in photos)
     assert gallery.manifest["calibration"]["threshold"] == shown["metrics"]["threshold"]
     assert not storage.exists(f"s3://{s3_bucket}/galleries/staff/parts/gallery.json")
+
+
+def test_a_dry_run_without_a_reachable_s3_endpoint_plans_anyway_and_names_what_it_skipped(runner, sagemaker, train_spec,
+                                                                                           s3_bucket, s3_nowhere):
+    """S3 only confirms the inputs and that the output can be written; the request itself needs
+    neither, so a dry run probes the endpoint once and shows the request without them."""
+    result = runner("job", "submit", train_spec, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    request = out["plan"]["request"]
+    assert out["plan"]["api"] == "CreateTrainingJob" and request["TrainingJobName"].startswith("recog-cloud-v1-")
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{s3_bucket}/models/recog-cloud"}
+    assert s3_nowhere in out["skipped"]["reason"]
+    assert out["skipped"]["checks"] == [
+        f"outputs.model: s3://{s3_bucket}/models/recog-cloud is writable and holds no files faceops did not write",
+        f"inputs.train: s3://{s3_bucket}/faces/ exists (its size and ETag)"]
+    assert out["record"]["inputs"]["train"] == {"uri": f"s3://{s3_bucket}/faces/", "size": None, "etag": None}
+
+    text = runner("job", "submit", train_spec, "--dry-run")
+    assert text.exit_code == 0 and "CreateTrainingJob" in text.output, text.output
+    assert f"  skipped: outputs.model: s3://{s3_bucket}/models/recog-cloud is writable" in text.output
+    assert "planned without it, so a real submit still runs these checks" in text.output
+    assert sagemaker.extras.requests == [] and Store().list() == []
+
+    output = refused(runner, train_spec, "--detach")  # a real submit still checks, and says why it cannot
+    assert f"cannot reach S3 endpoint {s3_nowhere}" in output, output
+    assert sagemaker.extras.requests == [] and Store().list() == []

@@ -6,7 +6,8 @@ Huawei OBS, MinIO and SeaweedFS behave exactly like a local folder. Callers use 
 
 - ``uris``: URIs parsed into locations, local files and the staged local write (temp + rename);
 - ``s3``: the S3 client, its bounded timeouts (one stated bound per request), upload retries
-  (each reported with its cause) and the errors that say what to check;
+  (each reported with its cause), a one-try reachability :func:`probe` for dry runs, and the
+  errors that say what to check;
 - ``targets``: where outputs may go: system folders and folders of other people's files are
   refused, by one rule for ``file://`` and ``s3://`` (:func:`check_target`);
 - ``publish``: uploads and writes of our own files only (nothing else is removed), with a
@@ -18,13 +19,13 @@ Huawei OBS, MinIO and SeaweedFS behave exactly like a local folder. Callers use 
 from jobs.core.storage.cleanup import ORPHAN_SECONDS, gc
 from jobs.core.storage.publish import PART_SIZE, PROGRESS_MIN_BYTES, upload, write_bytes
 from jobs.core.storage.read import download, exists, list, read_bytes, read_range, stat
-from jobs.core.storage.s3 import (StorageUnavailable, aws_region, reporting_retries, request_attempts, request_bound,
-                                  require_bucket, s3_client, timeouts)
+from jobs.core.storage.s3 import (StorageUnavailable, aws_region, probe, reporting_retries, request_attempts,
+                                  request_bound, require_bucket, s3_client, timeouts)
 from jobs.core.storage.targets import UnsafeTarget, check_target, refuse_system_folder
 from jobs.core.storage.uris import MANIFEST, STAGING_MARK, Location, ObjectInfo, is_remote, join, parse
 
 __all__ = ["MANIFEST", "ORPHAN_SECONDS", "PART_SIZE", "PROGRESS_MIN_BYTES", "STAGING_MARK", "Location", "ObjectInfo",
            "StorageUnavailable", "UnsafeTarget", "aws_region", "check_target", "download", "exists", "gc", "is_remote",
-           "join", "list", "parse", "read_bytes", "read_range", "refuse_system_folder", "reporting_retries",
+           "join", "list", "parse", "probe", "read_bytes", "read_range", "refuse_system_folder", "reporting_retries",
            "request_attempts", "request_bound", "require_bucket", "s3_client", "stat", "timeouts", "upload",
            "write_bytes"]

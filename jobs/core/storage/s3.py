@@ -40,13 +40,14 @@ class StorageUnavailable(StorageError):
         self.timed_out = timed_out
 
 
-def s3_client():
+def s3_client(timeout: float | None = None, attempts: int | None = None):
     """A boto3 S3 client for the current settings (cached per settings, since tests and long
-    sessions change the environment). Environment variables win over ``config.yaml``'s ``s3:``."""
+    sessions change the environment). Environment variables win over ``config.yaml``'s ``s3:``.
+    ``timeout`` and ``attempts`` replace the configured timeouts and tries (for :func:`probe`)."""
     endpoint = setting("s3", "endpoint_url", ("FACEOPS_S3_ENDPOINT", "AWS_ENDPOINT_URL"))
-    connect, read = timeouts()
+    connect, read = (timeout, timeout) if timeout is not None else timeouts()
     return _client(
-        connect, read, request_attempts(),
+        connect, read, attempts or request_attempts(),
         endpoint,
         aws_region("s3") or "us-east-1",
         setting("s3", "addressing_style", ("FACEOPS_S3_ADDRESSING_STYLE",), "path" if endpoint else "auto"),
@@ -92,6 +93,38 @@ def request_bound() -> float:
     connect, read = timeouts()
     attempts = request_attempts()
     return attempts * (connect + read) + sum(min(2.0 ** i, 20.0) for i in range(attempts - 1))
+
+
+def probe_timeout() -> float:
+    """Seconds :func:`probe` waits for a connection, and again for an answer (``s3.probe_timeout``)."""
+    return float(setting("s3", "probe_timeout", ("FACEOPS_S3_PROBE_TIMEOUT",), 2))
+
+
+def probe(uri: str | Path) -> str | None:
+    """Why the S3 endpoint of ``uri`` cannot be reached, or None when it answers. One request
+    (HEAD of the bucket), one try of :func:`probe_timeout` seconds to connect and as many to
+    answer, no retries: a dry run asks once and plans without S3 instead of waiting out
+    :func:`request_bound` in every check. Any answer but a 5xx counts as reachable (a missing
+    bucket, a denied key or missing credentials are for the real checks to explain)."""
+    from botocore import exceptions as bex
+
+    limit = probe_timeout()
+    client = s3_client(timeout=limit, attempts=1)
+    where = f"S3 endpoint {client.meta.endpoint_url}"
+    try:
+        client.head_bucket(Bucket=parse(uri).bucket)
+    except bex.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return f"{where} answered {code}" if code in UNAVAILABLE else None
+    except bex.ConnectTimeoutError:
+        return f"{where}: no connection within {limit:g}s (s3.probe_timeout, one try)"
+    except bex.ReadTimeoutError:
+        return f"{where}: no answer within {limit:g}s (s3.probe_timeout, one try)"
+    except (bex.ConnectionError, bex.HTTPClientError) as exc:
+        return f"{where}: could not connect ({type(exc).__name__}, one try)"
+    except (bex.NoCredentialsError, bex.ParamValidationError):
+        return None
+    return None
 
 
 @lru_cache(maxsize=8)
