@@ -89,6 +89,8 @@ def test_dry_run_prints_the_exact_request_and_creates_nothing(runner, sagemaker,
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)["plan"]
     assert plan["api"] == "CreateTrainingJob" and plan["region"] == REGION
+    assert "skipped" not in json.loads(result.output)  # S3 answered, so every check ran
+    assert json.loads(result.output)["record"]["inputs"]["train"]["size"] == 1004
     request = plan["request"]
     name = request["TrainingJobName"]
     assert name.startswith("recog-cloud-v1-") and len(name) == len("recog-cloud-v1-") + 8
