@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from jobs.core.config import home, setting
+from jobs.core.config import home, home_path, setting
 from jobs.core.errors import FaceopsError, NotFoundError, SpecError
 from jobs.core.files import atomic_write, write_once
 
@@ -109,7 +109,7 @@ def new_record(spec: dict[str, Any], *, parent: int | None, code: dict[str, Any]
 def store_url() -> str:
     """Where the version store is: ``store.url`` / ``FACEOPS_STORE_URL``, by default the
     embedded SQLite file ``$FACEOPS_HOME/store.sqlite``."""
-    return setting("store", "url", ("FACEOPS_STORE_URL",)) or f"sqlite:///{home() / 'store.sqlite'}"
+    return setting("store", "url", ("FACEOPS_STORE_URL",)) or f"sqlite:///{home_path() / 'store.sqlite'}"
 
 
 def is_shared(url: str) -> bool:
@@ -337,6 +337,8 @@ class Store:
             if not write and self._unborn():
                 db = _empty_store()
             else:
+                if write:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 db.execute("PRAGMA busy_timeout=30000")
                 db.execute("PRAGMA journal_mode=WAL")

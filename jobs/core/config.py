@@ -20,9 +20,14 @@ STORE_NAME = "store.sqlite"
 BUNDLE_NAME = re.compile(r"^(?:[0-9a-f]{64}\.tar\.gz|\.bundle\..+\.tmp)$")
 
 
+def home_path() -> Path:
+    """The faceops state folder, without creating it: for reads, which never create state."""
+    return Path(os.environ.get("FACEOPS_HOME") or Path.home() / ".faceops").expanduser()
+
+
 def home() -> Path:
-    """Return the faceops state folder, creating it on first use."""
-    path = Path(os.environ.get("FACEOPS_HOME") or Path.home() / ".faceops").expanduser()
+    """Return the faceops state folder, creating it on first use (for writers)."""
+    path = home_path()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -46,7 +51,7 @@ def load_config() -> dict[str, Any]:
     Cached by path and modification time: storage asks for settings on every ranged read.
     A malformed file is a usage error the user must fix, so it raises ``SpecError`` naming the file.
     """
-    path = home() / "config.yaml"
+    path = home_path() / "config.yaml"
     try:
         mtime = path.stat().st_mtime_ns
     except FileNotFoundError:

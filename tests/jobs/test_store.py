@@ -92,7 +92,7 @@ def test_a_store_of_the_previous_schema_is_upgraded_only_on_request(faceops_home
     import json
     import sqlite3
 
-    faceops_home.mkdir(parents=True)
+    (faceops_home / "jobs" / "recog" / "1").mkdir(parents=True)  # its version folder, as the old faceops left it
     old = {**make(), "version": 1, "created": 1.0, "status": "done", "status_history": [{"status": "done", "at": 1.0}]}
     with sqlite3.connect(faceops_home / "store.sqlite") as db:
         db.execute(SCHEMA_1)

@@ -19,6 +19,9 @@ SYSTEM_FOLDERS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib
                             "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
                             "/Users", "/System", "/Library", "/Applications", "/private"})
 SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/bin", "/sbin", "/lib", "/usr", "/run")
+# The hidden folder where images/bin/faceops-task keeps a processing run's hyperparameters and
+# metrics inside the results folder it was given: faceops wrote it, so it is no one else's file.
+RUN_FILES = ".faceops-task"
 
 
 class UnsafeTarget(StorageError):
@@ -53,7 +56,8 @@ def check_target(uri: str | Path, into_existing: bool = False) -> None:
     if loc.scheme == "file":
         if loc.path.exists() and not loc.path.is_dir():
             raise UnsafeTarget(f"{loc.path}: exists and is not a folder; an output needs a folder")
-        if not loc.path.is_dir() or not any(loc.path.iterdir()) or _ours(loc.path / MANIFEST) or into_existing:
+        if (not loc.path.is_dir() or not any(p.name != RUN_FILES for p in loc.path.iterdir())
+                or _ours(loc.path / MANIFEST) or into_existing):
             return
     else:
         if into_existing or not _s3_holds_files(loc) or _ours(join(str(loc), MANIFEST)):
