@@ -93,6 +93,7 @@ def main() -> None:
         url = server.database()
         os.environ.pop("FACEOPS_STORE_URL", None)
         sqlite, started = store_module.Store(), time.perf_counter()
+        sqlite.upgrade()  # reads create nothing; a store is made by its first submit or an upgrade
         load(sqlite, records(args.jobs, args.per_job))
         print(f"loaded {total} versions into SQLite in {time.perf_counter() - started:.1f} s", flush=True)
         postgres, started = store_module.PostgresStore(url), time.perf_counter()
