@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from inference import faces as facelib
 from inference import gallery_store, shards
 from inference.models import Models, load_models
@@ -24,6 +22,7 @@ from inference.sources import ImageItem, list_images, local, read_truth
 from jobs.core import storage
 from jobs.core.contract import Shard
 from jobs.core.errors import DataError
+from jobs.core.lazy import numpy as np
 
 UNKNOWN = "unknown"
 CSV_FIELDS = ["image", "face", "status", "person", "similarity", "x1", "y1", "x2", "y2", "det_score",

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from inference.faces import read_image
 from jobs.core.errors import DataError
+from jobs.core.lazy import numpy as np
 
 UNKNOWN = "unknown"
 TILE = 112

@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from inference.faces import align, detect, embed, read_image
+from inference.gallery_store import MANIFEST
 from inference.models import default_model_dir, load_models
 from jobs.core.bundle import faceops_root
 from jobs.core.errors import NotFoundError
@@ -46,8 +48,6 @@ def make_people(out: Path, seed: int = 0) -> dict[str, int]:
     every person is one real person. Returns counts, ``repeated`` being the faces left out."""
     import cv2
     import numpy as np
-
-    from inference.faces import align, detect, embed, read_image  # cv2-built: only the model part of the demo needs it
 
     folder = default_model_dir()
     models = load_models(folder)
@@ -155,8 +155,6 @@ def _finished_jobs(home: Path) -> set[str]:
 
 
 def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdir: Path, reuse: set[str]) -> None:
-    from inference.gallery_store import MANIFEST  # numpy-built: only the model part of the demo needs it
-
     def step(title: str, *argv: str | Path) -> None:
         args = [_short(a) if isinstance(a, Path) else a for a in argv]
         echo(f"\n== {title}\n$ faceops {shlex.join(args)}")

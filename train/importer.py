@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from inference.models import default_model_dir, sha256
 from inference.sources import IMAGE_EXTENSIONS
 from jobs.core.errors import DataError, FaceopsError, JobFailed
-from train.backbones import BACKBONES, get_model
+from jobs.core.lazy import numpy as np
+from train.config import NETWORKS
 from train.export import export_gluon, export_onnx
 from train.pack import face_aligner
 
@@ -143,6 +142,8 @@ def build(network: str, embedding_size: int) -> Any:
     """A fresh backbone with every shape known (initialised and run once on zeros)."""
     import mxnet as mx
 
+    from train.backbones import get_model  # Gluon blocks: MXNet loads only when a network is built
+
     net = get_model(network, embedding_size)
     net.initialize(ctx=mx.cpu())
     net(mx.nd.zeros((1, *IMAGE_SHAPE)))
@@ -251,13 +252,13 @@ def calibrate(model: Any, folded: list[tuple[Any, str, np.ndarray]], images: np.
 def guess_network(layers: list[OnnxLayer]) -> str:
     """The backbone whose layer kinds and shapes match ``layers`` (folded batch norms allowed)."""
     embedding = _embedding_size(layers)
-    for name in BACKBONES:
+    for name in NETWORKS:
         try:
             load_layers(build(name, embedding), layers, name)
         except DataError:
             continue
         return name
-    raise DataError(f"the ONNX model matches none of our networks ({', '.join(BACKBONES)}) layer by layer")
+    raise DataError(f"the ONNX model matches none of our networks ({', '.join(NETWORKS)}) layer by layer")
 
 
 def _embedding_size(layers: list[OnnxLayer]) -> int:

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
-
 from inference.faces import align_main_face, decode_image, read_file
 from inference.models import load_detector
 from inference.sources import list_images
 from jobs.core import storage
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.lazy import numpy as np
 from jobs.core.parallel import bounded_map
 from train.detection_data import parse_label_txt
 

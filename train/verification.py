@@ -12,13 +12,14 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from jobs.core.errors import DataError
+from jobs.core.lazy import numpy as np
 from train.importer import init_source
 
-THRESHOLDS = np.arange(0, 4, 0.01)
+# Distance thresholds tried: 0 to 4 (squared distance of unit vectors) in steps of 0.01.
+THRESHOLD_RANGE = (0.0, 4.0, 0.01)
 
 
 def load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +74,7 @@ def accuracy(embeddings: np.ndarray, issame: np.ndarray, folds: int = 10) -> tup
     dist = np.sum((embeddings[0::2] - embeddings[1::2]) ** 2, axis=1)
     issame = np.asarray(issame, bool)
     # predictions[t, i]: pair i called "same" at threshold t.
-    correct = (dist[None, :] < THRESHOLDS[:, None]) == issame[None, :]
+    correct = (dist[None, :] < np.arange(*THRESHOLD_RANGE)[:, None]) == issame[None, :]
     folds = min(folds, len(dist))
     scores = []
     for test in np.array_split(np.arange(len(dist)), folds):
