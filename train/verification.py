@@ -12,8 +12,6 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tqdm import tqdm
-
 from jobs.core.errors import DataError
 from jobs.core.lazy import numpy as np
 from train.importer import init_source
@@ -57,6 +55,8 @@ def embeddings(forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
     ``f(x) + f(mirror(x))``. ``forward`` maps a normalised float32 batch to ``(n, D)``: a Gluon
     network in a job, onnxruntime in ``faceops eval``, the same protocol for both. ``progress``
     names a progress bar (on stderr) over the faces; None draws none."""
+    from tqdm import tqdm
+
     out = []
     bar = tqdm(total=len(images), unit="face", desc=progress, disable=progress is None)
     for start in range(0, len(images), batch_size):
