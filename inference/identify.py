@@ -22,6 +22,7 @@ from inference.sources import ImageItem, list_images, local, read_truth
 from jobs.core import storage
 from jobs.core.contract import Shard
 from jobs.core.errors import DataError
+from jobs.core.lazy import cv2
 from jobs.core.lazy import numpy as np
 
 UNKNOWN = "unknown"
@@ -156,8 +157,6 @@ def drawing_size(width: int, height: int) -> float:
 def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
     """Write a copy of the image with each face's box and name (green known, red unknown), each
     label on a filled band kept inside the image, both sized with the image (:func:`drawing_size`)."""
-    import cv2
-
     image = facelib.read_image(image_path)
     size = drawing_size(image.shape[1], image.shape[0])
     font, scale, line = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * size, max(1, round(size))

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from jobs.core.config import home
 from jobs.core.contract import extract_archive, model_archives
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.lazy import numpy as np
 
 # insightface routes these square inputs to its landmark and attribute models, not to a recognizer.
 NOT_RECOGNIZER_SIDES = (96, 192)
@@ -246,8 +247,6 @@ def load_detector(path: str | Path | None = None, threads: int = 0) -> Any:
 
 @lru_cache(maxsize=4)
 def _load(det_path: Path, rec_path: Path, threads: int) -> Models:
-    import numpy as np
-
     detector = _detector(det_path, threads)
     recognizer = _model(rec_path, threads)
     if getattr(recognizer, "taskname", None) != "recognition":

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from inference.faces import read_image
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.lazy import cv2
 from jobs.core.lazy import numpy as np
 from train.recordio import FACE_FIELDS
 
@@ -130,8 +131,6 @@ class DetectionSplit:
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as RGB uint8, read by the face toolkit's one decoder (its :class:`DataError`
     names the file)."""
-    import cv2
-
     return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from inference.models import default_model_dir, sha256
 from inference.sources import IMAGE_EXTENSIONS
 from jobs.core.errors import DataError, FaceopsError, JobFailed
+from jobs.core.lazy import cv2
 from jobs.core.lazy import numpy as np
 from train.config import NETWORKS
 from train.export import export_gluon, export_onnx
@@ -306,8 +307,6 @@ def init_source(uri: Path) -> Path:
 def face_crops(photos: Path, detector: Path | None = None, limit: int = 64) -> np.ndarray:
     """Up to ``limit`` 5-point aligned 112x112 crops (uint8 RGB, NCHW) of the main face of each
     photo under ``photos``, found by ``detector`` (default: the pretrained models' folder)."""
-    import cv2
-
     detector = detector or default_model_dir()
     if detector is None:
         raise DataError("no face detector: pass --detector (an SCRFD/RetinaFace ONNX file or folder)")

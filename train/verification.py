@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from jobs.core.errors import DataError
+from jobs.core.lazy import cv2
 from jobs.core.lazy import numpy as np
 from train.importer import init_source
 
@@ -22,8 +23,6 @@ THRESHOLD_RANGE = (0.0, 4.0, 0.01)
 
 def load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, H, W)`` uint8 RGB and ``issame`` ``(N/2,)`` bool from a ``.bin`` file."""
-    import cv2
-
     try:
         with open(path, "rb") as fh:
             bins, issame = pickle.load(fh, encoding="bytes")
