@@ -215,6 +215,21 @@ def _session_options(threads: int) -> Any:
     return options
 
 
+def onnx_session(model: Path | bytes, threads: int = 0, name: str | None = None) -> Any:
+    """An onnxruntime session on the CPU for an ONNX file or serialised graph, for callers that run
+    a graph themselves rather than through insightface; one it cannot load is a :class:`DataError`
+    naming ``name`` (default: the file)."""
+    import onnxruntime
+
+    source = model if isinstance(model, bytes) else str(model)
+    options = _session_options(threads)
+    options.log_severity_level = 3  # ORT warns on every batch the graph declares as 1
+    try:
+        return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime reports a broken graph with its own exception types
+        raise DataError(f"{name or model}: onnxruntime cannot load it: {exc}") from None
+
+
 def _model(path: Path, threads: int, **options: Any) -> Any:
     """An insightface model_zoo model on one CPU onnxruntime session; a graph onnxruntime cannot
     load is a :class:`DataError` naming the file."""

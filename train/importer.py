@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from inference.models import default_model_dir, sha256
+from inference.models import default_model_dir, onnx_session, sha256
 from inference.sources import IMAGE_EXTENSIONS
 from jobs.core.errors import DataError, FaceopsError, JobFailed
 from jobs.core.lazy import cv2
@@ -221,7 +221,6 @@ def calibrate(model: Any, folded: list[tuple[Any, str, np.ndarray]], images: np.
     """Give the unfolded batch norms the statistics of their inputs on ``images`` (uint8 RGB
     ``(N, 3, 112, 112)``), read from the ONNX graph itself with onnxruntime."""
     import onnx
-    import onnxruntime
 
     if not folded or not len(images):
         return
@@ -229,9 +228,7 @@ def calibrate(model: Any, folded: list[tuple[Any, str, np.ndarray]], images: np.
     probe.CopyFrom(model)
     names = [name for _, name, _ in folded]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(probe.SerializeToString(), name="the ONNX model with its batch-norm inputs as outputs")
     feed = session.get_inputs()[0].name
     sums = [np.zeros(bias.shape, np.float64) for *_, bias in folded]
     squares = [np.zeros(bias.shape, np.float64) for *_, bias in folded]

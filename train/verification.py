@@ -12,6 +12,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from inference.models import onnx_session
 from jobs.core.errors import DataError
 from jobs.core.lazy import cv2
 from jobs.core.lazy import numpy as np
@@ -104,16 +105,7 @@ def evaluate(net: Any, folder: Path, ctx: Any) -> dict[str, float]:
 
 def onnx_forward(model: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A recognizer ONNX file (or a model folder's ``model.onnx``) as a batch function."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    path = init_source(Path(model))
-    try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime reports a broken graph with its own exception types
-        raise DataError(f"{path}: onnxruntime cannot load it: {exc}") from None
+    session = onnx_session(init_source(Path(model)), threads)
     name = session.get_inputs()[0].name
 
     def forward(x: np.ndarray) -> np.ndarray:
