@@ -25,9 +25,8 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-import numpy as np
-
 from jobs.core.errors import DataError
+from jobs.core.lazy import numpy as np
 
 DEFAULT_FAR = 1e-3
 # The floor for a recognizer without a reference distribution and too few measured pairs: typical

@@ -7,7 +7,12 @@ import os
 
 import click
 
+from inference.gallery import add_to_gallery, build_gallery, calibrate_gallery, remove_from_gallery
+from inference.identify import identify as run_identify
 from inference.index import INDEX_KINDS
+from inference.models import load_models
+from inference.serve import Limits
+from inference.serve import serve as run_serve
 from jobs.core.commandline import FaceopsGroup
 
 
@@ -88,8 +93,6 @@ def gallery_build(source: str, out: str, models_dir: str | None, det_model: str 
     several faces or the same content as another are listed in OUT/issues.csv. An existing
     gallery at OUT is refused without --force, and so (exit 2, with the figures) is a recognizer
     that does not separate people: strangers scoring like the same person."""
-    from inference.gallery import build_gallery  # numpy-built: loaded by the command, not by --help
-
     _echo_summary(build_gallery(source, out, models_dir, det=det_model, rec=rec_model, det_size=det_size,
                                 det_thresh=det_thresh, batch_size=batch_size, workers=workers, strict=strict,
                                 far=far, index=index, force=force, background=background, progress=not as_json), as_json)
@@ -108,8 +111,6 @@ def gallery_add(database: str, source: str, models_dir: str | None, det_model: s
     """Add the people and photos of SOURCE (same layout as build) to DATABASE without rebuilding
     it. Photos it already holds (same content) are skipped and counted as duplicates. The models
     must be the ones the gallery was built with; it is recalibrated."""
-    from inference.gallery import add_to_gallery  # numpy-built: loaded by the command, not by --help
-
     _echo_summary(add_to_gallery(database, source, models_dir, det=det_model, rec=rec_model, batch_size=batch_size,
                                  workers=workers, strict=strict, progress=not as_json), as_json)
 
@@ -120,8 +121,6 @@ def gallery_add(database: str, source: str, models_dir: str | None, det_model: s
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def gallery_remove(database: str, people: tuple[str, ...], as_json: bool) -> None:
     """Remove PEOPLE (by name) and all their embeddings from DATABASE; it is recalibrated."""
-    from inference.gallery import remove_from_gallery  # numpy-built: loaded by the command, not by --help
-
     _echo_summary(remove_from_gallery(database, list(people)), as_json)
 
 
@@ -139,8 +138,6 @@ def gallery_calibrate(database: str, far: float, background: str | None, models_
     distribution when those are too few. Prints what the threshold rests on. identify uses it by
     default. A recognizer that does not separate people is refused (exit 2, with the figures)
     unless --force."""
-    from inference.gallery import calibrate_gallery  # numpy-built: loaded by the command, not by --help
-
     _echo_summary(calibrate_gallery(database, far, background, models_dir, det=det_model, rec=rec_model, force=force),
                   as_json)
 
@@ -168,8 +165,6 @@ def identify(images: str, database: str, out: str, models_dir: str | None, det_m
     gallery: box, landmarks, detection score and the top-k people with cosine similarity, or
     'unknown' below the threshold. One row per face (and per image without a face) in
     OUT/report.csv and OUT/report.jsonl."""
-    from inference.identify import identify as run_identify  # numpy-built: loaded by the command, not by --help
-
     _echo_summary(run_identify(images, database, out, models_dir, det=det_model, rec=rec_model, threshold=threshold,
                                top_k=top_k, det_size=det_size, det_thresh=det_thresh, batch_size=batch_size,
                                workers=workers, truth=truth, truth_from_folders=truth_from_folders,
@@ -194,10 +189,6 @@ def serve(database: str, models_dir: str | None, det_model: str | None, rec_mode
     POST /identify (a JPEG/PNG body or a multipart 'image' field), GET /people, POST and DELETE
     /people/NAME (a new gallery revision), GET /healthz, GET /metrics (Prometheus) and a page to
     try it at GET /. Concurrent requests are micro-batched through the models."""
-    from inference.models import load_models
-    from inference.serve import Limits  # numpy-built: loaded by the command, not by --help
-    from inference.serve import serve as run_serve
-
     token = None
     if token_env:
         token = os.environ.get(token_env, "")

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import cv2
-import numpy as np
-
 from inference.models import Models
 from inference.sources import ImageItem
 from jobs.core.config import setting
 from jobs.core.errors import DataError
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
 from jobs.core.parallel import bounded_map
 
 STRIDE = 32  # SCRFD's coarsest feature stride: detector inputs are multiples of it
@@ -59,8 +58,10 @@ class ImageResult:
     size: tuple[int, int] | None = None  # (width, height), to within the decode reduction
 
 
-REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-           8: cv2.IMREAD_REDUCED_COLOR_8}  # libjpeg's DCT scaling factors
+# OpenCV's flag names per decode reduction (libjpeg's DCT scaling factors), read at decode time
+# because OpenCV loads on first use.
+REDUCED = {1: "IMREAD_COLOR", 2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4",
+           8: "IMREAD_REDUCED_COLOR_8"}
 # JPEG start-of-frame markers (they carry the size); C4, C8 and CC are other segments.
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -74,7 +75,7 @@ def decode_image(data: bytes, source: str | Path, reduce: int = 1) -> np.ndarray
         raise DataError(f"{source}: empty file (0 bytes)")
     check_pixels(data, source, reduce)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED[reduce])
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), getattr(cv2, REDUCED[reduce]))
     except cv2.error:
         image = None
     if image is None or image.size == 0:

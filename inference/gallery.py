@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from inference import faces as facelib
 from inference import shards
 from inference.calibration import DEFAULT_FAR, calibrate, check_separation, reference_for
@@ -23,6 +21,7 @@ from inference.sources import ImageItem, list_images, local
 from jobs.core import storage
 from jobs.core.contract import Shard
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.lazy import numpy as np
 
 DEFAULT_DET_SIZE = 640
 DEFAULT_DET_THRESH = 0.5

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
-
 from inference.calibration import DEFAULT_THRESHOLD
 from inference.index import make_index
 from inference.models import Models, sha256
@@ -33,6 +31,7 @@ from inference.sources import local
 from jobs.core import storage
 from jobs.core.errors import DataError
 from jobs.core.files import atomic_write
+from jobs.core.lazy import numpy as np
 
 FORMAT = "faceops-gallery"
 FORMAT_VERSION = 1

@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from inference import faces as facelib
 from inference import gallery_store, shards
 from inference.models import Models, load_models
@@ -24,6 +22,8 @@ from inference.sources import ImageItem, list_images, local, read_truth
 from jobs.core import storage
 from jobs.core.contract import Shard
 from jobs.core.errors import DataError
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
 
 UNKNOWN = "unknown"
 CSV_FIELDS = ["image", "face", "status", "person", "similarity", "x1", "y1", "x2", "y2", "det_score",
@@ -157,8 +157,6 @@ def drawing_size(width: int, height: int) -> float:
 def annotate(image_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
     """Write a copy of the image with each face's box and name (green known, red unknown), each
     label on a filled band kept inside the image, both sized with the image (:func:`drawing_size`)."""
-    import cv2
-
     image = facelib.read_image(image_path)
     size = drawing_size(image.shape[1], image.shape[0])
     font, scale, line = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * size, max(1, round(size))

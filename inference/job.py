@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inference import shards
+from inference.gallery import build_gallery, merge_galleries
+from inference.identify import identify, merge_reports
 from inference.tasks import GALLERY, IDENTIFY
 from jobs.core import entry
 from jobs.core.contract import JobEnv, shard_from_env
@@ -48,8 +50,6 @@ def _models(env: JobEnv) -> dict[str, Path | None]:
 
 
 def run_gallery(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
-    from inference.gallery import build_gallery  # numpy-built: loaded in the job, not when tasks are listed
-
     at = shard_from_env()
     out = env.output("database") if at is None else shards.part_folder(env.output("database"), at)
     summary = build_gallery(env.channel("images"), out, **_models(env), shard=at,
@@ -67,8 +67,6 @@ def _identify_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
-    from inference.identify import identify  # numpy-built: loaded in the job, not when tasks are listed
-
     at = shard_from_env()
     out = env.output("report") if at is None else shards.part_folder(env.output("report"), at)
     summary = identify(env.channel("images"), env.channel("gallery"), out, **_models(env), truth=_truth_file(env),
@@ -81,8 +79,6 @@ def run_identify(hp: dict[str, Any], env: JobEnv) -> dict[str, Any] | None:
 def merge_gallery(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
     """The gallery task's merge (its :class:`~jobs.core.tasks.Sharding`): the instances' parts of
     output ``database`` become one gallery, calibrated for ``far`` over all the embeddings."""
-    from inference.gallery import merge_galleries  # numpy-built: loaded in the job, not when tasks are listed
-
     out = outputs["database"]
     return merge_galleries(shards.read_parts(out), out, hp.get("far", GALLERY.params["far"].default),
                            force=bool(hp.get("force")))
@@ -92,8 +88,6 @@ def merge_identify(hp: dict[str, Any], outputs: dict[str, Path]) -> dict[str, An
     """The identify task's merge: the instances' parts of output ``report`` become one report. Each
     instance's contact sheet (``sheet``) ranks the doubtful faces of its own share of the photos,
     which only it could read, so the sheets are kept side by side as ``sheets/<part>.jpg``."""
-    from inference.identify import merge_reports  # numpy-built: loaded in the job, not when tasks are listed
-
     out = outputs["report"]
     parts = shards.read_parts(out)
     for folder, _ in parts:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from jobs.core.config import home
 from jobs.core.contract import extract_archive, model_archives
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.lazy import numpy as np
 
 # insightface routes these square inputs to its landmark and attribute models, not to a recognizer.
 NOT_RECOGNIZER_SIDES = (96, 192)
@@ -214,6 +215,21 @@ def _session_options(threads: int) -> Any:
     return options
 
 
+def onnx_session(model: Path | bytes, threads: int = 0, name: str | None = None) -> Any:
+    """An onnxruntime session on the CPU for an ONNX file or serialised graph, for callers that run
+    a graph themselves rather than through insightface; one it cannot load is a :class:`DataError`
+    naming ``name`` (default: the file)."""
+    import onnxruntime
+
+    source = model if isinstance(model, bytes) else str(model)
+    options = _session_options(threads)
+    options.log_severity_level = 3  # ORT warns on every batch the graph declares as 1
+    try:
+        return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime reports a broken graph with its own exception types
+        raise DataError(f"{name or model}: onnxruntime cannot load it: {exc}") from None
+
+
 def _model(path: Path, threads: int, **options: Any) -> Any:
     """An insightface model_zoo model on one CPU onnxruntime session; a graph onnxruntime cannot
     load is a :class:`DataError` naming the file."""
@@ -246,8 +262,6 @@ def load_detector(path: str | Path | None = None, threads: int = 0) -> Any:
 
 @lru_cache(maxsize=4)
 def _load(det_path: Path, rec_path: Path, threads: int) -> Models:
-    import numpy as np
-
     detector = _detector(det_path, threads)
     recognizer = _model(rec_path, threads)
     if getattr(recognizer, "taskname", None) != "recognition":

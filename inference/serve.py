@@ -15,7 +15,6 @@ server reads the gallery's manifest and loads a revision published by anyone els
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import math
@@ -310,6 +309,8 @@ def create_app(holder: GalleryHolder, batcher: Batcher, metrics: Metrics, limits
     """The Starlette application; ``token`` (when given) must come as ``Authorization: Bearer``
     on every route but ``/healthz`` and the page. Starlette is imported here, with the app: the
     serve extra is optional."""
+    import asyncio  # with the web framework: only a running server needs an event loop
+
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request

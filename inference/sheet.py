@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from inference.faces import read_image
 from jobs.core.errors import DataError
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
 
 UNKNOWN = "unknown"
 TILE = 112
@@ -94,8 +94,6 @@ class DoubtfulFaces:
 
     def write(self, out: str | Path) -> Path:
         """Draw the sheet (``.jpg`` or ``.png``) and return its path."""
-        import cv2
-
         tiles = self.ranked()
         unknown = sum(t.key[0] == 0 for t in tiles)
         title = (f"{unknown} unknown (red, of {self.seen['unknown']}), then {len(tiles) - unknown} lowest-margin "
@@ -110,8 +108,6 @@ class DoubtfulFaces:
 
 def crop(image: np.ndarray, box: list[float], pad: float = 0.2) -> np.ndarray:
     """The face box widened by ``pad`` on each side, letterboxed into TILE x TILE."""
-    import cv2
-
     height, width = image.shape[:2]
     x1, y1, x2, y2 = box
     dx, dy = (x2 - x1) * pad, (y2 - y1) * pad
@@ -130,8 +126,6 @@ def crop(image: np.ndarray, box: list[float], pad: float = 0.2) -> np.ndarray:
 
 def layout(tiles: list[Tile], title: str) -> np.ndarray:
     """The sheet: a title band, then tiles in rows of COLUMNS with a two-line caption each."""
-    import cv2
-
     columns = max(1, min(COLUMNS, len(tiles)))
     rows = max(1, math.ceil(len(tiles) / columns))
     cell = TILE + CAPTION
@@ -168,8 +162,6 @@ def captions(tile: Tile) -> tuple[str, str, str]:
 def fit_end(text: str, width: int, scale: float) -> str:
     """``text`` as drawn in ``width`` pixels at font ``scale``: whole when it fits, else ``..``
     and as much of its end as fits (a file name's end tells photos apart; its start often does not)."""
-    import cv2
-
     def drawn(candidate: str) -> int:
         return cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
 

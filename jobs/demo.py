@@ -17,9 +17,13 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from inference.faces import align, detect, embed, read_image
+from inference.gallery_store import MANIFEST
 from inference.models import default_model_dir, load_models
 from jobs.core.bundle import faceops_root
 from jobs.core.errors import NotFoundError
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
 from jobs.store import Store
 
 SOURCE_PICTURES = ("players.jpg", "gdp.jpg", "yaoming.jpg")
@@ -44,11 +48,6 @@ def make_people(out: Path, seed: int = 0) -> dict[str, int]:
     ``gallery/<person>/`` and ``probe/<person>/`` (256x256 photos). A face the pretrained
     recognizer finds to be someone already made (the same man in two pictures) is left out, so
     every person is one real person. Returns counts, ``repeated`` being the faces left out."""
-    import cv2
-    import numpy as np
-
-    from inference.faces import align, detect, embed, read_image  # cv2-built: only the model part of the demo needs it
-
     folder = default_model_dir()
     models = load_models(folder)
     rng = np.random.default_rng(seed)
@@ -96,9 +95,6 @@ def make_people(out: Path, seed: int = 0) -> dict[str, int]:
 def _view(image, box, points, rng):
     """One synthetic photo of a face: rotated, scaled, shifted, maybe mirrored, light and blur
     changed. Returns the 256x256 photo and the landmarks moved with it."""
-    import cv2
-    import numpy as np
-
     centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     scale = rng.uniform(80, 110) / (box[2] - box[0])
     matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-12, 12), scale)
@@ -155,8 +151,6 @@ def _finished_jobs(home: Path) -> set[str]:
 
 
 def _steps(invoke: Callable[[list[str]], None], echo: Callable[[str], None], workdir: Path, reuse: set[str]) -> None:
-    from inference.gallery_store import MANIFEST  # numpy-built: only the model part of the demo needs it
-
     def step(title: str, *argv: str | Path) -> None:
         args = [_short(a) if isinstance(a, Path) else a for a in argv]
         echo(f"\n== {title}\n$ faceops {shlex.join(args)}")

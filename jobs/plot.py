@@ -20,6 +20,7 @@ from typing import Any
 
 from jobs import metrics as history
 from jobs.core.errors import SpecError
+from jobs.core.lazy import numpy as np
 from jobs.core.tasks import Metric, find_metric
 from jobs.report import changed_settings, fmt
 
@@ -115,8 +116,6 @@ def xy(rows: list[dict[str, Any]], metric: str, x: str) -> tuple[list[float], li
 def smoothed(values: Any, weight: float) -> Any:
     """TensorBoard's smoothing: an exponential moving average, debiased so the start of the
     curve is not pulled towards zero. ``weight`` 0 returns the values unchanged."""
-    import numpy as np
-
     if weight <= 0 or len(values) == 0:
         return values
     out = np.empty(len(values))
@@ -131,8 +130,6 @@ def smoothed(values: Any, weight: float) -> Any:
 def envelope(xs: Any, ys: Any, columns: int) -> tuple[Any, Any]:
     """At most four points per pixel column (first, min, max, last, in x order): the line drawn
     through them covers the same pixels as the full line. Shorter lines are returned as they are."""
-    import numpy as np
-
     n = len(xs)
     if n <= 4 * columns or n == 0:
         return xs, ys
@@ -148,8 +145,6 @@ def envelope(xs: Any, ys: Any, columns: int) -> tuple[Any, Any]:
 
 def _argreduce(ufunc: Any, ys: Any, edges: Any) -> Any:
     """Offset, within each bucket ``edges[i]:edges[i+1]``, of its min (or max) value."""
-    import numpy as np
-
     extreme = ufunc.reduceat(ys, edges[:-1])
     bucket = np.repeat(np.arange(len(edges) - 1), np.diff(edges))
     hits = np.flatnonzero(ys == extreme[bucket])
@@ -168,7 +163,6 @@ def render(curves: list[Curve], metrics: list[str], schema: dict[str, Metric], *
     """A matplotlib ``Figure``: one panel per metric (two columns), one line per curve with the
     version's best point marked where the schema gives the metric a direction, and one legend
     for the figure below the panels."""
-    import numpy as np
     from matplotlib.figure import Figure
 
     if x not in X_AXES:

@@ -23,3 +23,21 @@ def test_help_imports_no_heavy_library():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"imported at --help: {result.stdout.strip()}"
+
+
+LAZY = """
+import sys
+import inference.commands, inference.job, jobs.demo, train.commands
+from jobs.core.lazy import cv2, numpy as np
+before = sorted(m for m in sys.modules if m.split(".")[0] in ("numpy", "cv2"))
+assert np.zeros(3).sum() == 0 and cv2.IMREAD_COLOR == 1
+print(before, "numpy" in sys.modules and "cv2" in sys.modules, repr(np))
+"""
+
+
+def test_numpy_and_opencv_load_on_first_use():
+    # The command and job modules import the face toolkit, galleries and packers at their top;
+    # numpy and OpenCV load only when a function first reads them, and then for real.
+    result = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] True <lazy module 'numpy' (loaded)>"

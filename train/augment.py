@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jobs.core.lazy import cv2
 from train.detection_data import FLIP_ORDER, Faces
 
 CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
@@ -45,8 +46,6 @@ def shift(faces: Faces, x0: float, y0: float, side: float) -> Faces:
 
 def resize(img: np.ndarray, faces: Faces, size: int) -> tuple[np.ndarray, Faces]:
     """Square image -> ``size x size``, faces scaled with it."""
-    import cv2
-
     scale = size / img.shape[0]
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     out = cv2.resize(img, (size, size), interpolation=interp)

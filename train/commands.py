@@ -12,6 +12,12 @@ from inference.models import default_model_dir, pretrained_file
 from jobs.core import storage
 from jobs.core.commandline import FaceopsGroup
 from train import fresh
+from train.importer import IMPORT_RECORD
+from train.inspection import format_report, inspect
+from train.pack import pack_detection, pack_recognition
+from train.pairs import pack_verification
+from train.verification import evaluate_bins, onnx_forward
+from train.widerface import evaluate as evaluate_detection
 
 
 @click.group(cls=FaceopsGroup)
@@ -49,8 +55,6 @@ def data_pack_recognition(src_dir: str, out_uri: str, align: str | None, resize:
     photos without a face are skipped. --resize only resizes, --as-is stores the photos untouched.
     Unreadable photos are skipped and listed at the end. OUT_URI is replaced in one step once
     everything is written."""
-    from train.pack import pack_recognition  # numpy-built: loaded by the command, not by --help
-
     if sum(bool(option) for option in (align, resize, as_is)) > 1:
         raise click.UsageError("give one of --align, --resize and --as-is")
     if not (resize or as_is):
@@ -72,8 +76,6 @@ def data_pack_detection(src_dir: str, out_uri: str, workers: int | None) -> None
 
     A label.txt line with the wrong number of fields stops the pack naming file:line; missing or
     unreadable images are skipped and listed at the end."""
-    from train.pack import pack_detection  # numpy-built: loaded by the command, not by --help
-
     _packed(pack_detection(src_dir, out_uri, workers=workers))
 
 
@@ -95,8 +97,6 @@ def data_pack_verification(photos: str, out_bin: str, pairs: int, seed: int, det
 
     Faces are 5-point aligned to 112x112 with the pretrained SCRFD detector (the models extra)
     unless --detector names another or --resize asks for plain resizing."""
-    from train.pairs import pack_verification  # numpy-built: loaded by the command, not by --help
-
     if detector and resize:
         raise click.UsageError("give --detector or --resize, not both")
     report = pack_verification(Path(photos), Path(out_bin), pairs, seed,
@@ -120,8 +120,6 @@ def data_inspect(uri: str, scan: bool, as_json: bool) -> None:
 
     Reads only the index and a few records (ranged reads on S3) unless --scan. Exits 2 when a
     corrupt record or a disagreeing property is found."""
-    from train.inspection import format_report, inspect  # numpy-built: loaded by the command, not by --help
-
     report = inspect(uri, scan=scan)
     click.echo(json.dumps(report) if as_json else format_report(report))
     if report["first_corrupt"] or report["problems"]:
@@ -143,8 +141,6 @@ def eval_recognition(model_path: str, bins: tuple[str, ...], flip: bool, as_json
     """Verification accuracy of MODEL (a recognizer .onnx or a model folder with model.onnx) on
     each .bin with insightface's 10-fold protocol: the best threshold on nine folds, accuracy on
     the tenth, mean +- std. A job's val input is measured by the same code."""
-    from train.verification import evaluate_bins, onnx_forward  # numpy-built: loaded by the command, not by --help
-
     results = evaluate_bins(onnx_forward(Path(model_path)), [Path(b) for b in bins], flip, progress=not as_json)
     if as_json:
         click.echo(json.dumps(results))
@@ -165,9 +161,7 @@ def eval_recognition(model_path: str, bins: tuple[str, ...], flip: bool, as_json
 def eval_detection(model_path: str, val_dir: str, gt_dir: str, det_size: int, as_json: bool) -> None:
     """Easy/medium/hard AP of MODEL (a face detector .onnx, SCRFD or RetinaFace, or a model
     folder) with the WIDER FACE protocol, as the evaluation code that ships with WIDER computes it."""
-    from train.widerface import evaluate  # numpy-built: loaded by the command, not by --help
-
-    results = evaluate(model_path, val_dir, gt_dir, det_size)
+    results = evaluate_detection(model_path, val_dir, gt_dir, det_size)
     if as_json:
         click.echo(json.dumps({f"{name}_ap": round(ap, 5) for name, ap in results.items()}))
         return
@@ -195,8 +189,6 @@ def model_import(onnx_file: str, out_dir: str, network: str | None, faces: str |
     """Turn an insightface ONNX recognizer into our Gluon model folder (batch norms unfolded),
     verified against onnxruntime on aligned real faces. ONNX_FILE is a file, or the name of a
     pretrained model of the models extra (e.g. w600k_mbf, the usual start of a fine-tune)."""
-    from train.importer import IMPORT_RECORD  # numpy-built: loaded by the command, not by --help
-
     # A model folder of ours (its import record) may be written again; anyone else's files are refused.
     storage.check_target(out_dir, into_existing=(Path(out_dir) / IMPORT_RECORD).is_file())
     args = [str(pretrained_file(onnx_file)), out_dir, "--min-cosine", str(min_cosine)]

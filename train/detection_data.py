@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from inference.faces import read_image
 from jobs.core.errors import DataError, NotFoundError
-from train.data import DetectionDataset
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
 from train.recordio import FACE_FIELDS
 
 # RetinaFace landmark order: left eye, right eye, nose, left mouth corner, right mouth corner.
@@ -132,8 +131,6 @@ class DetectionSplit:
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as RGB uint8, read by the face toolkit's one decoder (its :class:`DataError`
     names the file)."""
-    import cv2
-
     return cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
 
 
@@ -150,6 +147,8 @@ def open_folder(folder: Path, name: str) -> DetectionSplit:
 
 def open_records(uri: str, name: str) -> DetectionSplit:
     """A packed detection RecordIO (``faceops data pack-detection``), local or ``s3://``."""
+    from train.data import DetectionDataset  # an MXNet dataset: folders of photos need no MXNet
+
     data = DetectionDataset(uri)
 
     def read(i: int) -> tuple[np.ndarray, np.ndarray]:

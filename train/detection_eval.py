@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from jobs.core.lazy import cv2
 from train.anchors import anchors_for, decode, iou, nms
 from train.detection_data import Faces
 from train.retinaface import INPUT_MEAN, INPUT_STD
@@ -28,8 +29,6 @@ class EvalConfig:
 
 def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """``img`` scaled (down only) so its long side fits ``size`` and padded to ``size x size``."""
-    import cv2
-
     scale = min(1.0, size / max(img.shape[:2]))
     if scale < 1:
         img = cv2.resize(img, (int(img.shape[1] * scale), int(img.shape[0] * scale)))

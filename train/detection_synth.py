@@ -16,6 +16,7 @@ import numpy as np
 from inference.faces import detect, read_image
 from inference.models import load_detector
 from jobs.core.errors import DataError
+from jobs.core.lazy import cv2
 from train.detection_data import Faces, read_rgb
 
 
@@ -51,8 +52,6 @@ def paste_canvas(labelled: dict[Path, Faces], size: int, per_canvas: int, rng: n
                  scale: tuple[float, float] = (0.25, 0.55)) -> tuple[np.ndarray, Faces]:
     """One ``size x size`` RGB canvas with up to ``per_canvas`` photos pasted without overlap,
     each scaled to ``scale`` of the canvas side; returns the canvas and its faces."""
-    import cv2
-
     canvas = background(size, rng)
     photos = list(labelled)
     placed: list[tuple[int, int, int, int]] = []
@@ -85,8 +84,6 @@ def write_split(folder: Path, labelled: dict[Path, Faces], count: int, size: int
                 seed: int, negatives: int = 0) -> Path:
     """``folder/images/*.jpg`` + ``folder/label.txt`` with ``count`` canvases (the last
     ``negatives`` of them without faces)."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = []

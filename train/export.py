@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from jobs.core.lazy import numpy as np
+
 
 def export_gluon(net: Any, folder: Path, name: str = "model", epoch: int = 0) -> tuple[Path, Path]:
     """Write ``name-symbol.json`` and ``name-NNNN.params`` (the hybridized net must have run once)."""
@@ -24,7 +26,6 @@ def export_onnx(net: Any, input_shape: Sequence[int | None], path: Path, example
     ``example_shape`` is the concrete shape used to trace (defaults to ``input_shape`` with 1s).
     The net is run once on zeros so the cached graph exists even for a fresh network."""
     import mxnet as mx
-    import numpy as np
 
     example = tuple(example_shape or [d if d is not None else 1 for d in input_shape])
     net.hybridize()

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
-from inference.models import default_model_dir, sha256
+from inference.models import default_model_dir, onnx_session, sha256
 from inference.sources import IMAGE_EXTENSIONS
 from jobs.core.errors import DataError, FaceopsError, JobFailed
-from train.backbones import BACKBONES, get_model
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
+from train.config import NETWORKS
 from train.export import export_gluon, export_onnx
 from train.pack import face_aligner
 
@@ -143,6 +143,8 @@ def build(network: str, embedding_size: int) -> Any:
     """A fresh backbone with every shape known (initialised and run once on zeros)."""
     import mxnet as mx
 
+    from train.backbones import get_model  # Gluon blocks: MXNet loads only when a network is built
+
     net = get_model(network, embedding_size)
     net.initialize(ctx=mx.cpu())
     net(mx.nd.zeros((1, *IMAGE_SHAPE)))
@@ -219,7 +221,6 @@ def calibrate(model: Any, folded: list[tuple[Any, str, np.ndarray]], images: np.
     """Give the unfolded batch norms the statistics of their inputs on ``images`` (uint8 RGB
     ``(N, 3, 112, 112)``), read from the ONNX graph itself with onnxruntime."""
     import onnx
-    import onnxruntime
 
     if not folded or not len(images):
         return
@@ -227,9 +228,7 @@ def calibrate(model: Any, folded: list[tuple[Any, str, np.ndarray]], images: np.
     probe.CopyFrom(model)
     names = [name for _, name, _ in folded]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(probe.SerializeToString(), name="the ONNX model with its batch-norm inputs as outputs")
     feed = session.get_inputs()[0].name
     sums = [np.zeros(bias.shape, np.float64) for *_, bias in folded]
     squares = [np.zeros(bias.shape, np.float64) for *_, bias in folded]
@@ -251,13 +250,13 @@ def calibrate(model: Any, folded: list[tuple[Any, str, np.ndarray]], images: np.
 def guess_network(layers: list[OnnxLayer]) -> str:
     """The backbone whose layer kinds and shapes match ``layers`` (folded batch norms allowed)."""
     embedding = _embedding_size(layers)
-    for name in BACKBONES:
+    for name in NETWORKS:
         try:
             load_layers(build(name, embedding), layers, name)
         except DataError:
             continue
         return name
-    raise DataError(f"the ONNX model matches none of our networks ({', '.join(BACKBONES)}) layer by layer")
+    raise DataError(f"the ONNX model matches none of our networks ({', '.join(NETWORKS)}) layer by layer")
 
 
 def _embedding_size(layers: list[OnnxLayer]) -> int:
@@ -305,8 +304,6 @@ def init_source(uri: Path) -> Path:
 def face_crops(photos: Path, detector: Path | None = None, limit: int = 64) -> np.ndarray:
     """Up to ``limit`` 5-point aligned 112x112 crops (uint8 RGB, NCHW) of the main face of each
     photo under ``photos``, found by ``detector`` (default: the pretrained models' folder)."""
-    import cv2
-
     detector = detector or default_model_dir()
     if detector is None:
         raise DataError("no face detector: pass --detector (an SCRFD/RetinaFace ONNX file or folder)")

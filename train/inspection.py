@@ -7,10 +7,9 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-import numpy as np
-
 from inference.faces import decode_image
 from jobs.core.errors import DataError
+from jobs.core.lazy import numpy as np
 from train.recordio import RecordFile, faces_of, locate, property_problems, read_layout, read_property, unpack
 
 

@@ -3,8 +3,8 @@
 
 Photos are listed by the face toolkit's one image listing (:func:`inference.sources.list_images`)
 and decoded by its one decoder, so a pack and a gallery take the same files; ``--align`` uses the
-toolkit's detector and aligner (onnxruntime and insightface are imported only then). MXNet and
-OpenCV are imported inside the functions that need them.
+toolkit's detector and aligner (onnxruntime and insightface are imported only then). MXNet is
+imported inside the functions that need it; numpy and OpenCV load on first use (:mod:`jobs.core.lazy`).
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
-
 from inference.faces import align_main_face, decode_image, read_file
 from inference.models import load_detector
 from inference.sources import list_images
 from jobs.core import storage
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
 from jobs.core.parallel import bounded_map
 from train.detection_data import parse_label_txt
 
@@ -73,8 +73,6 @@ def encode_image(path: Path, resize: tuple[int, int] | None = None,
     """The bytes to store for one photo and its ``(H, W)``. Untouched photos keep their original
     bytes (lossless, no re-encode); aligned or resized ones are JPEG-encoded at ``quality``.
     Every :class:`DataError` names the photo."""
-    import cv2
-
     raw = read_file(path)
     img = decode_image(raw, path)
     if align is None and resize is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from jobs.core import entry
@@ -20,11 +21,17 @@ from jobs.core.contract import JobEnv
 from train.config import RECOGNITION
 
 
+def _loop() -> ModuleType:
+    """:mod:`train.recognition_loop`, imported on demand: it is MXNet-built, and this entry point
+    answers ``--help`` and runs the kvstore server and scheduler roles without it."""
+    from train import recognition_loop  # MXNet-built: see the docstring
+
+    return recognition_loop
+
+
 def train(hp: dict[str, Any], env: JobEnv) -> None:
     """Train with the checked hyperparameters; the loop logs its own metrics."""
-    from train.recognition_loop import train as loop  # MXNet-built: loaded in the job, not when tasks are listed
-
-    loop(hp, env)
+    _loop().train(hp, env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         import mxnet  # noqa: F401
         return 0
     if argv[:1] == ["export"]:
-        from train.recognition_loop import export_model  # MXNet-built: loaded in the job, not when tasks are listed
-
         params, network, embedding_size, model_dir, *val = argv[1:]
-        export_model(Path(params), network, int(embedding_size), Path(model_dir), Path(val[0]) if val else None)
+        _loop().export_model(Path(params), network, int(embedding_size), Path(model_dir), Path(val[0]) if val else None)
         return 0
     return entry.run(RECOGNITION, train, argv)
 

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
-
 from jobs.core import storage
 from jobs.core.errors import DataError, NotFoundError
+from jobs.core.lazy import numpy as np
 
 STEMS = ("train", "cele")
 MAGIC = 0xCED7230A

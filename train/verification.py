@@ -12,19 +12,18 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-from tqdm import tqdm
-
+from inference.models import onnx_session
 from jobs.core.errors import DataError
+from jobs.core.lazy import cv2
+from jobs.core.lazy import numpy as np
 from train.importer import init_source
 
-THRESHOLDS = np.arange(0, 4, 0.01)
+# Distance thresholds tried: 0 to 4 (squared distance of unit vectors) in steps of 0.01.
+THRESHOLD_RANGE = (0.0, 4.0, 0.01)
 
 
 def load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, H, W)`` uint8 RGB and ``issame`` ``(N/2,)`` bool from a ``.bin`` file."""
-    import cv2
-
     try:
         with open(path, "rb") as fh:
             bins, issame = pickle.load(fh, encoding="bytes")
@@ -56,6 +55,8 @@ def embeddings(forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
     ``f(x) + f(mirror(x))``. ``forward`` maps a normalised float32 batch to ``(n, D)``: a Gluon
     network in a job, onnxruntime in ``faceops eval``, the same protocol for both. ``progress``
     names a progress bar (on stderr) over the faces; None draws none."""
+    from tqdm import tqdm
+
     out = []
     bar = tqdm(total=len(images), unit="face", desc=progress, disable=progress is None)
     for start in range(0, len(images), batch_size):
@@ -73,7 +74,7 @@ def accuracy(embeddings: np.ndarray, issame: np.ndarray, folds: int = 10) -> tup
     dist = np.sum((embeddings[0::2] - embeddings[1::2]) ** 2, axis=1)
     issame = np.asarray(issame, bool)
     # predictions[t, i]: pair i called "same" at threshold t.
-    correct = (dist[None, :] < THRESHOLDS[:, None]) == issame[None, :]
+    correct = (dist[None, :] < np.arange(*THRESHOLD_RANGE)[:, None]) == issame[None, :]
     folds = min(folds, len(dist))
     scores = []
     for test in np.array_split(np.arange(len(dist)), folds):
@@ -104,16 +105,7 @@ def evaluate(net: Any, folder: Path, ctx: Any) -> dict[str, float]:
 
 def onnx_forward(model: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A recognizer ONNX file (or a model folder's ``model.onnx``) as a batch function."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    path = init_source(Path(model))
-    try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime reports a broken graph with its own exception types
-        raise DataError(f"{path}: onnxruntime cannot load it: {exc}") from None
+    session = onnx_session(init_source(Path(model)), threads)
     name = session.get_inputs()[0].name
 
     def forward(x: np.ndarray) -> np.ndarray:

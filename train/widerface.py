@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from inference.faces import detect, read_image
 from inference.models import load_detector
 from jobs.core.errors import DataError
+from jobs.core.lazy import numpy as np
 
 SETTINGS = ("easy", "medium", "hard")
 FILES = {"all": "wider_face_val.mat", **{s: f"wider_{s}_val.mat" for s in SETTINGS}}

@@ -79,6 +79,14 @@ def environment(*, hyperparameters_file: Path, checkpoint_dir: Path, metrics_fil
     return env
 
 
+def _spec_error(message: str) -> Exception:
+    """faceops's :class:`~jobs.core.errors.SpecError` (exit 2) for a job's bad setting. Only tasks
+    meet one, and they run with faceops on the path, while the images' scripts use this file alone."""
+    from jobs.core.errors import SpecError  # not at the top: this file also runs alone in images
+
+    return SpecError(message)
+
+
 @dataclass
 class Contract:
     """Folder layout rooted at ``root`` for a job with the given input channels and outputs."""
@@ -192,12 +200,8 @@ class JobEnv:
     def channel(self, name: str) -> Path:
         """The local folder of input channel ``name``; a clear error when the job has none."""
         if name not in self.channels:
-            # Imported here, not at the top: only tasks ask for channels, and they run with faceops
-            # on the path, while the images' scripts use this file alone.
-            from jobs.core.errors import SpecError
-
             known = ", ".join(self.channels) or "none"
-            raise SpecError(f"this task needs an input channel '{name}' (job has: {known})")
+            raise _spec_error(f"this task needs an input channel '{name}' (job has: {known})")
         return self.channels[name]
 
     def output(self, name: str) -> Path:
@@ -213,9 +217,7 @@ def resolve_env(hyperparameters: dict[str, Any], environ: Any) -> dict[str, Any]
         match = ENV_REF.fullmatch(value.strip()) if isinstance(value, str) else None
         if match:
             if match.group(1) not in environ:
-                from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
-
-                raise SpecError(f"hyperparameters.{key}: the job's environment has no variable {match.group(1)}")
+                raise _spec_error(f"hyperparameters.{key}: the job's environment has no variable {match.group(1)}")
             value = environ[match.group(1)]
         resolved[key] = value
     return resolved
@@ -428,9 +430,7 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
     index, count, part = env.get(SHARD_INDEX, "0"), env.get(SHARD_COUNT, "1"), env[SHARD_PART]
     if not (index.isdigit() and count.isdigit() and int(index) < int(count)) \
             or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part):
-        from jobs.core.errors import SpecError  # here, not at the top: see JobEnv.channel
-
-        raise SpecError(f"{SHARD_INDEX}={index}, {SHARD_COUNT}={count}, {SHARD_PART}={part!r}: expected "
+        raise _spec_error(f"{SHARD_INDEX}={index}, {SHARD_COUNT}={count}, {SHARD_PART}={part!r}: expected "
                         "0 <= index < count and a plain folder name")
     return Shard(int(index), int(count), part)
 
