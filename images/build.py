@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 from images.engine import client as engine
 from jobs.core.bundle import Bundle, build_bundle
 from jobs.core.errors import FaceopsError
+from jobs.core.lazy import docker as sdk
 
 IMAGES_DIR = Path(__file__).resolve().parent
 TARGETS = {"gpu": "Dockerfile.gpu", "cpu": "Dockerfile.cpu"}
@@ -148,8 +149,6 @@ def _repo_for(context: Path) -> str:
 
 def _existing(docker, ref: str, digest: str) -> dict | None:
     """The image ``ref`` when it exists and was built from the same content, else None."""
-    import docker as sdk
-
     try:
         info = docker.api.inspect_image(ref)
     except sdk.errors.ImageNotFound:
@@ -162,8 +161,6 @@ def _stream(docker, context, dockerfile: str, ref: str, args: dict[str, str], la
             echo: Callable[[str], None], verbose: bool, cache_from: list[str] | None = None) -> str:
     """Run the build, echoing one line per step; raise :class:`BuildError` with the failing step
     and its output. Returns the image id."""
-    import docker as sdk
-
     step, output, image_id = "", deque(maxlen=OUTPUT_KEPT), None
     try:
         events = docker.api.build(fileobj=context, custom_context=True, encoding="gzip", dockerfile=dockerfile,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from jobs.core.errors import FaceopsError
+from jobs.core.lazy import docker
 
 START_HINT = ("start one with `sudo systemctl start docker` (or `sudo dockerd &`), "
               "or point DOCKER_HOST at a running engine")
@@ -19,8 +20,6 @@ def client():
 
     The client also carries the registry credentials of the docker config (``DOCKER_CONFIG`` or
     ``~/.docker``), which push and pull use."""
-    import docker
-
     try:
         return docker.from_env()
     except docker.errors.DockerException as exc:

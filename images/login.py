@@ -21,6 +21,8 @@ from typing import Callable
 from images.engine import client
 from images.registry import RegistryError, is_denied, retrying
 from jobs.core.files import atomic_write
+from jobs.core.lazy import boto3, botocore
+from jobs.core.lazy import docker as sdk
 
 ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 SWR_HOST = re.compile(r"^swr\.([a-z0-9-]+)\.myhuaweicloud\.(?:com|eu|cn)$")
@@ -41,8 +43,6 @@ def login(registry: str, username: str, password: str, say: Callable[[str], None
     docker = client()
 
     def attempt() -> None:
-        import docker as sdk
-
         try:
             docker.login(username=username, password=password, registry=registry, reauth=True)
         except sdk.errors.APIError as exc:
@@ -64,12 +64,9 @@ def store(registry: str, username: str, password: str) -> Path:
     helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
     auths = config.setdefault("auths", {})
     if helper:
-        from docker.credentials import Store
-        from docker.credentials.errors import StoreError
-
         try:
-            Store(helper).store(server=registry, username=username, secret=password)
-        except StoreError as exc:
+            sdk.credentials.Store(helper).store(server=registry, username=username, secret=password)
+        except sdk.credentials.StoreError as exc:
             raise RegistryError(f"the docker credential helper '{helper}' could not store the login "
                                 f"for {registry}: {str(exc).replace(password, '***')}") from None
         auths[registry] = {}
@@ -83,9 +80,6 @@ def store(registry: str, username: str, password: str) -> Path:
 def ecr_credentials(registry: str | None = None, region: str | None = None) -> tuple[str, str, str]:
     """(registry host, ``AWS``, token) from ECR's ``GetAuthorizationToken`` for the account and
     region in ``registry`` (``ACCOUNT.dkr.ecr.REGION.amazonaws.com``), or the default ones."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
     match = ECR_HOST.match(registry or "")
     if registry and not match:
         raise RegistryError(f"'{registry}' is not an ECR registry (ACCOUNT.dkr.ecr.REGION.amazonaws.com)")
@@ -93,7 +87,7 @@ def ecr_credentials(registry: str | None = None, region: str | None = None) -> t
     try:
         ecr = boto3.client("ecr", region_name=region or (match[2] if match else None))
         data = ecr.get_authorization_token(**kwargs)["authorizationData"][0]
-    except (BotoCoreError, ClientError) as exc:
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise RegistryError(f"cannot get an ECR login token for {registry or 'the default registry'}: {exc}") from None
     user, _, token = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     host = re.sub(r"^https?://", "", data["proxyEndpoint"]).rstrip("/")

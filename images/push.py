@@ -11,6 +11,7 @@ from images import digests
 from images.engine import client
 from images.registry import RegistryError, is_denied, repo_and_tag, retrying, split_ref
 from jobs.core.errors import NotFoundError
+from jobs.core.lazy import docker as sdk
 
 
 @dataclass
@@ -51,8 +52,6 @@ def push(ref: str, registry: str | None = None, progress: bool = True,
 
 
 def _tag(docker, ref: str, target: str) -> None:
-    import docker as sdk
-
     repository, tag = repo_and_tag(target)
     try:
         docker.api.tag(ref, repository, tag)
@@ -63,7 +62,6 @@ def _tag(docker, ref: str, target: str) -> None:
 def _push_once(docker, target: str, progress: bool) -> PushResult:
     """One push attempt: stream the engine's events into per-layer bars; errors become
     :class:`RegistryError` (transient ones are retried by the caller)."""
-    import docker as sdk
     from tqdm import tqdm
 
     host, _, _ = split_ref(target)

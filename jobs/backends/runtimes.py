@@ -29,6 +29,7 @@ from jobs.core import launch
 from jobs.core.lifeline import dies_with_this_process
 from jobs.core.contract import CONTAINER_ROOT, Contract, shard_env
 from jobs.core.errors import SpecError
+from jobs.core.lazy import docker as sdk
 
 
 class ProcessRuntime(Runtime):
@@ -159,8 +160,6 @@ class DockerRuntime(Runtime):
 
     def start(self, job: ContainerJob, log: IO[bytes]) -> None:
         """Create and start the container, then copy its output into ``log`` on a thread."""
-        import docker as sdk
-
         if not job.image:
             raise SpecError("runtime 'docker' needs an image: set `image:` in the job spec")
         job.contract.make_dirs()
@@ -203,8 +202,6 @@ class DockerRuntime(Runtime):
         self._signal("SIGKILL")
 
     def _signal(self, name: str) -> None:
-        import docker as sdk
-
         if self.container is None:
             return
         try:

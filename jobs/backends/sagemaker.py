@@ -27,6 +27,7 @@ from jobs.core.errors import FaceopsError, SpecError
 from jobs.core.tasks import get_task
 from jobs.metrics import metrics_from
 from jobs.store import TERMINAL
+from jobs.core.lazy import botocore
 
 REGION_VARIABLES = ("FACEOPS_SAGEMAKER_REGION",)
 ROLE = Setting("sagemaker", "role_arn", ("FACEOPS_SAGEMAKER_ROLE_ARN",),
@@ -56,21 +57,17 @@ PROCESSING_STATES = {"InProgress": "running", "Stopping": "running", "Completed"
 def _loader() -> Any:
     """One botocore data loader for the process: a client's session reads the service's model
     through it, so the models (megabytes of JSON) are parsed once, not on every status poll."""
-    from botocore.loaders import create_loader
-
-    return create_loader()
+    return botocore.loaders.create_loader()
 
 
 def client(service: str = "sagemaker"):
     """A botocore client for ``sagemaker`` or ``logs`` in the configured region. Its session is
     made afresh each time (sharing only the parsed models) so credentials and settings changed
     since the last call are honoured."""
-    import botocore.session
-    from botocore.config import Config
-
     region = region_name()
     # One retry policy for both services: cloud.retrying backs off on throttling.
-    config = Config(region_name=region, connect_timeout=5, read_timeout=60, retries={"total_max_attempts": 1})
+    config = botocore.config.Config(region_name=region, connect_timeout=5, read_timeout=60,
+                                    retries={"total_max_attempts": 1})
     endpoint = setting("sagemaker", "endpoint_url", ("FACEOPS_SAGEMAKER_ENDPOINT",))
     session = botocore.session.Session()
     session.register_component("data_loader", _loader())
@@ -321,26 +318,22 @@ def check_runtime(max_runtime: int, api: str) -> None:
 
 
 def _throttled(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in THROTTLED
+    return isinstance(exc, botocore.exceptions.ClientError) and exc.response.get("Error", {}).get("Code") in THROTTLED
 
 
 def _call(what: str, method: str, **kwargs: Any) -> dict[str, Any]:
     """One SageMaker/CloudWatch call with backoff, its errors turned into messages to act on."""
-    from botocore import exceptions as bex
-
     service, _, operation = method.partition(".")
     api = getattr(client(service), operation)
     try:
         return cloud.retrying(lambda: api(**kwargs), _throttled, what)
-    except bex.NoCredentialsError:
+    except botocore.exceptions.NoCredentialsError:
         raise SpecError("sagemaker: no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                         "(or AWS_PROFILE) the way the AWS CLI reads them") from None
-    except (bex.EndpointConnectionError, bex.ConnectTimeoutError) as exc:
+    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as exc:
         raise CloudError(f"{what}: cannot reach SageMaker ({type(exc).__name__}); check the region and "
                          "sagemaker.endpoint_url") from None
-    except bex.ClientError as exc:
+    except botocore.exceptions.ClientError as exc:
         raise _service_error(what, exc) from None
 
 
@@ -498,14 +491,12 @@ def _reason(job: dict[str, Any], remote: str, status: str) -> str | None:
 def _read_logs(group: str, name: str, tokens: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """New CloudWatch lines of every stream of job ``name`` (one per instance), and the tokens
     to continue from. A group or stream that does not exist yet just means no lines yet."""
-    from botocore.exceptions import ClientError
-
     logs = client("logs")
     try:
         streams = [s["logStreamName"] for s in cloud.retrying(
             lambda: logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{name}/"), _throttled,
             f"logs of {name}")["logStreams"]]
-    except ClientError as exc:
+    except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
             return [], tokens
         raise _service_error(f"logs of {name}", exc) from None

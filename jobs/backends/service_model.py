@@ -15,12 +15,12 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from jobs.core.lazy import botocore
+
 
 @lru_cache(maxsize=None)
 def model(service: str) -> Any:
     """botocore's service model for ``service`` (``sagemaker``)."""
-    import botocore.session
-
     return botocore.session.get_session().get_service_model(service)
 
 
@@ -41,10 +41,8 @@ def problems(service: str, operation: str, params: dict[str, Any]) -> list[str]:
     """Every way ``params`` breaks the model of ``operation``: ParamValidator's report (types,
     required members, minimums) first, then each ``max``, ``pattern`` and ``enum`` it skips, as
     ``Operation.Member.Path: what is wrong``."""
-    from botocore.validate import ParamValidator
-
     shape = model(service).operation_model(operation).input_shape
-    report = ParamValidator().validate(params, shape)
+    report = botocore.validate.ParamValidator().validate(params, shape)
     found = [report.generate_report()] if report.has_errors() else []
     _walk(params, shape, operation, found)
     return found

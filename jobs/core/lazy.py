@@ -1,6 +1,9 @@
-"""numpy and OpenCV as names a module can import at its top without loading them: the library is
-imported on the first attribute read, so `faceops --help` and the command modules stay light while
-the face toolkit, galleries and packers still import each other at the top."""
+"""The heavy libraries that several faceops modules use (numpy, OpenCV, the docker SDK, boto3 and
+botocore) as names a module can import at its top without loading them: the library is imported on
+the first attribute read, so `faceops --help` and the command modules stay light while faceops
+modules still import each other at the top. A library only one module uses is imported inside
+that module's functions instead (onnxruntime in inference/models.py, faiss in inference/index.py,
+matplotlib in jobs/plot.py, ...)."""
 from __future__ import annotations
 
 import importlib
@@ -19,7 +22,10 @@ class LazyModule:
     def __getattr__(self, attr: str) -> Any:
         if self.__module is None:
             self.__module = importlib.import_module(self.__name)
-        value = getattr(self.__module, attr)
+        try:
+            value = getattr(self.__module, attr)
+        except AttributeError:  # a submodule its package does not import itself (botocore.config)
+            value = importlib.import_module(f"{self.__name}.{attr}")
         setattr(self, attr, value)
         return value
 
@@ -30,3 +36,6 @@ class LazyModule:
 
 numpy: Any = LazyModule("numpy")
 cv2: Any = LazyModule("cv2")
+docker: Any = LazyModule("docker")
+boto3: Any = LazyModule("boto3")
+botocore: Any = LazyModule("botocore")

@@ -5,8 +5,8 @@ Huawei OBS, MinIO, SeaweedFS). Every request is bounded as a whole (:func:`reque
 ``s3.attempts`` tries of ``s3.connect_timeout`` + ``s3.read_timeout`` plus backoff), and a request
 that timed out is not retried again, so a frozen endpoint fails a command within that stated
 figure; uploads outlive short outages through :func:`_retried` (``s3.upload_attempts``), each
-retry reported with its cause. boto3 is imported inside the functions that use it so ``faceops --help``
-stays fast. Error messages name the URI and what to check, never a key or secret.
+retry reported with its cause. boto3 and botocore come from :mod:`jobs.core.lazy`, loaded on first
+use, so ``faceops --help`` stays fast. Error messages name the URI and what to check, never a key or secret.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 from jobs.core.config import setting
 from jobs.core.errors import FaceopsError, NotFoundError, SpecError, StorageError
+from jobs.core.lazy import boto3, botocore
 from jobs.core.retry import retrying
 from jobs.core.storage.uris import Location, ObjectInfo, _prefix, parse
 
@@ -62,15 +63,12 @@ def aws_region(section: str, env: tuple[str, ...] = ()) -> str | None:
     ``AWS_REGION`` or ``AWS_DEFAULT_REGION``, else the one boto3 resolves itself: the ``region``
     of the profile (``AWS_PROFILE`` or ``default``) in the AWS config file (``AWS_CONFIG_FILE``,
     ``~/.aws/config``), where ``aws configure`` writes it. None when none is set anywhere."""
-    import boto3
-    from botocore.exceptions import ProfileNotFound
-
     configured = setting(section, "region", (*env, "AWS_REGION", "AWS_DEFAULT_REGION"))
     if configured:
         return str(configured)
     try:
         return boto3.session.Session().region_name
-    except ProfileNotFound as exc:
+    except botocore.exceptions.ProfileNotFound as exc:
         raise SpecError(f"{section}: {exc}; check AWS_PROFILE and the AWS config file") from None
 
 
@@ -106,23 +104,21 @@ def probe(uri: str | Path) -> str | None:
     answer, no retries: a dry run asks once and plans without S3 instead of waiting out
     :func:`request_bound` in every check. Any answer but a 5xx counts as reachable (a missing
     bucket, a denied key or missing credentials are for the real checks to explain)."""
-    from botocore import exceptions as bex
-
     limit = probe_timeout()
     client = s3_client(timeout=limit, attempts=1)
     where = f"S3 endpoint {client.meta.endpoint_url}"
     try:
         client.head_bucket(Bucket=parse(uri).bucket)
-    except bex.ClientError as exc:
+    except botocore.exceptions.ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         return f"{where} answered {code}" if code in UNAVAILABLE else None
-    except bex.ConnectTimeoutError:
+    except botocore.exceptions.ConnectTimeoutError:
         return f"{where}: no connection within {limit:g}s (s3.probe_timeout, one try)"
-    except bex.ReadTimeoutError:
+    except botocore.exceptions.ReadTimeoutError:
         return f"{where}: no answer within {limit:g}s (s3.probe_timeout, one try)"
-    except (bex.ConnectionError, bex.HTTPClientError) as exc:
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
         return f"{where}: could not connect ({type(exc).__name__}, one try)"
-    except (bex.NoCredentialsError, bex.ParamValidationError):
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.ParamValidationError):
         return None
     return None
 
@@ -130,12 +126,9 @@ def probe(uri: str | Path) -> str | None:
 @lru_cache(maxsize=8)
 def _client(connect: float, read: float, attempts: int, endpoint: str | None, region: str, style: str, access_key: str | None,
             secret_key: str | None, token: str | None):
-    import boto3
-    from botocore.config import Config
-
     # Standard retries back off on throttling and 5xx; bounded timeouts make an unreachable or
     # frozen endpoint fail in seconds instead of hanging a job submission.
-    config = Config(region_name=region, s3={"addressing_style": style}, connect_timeout=connect,
+    config = botocore.config.Config(region_name=region, s3={"addressing_style": style}, connect_timeout=connect,
                     read_timeout=read, retries={"mode": "standard", "max_attempts": attempts})
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
@@ -145,33 +138,32 @@ def _client(connect: float, read: float, attempts: int, endpoint: str | None, re
 @contextmanager
 def _errors(loc: Location, action: str) -> Iterator[None]:
     """Turn botocore exceptions into errors that say what failed and what to check."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore import exceptions as bex
-
     try:
         yield
-    except S3UploadFailedError as exc:
+    except boto3.exceptions.S3UploadFailedError as exc:
         cause = exc.__context__
-        if isinstance(cause, bex.ClientError):
+        if isinstance(cause, botocore.exceptions.ClientError):
             raise _client_error(loc, action, cause) from None
         raise StorageError(f"{loc}: {action} failed: {exc}") from None
-    except bex.ClientError as exc:
+    except botocore.exceptions.ClientError as exc:
         raise _client_error(loc, action, exc) from None
-    except (bex.ConnectionError, bex.HTTPClientError) as exc:
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
         endpoint = s3_client().meta.endpoint_url
         connect, read = timeouts()
-        timed_out = isinstance(exc, (bex.ReadTimeoutError, bex.ConnectTimeoutError))
+        read_timeout = isinstance(exc, botocore.exceptions.ReadTimeoutError)
+        connect_timeout = isinstance(exc, botocore.exceptions.ConnectTimeoutError)
+        timed_out = read_timeout or connect_timeout
         tries = f"on each of {request_attempts()} tries, {request_bound():g}s in all with backoff"
-        why = (f"no answer within {read:g}s (s3.read_timeout) {tries}" if isinstance(exc, bex.ReadTimeoutError)
-               else f"no connection within {connect:g}s (s3.connect_timeout) {tries}"
-               if isinstance(exc, bex.ConnectTimeoutError) else type(exc).__name__)
+        why = (f"no answer within {read:g}s (s3.read_timeout) {tries}" if read_timeout
+               else f"no connection within {connect:g}s (s3.connect_timeout) {tries}" if connect_timeout
+               else type(exc).__name__)
         raise StorageUnavailable(f"cannot reach S3 endpoint {endpoint} ({why}) to {action} {loc}; "
                                  "check FACEOPS_S3_ENDPOINT / AWS_ENDPOINT_URL or s3.endpoint_url in config.yaml "
                                  "and that the server is running", timed_out=timed_out) from None
-    except bex.NoCredentialsError:
+    except botocore.exceptions.NoCredentialsError:
         raise StorageError(f"{loc}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                            "or s3.access_key and s3.secret_key in config.yaml") from None
-    except bex.ParamValidationError as exc:
+    except botocore.exceptions.ParamValidationError as exc:
         raise StorageError(f"{loc}: not a valid S3 location: {exc}") from None
 
 
@@ -235,7 +227,7 @@ def _retried(call: Callable[[], Any], what: str) -> Any:
 
 
 def _transfer_config(part_size: int):
-    from boto3.s3.transfer import TransferConfig
+    from boto3.s3.transfer import TransferConfig  # a submodule boto3 loads only for S3 clients
 
     return TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size)
 
@@ -245,19 +237,17 @@ class _BrokenRange(Exception):
 
 
 def _get_range(loc: Location, start: int, length: int) -> bytes:
-    from botocore import exceptions as bex
-
     client = s3_client()
     with _errors(loc, "read"):
         try:
             response = client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{start + length - 1}")
-        except bex.ClientError as exc:
+        except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 return b""  # starts past the end, like a local read there
             raise
     try:
         data = response["Body"].read()
-    except (bex.HTTPClientError, bex.IncompleteReadError, OSError) as exc:
+    except (botocore.exceptions.HTTPClientError, botocore.exceptions.IncompleteReadError, OSError) as exc:
         raise _BrokenRange(type(exc).__name__) from None
     expected = _range_length(response.get("ContentRange", ""), len(data))
     if len(data) != expected:
