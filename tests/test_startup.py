@@ -41,3 +41,23 @@ def test_numpy_and_opencv_load_on_first_use():
     result = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] True <lazy module 'numpy' (loaded)>"
+
+
+SDKS = """
+import sys
+import images.login, images.push, jobs.backends.sagemaker, jobs.core.storage.s3
+print(sorted(m for m in ("docker", "boto3", "botocore") if m in sys.modules))
+from jobs.core.lazy import botocore, docker
+config, error = botocore.config.Config, botocore.exceptions.ClientError  # before anything imports them
+from botocore.config import Config
+from botocore.exceptions import ClientError
+print(config is Config, error is ClientError, docker.credentials.StoreError.__module__)
+"""
+
+
+def test_cloud_and_docker_sdks_load_on_first_use_submodules_included():
+    # The S3, SageMaker, registry and image modules name the SDKs at their top; the stand-ins load
+    # them on the first read, and reach submodules a package does not import itself.
+    result = subprocess.run([sys.executable, "-c", SDKS], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "True True docker.credentials.errors"]
