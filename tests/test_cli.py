@@ -179,3 +179,17 @@ def test_instance_count_starts_parameter_server_roles(runner, tmp_path):
     (tmp_path / "role.py").write_text("import os\nos.environ['FAIL'] = '1'\n" + script)
     assert runner("job", "submit", tmp_path / "job.yaml").exit_code == 1
     assert Store().get("roles")["failure_reason"].startswith("exit code 3")
+
+
+def test_root_help_lines_are_each_groups_own_first_sentence():
+    """`faceops --help` lists the groups without importing them (cli.COMMANDS); each line must
+    still say what the group's own docstring says, so the two cannot drift apart."""
+    import click
+
+    import cli
+    from jobs.core.commandline import _first_sentence
+
+    for name in cli.main.list_commands(None):
+        command = cli.main.get_command(None, name)
+        assert isinstance(command, click.Command) and command.name == name, name
+        assert cli.COMMANDS[name][2] == (command.short_help or _first_sentence(command.help or "")), name

@@ -10,7 +10,7 @@ PROBE = """
 import sys
 from click.testing import CliRunner
 from cli import main
-for args in (["--help"], *([name, "--help"] for name in main.commands)):
+for args in (["--help"], *([name, "--help"] for name in main.list_commands(None))):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, (args, result.output)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
