@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,3 +32,20 @@ def custom_job(folder: Path, name: str = "fault-job", script: str = "print('ok')
     spec.write_text(f"name: {name}\ntask: custom\nentrypoint: [python, main.py]\n"
                     + (f"hyperparameters:\n{hp}" if hp else "") + extra)
     return spec
+
+
+@contextmanager
+def tmpfs(mount: Path, megabytes: int) -> Iterator[Path]:
+    """``mount`` as a tmpfs of ``megabytes`` (root only: the test skips with the reason
+    elsewhere), unmounted afterwards."""
+    import pytest
+
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

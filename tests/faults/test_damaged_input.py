@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 from inference.gallery_store import MANIFEST, Gallery, new_manifest, save
-from tests.faults.helpers import cli, custom_job
+from tests.faults.helpers import cli, custom_job, tmpfs
 
 PEOPLE, PER_PERSON, DIM = 3, 4, 16
 
@@ -26,16 +25,9 @@ def _one_line_exit_2(result) -> str:
 @pytest.fixture
 def tiny_disk(tmp_path, monkeypatch):
     """$FACEOPS_HOME on its own 4 MB tmpfs (root only), unmounted afterwards."""
-    mount = tmp_path / "tiny-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    monkeypatch.setenv("FACEOPS_HOME", str(mount / "home"))
-    try:
+    with tmpfs(tmp_path / "tiny-disk", 4) as mount:
+        monkeypatch.setenv("FACEOPS_HOME", str(mount / "home"))
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_disk_full_while_writing_the_bundle(tmp_path, tiny_disk):

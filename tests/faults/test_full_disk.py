@@ -12,7 +12,7 @@ import time
 import pytest
 
 from jobs.store import TERMINAL, Store
-from tests.faults.helpers import cli, custom_job
+from tests.faults.helpers import cli, custom_job, tmpfs
 from tests.harness.process import wait_for
 
 FILL = """\
@@ -27,16 +27,9 @@ with open(out, "wb", buffering=0) as fh:
 @pytest.fixture
 def small_disk(tmp_path, monkeypatch):
     """$FACEOPS_HOME on its own 20 MB tmpfs (root only), unmounted afterwards."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    monkeypatch.setenv("FACEOPS_HOME", str(mount / "home"))
-    try:
+    with tmpfs(tmp_path / "small-disk", 20) as mount:
+        monkeypatch.setenv("FACEOPS_HOME", str(mount / "home"))
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_job_that_fills_the_disk_is_recorded_failed_with_enospc(tmp_path, small_disk):
@@ -111,15 +104,8 @@ def _group_of_child(parent: int) -> int | None:
 @pytest.fixture
 def full_output_disk(tmp_path):
     """A 4 MB tmpfs for outputs only ($FACEOPS_HOME stays on the big disk), unmounted afterwards."""
-    mount = tmp_path / "output-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "output-disk", 4) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_enospc_on_the_output_disk_names_that_disk(tmp_path, full_output_disk):
