@@ -3,10 +3,11 @@
 It serves every part of faceops that touches faces: galleries and identify, the packer's
 ``--align``, the detection teacher and the demo (models come from :mod:`inference.models`, image
 lists from :mod:`inference.sources`). Why :func:`analyse` is faster than a plain
-``FaceAnalysis.get()`` loop: one thread per core takes images through every step (OpenCV and
-onnxruntime release the GIL; one-thread sessions, so no core is oversubscribed), the detector runs
-at the image's own size (up to ``det_size``) instead of letterboxing every photo into 640x640,
-aligned crops are embedded in batches, and a large JPEG is decoded
+``FaceAnalysis.get()`` loop: one thread per core takes images through every step on one-thread
+onnxruntime sessions (OpenCV and onnxruntime release the GIL; no core is oversubscribed), the
+faces of each image are embedded in pieces any core can take, so no core idles at the end; the
+detector runs at the image's own size (up to ``det_size``) instead of letterboxing every photo
+into 640x640, and a large JPEG is decoded
 at 1/2, 1/4 or 1/8 scale (libjpeg scales in the DCT, several times cheaper than a full decode of a
 phone photo, which costs more than the detection itself): the detector only needs ``det_size``
 pixels, and a face is aligned from the reduced image whenever its crop would be a downscale of it
@@ -14,9 +15,10 @@ anyway; only photos with small faces are also decoded at full size, for those fa
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
+import threading
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -27,7 +29,7 @@ from jobs.core.config import setting
 from jobs.core.errors import DataError
 from jobs.core.lazy import cv2
 from jobs.core.lazy import numpy as np
-from jobs.core.parallel import bounded_map
+from jobs.core.parallel import bounded_start
 
 STRIDE = 32  # SCRFD's coarsest feature stride: detector inputs are multiples of it
 MAX_PIXELS = 100_000_000  # a 100-megapixel photo decodes to 300 MB; bigger is a mistake or a bomb
@@ -256,39 +258,74 @@ def _prepare(models: Models, item: ImageItem, det_size: int,
     return ImageResult(item, faces, size=(width * scale, height * scale)), crops
 
 
-CHUNK_IMAGES = 4  # images a worker takes end to end (decode, detect, align, embed) per task
+AHEAD_PER_WORKER = 4  # images in flight per worker: room to go on past a slow photo at the head
 
 
 def analyse(models: Models, items: Iterable[ImageItem], det_size: int = 640, det_thresh: float = 0.5,
-            batch_size: int = 16, workers: int | None = None, chunk: int = CHUNK_IMAGES) -> Iterator[ImageResult]:
+            batch_size: int = 16, workers: int | None = None) -> Iterator[ImageResult]:
     """Yield one :class:`ImageResult` per item, in input order, with embeddings filled in.
 
-    ``workers`` threads (default: one per core) each take ``chunk`` images at a time
-    through every step, the recognizer included (``batch_size`` crops per call), with at most
-    twice ``workers`` chunks in flight so memory stays flat on millions of images. Parallel images
-    use the cores better than parallel operators: with one-thread onnxruntime sessions
-    (:func:`inference.models.load_models`) two threads embed 1.5-2x faster than one two-thread
-    session on a 2-core machine shared with other work, at any batch size."""
+    ``workers`` threads (default: one per core) take the images one at a time (read, decode,
+    detect, align: :func:`_prepare`); each image's aligned faces are then embedded in up to
+    ``workers`` pieces of at most ``batch_size`` crops, each piece a task of its own, so the faces
+    of the last photos are embedded by every core rather than by the one that found them (on a
+    one-thread session a recognizer call costs the same per face at batch 1 or 16). At most
+    :data:`AHEAD_PER_WORKER` images per worker are in flight, so memory stays flat on millions of
+    images. Parallel images use the cores better than parallel operators: with one-thread
+    onnxruntime sessions (:func:`inference.models.load_models`) nothing waits for a straggling
+    operator thread and no core is oversubscribed."""
     workers = workers or os.cpu_count() or 1
-    chunks = _chunked(iter(items), max(1, chunk))
-    for results in bounded_map(lambda part: _analyse_chunk(models, part, det_size, det_thresh, batch_size),
-                               chunks, workers, ahead=2 * workers, name="faces"):
-        yield from results
+    return bounded_start(lambda pool, item: _Flight(pool, models, item, det_size, det_thresh, batch_size,
+                                                    workers).done,
+                         items, workers, ahead=AHEAD_PER_WORKER * workers, name="faces")
 
 
-def _chunked(items: Iterator[ImageItem], size: int) -> Iterator[list[ImageItem]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
+def pieces(crops: list[np.ndarray], batch_size: int, count: int) -> list[list[np.ndarray]]:
+    """``crops`` in at most ``count`` near-equal pieces of at most ``batch_size`` each."""
+    if not crops:
+        return []
+    size = min(max(1, batch_size), math.ceil(len(crops) / max(1, count)))
+    return [crops[i:i + size] for i in range(0, len(crops), size)]
 
 
-def _analyse_chunk(models: Models, chunk: list[ImageItem], det_size: int, det_thresh: float,
-                   batch_size: int) -> list[ImageResult]:
-    """The results of ``chunk``'s images with their faces' embeddings (runs in a pool thread)."""
-    prepared = [_prepare(models, item, det_size, det_thresh) for item in chunk]
-    crops = [crop for _, image_crops in prepared for crop in image_crops]
-    if crops:
-        embeddings = iter(np.concatenate([embed(models, crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]))
-        for result, _ in prepared:
-            for face in result.faces:
-                face.embedding = next(embeddings)
-    return [result for result, _ in prepared]
+class _Flight:
+    """One image on its way through the pool: one task prepares it, then one task per piece of
+    its faces embeds them; ``done`` is set with the finished :class:`ImageResult` (or the error of
+    a task) when the last piece is in. Tasks chain through callbacks, which run on the thread
+    that finished the previous task, so no pool thread ever waits for another."""
+
+    def __init__(self, pool: Executor, models: Models, item: ImageItem, det_size: int, det_thresh: float,
+                 batch_size: int, workers: int) -> None:
+        self.pool, self.models, self.batch_size, self.workers = pool, models, batch_size, workers
+        self.done: Future = Future()
+        self.lock = threading.Lock()
+        pool.submit(_prepare, models, item, det_size, det_thresh).add_done_callback(self._prepared)
+
+    def _prepared(self, future: Future) -> None:
+        try:
+            self.result, crops = future.result()
+            parts = pieces(crops, self.batch_size, self.workers)
+            if not parts:
+                self.done.set_result(self.result)
+                return
+            self.left = len(parts)
+            self.parts = [self.pool.submit(embed, self.models, part) for part in parts]
+        except BaseException as exc:  # a bug in a task, or a pool shut down by a reader that stopped
+            self.done.set_exception(exc)
+            return
+        for part in self.parts:
+            part.add_done_callback(self._embedded)
+
+    def _embedded(self, _: Future) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left:
+                return
+        try:
+            embeddings = np.concatenate([part.result() for part in self.parts])
+        except BaseException as exc:
+            self.done.set_exception(exc)
+            return
+        for face, embedding in zip(self.result.faces, embeddings):
+            face.embedding = embedding
+        self.done.set_result(self.result)

@@ -225,8 +225,9 @@ class Job:
 class Batcher:
     """Micro-batching: requests put photos on a queue; one loop thread per core takes its share of
     the photos waiting (up to ``max_batch``) through the models and the gallery together. A lone
-    request is taken at once (no added latency when idle); under load each loop's photos share
-    recognizer calls and one gallery search, and no core waits for another's batch to finish."""
+    request is taken at once (no added latency when idle); under load each loop's photos share one
+    gallery search (on one-thread sessions a recognizer call costs the same per face whatever its
+    batch), and no core waits for another's batch to finish."""
 
     def __init__(self, holder: GalleryHolder, metrics: Metrics, *, det_size: int, det_thresh: float,
                  batch_size: int, workers: int | None, max_batch: int = DEFAULT_MAX_BATCH) -> None:
@@ -284,10 +285,10 @@ class Batcher:
 
     def run(self, items: list[ImageItem]) -> list[dict[str, Any]]:
         """Each photo's answer (faces, or the reason it has none), all through one gallery
-        revision, on this loop's thread (the other loops take the other cores)."""
+        revision, on one worker of this loop's own (the other loops take the other cores)."""
         gallery = self.holder.gallery
         threshold = gallery.threshold
-        results = facelib.analyse(self.holder.models, items, workers=1, chunk=len(items), **self.settings)
+        results = facelib.analyse(self.holder.models, items, workers=1, **self.settings)
         answered = []
         for result, rows in answers(gallery, results, threshold):
             faces = [face_answer(row, threshold) for row in rows if row["status"] == "ok"]
