@@ -4,11 +4,12 @@ It serves every part of faceops that touches faces: galleries and identify, the 
 ``--align``, the detection teacher and the demo (models come from :mod:`inference.models`, image
 lists from :mod:`inference.sources`). Why :func:`analyse` is faster than a plain
 ``FaceAnalysis.get()`` loop: one thread per core takes images through every step on one-thread
-onnxruntime sessions (OpenCV and onnxruntime release the GIL; no core is oversubscribed), the
-faces of each image are embedded in pieces any core can take, so no core idles at the end; the
-detector runs at the image's own size (up to ``det_size``) instead of letterboxing every photo
-into 640x640, and a large JPEG is decoded
-at 1/2, 1/4 or 1/8 scale (libjpeg scales in the DCT, several times cheaper than a full decode of a
+onnxruntime sessions (OpenCV, libjpeg-turbo and onnxruntime release the GIL; no core is
+oversubscribed), the faces of each image are embedded in pieces any core can take, so no core
+idles at the end; the detector runs at the image's own size (up to ``det_size``) instead of
+letterboxing every photo into 640x640; JPEGs are decoded by libjpeg-turbo through simplejpeg,
+which gives OpenCV's pixels in 0.6 of its time on a phone photo; and a large JPEG is decoded at
+1/2, 1/4 or 1/8 scale (libjpeg scales in the DCT, several times cheaper than a full decode of a
 phone photo, which costs more than the detection itself): the detector only needs ``det_size``
 pixels, and a face is aligned from the reduced image whenever its crop would be a downscale of it
 anyway; only photos with small faces are also decoded at full size, for those faces.
@@ -66,23 +67,94 @@ REDUCED = {1: "IMREAD_COLOR", 2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_CO
            8: "IMREAD_REDUCED_COLOR_8"}
 # JPEG start-of-frame markers (they carry the size); C4, C8 and CC are other segments.
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+START_OF_SCAN = 0xDA  # the entropy-coded image follows: no header segment comes after it
+EXIF_HEADER = b"Exif\x00\x00"
+ORIENTATION_TAG = 0x0112
 
 
 def decode_image(data: bytes, source: str | Path, reduce: int = 1) -> np.ndarray:
     """BGR uint8 image from encoded bytes: the one image decoder of faceops. Grey, CMYK, 16-bit and
-    alpha images become 3-channel BGR; ``reduce`` (2, 4 or 8) decodes a JPEG at that fraction of
-    its size (other formats are decoded, then resized). :class:`DataError` names ``source`` (a
-    file or a record) and says why it is not an image."""
+    alpha images become 3-channel BGR, and a JPEG is turned upright by its EXIF orientation, as
+    OpenCV does; ``reduce`` (2, 4 or 8) decodes a JPEG at that fraction of its size (other
+    formats are decoded, then resized). :class:`DataError` names ``source`` (a file or a record)
+    and says why it is not an image."""
     if not data:
         raise DataError(f"{source}: empty file (0 bytes)")
     check_pixels(data, source, reduce)
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), getattr(cv2, REDUCED[reduce]))
-    except cv2.error:
-        image = None
+    image = _decode_jpeg(data, reduce) if data[:2] == b"\xff\xd8" else None
+    if image is None:
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), getattr(cv2, REDUCED[reduce]))
+        except cv2.error:
+            image = None
     if image is None or image.size == 0:
         raise DataError(f"{source}: not a decodable image")
     return image
+
+
+def _decode_jpeg(data: bytes, reduce: int) -> np.ndarray | None:
+    """A JPEG decoded by libjpeg-turbo through simplejpeg at 1/``reduce`` of its size and turned
+    upright, the same pixels as ``cv2.imdecode`` gives; None for what simplejpeg refuses (CMYK,
+    a damaged stream), which OpenCV then decodes or rejects as before. Why not OpenCV alone: its
+    decoder takes 64 ms for a 12-megapixel photo where simplejpeg takes 37 ms, and identify
+    decodes such photos twice when their faces are small (benchmarks/identify.py)."""
+    import simplejpeg  # a small C extension; imported with the first photo, not with faceops
+
+    try:
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        image = simplejpeg.decode_jpeg(data, colorspace="BGR", min_height=-(-height // reduce),
+                                       min_width=-(-width // reduce))
+    except ValueError:
+        return None
+    return upright(image, jpeg_orientation(data))
+
+
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned as its EXIF ``orientation`` (1-8) asks, the way OpenCV's decoder turns it."""
+    if orientation >= 5:
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of a JPEG, 1 when it has none or it cannot be read."""
+    for marker, start, end in _jpeg_segments(data):
+        if marker == 0xE1 and data[start:start + 6] == EXIF_HEADER:
+            return _tiff_orientation(data[start + 6:end])
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The orientation tag of an EXIF block's first image directory (a TIFF header), 1 if absent."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    directory = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[directory:directory + 2], order)
+    for entry in range(directory + 2, min(len(tiff) - 11, directory + 2 + 12 * count), 12):
+        if int.from_bytes(tiff[entry:entry + 2], order) == ORIENTATION_TAG:
+            value = int.from_bytes(tiff[entry + 8:entry + 10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, payload start, payload end) of each header segment of a JPEG, up to the image
+    data; nothing when ``data`` is not a JPEG, and the walk stops at a damaged header."""
+    if data[:2] != b"\xff\xd8":
+        return
+    i = 2
+    while i + 3 < len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, TEM, RSTn, SOI: no length
+            i += 1 if marker == 0xFF else 2
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        yield marker, i + 4, min(end, len(data))
+        if marker == START_OF_SCAN:
+            return
+        i = end
 
 
 def max_pixels() -> int:
@@ -90,18 +162,11 @@ def max_pixels() -> int:
     return int(setting("images", "max_pixels", ("FACEOPS_MAX_PIXELS",), MAX_PIXELS))
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's or PNG's header without decoding; None for other formats
-    (OpenCV's own pixel limit still bounds those)."""
-    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return jpeg_size(data)
-
-
 def check_pixels(data: bytes, source: str | Path, reduce: int = 1) -> None:
     """Refuse, from its header and before any decoding, an image whose decode (at ``reduce``)
-    would hold more than :func:`max_pixels` pixels: a 30000x30000 PNG would take gigabytes."""
-    size = header_size(data)
+    would hold more than :func:`max_pixels` pixels: a 30000x30000 PNG would take gigabytes.
+    Formats whose size :func:`image_size` cannot read are left to OpenCV's own pixel limit."""
+    size = image_size(data)
     if size is None:
         return
     pixels = size[0] * size[1] // (reduce * reduce)
@@ -113,23 +178,10 @@ def check_pixels(data: bytes, source: str | Path, reduce: int = 1) -> None:
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's start-of-frame header without decoding it; None when ``data``
     is not a JPEG or has no readable header."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, TEM, RSTn, SOI: no length
-            i += 1 if marker == 0xFF else 2
-            continue
-        if marker in SOF_MARKERS:
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    for marker, start, end in _jpeg_segments(data):
+        if marker in SOF_MARKERS and end - start >= 5:
+            return int.from_bytes(data[start + 3:start + 5], "big"), int.from_bytes(data[start + 1:start + 3], "big")
     return None
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
