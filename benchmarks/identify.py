@@ -10,8 +10,9 @@ scikit-learn tiled as the background, face photos of the packages and LFW pasted
   README writes it, then numpy cosine matching against the gallery;
 - pool: the same loop over a spawn pool of one process per core, each with a 1-thread onnxruntime
   session (what a competent user writes; no core is oversubscribed);
-- ours: ``inference.identify.identify`` (reduced JPEG decode, detector at the photo's size, one
-  thread per core through every step with one-thread sessions, batched recognizer, faiss),
+- ours: ``inference.identify.identify`` (JPEGs decoded by libjpeg-turbo through simplejpeg,
+  reduced for detection; detector at the photo's size; one image per task on one thread per
+  core with one-thread sessions, each image's faces embedded in pieces any thread takes),
   including writing report.csv/report.jsonl;
 - floor: onnxruntime alone running the detector calls ours makes (same input sizes) and the
   recognizer on as many faces, in batches of 16, at the best of: one session with 1..cores
@@ -19,8 +20,10 @@ scikit-learn tiled as the background, face photos of the packages and LFW pasted
   off the clock.
 
 Every side loads its models before the clock; ``--rounds`` interleaved rounds, median and spread.
-Ratio = pool seconds / ours (the competent baseline). Goals: >= 3x the plain loop, >= 1.5x the pool,
-ours within 1.3x of the floor (floor_ratio = ours / floor).
+Ratio = pool seconds / ours (the competent baseline). Goals (issue 29): >= 1.15x the pool and ours
+within 1.2x of the floor (floor_ratio = ours / floor), on a quiet machine (load under 1 before the
+run; the JSON's machine record says which). The plain loop's ratio is reported against its earlier
+goal of 3x, which only a loaded machine gave: its two-thread sessions lose most there.
 Run: .venv/bin/python benchmarks/identify.py [--rounds N]
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 from common import parse_args, report
 from tests.harness import LFW10
 
+POOL_GOAL, FLOOR_GOAL, PLAIN_GOAL = 1.15, 1.2, 3.0
 CANVASES = [(1632, 1224), (2592, 1944), (3264, 2448), (4032, 3024)]  # 2, 5, 8, 12 MP
 PER_SIZE = 3
 FILLERS = {"skimage": ["data/hubble_deep_field.jpg", "data/rocket.jpg", "data/coffee.png", "data/chelsea.png",
@@ -298,15 +302,16 @@ def main() -> None:
     print(f"floor: {ours_faces} faces, {spread(sides['floor'])} (onnxruntime only; best setting per round: "
           f"{', '.join(floor_best)})")
     plain_ratio, pool_ratio, floor_ratio = med["plain"] / med["ours"], med["pool"] / med["ours"], med["ours"] / med["floor"]
-    met = plain_ratio >= 3 and pool_ratio >= 1.5 and floor_ratio <= 1.3
-    print(f"ours vs plain {plain_ratio:.2f}x (goal 3), vs pool {pool_ratio:.2f}x (goal 1.5), "
-          f"{floor_ratio:.2f}x the floor (goal <= 1.3): goals {'met' if met else 'NOT met'}")
+    met = pool_ratio >= POOL_GOAL and floor_ratio <= FLOOR_GOAL
+    print(f"ours vs pool {pool_ratio:.2f}x (goal {POOL_GOAL}), {floor_ratio:.2f}x the floor (goal <= {FLOOR_GOAL}): "
+          f"goals {'met' if met else 'NOT met'}; vs plain {plain_ratio:.2f}x (earlier goal {PLAIN_GOAL}: "
+          f"{'met' if plain_ratio >= PLAIN_GOAL else 'not met'})")
     per_round = [pool / ours for pool, ours in zip(sides["pool"], sides["ours"])]
-    report("identify", round(pool_ratio, 3), 1.5, spread=[min(per_round), max(per_round)],
+    report("identify", round(pool_ratio, 3), POOL_GOAL, spread=[min(per_round), max(per_round)],
            floor_spread=[round(min(o / f for o, f in zip(sides["ours"], sides["floor"])), 3),
                          round(max(o / f for o, f in zip(sides["ours"], sides["floor"])), 3)],
-           plain_ratio=round(plain_ratio, 3), plain_goal=3.0,
-           floor_ratio=round(floor_ratio, 3), floor_goal=1.3, goals_met=met,
+           plain_ratio=round(plain_ratio, 3), plain_goal=PLAIN_GOAL,
+           floor_ratio=round(floor_ratio, 3), floor_goal=FLOOR_GOAL, goals_met=met,
            faces_per_s={side: round(faces[side] / med[side], 1) for side in ("plain", "pool", "ours")},
            faces=faces, seconds={side: [round(v, 2) for v in values] for side, values in sides.items()},
            photos=len(photos), megapixels=[min(megapixels), max(megapixels)], rounds=args.rounds)

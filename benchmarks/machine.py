@@ -18,7 +18,7 @@ from typing import Any
 
 # The distributions whose speed the headline figures measure (those installed are recorded).
 LIBRARIES = ("numpy", "onnxruntime", "opencv-python-headless", "opencv-python", "insightface", "faiss-cpu",
-             "mxnet", "scipy", "boto3", "docker", "Pillow")
+             "mxnet", "scipy", "boto3", "docker", "Pillow", "simplejpeg")
 
 
 def cpu_model() -> str:
@@ -60,11 +60,17 @@ def versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
     return found
 
 
+QUIET_LOAD = 1.0  # a machine is quiet when less than one thread was runnable, on average, before the run
+
+
 def describe(load_before: list[float]) -> dict[str, Any]:
-    """The machine record of a run that started at ``load_before`` and ends now."""
+    """The machine record of a run that started at ``load_before`` and ends now; ``quiet`` when
+    the 1-minute load was under :data:`QUIET_LOAD` at the start (a run's own work raises the load
+    it ends with, so only the load before says what else was running)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu_model(), "cores": cores, "memory_gib": memory_gib(), "system": platform.platform(),
-            "load_before": load_before, "load_after": load(), "versions": versions()}
+            "load_before": load_before, "load_after": load(), "quiet": load_before[0] < QUIET_LOAD,
+            "versions": versions()}
 
 
 def history_dir() -> Path:

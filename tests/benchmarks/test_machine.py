@@ -22,6 +22,7 @@ def test_the_record_names_the_machine_its_load_and_the_libraries():
     assert record["load_before"] == [0.5, 0.4, 0.3] and len(record["load_after"]) == 3
     assert record["versions"]["numpy"] == __import__("numpy").__version__
     assert "python" in record["versions"] and "no-such-dist" not in machine.versions(("no-such-dist",))
+    assert record["quiet"] and not machine.describe([1.2, 0.4, 0.3])["quiet"]  # by the load before the run
 
 
 def test_a_move_beyond_the_wider_spread_is_reported_and_one_within_it_is_not():
