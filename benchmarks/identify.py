@@ -15,9 +15,13 @@ scikit-learn tiled as the background, face photos of the packages and LFW pasted
   core with one-thread sessions, each image's faces embedded in pieces any thread takes),
   including writing report.csv/report.jsonl;
 - floor: onnxruntime alone running the detector calls ours makes (same input sizes) and the
-  recognizer on as many faces, in batches of 16, at the best of: one session with 1..cores
-  intra-op threads, or one-thread sessions called from one thread per core; inputs are prepared
-  off the clock.
+  recognizer on as many faces, inputs prepared off the clock, at the best of four settings: one
+  session with a thread per core called from one thread, or one-thread sessions called from one
+  thread per core taking the calls from a shared queue (as ours' threads take their work); each
+  with the recognizer in batches of 16 or in the batches ours makes (each photo's faces in pieces,
+  ``faces.pieces``). The best setting is the one with the lowest median over the rounds, and its
+  own time in each round is the floor of that round (the least of four noisy times per round
+  would flatter the floor).
 
 Every side loads its models before the clock; ``--rounds`` interleaved rounds, median and spread.
 Ratio = pool seconds / ours (the competent baseline). Goals (issue 29): >= 1.15x the pool and ours
@@ -29,10 +33,12 @@ Run: .venv/bin/python benchmarks/identify.py [--rounds N]
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -198,35 +204,57 @@ def floor_work(photos: list[Path], det_size: int) -> list[tuple[int, int]]:
 
 
 class Floor:
-    """onnxruntime sessions of the two models at ``threads`` intra-op threads, the calls shared
-    among ``streams`` concurrent callers; inputs prepared ahead, off the clock."""
+    """onnxruntime sessions of the two models at ``threads`` intra-op threads, the calls taken from
+    one shared queue by ``streams`` concurrent callers; inputs prepared ahead, off the clock."""
 
-    def __init__(self, det: Path, rec: Path, threads: int, streams: int, det_sizes: list[tuple[int, int]], faces: int):
+    def __init__(self, det: Path, rec: Path, threads: int, streams: int, det_sizes: list[tuple[int, int]],
+                 batches: list[int], batching: str):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.name = f"{threads} thread(s) x {streams} caller(s)"
+        options.log_severity_level = 3  # the recognizer graph declares batch 1: ORT warns on every batch
+        self.name = f"{threads} thread(s) x {streams} caller(s), recognizer batches {batching}"
         self.streams = streams
         self.det = onnxruntime.InferenceSession(str(det), options, providers=["CPUExecutionProvider"])
         self.rec = onnxruntime.InferenceSession(str(rec), options, providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
         det_in, rec_in = self.det.get_inputs()[0].name, self.rec.get_inputs()[0].name
         self.calls = [(self.det, {det_in: rng.standard_normal((1, 3, h, w), dtype=np.float32)}) for w, h in det_sizes]
-        self.calls += [(self.rec, {rec_in: rng.standard_normal((min(16, faces - i), 3, 112, 112), dtype=np.float32)})
-                       for i in range(0, faces, 16)]
+        self.calls += [(self.rec, {rec_in: rng.standard_normal((n, 3, 112, 112), dtype=np.float32)}) for n in batches]
 
     def run(self) -> float:
+        import queue
         from concurrent.futures import ThreadPoolExecutor
 
-        def share(k: int) -> None:
-            for session, feed in self.calls[k::self.streams]:
+        calls: queue.SimpleQueue = queue.SimpleQueue()
+        for call in self.calls:
+            calls.put(call)
+
+        def take() -> None:
+            while True:
+                try:
+                    session, feed = calls.get_nowait()
+                except queue.Empty:
+                    return
                 session.run(None, feed)
 
         start = time.perf_counter()
         with ThreadPoolExecutor(self.streams) as pool:
-            list(pool.map(share, range(self.streams)))
+            for future in [pool.submit(take) for _ in range(self.streams)]:
+                future.result()
         return time.perf_counter() - start
+
+
+def recognizer_batches(report: Path, cores: int) -> dict[str, list[int]]:
+    """The recognizer batch sizes of the floor's two batchings for the faces in ``report`` (a
+    report.jsonl of ours): batches of 16, and each photo's faces in the pieces ours makes."""
+    from inference import faces as facelib
+
+    per_photo = Counter(row["image"] for row in map(json.loads, report.read_text().splitlines()) if row["status"] == "ok")
+    total = sum(per_photo.values())
+    return {"of 16": [min(16, total - i) for i in range(0, total, 16)],
+            "as ours": [len(piece) for n in per_photo.values() for piece in facelib.pieces(list(range(n)), 16, cores)]}
 
 
 def load_shape(path: Path) -> tuple[int, int]:
@@ -274,13 +302,14 @@ def main() -> None:
             run_pool(pool, photos[:2 * cores], gallery, args.top_k)
             _, ours_faces = run_ours(listing, work / "db", work / "warm", models, args.top_k)
             det_sizes = floor_work(photos, 640)
-            floors = [Floor(det, rec, t, 1, det_sizes, ours_faces) for t in range(1, cores + 1)]
-            floors.append(Floor(det, rec, 1, cores, det_sizes, ours_faces))
+            floors = [Floor(det, rec, threads, streams, det_sizes, sizes, batching)
+                      for batching, sizes in recognizer_batches(work / "warm" / "report.jsonl", cores).items()
+                      for threads, streams in {(cores, 1), (1, cores)}]
             for f in floors:
                 f.run()
             sides: dict[str, list[float]] = {"plain": [], "pool": [], "ours": [], "floor": []}
             faces: dict[str, int] = {}
-            floor_best: list[str] = []
+            floor_times: dict[str, list[float]] = {f.name: [] for f in floors}
             for r in range(args.rounds):
                 seconds, faces["plain"] = run_plain(app, photos, gallery, args.top_k)
                 sides["plain"].append(seconds)
@@ -288,19 +317,19 @@ def main() -> None:
                 sides["pool"].append(seconds)
                 seconds, faces["ours"] = run_ours(listing, work / "db", work / f"out{r}", models, args.top_k)
                 sides["ours"].append(seconds)
-                times = {f.name: f.run() for f in floors}
-                best = min(times, key=times.get)
-                sides["floor"].append(times[best])
-                floor_best.append(best)
+                for f in floors:
+                    floor_times[f.name].append(f.run())
         finally:
             pool.terminate()
+    floor_best = min(floor_times, key=lambda name: statistics.median(floor_times[name]))
+    sides["floor"] = floor_times[floor_best]
     med = {side: statistics.median(values) for side, values in sides.items()}
     print(f"{len(photos)} photos, {min(megapixels)}-{max(megapixels)} MP ({sum(megapixels):.0f} MP in all); "
           f"{cores} cores; load average {os.getloadavg()[0]:.1f}")
     for side in ("plain", "pool", "ours"):
         print(f"{side:5}: {faces[side]} faces, {spread(sides[side])} = {faces[side] / med[side]:.1f} faces/s")
-    print(f"floor: {ours_faces} faces, {spread(sides['floor'])} (onnxruntime only; best setting per round: "
-          f"{', '.join(floor_best)})")
+    print(f"floor: {ours_faces} faces, {spread(sides['floor'])} (onnxruntime only, best setting: {floor_best}; "
+          + ", ".join(f"{name}: {statistics.median(times):.2f} s" for name, times in floor_times.items()) + ")")
     plain_ratio, pool_ratio, floor_ratio = med["plain"] / med["ours"], med["pool"] / med["ours"], med["ours"] / med["floor"]
     met = pool_ratio >= POOL_GOAL and floor_ratio <= FLOOR_GOAL
     print(f"ours vs pool {pool_ratio:.2f}x (goal {POOL_GOAL}), {floor_ratio:.2f}x the floor (goal <= {FLOOR_GOAL}): "
@@ -314,7 +343,8 @@ def main() -> None:
            floor_ratio=round(floor_ratio, 3), floor_goal=FLOOR_GOAL, goals_met=met,
            faces_per_s={side: round(faces[side] / med[side], 1) for side in ("plain", "pool", "ours")},
            faces=faces, seconds={side: [round(v, 2) for v in values] for side, values in sides.items()},
-           photos=len(photos), megapixels=[min(megapixels), max(megapixels)], rounds=args.rounds)
+           floor_settings={name: [round(v, 3) for v in times] for name, times in floor_times.items()},
+           floor_best=floor_best, photos=len(photos), megapixels=[min(megapixels), max(megapixels)], rounds=args.rounds)
 
 
 if __name__ == "__main__":
