@@ -163,7 +163,7 @@ def main() -> None:
     print(f"throughput ratio {ratio}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}; goal 1.5x), "
           f"p99 {'no worse' if p99_ok else 'WORSE'}: goal {'met' if ratio >= 1.5 and p99_ok else 'NOT met'}; "
           f"CPU per request: baseline / ours = {cpu_ratio}x")
-    report("serve", ratio, 1.5, p99_no_worse=p99_ok, cpu_ratio=cpu_ratio, goals_met=ratio >= 1.5 and p99_ok, clients=args.clients,
+    report("serve", ratio, 1.5, spread=[min(ratios), max(ratios)], p99_no_worse=p99_ok, cpu_ratio=cpu_ratio, goals_met=ratio >= 1.5 and p99_ok, clients=args.clients,
            seconds=args.seconds, rounds=args.rounds, cores=cores, load_average=round(load_avg, 1),
            baseline=figures["baseline"], ours=figures["ours"])
 
