@@ -37,7 +37,7 @@ TASKS = ("recognition", "detection", "gallery", "identify")
 # Every third-party module the tasks import, and the distributions the image must not hold.
 LIBRARIES = ("mxnet", "numpy", "onnx", "onnxruntime", "cv2", "faiss", "insightface", "insightface.app",
              "insightface.model_zoo", "insightface.utils.face_align", "scipy", "skimage", "boto3", "yaml",
-             "click", "tqdm")
+             "click", "tqdm", "simplejpeg")
 IMPORTS = """
 import importlib, importlib.metadata as meta, json, sys
 for name in sys.argv[1:]:
