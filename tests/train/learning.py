@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,16 +117,27 @@ def metric_steps(path: Path) -> list[int]:
 
 
 def finish_all(procs: dict[str, subprocess.Popen], timeout: float) -> dict[str, str]:
-    """Every process's output once all have ended (stragglers are killed); all must exit 0."""
-    outputs = {}
-    try:
-        for name, proc in procs.items():
-            outputs[name] = proc.communicate(timeout=timeout)[0]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-    assert all(proc.returncode == 0 for proc in procs.values()), outputs
+    """Every process's output once all have ended; all must exit 0. The pipes are read together
+    (a process whose pipe fills stalls, and with it the peers waiting for it), a process that fails
+    ends the wait at once (its peers would wait for it until the bound), and what still runs after
+    ``timeout`` seconds is killed; a failure shows every process's exit code and output."""
+    chunks: dict[str, list[str]] = {name: [] for name in procs}
+    readers = [threading.Thread(target=lambda proc=proc, out=chunks[name]: out.append(proc.stdout.read()), daemon=True)
+               for name, proc in procs.items()]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + timeout
+    while (any(proc.poll() is None for proc in procs.values()) and time.monotonic() < deadline
+           and not any(proc.poll() not in (None, 0) for proc in procs.values())):
+        time.sleep(0.2)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+    for reader in readers:
+        reader.join(timeout=30)  # bounded: the pipes close when the processes have ended
+    outputs = {name: "".join(out) for name, out in chunks.items()}
+    codes = {name: proc.wait(timeout=30) for name, proc in procs.items()}
+    assert all(code == 0 for code in codes.values()), f"exit codes {codes} (bound {timeout} s), outputs: {outputs}"
     return outputs
 
 
