@@ -28,8 +28,7 @@ def bounded_start(start: Callable[[Executor, T], Future], items: Iterable[T], wo
     the pool's shutdown lock, where a callback that submits the next task would deadlock."""
     workers = max(1, workers)
     ahead = max(1, ahead or 2 * workers)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-    try:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
         pending: deque[Future] = deque()
         for item in items:
             pending.append(start(pool, item))
@@ -37,5 +36,3 @@ def bounded_start(start: Callable[[Executor, T], Future], items: Iterable[T], wo
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True)
