@@ -10,8 +10,8 @@ scikit-learn tiled as the background, face photos of the packages and LFW pasted
   README writes it, then numpy cosine matching against the gallery;
 - pool: the same loop over a spawn pool of one process per core, each with a 1-thread onnxruntime
   session (what a competent user writes; no core is oversubscribed);
-- ours: ``inference.identify.identify`` (JPEGs decoded by libjpeg-turbo through simplejpeg,
-  reduced for detection; detector at the photo's size; one image per task on one thread per
+- ours: ``inference.identify.identify`` (JPEGs decoded once by libjpeg-turbo through simplejpeg,
+  halved down for detection; detector at the photo's size; one image per task on one thread per
   core with one-thread sessions, each image's faces embedded in pieces any thread takes),
   including writing report.csv/report.jsonl;
 - floor: onnxruntime alone running the detector calls ours makes (same input sizes) and the
@@ -191,14 +191,13 @@ def run_ours(listing: Path, db: Path, out: Path, models, top_k: int) -> tuple[fl
 
 
 def floor_work(photos: list[Path], det_size: int) -> list[tuple[int, int]]:
-    """The detector input (w, h) ours uses for each photo (read from the JPEG header / reduced size)."""
+    """The detector input (w, h) ours uses for each photo (the size of its pyramid's coarsest level)."""
     from inference import faces as facelib
 
     sizes = []
     for photo in photos:
-        data = photo.read_bytes()
-        scale = facelib.reduction(data, det_size)
-        height, width = facelib.decode_image(data, photo, scale).shape[:2]
+        levels = facelib.pyramid(photo.read_bytes(), photo, det_size)
+        height, width = levels[max(levels)].shape[:2]
         sizes.append(facelib.detector_size(width, height, det_size))
     return sizes
 

@@ -8,11 +8,9 @@ onnxruntime sessions (OpenCV, libjpeg-turbo and onnxruntime release the GIL; no 
 oversubscribed), the faces of each image are embedded in pieces any core can take, so no core
 idles at the end; the detector runs at the image's own size (up to ``det_size``) instead of
 letterboxing every photo into 640x640; JPEGs are decoded by libjpeg-turbo through simplejpeg,
-which gives OpenCV's pixels in 0.6 of its time on a phone photo; and a large JPEG is decoded at
-1/2, 1/4 or 1/8 scale (libjpeg scales in the DCT, several times cheaper than a full decode of a
-phone photo, which costs more than the detection itself): the detector only needs ``det_size``
-pixels, and a face is aligned from the reduced image whenever its crop would be a downscale of it
-anyway; only photos with small faces are also decoded at full size, for those faces.
+which gives OpenCV's pixels in 0.6 of its time on a phone photo; and each photo is decoded once
+and halved down to the detector's size (:func:`pyramid`), each face aligned from the coarsest
+level its crop does not enlarge.
 """
 from __future__ import annotations
 
@@ -58,7 +56,7 @@ class ImageResult:
     item: ImageItem
     faces: list[Face] = field(default_factory=list)
     error: str | None = None
-    size: tuple[int, int] | None = None  # (width, height), to within the decode reduction
+    size: tuple[int, int] | None = None  # (width, height) as decoded (reduced only past images.max_pixels)
 
 
 # OpenCV's flag names per decode reduction (libjpeg's DCT scaling factors), read at decode time
@@ -236,6 +234,8 @@ def detect(detector: Any, image: np.ndarray, det_size: int = 640, det_thresh: fl
     photos: the detection teacher, the packer's aligner and the demo label faces that way)."""
     height, width = image.shape[:2]
     size = (det_size, det_size) if upscale else detector_size(width, height, det_size)
+    if min(width, height) * min(size[0] / width, size[1] / height) < 1:
+        return []  # a strip that insightface's letterbox shrinks to no rows (OpenCV would raise) has no face
     boxes, kps = detector.detect(image, input_size=size, det_thresh=det_thresh)
     faces = [Face(boxes[i, :4].astype(np.float32), float(boxes[i, 4]), kps[i].astype(np.float32))
              for i in range(boxes.shape[0])]
@@ -271,43 +271,67 @@ def embed(models: Models, crops: list[np.ndarray]) -> np.ndarray:
 
 
 def _finest(zoom: float, scale: int) -> int:
-    """The coarsest decode reduction (at most ``scale``) from which a face whose crop zooms the
+    """The coarsest reduction (at most ``scale``) from which a face whose crop zooms the
     1/``scale`` image by ``zoom`` is aligned without enlarging (1 = full size when none is)."""
     return next((r for r in (8, 4, 2) if r <= scale and zoom * r / scale <= 1), 1)
 
 
+def halve(image: np.ndarray) -> np.ndarray:
+    """``image`` at half size, each pixel the mean of a 2x2 block (an odd last row or column is
+    dropped), as libjpeg's 1/2 scaled decode averages; at least one pixel on each side."""
+    height, width = image.shape[:2]
+    even = image[:max(1, height - height % 2), :max(1, width - width % 2)]
+    return cv2.resize(even, (max(1, width // 2), max(1, height // 2)), interpolation=cv2.INTER_AREA)
+
+
+def pyramid(data: bytes, source: str | Path, det_size: int) -> dict[int, np.ndarray]:
+    """The image at each reduction (1, 2, 4, 8) from full size down to the one the detector needs
+    (:func:`reduction`), keyed by reduction: decoded once, then halved. Full size unless that is
+    over :func:`max_pixels`, then the finest reduction under it. Why not a reduced decode for the
+    detector and a second one for small faces: entropy decoding, which libjpeg pays at every
+    scale, is most of a decode (a 12 MP photo: 23-31 ms at 1/4, 36 ms in full, 5 ms to halve the
+    full image twice), so two decodes cost near twice one."""
+    scale = reduction(data, det_size)
+    size = image_size(data)
+    top = scale if size is None else next(
+        r for r in (1, 2, 4, 8) if r == scale or size[0] * size[1] // (r * r) <= max_pixels())
+    levels = {top: decode_image(data, source, top)}
+    while top < scale:
+        levels[top * 2] = halve(levels[top])
+        top *= 2
+    return levels
+
+
 def _prepare(models: Models, item: ImageItem, det_size: int,
              det_thresh: float) -> tuple[ImageResult, list[np.ndarray]]:
-    """Read, decode (reduced when the photo is large, see :func:`reduction`), detect and align one
-    image (runs in a pool thread). When a face's crop would enlarge the reduced image, the photo is
-    decoded once more, as coarsely as the smallest face allows, and the faces are aligned from
-    that. Boxes and landmarks are returned in full-size pixels. Any failure becomes the image's
-    ``error`` so one bad file never stops a run."""
+    """Read, decode (:func:`pyramid`), detect on the coarsest level and align one image (runs in
+    a pool thread). Each face is aligned from the coarsest level its crop does not enlarge, so a
+    large face is averaged down rather than sampled. Boxes and landmarks are returned in
+    full-size pixels. Any failure becomes the image's ``error`` so one bad file never stops a
+    run."""
     try:
         data = item.data if item.data is not None else read_file(item.path, item.name)
-        scale = reduction(data, det_size)
-        image = decode_image(data, item.name, scale)
+        levels = pyramid(data, item.name, det_size)
     except DataError as exc:
         return ImageResult(item, error=str(exc)), []
+    scale, top = max(levels), min(levels)
+    image = levels[scale]
     faces = detect(models.detector, image, det_size, det_thresh)
     side = models.recognizer.input_size[0]
-    matrices = [alignment(face.landmarks, side) for face in faces]
-    # Each face's zoom (crop pixels per reduced-image pixel) says the coarsest decode it can be
-    # aligned from without enlarging; one finer decode, the finest any face needs, serves all.
-    zooms = [math.sqrt(abs(np.linalg.det(m[:, :2]))) for m in matrices]
-    fine = min([_finest(zoom, scale) for zoom in zooms] or [scale])
-    source = image if fine == scale else decode_image(data, item.name, fine)
-    # A pixel i of the image decoded at 1/s covers full pixels [i*s, (i+1)*s), centred on i*s + (s-1)/2:
-    # this maps the source's pixels to the detection image's, where the landmarks are.
-    ratio = fine / scale
-    to_source = np.array([[ratio, 0, (ratio - 1) / 2], [0, ratio, (ratio - 1) / 2], [0, 0, 1]])
     crops = []
-    for face, matrix in zip(faces, matrices):
-        crops.append(cv2.warpAffine(source, matrix @ to_source, (side, side), borderValue=0.0))
+    for face in faces:
+        matrix = alignment(face.landmarks, side)
+        # The zoom (crop pixels per detection-image pixel) says the coarsest level the face needs.
+        level = max(top, _finest(math.sqrt(abs(np.linalg.det(matrix[:, :2]))), scale))
+        # A pixel i of the image at 1/s covers full pixels [i*s, (i+1)*s), centred on i*s + (s-1)/2:
+        # this maps the level's pixels to the detection image's, where the landmarks are.
+        ratio = level / scale
+        to_source = np.array([[ratio, 0, (ratio - 1) / 2], [0, ratio, (ratio - 1) / 2], [0, 0, 1]])
+        crops.append(cv2.warpAffine(levels[level], matrix @ to_source, (side, side), borderValue=0.0))
         face.box[:] = face.box * scale + (scale - 1) / 2
         face.landmarks[:] = face.landmarks * scale + (scale - 1) / 2
-    height, width = image.shape[:2]
-    return ImageResult(item, faces, size=(width * scale, height * scale)), crops
+    height, width = levels[top].shape[:2]
+    return ImageResult(item, faces, size=(width * top, height * top)), crops
 
 
 AHEAD_PER_WORKER = 4  # images in flight per worker: room to go on past a slow photo at the head
