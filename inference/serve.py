@@ -3,8 +3,8 @@ at a time with the same face toolkit, models, threshold and matching as batch ``
 
 Why it is faster than calling ``FaceAnalysis.get`` per request: requests that wait together are
 micro-batched (:class:`Batcher`): one loop thread per core takes its share of the waiting photos
-through :func:`inference.faces.analyse` (detector at each photo's own size, large JPEGs decoded
-reduced, the batch's faces embedded in shared recognizer calls) and searches them in the gallery
+through :func:`inference.faces.analyse` (detector at each photo's own size, each photo decoded
+once and halved down for it, the batch's faces embedded in shared recognizer calls) and searches them in the gallery
 at once (:func:`inference.identify.answers`), the steps batch identify takes. The event loop
 only parses requests and waits.
 
