@@ -84,6 +84,8 @@ class Supervisor:
                     self._upload()
                 self._finish(status, reason)
             except Exception as exc:  # noqa: BLE001 - any failure must end as a failed record, with its reason
+                if self.runtime is not None:
+                    self.runtime.kill()  # a version recorded failed must not have its job writing on
                 self._finish("stopped" if self.stopping.is_set() else "failed", diskspace.describe(exc, self.folder))
 
     def _say(self, message: str) -> None:
@@ -196,9 +198,8 @@ class Supervisor:
         job = ContainerJob(argv=entry_argv(spec), contract=self.contract, env={}, image=spec.get("image"))
         self.runtime.start(job, self.log)
         groups = self.runtime.process_groups()
-        if groups:
-            self.record = self.store.update(self.record["name"], self.record["version"],
-                                            backend_info={**self.record["backend_info"], "process_groups": groups})
+        if groups:  # through the outbox like every update: a store lost now must not fail a running job
+            self._record(backend_info={**self.record["backend_info"], "process_groups": groups})
         if self.stopping.is_set():
             self._request_stop()
         timer = None

@@ -105,3 +105,46 @@ def test_metrics_written_after_the_final_state_are_discarded(tmp_path):
     with open(metrics, "a") as fh:
         fh.write(json.dumps({"time": time.time() + 5, "step": 2, "accuracy": 0.99}) + "\n")
     assert json.loads(cli("job", "metrics", "fault-job:1", "--json").stdout) == before
+
+
+def test_a_supervisor_error_while_the_job_runs_ends_the_job(tmp_path, monkeypatch):
+    """An unexpected error in the supervisor after the entry point started (injected where it
+    notes the job's process groups; the supervisor runs in this process, so the kernel's
+    parent-death signal cannot help) records the version failed with that error and kills the
+    job: a version recorded failed must not have a job still writing into it."""
+    import signal
+
+    from jobs.backends import local, supervisor
+    from jobs.spec import load_spec
+    from jobs.submit import submit
+
+    launches = []
+    monkeypatch.setattr(local.LocalBackend, "start", lambda self, launch: launches.append(launch) or {})
+    record = submit(load_spec(custom_job(tmp_path / "proj", script=BUSY)))
+    real = supervisor.get_runtime
+    pids = workdir(record) / "pids.json"
+
+    class BreaksAfterStart:
+        """The real runtime; asking for its process groups fails once the job is up."""
+
+        def __init__(self, kind: str) -> None:
+            self.runtime = real(kind)
+
+        def process_groups(self) -> list[int]:
+            wait_for(pids.exists, timeout=30, what="the job's processes up")
+            raise RuntimeError("a bug in the supervisor")
+
+        def __getattr__(self, name: str):
+            return getattr(self.runtime, name)
+
+    monkeypatch.setattr(supervisor, "get_runtime", BreaksAfterStart)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        supervisor.Supervisor(record["name"], record["version"], launches[0].bundle).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    failed = Store().get(record["name"], record["version"])
+    assert failed["status"] == "failed" and "a bug in the supervisor" in failed["failure_reason"]
+    started = json.loads(pids.read_text())
+    wait_for(lambda: not _alive(started["entry"]) and not _alive(started["child"]), timeout=10,
+             what="the job and its child killed")

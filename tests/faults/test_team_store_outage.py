@@ -83,3 +83,51 @@ def test_the_next_command_delivers_what_a_supervisor_could_not(link, tmp_path, m
     link.up()  # the supervisor exits right after saying so; the next look finds it gone
     wait_for(lambda: " done " in cli("job", "list").stdout, timeout=60, what="job list delivering the outbox")
     assert Store().get("fault-job", 1)["status"] == "done" and not Outbox({"name": "fault-job", "version": 1}).pending()
+
+
+def test_the_store_lost_as_the_entry_point_starts_costs_no_update(link, tmp_path, monkeypatch):
+    """The store goes away just after the entry point starts, when the supervisor records the
+    job's process groups (the supervisor runs in this process, with the outage injected at that
+    step, so the case does not depend on timing): that update waits in the outbox like every
+    other, the job runs to its end and the version is done once the store is back. A supervisor
+    that sends it straight to the store records the version failed with the store's error while
+    its job runs on."""
+    import signal
+
+    from jobs.backends import local, supervisor
+    from jobs.spec import load_spec
+    from jobs.submit import submit
+
+    launches = []
+    monkeypatch.setattr(local.LocalBackend, "start", lambda self, launch: launches.append(launch) or {})
+    spec = custom_job(tmp_path / "proj", script="import time\ntime.sleep(1)\nprint('finished', flush=True)\n")
+    record = submit(load_spec(spec))
+    real = supervisor.get_runtime
+
+    class LosesTheStore:
+        """The real runtime; the link to the database drops once its process has started."""
+
+        def __init__(self, kind: str) -> None:
+            self.runtime = real(kind)
+
+        def start(self, job, log) -> None:
+            self.runtime.start(job, log)
+            link.down()
+
+        def __getattr__(self, name: str):
+            return getattr(self.runtime, name)
+
+    monkeypatch.setattr(supervisor, "get_runtime", LosesTheStore)
+    monkeypatch.setenv("FACEOPS_STORE_OUTBOX_SECONDS", "1")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        supervisor.Supervisor(record["name"], record["version"], launches[0].bundle).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    outbox = Outbox(record)
+    log = (outbox.path.parent / "job.log").read_text()
+    assert "finished" in log and "[faceops] done" in log and "[faceops] failed" not in log, log
+    link.up()
+    assert outbox.flush(Store())
+    done = Store().get(record["name"], record["version"])
+    assert done["status"] == "done" and done["backend_info"]["process_groups"], done["status_history"]
