@@ -40,3 +40,40 @@ def test_a_folder_without_the_role_says_how_to_give_it(model_dir, tmp_path):
     shutil.copy(model_dir / RECOGNIZER, own / "model.onnx")
     with pytest.raises(DataError, match=r"no ONNX detector here \(looked at 1 \.onnx files\); give the detector separately"):
         resolve(models=own)
+
+
+def test_roles_are_kept_per_file_and_asked_again_when_the_file_changes(model_dir, tmp_path, faceops_home, monkeypatch):
+    """A new process finds the roles of unchanged files in $FACEOPS_HOME's cache without parsing
+    a graph; a file replaced by another model is parsed again; a damaged cache is ignored."""
+    from inference import models
+
+    own = tmp_path / "own.onnx"
+    shutil.copy(model_dir / RECOGNIZER, own)
+    assert models.model_role(own) == "recognizer"
+    assert (faceops_home / models.ROLE_CACHE).is_file()
+
+    def parse(path, size, mtime_ns):
+        raise AssertionError(f"parsed {path} again")
+
+    models._ROLES.clear()  # as a new process starts
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "_role", parse)
+        assert models.model_role(own) == "recognizer"
+    own.unlink()
+    shutil.copy(model_dir / DETECTOR, own)  # a new file (inode, size, time) under the same name
+    assert models.model_role(own) == "detector"
+    (faceops_home / models.ROLE_CACHE).write_text("{not json")
+    models._ROLES.clear()
+    assert models.model_role(own) == "detector"
+
+
+def test_a_recognizer_with_a_symbolic_embedding_size_is_probed(model_dir, tiny_recognizer, tmp_path):
+    import onnx
+
+    from inference.models import load_models
+
+    tiny_recognizer(tmp_path / "tiny.onnx", 96)
+    graph = onnx.load(str(tmp_path / "tiny.onnx"))
+    graph.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "D"
+    onnx.save(graph, str(tmp_path / "symbolic.onnx"))
+    assert load_models(det=model_dir / DETECTOR, rec=tmp_path / "symbolic.onnx").dim == 96
