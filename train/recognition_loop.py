@@ -256,6 +256,11 @@ def train(config: dict[str, Any], env: JobEnv) -> dict[str, Any]:
             say(**final)
         # Stopped by max_steps mid-epoch: the checkpoint says where, so a longer rerun continues there.
         epoch, skip = (epoch + 1, 0) if done >= steps_per_epoch else (epoch, done)
+        if place.kvstore is not None:
+            # Every worker finishes its pushes and pulls here, while its process is whole: a worker
+            # that left them to the kvstore's destructor at exit could hold back the pull the
+            # chief's checkpoint waits for, and both waited forever (a dist_sync test hung so).
+            mx.nd.waitall()
         save(net, trainer, step, epoch, batch=skip)
     if place.chief:
         final.update(finish(model.backbone, config, env))

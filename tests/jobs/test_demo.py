@@ -57,6 +57,6 @@ def test_an_unfinished_demo_is_trained_again(runner, tmp_path, monkeypatch):
     said, commands = [], []
     demo.run(commands.append, said.append, tmp_path / "demo")  # the commands are listed, not run
     assert "(the previous demo run in demo did not finish: its job versions are trained again)" in said
-    assert not (tmp_path / "demo" / demo.HOME).exists()
+    assert not (tmp_path / "demo" / demo.HOME / "jobs" / "line-fit").exists()  # the failed version is gone
     assert commands[:2] == [["job", "submit", str(demo.examples() / "line-fit" / "job.yaml")],
                             ["job", "rerun", "line-fit", "--set", "lr=0.1"]]
