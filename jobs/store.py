@@ -65,7 +65,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _READY: set[str] = set()
 # How many versions `job list` shows unless asked for more: a team store holds many thousands.
 LIST_LIMIT = 50
-
+LOCK_SECONDS = 30  # how long a command waits for another faceops process's write to the store
 
 LATEST = object()  # "the job's latest version", resolved inside the transaction that needs it
 
@@ -139,6 +139,24 @@ def is_here(record: dict[str, Any]) -> bool:
     """True when ``record`` was submitted from this machine (or before records said where), so
     its local processes can be checked here."""
     return record.get("host") in (None, socket.gethostname())
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the store in WAL mode, so readers never wait for a writer.
+
+    Two connections switching a new file's mode at once each hold the shared lock the other's
+    switch must wait out, and SQLite answers the loser "locked" at once instead of calling its
+    busy handler (two first submits at once failed this way). The switch is retried for up to
+    LOCK_SECONDS; once the file is in WAL mode the pragma only reads the mode."""
+    deadline = time.monotonic() + LOCK_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def next_version(record: dict[str, Any], latest: int | None, parent_is_latest: bool) -> dict[str, Any]:
@@ -318,10 +336,17 @@ class Store:
 
     # -- connections ----------------------------------------------------------------------------
 
+    def _locked(self, exc: Exception) -> StoreError:
+        """The error for a store another process kept locked past our bound."""
+        return StoreError(f"{self.path}: the store stayed locked by another faceops process for "
+                          f"{LOCK_SECONDS} s ({exc}); try again")
+
     def _read_only(self, exc: Exception, write: bool) -> sqlite3.Connection:
         """A read-only connection for a full disk, where SQLite cannot create the WAL index a
         reader needs. That index is missing only when no connection is open, and the last one to
         close folded the WAL into the file, so reading the file alone reads everything."""
+        if "locked" in str(exc):
+            raise self._locked(exc) from None
         if "disk I/O error" not in str(exc) and "full" not in str(exc):
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from None
         if write:
@@ -339,9 +364,9 @@ class Store:
             else:
                 if write:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                db.execute("PRAGMA busy_timeout=30000")
-                db.execute("PRAGMA journal_mode=WAL")
+                db = sqlite3.connect(self.path, timeout=LOCK_SECONDS, isolation_level=None)
+                db.execute(f"PRAGMA busy_timeout={LOCK_SECONDS * 1000}")
+                _use_wal(db)
         except sqlite3.OperationalError as exc:
             db = self._read_only(exc, write)
         except sqlite3.Error as exc:
@@ -353,8 +378,7 @@ class Store:
                 raise StoreError(f"{self.path}: no space left on the disk holding $FACEOPS_HOME ({exc}); "
                                  "free some space and run the command again") from None
             if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(f"{self.path}: the store stayed locked by another faceops process ({exc}); "
-                                 "try again") from None
+                raise self._locked(exc) from None
             raise StoreError(f"{self.path}: the store cannot be read ({exc}); {self._advice()}") from None
         finally:
             db.close()
