@@ -105,11 +105,11 @@ ROLES: dict[str, Callable[[list[list[Any]], list[list[Any]]], bool]] = {
 
 def model_role(path: Path) -> str | None:
     """'detector', 'recognizer' or None, decided from the ONNX graph's inputs and outputs the same
-    way insightface's model router does (so files may have any name). Each file is parsed once per
-    process while it is unchanged (finding both models in a folder of ten asks about every file
-    twice), and the answer is kept in ``$FACEOPS_HOME/cache/model-roles.json`` under the file's
-    path, inode, size and modification time: parsing the pretrained folder's ten graphs is 40 ms
-    of every identify's start-up, for an answer that only changes with the file."""
+    way insightface's model router does (so files may have any name). The answer is kept in
+    ``$FACEOPS_HOME/cache/model-roles.json`` (and in this process) under the file's path, inode,
+    size and modification time: parsing the pretrained folder's ten graphs is 40 ms of every
+    identify's start-up, for an answer that only changes with the file. A path keeps one entry
+    (a replaced file's old answer is dropped) and the oldest are forgotten past ROLE_CACHE_ENTRIES."""
     try:
         stat = Path(path).stat()
     except OSError as exc:
@@ -118,12 +118,18 @@ def model_role(path: Path) -> str | None:
     key = f"{resolved}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
     known = _known_roles()
     if key not in known:
-        known[key] = _role(resolved, stat.st_size, stat.st_mtime_ns)
+        role = _parse_role(resolved)
+        for stale in [k for k in known if k.rsplit("|", 3)[0] == str(resolved)]:
+            del known[stale]
+        known[key] = role
+        for oldest in list(known)[:-ROLE_CACHE_ENTRIES]:
+            del known[oldest]
         _keep_roles(known)
     return known[key]
 
 
 ROLE_CACHE = Path("cache") / "model-roles.json"  # under $FACEOPS_HOME
+ROLE_CACHE_ENTRIES = 256  # model files remembered; a home sees a few dozen
 _ROLES: dict[Path, dict[str, str | None]] = {}  # per $FACEOPS_HOME, read once per process
 
 
@@ -140,16 +146,16 @@ def _known_roles() -> dict[str, str | None]:
 
 
 def _keep_roles(known: dict[str, str | None]) -> None:
-    """Write the role cache back (atomically; a read-only home only loses the cache)."""
+    """Write the role cache back, oldest entry first (atomically; a read-only home only loses
+    the cache)."""
     try:
-        atomic_write(home() / ROLE_CACHE, json.dumps(known, indent=0, sort_keys=True))
+        atomic_write(home() / ROLE_CACHE, json.dumps(known, indent=0))
     except OSError:
         pass
 
 
-@lru_cache(maxsize=256)
-def _role(path: Path, size: int, mtime_ns: int) -> str | None:
-    """:func:`model_role` of ``path`` as it was at ``size`` and ``mtime_ns`` (the cache key)."""
+def _parse_role(path: Path) -> str | None:
+    """:func:`model_role` of ``path``, read from its graph."""
     import onnx
 
     try:

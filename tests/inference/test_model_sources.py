@@ -3,6 +3,7 @@ on their own (an ONNX file, a folder, or a training job's model.tar.gz as SageMa
 a folder holding both, or the pretrained models for whichever is left out."""
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 
@@ -52,19 +53,34 @@ def test_roles_are_kept_per_file_and_asked_again_when_the_file_changes(model_dir
     assert models.model_role(own) == "recognizer"
     assert (faceops_home / models.ROLE_CACHE).is_file()
 
-    def parse(path, size, mtime_ns):
+    def parse(path):
         raise AssertionError(f"parsed {path} again")
 
     models._ROLES.clear()  # as a new process starts
     with monkeypatch.context() as patch:
-        patch.setattr(models, "_role", parse)
+        patch.setattr(models, "_parse_role", parse)
         assert models.model_role(own) == "recognizer"
     own.unlink()
     shutil.copy(model_dir / DETECTOR, own)  # a new file (inode, size, time) under the same name
     assert models.model_role(own) == "detector"
+    kept = json.loads((faceops_home / models.ROLE_CACHE).read_text())
+    assert list(kept.values()) == ["detector"]  # the replaced file's answer is gone
     (faceops_home / models.ROLE_CACHE).write_text("{not json")
     models._ROLES.clear()
     assert models.model_role(own) == "detector"
+
+
+def test_the_role_cache_forgets_its_oldest_files(tiny_recognizer, tmp_path, faceops_home, monkeypatch):
+    """Past ROLE_CACHE_ENTRIES files the oldest answers are dropped, so the cache stays small."""
+    from inference import models
+
+    monkeypatch.setattr(models, "ROLE_CACHE_ENTRIES", 2)
+    files = [tmp_path / f"{name}.onnx" for name in ("a", "b", "c")]
+    for path in files:
+        tiny_recognizer(path, 96)
+        assert models.model_role(path) == "recognizer"
+    kept = json.loads((faceops_home / models.ROLE_CACHE).read_text())
+    assert [key.split("|")[0] for key in kept] == [str(path.resolve()) for path in files[1:]]
 
 
 def test_a_recognizer_with_a_symbolic_embedding_size_is_probed(model_dir, tiny_recognizer, tmp_path):
