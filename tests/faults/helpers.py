@@ -1,4 +1,5 @@
-"""What the fault cases share: the CLI run as its own process, a minimal custom job."""
+"""What the fault cases share: the CLI run as its own process, a minimal custom job, a
+supervisor run in the test's own process with one step of its runtime changed."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,3 +50,43 @@ def tmpfs(mount: Path, megabytes: int) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def submit_here(spec: Path, monkeypatch: Any) -> tuple[dict, Path]:
+    """Submit ``spec`` without starting its supervisor; returns the version's record and the
+    bundle its supervisor gets, for :func:`supervise_here`."""
+    from jobs.backends import local
+    from jobs.spec import load_spec
+    from jobs.submit import submit
+
+    launches = []
+    monkeypatch.setattr(local.LocalBackend, "start", lambda self, launch: launches.append(launch) or {})
+    record = submit(load_spec(spec))
+    return record, launches[0].bundle
+
+
+class PassThrough:
+    """The real job runtime, every call passed on; a test subclasses it to change one step (fail
+    it, or take the store away after it) exactly there, instead of racing for the moment."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runtime, name)
+
+
+def supervise_here(record: dict, bundle: Path, monkeypatch: Any, runtime: type[PassThrough] = PassThrough) -> None:
+    """Run the version's supervisor to its end in this process, over the real runtime wrapped in
+    ``runtime``; the SIGTERM handler it installs is put back afterwards."""
+    import signal
+
+    from jobs.backends import supervisor
+
+    real = supervisor.get_runtime
+    monkeypatch.setattr(supervisor, "get_runtime", lambda kind: runtime(real(kind)))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        supervisor.Supervisor(record["name"], record["version"], bundle).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -10,7 +10,7 @@ import time
 
 from jobs.core.contract import Contract
 from jobs.store import TERMINAL, Store, workdir
-from tests.faults.helpers import cli, custom_job
+from tests.faults.helpers import PassThrough, cli, custom_job, submit_here, supervise_here
 from tests.harness.process import wait_for
 
 # The entry point notes its pid, starts a child of its own (same process group) that also keeps
@@ -112,37 +112,17 @@ def test_a_supervisor_error_while_the_job_runs_ends_the_job(tmp_path, monkeypatc
     notes the job's process groups; the supervisor runs in this process, so the kernel's
     parent-death signal cannot help) records the version failed with that error and kills the
     job: a version recorded failed must not have a job still writing into it."""
-    import signal
-
-    from jobs.backends import local, supervisor
-    from jobs.spec import load_spec
-    from jobs.submit import submit
-
-    launches = []
-    monkeypatch.setattr(local.LocalBackend, "start", lambda self, launch: launches.append(launch) or {})
-    record = submit(load_spec(custom_job(tmp_path / "proj", script=BUSY)))
-    real = supervisor.get_runtime
+    record, bundle = submit_here(custom_job(tmp_path / "proj", script=BUSY), monkeypatch)
     pids = workdir(record) / "pids.json"
 
-    class BreaksAfterStart:
-        """The real runtime; asking for its process groups fails once the job is up."""
-
-        def __init__(self, kind: str) -> None:
-            self.runtime = real(kind)
+    class BreaksAfterStart(PassThrough):
+        """Asking for the job's process groups fails once the job is up."""
 
         def process_groups(self) -> list[int]:
             wait_for(pids.exists, timeout=30, what="the job's processes up")
             raise RuntimeError("a bug in the supervisor")
 
-        def __getattr__(self, name: str):
-            return getattr(self.runtime, name)
-
-    monkeypatch.setattr(supervisor, "get_runtime", BreaksAfterStart)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        supervisor.Supervisor(record["name"], record["version"], launches[0].bundle).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    supervise_here(record, bundle, monkeypatch, BreaksAfterStart)
     failed = Store().get(record["name"], record["version"])
     assert failed["status"] == "failed" and "a bug in the supervisor" in failed["failure_reason"]
     started = json.loads(pids.read_text())

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from jobs.store import CONNECT_SECONDS, Outbox, Store
-from tests.faults.helpers import cli, custom_job
+from tests.faults.helpers import PassThrough, cli, custom_job, submit_here, supervise_here
 from tests.harness.net import OutageProxy
 from tests.harness.process import wait_for
 
@@ -92,38 +92,18 @@ def test_the_store_lost_as_the_entry_point_starts_costs_no_update(link, tmp_path
     other, the job runs to its end and the version is done once the store is back. A supervisor
     that sends it straight to the store records the version failed with the store's error while
     its job runs on."""
-    import signal
-
-    from jobs.backends import local, supervisor
-    from jobs.spec import load_spec
-    from jobs.submit import submit
-
-    launches = []
-    monkeypatch.setattr(local.LocalBackend, "start", lambda self, launch: launches.append(launch) or {})
     spec = custom_job(tmp_path / "proj", script="import time\ntime.sleep(1)\nprint('finished', flush=True)\n")
-    record = submit(load_spec(spec))
-    real = supervisor.get_runtime
+    record, bundle = submit_here(spec, monkeypatch)
 
-    class LosesTheStore:
-        """The real runtime; the link to the database drops once its process has started."""
-
-        def __init__(self, kind: str) -> None:
-            self.runtime = real(kind)
+    class LosesTheStore(PassThrough):
+        """The link to the database drops once the job's process has started."""
 
         def start(self, job, log) -> None:
             self.runtime.start(job, log)
             link.down()
 
-        def __getattr__(self, name: str):
-            return getattr(self.runtime, name)
-
-    monkeypatch.setattr(supervisor, "get_runtime", LosesTheStore)
     monkeypatch.setenv("FACEOPS_STORE_OUTBOX_SECONDS", "1")
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        supervisor.Supervisor(record["name"], record["version"], launches[0].bundle).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    supervise_here(record, bundle, monkeypatch, LosesTheStore)
     outbox = Outbox(record)
     log = (outbox.path.parent / "job.log").read_text()
     assert "finished" in log and "[faceops] done" in log and "[faceops] failed" not in log, log
