@@ -8,10 +8,13 @@ one line, ``N faults tried, N held``, counted from the outcomes of the tests in 
 from __future__ import annotations
 
 import signal
-from typing import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
+from tests.faults.helpers import tmpfs
 from tests.harness.net import OutageProxy
 
 FAULT_SECONDS = 180
@@ -49,6 +52,19 @@ def pytest_terminal_summary(terminalreporter) -> None:
         tried = len(held | broke)
         line = f"{tried} faults tried, {len(held)} held"
         terminalreporter.write_line(line + (f" ({len(skipped)} skipped)" if skipped else ""))
+
+
+@pytest.fixture
+def home_on_tmpfs(tmp_path, monkeypatch) -> Iterator[Callable[[int], Path]]:
+    """``home_on_tmpfs(MB)`` puts $FACEOPS_HOME on a tmpfs of its own of that size (root only;
+    the test skips with the reason elsewhere) and returns the mount; unmounted afterwards."""
+    with ExitStack() as mounts:
+        def make(megabytes: int) -> Path:
+            mount = mounts.enter_context(tmpfs(tmp_path / f"disk-{megabytes}mb", megabytes))
+            monkeypatch.setenv("FACEOPS_HOME", str(mount / "home"))
+            return mount
+
+        yield make
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inference.gallery_store import MANIFEST, Gallery, new_manifest, save
-from tests.faults.helpers import cli, custom_job, tmpfs
+from tests.faults.helpers import cli, custom_job
 
 PEOPLE, PER_PERSON, DIM = 3, 4, 16
 
@@ -22,15 +22,8 @@ def _one_line_exit_2(result) -> str:
     return result.stderr
 
 
-@pytest.fixture
-def tiny_disk(tmp_path, monkeypatch):
-    """$FACEOPS_HOME on its own 4 MB tmpfs (root only), unmounted afterwards."""
-    with tmpfs(tmp_path / "tiny-disk", 4) as mount:
-        monkeypatch.setenv("FACEOPS_HOME", str(mount / "home"))
-        yield mount
-
-
-def test_disk_full_while_writing_the_bundle(tmp_path, tiny_disk):
+def test_disk_full_while_writing_the_bundle(tmp_path, home_on_tmpfs):
+    tiny_disk = home_on_tmpfs(4)
     folder = tmp_path / "proj"
     spec = custom_job(folder)
     (folder / "weights.bin").write_bytes(os.urandom(8 * 1024 * 1024))  # does not compress below 4 MB

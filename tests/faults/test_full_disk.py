@@ -24,15 +24,8 @@ with open(out, "wb", buffering=0) as fh:
 """
 
 
-@pytest.fixture
-def small_disk(tmp_path, monkeypatch):
-    """$FACEOPS_HOME on its own 20 MB tmpfs (root only), unmounted afterwards."""
-    with tmpfs(tmp_path / "small-disk", 20) as mount:
-        monkeypatch.setenv("FACEOPS_HOME", str(mount / "home"))
-        yield mount
-
-
-def test_job_that_fills_the_disk_is_recorded_failed_with_enospc(tmp_path, small_disk):
+def test_job_that_fills_the_disk_is_recorded_failed_with_enospc(tmp_path, home_on_tmpfs):
+    small_disk = home_on_tmpfs(20)
     spec = custom_job(tmp_path / "proj", script=FILL)
     result = cli("job", "submit", str(spec), "--detach")
     assert result.returncode == 0, result.stderr
@@ -50,9 +43,10 @@ def test_job_that_fills_the_disk_is_recorded_failed_with_enospc(tmp_path, small_
     assert sum(1 for line in log.splitlines() if line.startswith("[faceops] failed")) == 1, log[-2000:]
 
 
-def test_supervisor_enospc_names_the_path(tmp_path, small_disk):
+def test_supervisor_enospc_names_the_path(tmp_path, home_on_tmpfs):
     """The job is fine but its 8 MB output cannot be copied to a full disk: the reason is ENOSPC
     with the path, and the submit on that disk still reports cleanly."""
+    small_disk = home_on_tmpfs(20)
     script = ("import os, pathlib\n"
               "(pathlib.Path(os.environ['FACEOPS_MODEL_DIR']) / 'model.bin').write_bytes(os.urandom(8 * 1024 * 1024))\n")
     out = small_disk / "outputs" / "model"
