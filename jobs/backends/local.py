@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
-from jobs.core.bundle import faceops_root
+from jobs.core.bundle import faceops_pythonpath
 from jobs.core.errors import FaceopsError, NotFoundError
 from jobs.core.lifeline import kill_groups
 from jobs.store import TERMINAL, Outbox, RecordFrozen, Store, is_here, workdir
@@ -48,7 +48,7 @@ class LocalBackend(Backend):
                                      str(launch.record["version"]), str(launch.bundle)],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=launch.workdir,
-                                    env={**os.environ, "PYTHONPATH": _faceops_pythonpath()})
+                                    env={**os.environ, "PYTHONPATH": faceops_pythonpath()})
         return {"supervisor_pid": proc.pid}
 
     def refresh(self, record: dict[str, Any]) -> None:
@@ -112,10 +112,6 @@ class LocalBackend(Backend):
                 continue
             self.refresh(current)
             time.sleep(0.2)
-
-
-def _faceops_pythonpath() -> str:
-    return os.pathsep.join(p for p in (str(faceops_root()), os.environ.get("PYTHONPATH")) if p)
 
 
 def _alive(pid: int) -> bool:

@@ -10,7 +10,9 @@ hyperparameters read-only), makes the extracted code bundle the working director
 ``PYTHONPATH``, requests GPUs when the job wants them and streams the container's output into the
 job log. Stopping is SIGTERM (the job may checkpoint), then SIGKILL; the engine's init process is
 PID 1 so the entry point gets SIGTERM's default action like any process. The container shares
-the host network so it reaches the same storage endpoints and training peers.
+the host network so it reaches the same storage endpoints and training peers. A container does
+not die with the process that started it, so each one has a reaper: a small process of its own
+that kills the container when the supervisor's end of a pipe closes, however the supervisor ends.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import IO, Callable
 from images.engine import EngineError, client
 from jobs.backends import ContainerJob, Runtime
 from jobs.core import launch
+from jobs.core.bundle import faceops_pythonpath
 from jobs.core.lifeline import dies_with_this_process
 from jobs.core.contract import CONTAINER_ROOT, Contract, shard_env
 from jobs.core.errors import SpecError
@@ -157,6 +160,7 @@ class DockerRuntime(Runtime):
     def __init__(self) -> None:
         self.container = None
         self._pump: threading.Thread | None = None
+        self._reaper: subprocess.Popen | None = None
 
     def start(self, job: ContainerJob, log: IO[bytes]) -> None:
         """Create and start the container, then copy its output into ``log`` on a thread."""
@@ -170,12 +174,14 @@ class DockerRuntime(Runtime):
                 job.image, command=job.argv or None, environment=container_env(job), volumes=mounts(job.contract),
                 working_dir=str(CONTAINER_ROOT / "code"), device_requests=requests, network_mode="host",
                 labels={LABEL: str(job.contract.root)}, init=True, detach=True)
+            self._reaper = _start_reaper(self.container.id, log)
             self.container.start()
         except sdk.errors.ImageNotFound:
             raise SpecError(f"image {job.image} is not on this Docker engine; build or pull it first") from None
         except sdk.errors.APIError as exc:
             if self.container is not None:
                 self.container.remove(force=True)
+            self._stop_reaper()
             raise EngineError(f"cannot start {job.image}: {exc.explanation or exc}") from None
         self._pump = threading.Thread(target=self._copy_logs, args=(log,), daemon=True)
         self._pump.start()
@@ -191,7 +197,15 @@ class DockerRuntime(Runtime):
         if self._pump is not None:
             self._pump.join(timeout=30)
         self.container.remove(force=True)
+        self._stop_reaper()
         return -(code - 128) if 128 < code <= 128 + 64 else code
+
+    def _stop_reaper(self) -> None:
+        """End the reaper without its pipe closing first: the container is gone or never ran."""
+        if self._reaper is not None:
+            self._reaper.kill()
+            self._reaper.wait()
+            self._reaper.stdin.close()
 
     def terminate(self) -> None:
         """SIGTERM to the entry point, so it can write a checkpoint."""
@@ -208,3 +222,31 @@ class DockerRuntime(Runtime):
             self.container.kill(signal=name)
         except sdk.errors.APIError:
             pass  # already exited: nothing to stop
+
+
+# Blocks until every copy of the pipe's write end is closed: the supervisor holds the only one
+# (Python's descriptors are not inherited), and the kernel closes it when the supervisor dies.
+REAPER = "import sys; sys.stdin.buffer.read(); from jobs.backends.runtimes import reap; reap(sys.argv[1])"
+
+
+def _start_reaper(container_id: str, log: IO[bytes]) -> subprocess.Popen:
+    """The process that kills ``container_id`` once this one is gone; in a session of its own, so
+    a signal to the supervisor's process group does not take it along."""
+    try:
+        out = log.fileno()
+    except (AttributeError, OSError):  # a log in memory (the runtime's tests): say nothing
+        out = subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-c", REAPER, container_id], stdin=subprocess.PIPE, stdout=out,
+                            stderr=out, env={**os.environ, "PYTHONPATH": faceops_pythonpath()}, start_new_session=True)
+
+
+def reap(container_id: str) -> None:
+    """Kill the container if it still runs (its supervisor is gone) and say so in the job log
+    (our stdout); each call to the engine is bounded by the client's 60 s timeout."""
+    try:
+        container = client().containers.get(container_id)
+        if container.status == "running":
+            container.kill()
+            print(f"[faceops] the supervisor is gone: container {container_id[:12]} killed", flush=True)
+    except (sdk.errors.APIError, EngineError):
+        pass  # removed already, or no engine left to run it

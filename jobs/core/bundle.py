@@ -58,6 +58,12 @@ def faceops_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def faceops_pythonpath() -> str:
+    """``PYTHONPATH`` for a process of ours (a supervisor, a reaper) that imports faceops from
+    :func:`faceops_root` wherever the caller found it, keeping the caller's own entries."""
+    return os.pathsep.join(p for p in (str(faceops_root()), os.environ.get("PYTHONPATH")) if p)
+
+
 def max_bytes() -> int:
     """The largest code folder faceops packs (``bundle.max_bytes`` / ``FACEOPS_BUNDLE_MAX_BYTES``)."""
     return int(setting("bundle", "max_bytes", ("FACEOPS_BUNDLE_MAX_BYTES",), DEFAULT_MAX_BYTES))

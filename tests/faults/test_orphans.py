@@ -128,3 +128,27 @@ def test_a_supervisor_error_while_the_job_runs_ends_the_job(tmp_path, monkeypatc
     started = json.loads(pids.read_text())
     wait_for(lambda: not _alive(started["entry"]) and not _alive(started["child"]), timeout=10,
              what="the job and its child killed")
+
+
+def test_a_container_dies_with_its_supervisor(tmp_path, docker_env, base_image):
+    """A docker-runtime job's container is killed when its supervisor is (SIGKILL: no handler of
+    ours runs); its reaper sees the supervisor's end of a pipe close and says so in the job log.
+    Without the reaper the container runs on, writing into a version whose record says failed."""
+    from jobs.backends.runtimes import LABEL
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: fault-job\ntask: custom\nruntime: docker\nimage: {base_image}\nentrypoint: "
+                    '[sh, -c, "while true; do date > $FACEOPS_MODEL_DIR/alive; sleep 0.2; done"]\n')
+    assert cli("job", "submit", str(spec), "--detach").returncode == 0
+    engine = docker_env.client()
+
+    def ours() -> list:
+        return engine.containers.list(filters={"label": LABEL, "status": "running"})
+
+    wait_for(ours, timeout=60, what="the job's container running")
+    supervisor = wait_for(lambda: Store().get("fault-job", 1)["backend_info"].get("supervisor_pid"))
+    os.kill(supervisor, 9)
+    wait_for(lambda: not ours(), timeout=60, what="the container killed by its reaper")
+    log = (workdir(Store().get("fault-job", 1)) / "job.log").read_text()
+    assert "the supervisor is gone: container" in log, log
+    assert json.loads(cli("job", "show", "fault-job:1", "--json").stdout)["status"] == "failed"
