@@ -231,11 +231,11 @@ def _send(backend: str, api: str, request: Any) -> dict[str, Any]:
     """One API call, with the backends' retry on throttling and their error wording."""
     if backend == "sagemaker":
         method = "sagemaker." + re.sub(r"(?<!^)(?=[A-Z])", "_", api).lower()
-        answer = sm._call(f"{api} {request.get('ModelName') or request.get('EndpointConfigName') or request['EndpointName']}",
+        answer = sm.call(f"{api} {request.get('ModelName') or request.get('EndpointConfigName') or request['EndpointName']}",
                           method, **request)
         return {k: v for k, v in answer.items() if k.endswith("Arn")}
     from huaweicloudsdkcore.utils.http_utils import sanitize_for_serialization
     from huaweicloudsdkmodelarts.v1 import model as m
 
-    answer = ma._call(f"create service {request.name}", "create_infer_service", m.CreateInferServiceRequest(body=request))
+    answer = ma.call(f"create service {request.name}", "create_infer_service", m.CreateInferServiceRequest(body=request))
     return {k: v for k, v in sanitize_for_serialization(answer).items() if k in ("id", "name", "status")}

@@ -228,8 +228,9 @@ def _throttled(exc: Exception) -> bool:
     return isinstance(exc, ServiceResponseException) and (exc.status_code in (429, 503) or exc.error_code == "APIGW.0308")
 
 
-def _call(what: str, method: str, request: Any) -> Any:
-    """One SDK call with backoff on throttling, its errors turned into messages to act on."""
+def call(what: str, method: str, request: Any) -> Any:
+    """One SDK call with backoff on throttling, its errors turned into messages to act on (the
+    backend's calls and ``faceops deploy``'s go through it alike)."""
     from huaweicloudsdkcore.exceptions.exceptions import ConnectionException, ServiceResponseException
 
     api = getattr(client(), method)
@@ -305,7 +306,7 @@ class ModelArtsBackend(cloud.CloudBackend):
 
         name = request.name
         try:
-            answer = _call(f"create training job {name}", "create_training_job", m.CreateTrainingJobRequest(body=request.body))
+            answer = call(f"create training job {name}", "create_training_job", m.CreateTrainingJobRequest(body=request.body))
         except CloudError as exc:
             existing = _find(name) if "already exists" in str(exc) else None
             if existing:
@@ -318,7 +319,7 @@ class ModelArtsBackend(cloud.CloudBackend):
         from huaweicloudsdkmodelarts.v1 import model as m
 
         info = record["backend_info"]
-        job = _call(f"show training job {info['remote_name']}", "show_training_job_details",
+        job = call(f"show training job {info['remote_name']}", "show_training_job_details",
                     m.ShowTrainingJobDetailsRequest(training_job_id=info["job_id"]))
         phase = job.status.phase
         status = PHASES.get(phase, "running")
@@ -337,7 +338,7 @@ class ModelArtsBackend(cloud.CloudBackend):
         from huaweicloudsdkmodelarts.v1 import model as m
 
         info = record["backend_info"]
-        _call(f"stop training job {info['remote_name']}", "stop_training_job",
+        call(f"stop training job {info['remote_name']}", "stop_training_job",
               m.StopTrainingJobRequest(training_job_id=info["job_id"], body=m.JobActionType(action_type="terminate")))
 
     def read_logs(self, record: dict[str, Any], cursor: Any) -> tuple[list[str], Any]:
@@ -359,7 +360,7 @@ def _find(name: str) -> Any:
     """The training job called ``name``, from a name search (None when there is none)."""
     from huaweicloudsdkmodelarts.v1 import model as m
 
-    found = _call(f"search training job {name}", "list_training_jobs", m.ListTrainingJobsRequest(
+    found = call(f"search training job {name}", "list_training_jobs", m.ListTrainingJobsRequest(
         body=m.JobSearches(filters=[m.Filter(key="name", operator="like", value=[name])])))
     return next((job for job in found.items or [] if job.metadata.name == name), None)
 
@@ -432,7 +433,7 @@ def _previewed(info: dict[str, Any], task: str, offset: int) -> tuple[bytes, int
     ShowTrainingJobLogsPreview), so bytes that slid out of it are skipped, up to a line start."""
     from huaweicloudsdkmodelarts.v1 import model as m
 
-    preview = _call(f"logs of {info['remote_name']}", "show_training_job_logs_preview",
+    preview = call(f"logs of {info['remote_name']}", "show_training_job_logs_preview",
                     m.ShowTrainingJobLogsPreviewRequest(training_job_id=info["job_id"], task_id=task))
     data = (preview.content or "").encode()
     start = max((preview.full_size or len(data)) - len(data), 0)

@@ -321,8 +321,9 @@ def _throttled(exc: Exception) -> bool:
     return isinstance(exc, botocore.exceptions.ClientError) and exc.response.get("Error", {}).get("Code") in THROTTLED
 
 
-def _call(what: str, method: str, **kwargs: Any) -> dict[str, Any]:
-    """One SageMaker/CloudWatch call with backoff, its errors turned into messages to act on."""
+def call(what: str, method: str, **kwargs: Any) -> dict[str, Any]:
+    """One SageMaker/CloudWatch call with backoff, its errors turned into messages to act on (the
+    backend's calls and ``faceops deploy``'s go through it alike)."""
     service, _, operation = method.partition(".")
     api = getattr(client(service), operation)
     try:
@@ -387,7 +388,7 @@ class SageMakerBackend(cloud.CloudBackend):
     def submit(self, request: cloud.Request) -> dict[str, Any]:
         training = request.api == "CreateTrainingJob"
         method = "sagemaker.create_training_job" if training else "sagemaker.create_processing_job"
-        answer = _call(f"{request.api} {request.name}", method, **request.body)
+        answer = call(f"{request.api} {request.name}", method, **request.body)
         region = region_name()
         return {"arn": answer.get("TrainingJobArn") or answer.get("ProcessingJobArn"),
                 "kind": "training" if training else "processing", "region": region,
@@ -397,14 +398,14 @@ class SageMakerBackend(cloud.CloudBackend):
         info = record["backend_info"]
         name, training = info["remote_name"], info["kind"] == "training"
         if training:
-            job = _call(f"DescribeTrainingJob {name}", "sagemaker.describe_training_job", TrainingJobName=name)
+            job = call(f"DescribeTrainingJob {name}", "sagemaker.describe_training_job", TrainingJobName=name)
             primary = job["TrainingJobStatus"]
             remote = job.get("SecondaryStatus") or primary
             status = TRAINING_STATES.get(remote, "running")
             if primary in TRAINING_STATES and TRAINING_STATES[primary] in TERMINAL and status not in TERMINAL:
                 status = TRAINING_STATES[primary]  # the job's own state wins once it has ended
         else:
-            job = _call(f"DescribeProcessingJob {name}", "sagemaker.describe_processing_job", ProcessingJobName=name)
+            job = call(f"DescribeProcessingJob {name}", "sagemaker.describe_processing_job", ProcessingJobName=name)
             remote = job["ProcessingJobStatus"]
             status = PROCESSING_STATES.get(remote, "running")
         if status not in TERMINAL:
@@ -429,9 +430,9 @@ class SageMakerBackend(cloud.CloudBackend):
         """SageMaker sends SIGTERM and waits its own fixed 120 s before SIGKILL."""
         info = record["backend_info"]
         if info["kind"] == "training":
-            _call(f"StopTrainingJob {info['remote_name']}", "sagemaker.stop_training_job", TrainingJobName=info["remote_name"])
+            call(f"StopTrainingJob {info['remote_name']}", "sagemaker.stop_training_job", TrainingJobName=info["remote_name"])
         else:
-            _call(f"StopProcessingJob {info['remote_name']}", "sagemaker.stop_processing_job", ProcessingJobName=info["remote_name"])
+            call(f"StopProcessingJob {info['remote_name']}", "sagemaker.stop_processing_job", ProcessingJobName=info["remote_name"])
 
     def read_logs(self, record: dict[str, Any], cursor: Any) -> tuple[list[str], Any]:
         info = record["backend_info"]
