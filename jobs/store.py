@@ -780,9 +780,15 @@ def workdir(record: dict[str, Any]) -> Path:
     names, for one whose number changed when ``store migrate`` copied it into a team store);
     another machine's version of a shared store gets ``shared/NAME/V``, where its files are
     fetched (:mod:`jobs.artifacts`), so it never mixes with a local folder of the same number."""
-    if record.get("home_id") not in (None, home_id()):
+    if not is_ours(record):
         return home() / "shared" / record["name"] / str(record["version"])
     return home() / (record.get("folder") or f"jobs/{record['name']}/{record['version']}")
+
+
+def is_ours(record: dict[str, Any]) -> bool:
+    """True when this ``$FACEOPS_HOME`` made the version (or records did not say yet), so its
+    folder is the original; another home's version has only a fetched copy here."""
+    return record.get("home_id") in (None, home_id())
 
 
 def home_id() -> str:

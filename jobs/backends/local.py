@@ -16,12 +16,17 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from jobs import artifacts
 from jobs.backends import DEFAULT_GRACE, Backend, Launch, entry_argv
 from jobs.backends.supervisor import LOG_NAME, contract_for
 from jobs.core.bundle import faceops_pythonpath
 from jobs.core.errors import FaceopsError, NotFoundError
 from jobs.core.lifeline import kill_groups
-from jobs.store import TERMINAL, Outbox, RecordFrozen, Store, is_here, workdir
+from jobs.store import TERMINAL, Outbox, RecordFrozen, Store, is_here, is_ours, workdir
+
+
+# How often `job logs --follow` fetches another home's version folder from the artifact root.
+FETCH_SECONDS = 2.0
 
 
 class LocalBackend(Backend):
@@ -88,7 +93,12 @@ class LocalBackend(Backend):
             os.kill(pid, signal.SIGTERM)
 
     def logs(self, record: dict[str, Any], follow: bool = False) -> Iterator[str]:
-        if not workdir(record).is_dir():
+        """The log in the version's folder; with ``follow``, until the version ends. A version
+        another home runs is followed in this home's copy of its folder, fetched from the
+        artifact root every FETCH_SECONDS (it is uploaded there at most LAG_SECONDS behind) and
+        once more when the version ends, so the last lines come too."""
+        ours = is_ours(record)
+        if not workdir(record).is_dir() and (ours or not follow):  # another home's new version may have uploaded nothing yet
             raise NotFoundError(f"{record['name']}:{record['version']}: its version folder {workdir(record)} is "
                                 "missing, so its log is gone (faceops doctor lists such versions)")
         path = workdir(record) / LOG_NAME
@@ -106,7 +116,11 @@ class LocalBackend(Backend):
                 position += cut
             if not follow:
                 return
+            if not ours:
+                time.sleep(FETCH_SECONDS)
             current = store.get(record["name"], record["version"])
+            if not ours:
+                artifacts.localized(current)
             if current["status"] in TERMINAL:
                 follow = False
                 continue

@@ -152,8 +152,10 @@ def test_a_store_url_of_another_kind_is_a_usage_error(monkeypatch, runner):
 
 
 def test_a_running_version_is_readable_elsewhere_within_the_upload_lag(team_store, s3_env, s3_bucket, tmp_path):
-    """Bob follows Alice's version while it runs: its log reaches him through the artifact
-    root within a few upload rounds, and the final log once it ends."""
+    """Bob reads Alice's version while it runs: its log reaches him through the artifact root
+    within a few upload rounds, and the final log once it ends. Carol follows it with `job logs
+    --follow`, which fetches on its own (a follower that read only its first copy would miss
+    every line after "halfway") and ends by itself when the version does."""
     from tests.harness.process import wait_for
 
     artifacts = f"s3://{s3_bucket}/team/"
@@ -168,10 +170,23 @@ def test_a_running_version_is_readable_elsewhere_within_the_upload_lag(team_stor
     wait_for(lambda: "halfway" in faceops(bob, "job", "logs", "slow:1").stdout, timeout=60,
              what="the running version's log on the other machine")
     assert json.loads(faceops(bob, "job", "show", "slow:1", "--json").stdout)["status"] == "running"
-    release.touch()
-    wait_for(lambda: "finished" in faceops(bob, "job", "logs", "slow:1").stdout, timeout=90,
-             what="the final log on the other machine")
-    assert "[faceops] done" in faceops(bob, "job", "logs", "slow:1").stdout
+    carol = machine(tmp_path / "carol", team_store, "carol") | {"FACEOPS_STORE_ARTIFACTS": artifacts}
+    followed = tmp_path / "followed.txt"
+    with open(followed, "w") as out:
+        follower = subprocess.Popen([sys.executable, "-c", "import cli; cli.main()", "job", "logs", "slow:1", "--follow"],
+                                    stdout=out, stderr=subprocess.STDOUT, env=carol)
+    try:
+        wait_for(lambda: "halfway" in followed.read_text(), timeout=60, what="carol following the running version")
+        release.touch()
+        wait_for(lambda: "finished" in faceops(bob, "job", "logs", "slow:1").stdout, timeout=90,
+                 what="the final log on the other machine")
+        assert "[faceops] done" in faceops(bob, "job", "logs", "slow:1").stdout
+        follower.wait(timeout=60)  # it ends by itself once the version has
+    finally:
+        follower.kill()
+    lines = followed.read_text().splitlines()
+    assert follower.returncode == 0 and lines.count("halfway") == lines.count("finished") == 1, lines
+    assert any(line.startswith("[faceops] done") for line in lines), lines
 
 
 def test_store_migrate_copies_a_personal_history_once(team_store, s3_env, s3_bucket, tmp_path):
