@@ -241,12 +241,14 @@ def _start_reaper(container_id: str, log: IO[bytes]) -> subprocess.Popen:
 
 
 def reap(container_id: str) -> None:
-    """Kill the container if it still runs (its supervisor is gone) and say so in the job log
-    (our stdout); each call to the engine is bounded by the client's 60 s timeout."""
+    """Remove the container, killing it if it still runs (its supervisor is gone, and with it
+    whoever would have removed it), and say so in the job log (our stdout); each call to the
+    engine is bounded by the client's 60 s timeout."""
     try:
         container = client().containers.get(container_id)
-        if container.status == "running":
-            container.kill()
-            print(f"[faceops] the supervisor is gone: container {container_id[:12]} killed", flush=True)
+        running = container.status == "running"
+        container.remove(force=True)
     except (sdk.errors.APIError, EngineError):
-        pass  # removed already, or no engine left to run it
+        return  # removed already, or no engine left to run it
+    if running:
+        print(f"[faceops] the supervisor is gone: container {container_id[:12]} killed", flush=True)

@@ -131,8 +131,9 @@ def test_a_supervisor_error_while_the_job_runs_ends_the_job(tmp_path, monkeypatc
 
 
 def test_a_container_dies_with_its_supervisor(tmp_path, docker_env, base_image):
-    """A docker-runtime job's container is killed when its supervisor is (SIGKILL: no handler of
-    ours runs); its reaper sees the supervisor's end of a pipe close and says so in the job log.
+    """A docker-runtime job's container is killed and removed when its supervisor is killed
+    (SIGKILL: no handler of ours runs); its reaper sees the supervisor's end of a pipe close and
+    says so in the job log.
     Without the reaper the container runs on, writing into a version whose record says failed."""
     from jobs.backends.runtimes import LABEL
 
@@ -143,12 +144,12 @@ def test_a_container_dies_with_its_supervisor(tmp_path, docker_env, base_image):
     engine = docker_env.client()
 
     def ours() -> list:
-        return engine.containers.list(filters={"label": LABEL, "status": "running"})
+        return engine.containers.list(all=True, filters={"label": LABEL})
 
     wait_for(ours, timeout=60, what="the job's container running")
     supervisor = wait_for(lambda: Store().get("fault-job", 1)["backend_info"].get("supervisor_pid"))
     os.kill(supervisor, 9)
-    wait_for(lambda: not ours(), timeout=60, what="the container killed by its reaper")
+    wait_for(lambda: not ours(), timeout=60, what="the container killed and removed by its reaper")
     log = (workdir(Store().get("fault-job", 1)) / "job.log").read_text()
     assert "the supervisor is gone: container" in log, log
     assert json.loads(cli("job", "show", "fault-job:1", "--json").stdout)["status"] == "failed"
