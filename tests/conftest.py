@@ -12,6 +12,7 @@ import pytest
 from tests.harness import LFW10
 from tests.harness.docker import DockerEngine, busybox_rootfs, import_image, running_docker_engine
 from tests.harness.postgres import PostgresServer, running_postgres
+from tests.harness.process import kill_jobs_under
 from tests.harness.registry import Registry, running_registry
 from tests.harness.s3 import S3Server, running_s3
 
@@ -30,11 +31,13 @@ def serving(service: AbstractContextManager[T], what: str) -> Iterator[T]:
 
 
 @pytest.fixture(autouse=True)
-def faceops_home(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own empty $FACEOPS_HOME so state never leaks between tests."""
+def faceops_home(tmp_path, monkeypatch) -> Iterator[Path]:
+    """Every test gets its own empty $FACEOPS_HOME so state never leaks between tests; jobs and
+    supervisors it leaves running (a failed test, a detached submit) are killed afterwards."""
     home = tmp_path / "faceops-home"
     monkeypatch.setenv("FACEOPS_HOME", str(home))
-    return home
+    yield home
+    kill_jobs_under(tmp_path)
 
 
 @pytest.fixture(scope="session")

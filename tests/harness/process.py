@@ -2,6 +2,8 @@
 answers (or say why it never will), and stop it afterwards whatever happened."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -65,3 +67,34 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str =
             return value
         time.sleep(every)
     raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
+
+
+# What marks a process as faceops work rather than a service: a job's entry point (and any child
+# of it) has the contract's model folder in its environment; supervisors and reapers are ours by name.
+JOB_MARKS = ("jobs.backends.supervisor", "jobs.backends.runtimes import reap")
+
+
+def kill_jobs_under(root: Path) -> list[int]:
+    """SIGKILL every supervisor, reaper and job process whose ``$FACEOPS_HOME`` or model folder
+    lies under ``root`` (a test's temporary folder) and return their pids. A test that fails
+    half-way (or submits with ``--detach`` and ends first) must not leave a job running into the
+    next tests' time; the services the harness starts are never matched."""
+    prefix, killed = f"{root}{os.sep}", []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        env = dict(item.decode(errors="replace").partition("=")[::2] for item in environ if b"=" in item)
+        job = env.get("FACEOPS_MODEL_DIR", "").startswith(prefix)
+        ours = env.get("FACEOPS_HOME", "").startswith(prefix) and any(mark in command for mark in JOB_MARKS)
+        if job or ours:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed
