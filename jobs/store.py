@@ -34,6 +34,7 @@ from typing import Any, Iterator
 from jobs.core.config import home, home_path, setting
 from jobs.core.errors import FaceopsError, NotFoundError, SpecError
 from jobs.core.files import atomic_write, write_once
+from jobs.core.retry import retrying
 
 TERMINAL = ("done", "failed", "stopped")
 STATUSES = ("queued", "staging", "running", "uploading", *TERMINAL)
@@ -66,6 +67,7 @@ _READY: set[str] = set()
 # How many versions `job list` shows unless asked for more: a team store holds many thousands.
 LIST_LIMIT = 50
 LOCK_SECONDS = 30  # how long a command waits for another faceops process's write to the store
+WAL_TRIES = 11  # waits of 0.02 s doubling: under 20.5 s in all, inside LOCK_SECONDS
 
 LATEST = object()  # "the job's latest version", resolved inside the transaction that needs it
 
@@ -146,17 +148,12 @@ def _use_wal(db: sqlite3.Connection) -> None:
 
     Two connections switching a new file's mode at once each hold the shared lock the other's
     switch must wait out, and SQLite answers the loser "locked" at once instead of calling its
-    busy handler (two first submits at once failed this way). The switch is retried for up to
-    LOCK_SECONDS; once the file is in WAL mode the pragma only reads the mode."""
-    deadline = time.monotonic() + LOCK_SECONDS
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+    busy handler (two first submits at once failed this way). The switch is tried again with the
+    project's backoff, WAL_TRIES times over at most 20 s; once the file is in WAL mode the pragma
+    only reads the mode."""
+    retrying(lambda: db.execute("PRAGMA journal_mode=WAL"),
+             lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc),
+             attempts=WAL_TRIES, delay=0.02)
 
 
 def next_version(record: dict[str, Any], latest: int | None, parent_is_latest: bool) -> dict[str, Any]:
@@ -338,8 +335,8 @@ class Store:
 
     def _locked(self, exc: Exception) -> StoreError:
         """The error for a store another process kept locked past our bound."""
-        return StoreError(f"{self.path}: the store stayed locked by another faceops process for "
-                          f"{LOCK_SECONDS} s ({exc}); try again")
+        return StoreError(f"{self.path}: the store stayed locked by another faceops process (waited up to "
+                          f"{LOCK_SECONDS} s: {exc}); try again")
 
     def _read_only(self, exc: Exception, write: bool) -> sqlite3.Connection:
         """A read-only connection for a full disk, where SQLite cannot create the WAL index a
