@@ -116,16 +116,14 @@ class LocalBackend(Backend):
                 position += cut
             if not follow:
                 return
-            if not ours:
-                time.sleep(FETCH_SECONDS)
+            time.sleep(0.2 if ours else FETCH_SECONDS)
             current = store.get(record["name"], record["version"])
             if not ours:
-                artifacts.localized(current)
+                artifacts.localized(current)  # fetched again while live, and once more as it ends
             if current["status"] in TERMINAL:
                 follow = False
                 continue
             self.refresh(current)
-            time.sleep(0.2)
 
 
 def _alive(pid: int) -> bool:
